@@ -1,0 +1,2 @@
+//! Umbrella crate.
+pub use burn;
