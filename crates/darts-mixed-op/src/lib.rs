@@ -1,1 +1,289 @@
-//! darts-mixed-op
+//! The mixed operation of DARTS and the traits through which a search space is defined.
+//!
+//! * [`CandidateOp`]: one candidate operation (a Burn module with a forward).
+//! * [`OpSet`]: a list of named candidates (which one, if any, is `none`) and how to build
+//!   candidate `k` for an edge. The built-in DARTS space ([`DartsSpace`]) is one implementation;
+//!   your own op set plugs into the same [`MixedOp`], cells and architect.
+//! * [`Relaxation`]: how architecture parameters become op weights (softmax in DARTS; sigmoid
+//!   as in FairDARTS; add your own).
+//! * [`MixedOp`]: `Σ_k w_k · op_k(x)`.
+//!
+//! # A user-defined op set
+//!
+//! ```
+//! use burn::backend::{Autodiff, Flex};
+//! use burn::module::Module;
+//! use burn::tensor::{activation, backend::Backend, Tensor};
+//! use darts_mixed_op::{CandidateOp, EdgeSpec, MixedOp, OpSet};
+//!
+//! /// Two parameter-free candidates: identity and ReLU.
+//! #[derive(Module, Clone, Debug)]
+//! pub enum MyOp { Identity(u8), Relu(u8) }
+//!
+//! impl<B: Backend> CandidateOp<B, 4> for MyOp {
+//!     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+//!         match self { MyOp::Identity(_) => x, MyOp::Relu(_) => activation::relu(x) }
+//!     }
+//! }
+//!
+//! #[derive(Clone, Debug)]
+//! pub struct MySpace;
+//!
+//! impl<B: Backend> OpSet<B, 4> for MySpace {
+//!     type Op = MyOp;
+//!     fn names(&self) -> Vec<String> { vec!["identity".into(), "relu".into()] }
+//!     fn none_index(&self) -> Option<usize> { None }
+//!     fn build(&self, index: usize, _edge: &EdgeSpec, _device: &B::Device) -> MyOp {
+//!         if index == 0 { MyOp::Identity(0) } else { MyOp::Relu(0) }
+//!     }
+//! }
+//!
+//! type B = Autodiff<Flex>;
+//! let dev = Default::default();
+//! let mixed = MixedOp::<B, MyOp>::new(&MySpace, &EdgeSpec { channels: 1, stride: 1 }, &dev);
+//! let x = Tensor::<B, 4>::from_floats([[[[-1.0, 2.0]]]], &dev);
+//! let w = Tensor::<B, 1>::from_floats([0.25, 0.75], &dev);
+//! let y: Vec<f32> = mixed.forward(x, w).into_data().to_vec().unwrap();
+//! assert_eq!(y, vec![-0.25, 2.0]); // 0.25·x + 0.75·relu(x)
+//! ```
+#![warn(missing_docs)]
+
+use burn::module::Module;
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{backend::Backend, Tensor};
+use darts_ops::{DartsOp, Primitive};
+use std::fmt::Debug;
+
+/// One candidate operation of a search space.
+pub trait CandidateOp<B: Backend, const D: usize>: Module<B> + Debug {
+    /// Apply the operation.
+    fn forward(&self, x: Tensor<B, D>) -> Tensor<B, D>;
+
+    /// True when the output is identically zero whatever the input (the `none` op): the mixed
+    /// op then skips it, which changes nothing numerically (its weighted contribution is 0 and
+    /// so is the gradient through it).
+    fn is_zero(&self) -> bool {
+        false
+    }
+
+    /// True for the identity (drop-path in derived networks leaves identities alone).
+    fn is_identity(&self) -> bool {
+        false
+    }
+}
+
+/// What an edge needs to know to build its candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeSpec {
+    /// Channels (CNN) or hidden units (RNN), in = out.
+    pub channels: usize,
+    /// Spatial stride (1, or 2 on the input edges of a reduction cell).
+    pub stride: usize,
+}
+
+/// A named set of candidate operations: the search space of one edge.
+pub trait OpSet<B: Backend, const D: usize>: Clone + Debug + Send + Sync {
+    /// The op module type.
+    type Op: CandidateOp<B, D>;
+
+    /// Names of the candidates, in alpha-column order.
+    fn names(&self) -> Vec<String>;
+
+    /// Index of the `none` candidate, excluded when deriving a genotype.
+    fn none_index(&self) -> Option<usize>;
+
+    /// Number of candidates.
+    fn len(&self) -> usize {
+        self.names().len()
+    }
+
+    /// Whether the set is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Build candidate `index` for an edge.
+    fn build(&self, index: usize, edge: &EdgeSpec, device: &B::Device) -> Self::Op;
+}
+
+/// How architecture parameters `alpha` (`[edges, ops]`) become op weights.
+pub trait Relaxation: Clone + Debug + Send + Sync + 'static {
+    /// Weights for each edge (same shape as `alpha`).
+    fn weights<B: Backend>(&self, alpha: Tensor<B, 2>) -> Tensor<B, 2>;
+}
+
+/// DARTS: `softmax(alpha)` over the ops of each edge.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Softmax;
+
+impl Relaxation for Softmax {
+    fn weights<B: Backend>(&self, alpha: Tensor<B, 2>) -> Tensor<B, 2> {
+        softmax(alpha, 1)
+    }
+}
+
+/// FairDARTS-style independent `sigmoid(alpha)` per op.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sigmoid;
+
+impl Relaxation for Sigmoid {
+    fn weights<B: Backend>(&self, alpha: Tensor<B, 2>) -> Tensor<B, 2> {
+        sigmoid(alpha)
+    }
+}
+
+/// The mixed operation of one edge: `Σ_k w_k · op_k(x)`.
+#[derive(Module, Debug)]
+pub struct MixedOp<B: Backend, O: Module<B>> {
+    /// The candidates, in alpha-column order.
+    pub ops: Vec<O>,
+    _b: core::marker::PhantomData<B>,
+}
+
+impl<B: Backend, O: Module<B>> MixedOp<B, O> {
+    /// Build every candidate of `space` for the edge.
+    pub fn new<const D: usize, S: OpSet<B, D, Op = O>>(
+        space: &S,
+        edge: &EdgeSpec,
+        device: &B::Device,
+    ) -> Self
+    where
+        O: CandidateOp<B, D>,
+    {
+        let ops = (0..space.len())
+            .map(|k| space.build(k, edge, device))
+            .collect();
+        Self {
+            ops,
+            _b: core::marker::PhantomData,
+        }
+    }
+
+    /// Apply with op weights `w` (`[ops]`).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 1>) -> Tensor<B, D>
+    where
+        O: CandidateOp<B, D>,
+    {
+        let mut out: Option<Tensor<B, D>> = None;
+        for (k, op) in self.ops.iter().enumerate() {
+            if op.is_zero() {
+                continue;
+            }
+            let wk = w.clone().slice(k..k + 1).reshape([1usize; D]);
+            let y = op.forward(x.clone()) * wk;
+            out = Some(match out {
+                Some(acc) => acc + y,
+                None => y,
+            });
+        }
+        match out {
+            Some(o) => o,
+            // Every candidate is `none`: the output is the (zero) output of the first one.
+            None => self.ops[0].forward(x),
+        }
+    }
+}
+
+impl<B: Backend> CandidateOp<B, 4> for DartsOp<B> {
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        DartsOp::forward(self, x)
+    }
+    fn is_zero(&self) -> bool {
+        DartsOp::is_zero(self)
+    }
+    fn is_identity(&self) -> bool {
+        DartsOp::is_identity(self)
+    }
+}
+
+/// The convolutional DARTS space (or any list of [`Primitive`]s), as used in search:
+/// non-affine BNs and a BN after every pool, like the reference `MixedOp`.
+#[derive(Clone, Debug)]
+pub struct DartsSpace {
+    /// The candidates.
+    pub primitives: Vec<Primitive>,
+    /// BN affine parameters.
+    pub affine: bool,
+    /// BN after pools.
+    pub bn_after_pool: bool,
+}
+
+impl Default for DartsSpace {
+    fn default() -> Self {
+        Self {
+            primitives: Primitive::DARTS.to_vec(),
+            affine: false,
+            bn_after_pool: true,
+        }
+    }
+}
+
+impl<B: Backend> OpSet<B, 4> for DartsSpace {
+    type Op = DartsOp<B>;
+
+    fn names(&self) -> Vec<String> {
+        self.primitives.iter().map(|p| p.name().to_string()).collect()
+    }
+
+    fn none_index(&self) -> Option<usize> {
+        self.primitives.iter().position(|p| *p == Primitive::None)
+    }
+
+    fn len(&self) -> usize {
+        self.primitives.len()
+    }
+
+    fn build(&self, index: usize, edge: &EdgeSpec, device: &B::Device) -> DartsOp<B> {
+        self.primitives[index].build(
+            edge.channels,
+            edge.stride,
+            self.affine,
+            self.bn_after_pool,
+            device,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::Distribution;
+    type B = Autodiff<Flex>;
+
+    #[test]
+    fn mixed_op_is_the_weighted_sum_of_its_ops() {
+        let dev = Default::default();
+        let space = DartsSpace::default();
+        let edge = EdgeSpec {
+            channels: 4,
+            stride: 1,
+        };
+        let m = MixedOp::<B, DartsOp<B>>::new(&space, &edge, &dev);
+        assert_eq!(m.ops.len(), 8);
+        let x = Tensor::<B, 4>::random([2, 4, 6, 6], Distribution::Default, &dev);
+        let alpha = Tensor::<B, 2>::random([1, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let w = Softmax.weights(alpha).reshape([8]);
+        let y = m.forward(x.clone(), w.clone());
+        let wv: Vec<f32> = w.into_data().to_vec().unwrap();
+        let mut expect = Tensor::<B, 4>::zeros([2, 4, 6, 6], &dev);
+        for (k, op) in m.ops.iter().enumerate() {
+            expect = expect + op.forward(x.clone()) * wv[k];
+        }
+        let diff: f32 = (y - expect).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn relaxations() {
+        let dev = Default::default();
+        let a = Tensor::<Flex, 2>::from_floats([[0.0, 0.0], [1.0, -1.0]], &dev);
+        let s: Vec<f32> = Softmax.weights(a.clone()).into_data().to_vec().unwrap();
+        assert!((s[0] - 0.5).abs() < 1e-6 && (s[2] + s[3] - 1.0).abs() < 1e-6);
+        let g: Vec<f32> = Sigmoid.weights(a).into_data().to_vec().unwrap();
+        assert!((g[2] - 0.7310586).abs() < 1e-6);
+        let space = DartsSpace::default();
+        assert_eq!(OpSet::<Flex, 4>::none_index(&space), Some(0));
+        assert_eq!(OpSet::<Flex, 4>::names(&space)[4], "sep_conv_3x3");
+    }
+}

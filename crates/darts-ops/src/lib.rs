@@ -1,1 +1,39 @@
-//! darts-ops
+//! The building blocks of DARTS search spaces: candidate operations and the layers they are made
+//! of, with PyTorch semantics (explicit symmetric padding, bias-free convolutions, BatchNorm with
+//! momentum 0.1 and unbiased running variance, optional affine parameters).
+//!
+//! * [`bn`]: BatchNorm whose running statistics are *never* updated behind your back: a forward
+//!   pass only records the update when a [`bn::record_bn_updates`] scope is open, and the trainer
+//!   commits it explicitly. This makes virtual steps and finite-difference passes side-effect free
+//!   (Burn's own BatchNorm shares running statistics between module clones).
+//! * [`conv`]: 2-D convolution (groups, dilation, stride, explicit padding, no bias) and linear.
+//! * [`cnn`]: the eight DARTS primitives plus `sep_conv_7x7` and `conv_7x1_1x7`, as
+//!   [`cnn::Primitive`] (names, stable order) and [`cnn::DartsOp`] (the Burn module).
+//! * [`count`]: counting trainable weights (excluding BN running statistics and chosen ids).
+#![warn(missing_docs)]
+
+pub mod bn;
+pub mod cnn;
+pub mod conv;
+pub mod count;
+
+pub use bn::{record_bn_updates, BatchNorm2d, BnUpdates};
+pub use cnn::{DartsOp, Primitive};
+pub use conv::{Conv2d, Linear};
+pub use count::trainable_params;
+
+/// Errors for invalid op configurations.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OpError {
+    /// An operation name is unknown.
+    #[error("unknown operation `{name}`; known: {known}")]
+    UnknownOp {
+        /// The name given.
+        name: String,
+        /// Comma-separated list of known names.
+        known: String,
+    },
+    /// An invalid channel count or stride.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,137 @@
+//! Convolution and linear layers with PyTorch's default initialisation
+//! (`kaiming_uniform_(a=√5)`, i.e. U(−1/√fan_in, 1/√fan_in)) and explicit padding.
+
+use burn::module::{Module, Param};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+
+/// A 2-D convolution without bias (DARTS never uses conv biases).
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    /// Weight `[C_out, C_in / groups, kh, kw]`.
+    pub weight: Param<Tensor<B, 4>>,
+    /// Stride `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Symmetric zero padding `[ph, pw]`.
+    pub padding: [usize; 2],
+    /// Dilation `[dh, dw]`.
+    pub dilation: [usize; 2],
+    /// Groups (`C_in` for a depthwise convolution).
+    pub groups: usize,
+}
+
+/// Configuration of a [`Conv2d`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel size `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// Stride.
+    pub stride: [usize; 2],
+    /// Padding.
+    pub padding: [usize; 2],
+    /// Dilation.
+    pub dilation: [usize; 2],
+    /// Groups.
+    pub groups: usize,
+}
+
+impl Conv2dConfig {
+    /// A square `k×k` convolution with the given stride and padding.
+    pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [padding, padding],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+
+    /// Set the dilation (both axes).
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = [d, d];
+        self
+    }
+
+    /// Set the number of groups.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+
+    /// Build the layer.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv2d<B> {
+        let fan_in = self.c_in / self.groups * self.kernel[0] * self.kernel[1];
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let weight = Tensor::random(
+            [
+                self.c_out,
+                self.c_in / self.groups,
+                self.kernel[0],
+                self.kernel[1],
+            ],
+            Distribution::Uniform(-bound, bound),
+            device,
+        );
+        Conv2d {
+            weight: Param::from_tensor(weight),
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+}
+
+impl<B: Backend> Conv2d<B> {
+    /// Apply to `[N, C_in, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv2d(
+            x,
+            self.weight.val(),
+            None,
+            ConvOptions::new(self.stride, self.padding, self.dilation, self.groups),
+        )
+    }
+}
+
+/// A fully connected layer `y = x W + b` (`W` stored `[in, out]`), PyTorch initialisation.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// Weight `[in, out]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// Bias `[out]`.
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// A new layer.
+    pub fn new(d_in: usize, d_out: usize, device: &B::Device) -> Self {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Self {
+            weight: Param::from_tensor(Tensor::random(
+                [d_in, d_out],
+                Distribution::Uniform(-bound, bound),
+                device,
+            )),
+            bias: Param::from_tensor(Tensor::random(
+                [d_out],
+                Distribution::Uniform(-bound, bound),
+                device,
+            )),
+        }
+    }
+
+    /// Apply to `[N, in]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let out = self.bias.dims()[0];
+        x.matmul(self.weight.val()) + self.bias.val().reshape([1, out])
+    }
+}
