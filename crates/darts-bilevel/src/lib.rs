@@ -1,1 +1,17 @@
-//! darts-bilevel
+//! Bilevel optimisation for DARTS (paper §2.3): the architect (first- and second-order
+//! architecture gradients), PyTorch-semantics optimisers and the search loop.
+//!
+//! The architect works against the [`ArchModel`] trait, so it drives the CNN supernet, the RNN
+//! supernet and any user-defined supernet on any Burn autodiff backend.
+#![warn(missing_docs)]
+
+pub mod architect;
+pub mod optim;
+pub mod params;
+pub mod search;
+
+pub use architect::{
+    ArchGradient, ArchModel, Architect, ArchitectConfig, BatchOutput, Order,
+};
+pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
+pub use search::{Bilevel, EpochStats, SearchEvent, StepStats, WeightConfig};

@@ -1,0 +1,252 @@
+//! Optimisers with PyTorch semantics, on flat parameter tensors keyed by id.
+//!
+//! Burn's own optimisers differ from PyTorch in ways that change DARTS results (momentum
+//! dampening default 0.1, Adam epsilon 1e-5, per-tensor gradient clipping), and the unrolled
+//! architecture step needs to read the SGD momentum buffers. These are small, explicit
+//! re-implementations of `torch.optim.SGD`, `torch.optim.Adam`,
+//! `torch.nn.utils.clip_grad_norm_` and `CosineAnnealingLR`.
+
+use crate::params::global_norm;
+use burn::module::ParamId;
+use burn::tensor::{backend::Backend, Tensor};
+use std::collections::HashMap;
+
+/// `torch.optim.SGD` (dampening 0, no Nesterov).
+#[derive(Clone, Debug)]
+pub struct Sgd<B: Backend> {
+    /// Momentum factor (0.9 in DARTS).
+    pub momentum: f64,
+    /// L2 weight decay added to the gradient (3e-4 in DARTS).
+    pub weight_decay: f64,
+    /// Momentum buffers (absent until a parameter's first step, as in PyTorch).
+    pub buffers: HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<B: Backend> Sgd<B> {
+    /// A new optimiser.
+    pub fn new(momentum: f64, weight_decay: f64) -> Self {
+        Self {
+            momentum,
+            weight_decay,
+            buffers: HashMap::new(),
+        }
+    }
+
+    /// One step: for each parameter with a gradient, `d = g + wd·p`;
+    /// `buf = d` (first step) or `momentum·buf + d`; `p ← p − lr·buf`.
+    /// Returns the new values (only for parameters in `grads`).
+    pub fn step(
+        &mut self,
+        lr: f64,
+        params: &HashMap<ParamId, Tensor<B, 1>>,
+        grads: &HashMap<ParamId, Tensor<B, 1>>,
+    ) -> HashMap<ParamId, Tensor<B, 1>> {
+        let mut out = HashMap::with_capacity(grads.len());
+        for (id, g) in grads {
+            let Some(p) = params.get(id) else { continue };
+            let mut d = g.clone();
+            if self.weight_decay != 0.0 {
+                d = d + p.clone() * self.weight_decay;
+            }
+            if self.momentum != 0.0 {
+                let buf = match self.buffers.remove(id) {
+                    Some(b) => b * self.momentum + d,
+                    None => d,
+                };
+                self.buffers.insert(*id, buf.clone());
+                d = buf;
+            }
+            out.insert(*id, p.clone() - d * lr);
+        }
+        out
+    }
+
+    /// `momentum · buf` for a parameter (zeros-equivalent `None` before its first step): the
+    /// `moment` term of the reference's unrolled step.
+    pub fn moment(&self, id: &ParamId) -> Option<Tensor<B, 1>> {
+        if self.momentum == 0.0 {
+            return None;
+        }
+        self.buffers.get(id).map(|b| b.clone() * self.momentum)
+    }
+}
+
+/// `torch.optim.Adam` with coupled (L2) weight decay, as DARTS uses for alpha.
+#[derive(Clone, Debug)]
+pub struct Adam<B: Backend> {
+    /// Learning rate (3e-4 in DARTS).
+    pub lr: f64,
+    /// Betas ((0.5, 0.999) in DARTS).
+    pub betas: (f64, f64),
+    /// Epsilon (PyTorch default 1e-8).
+    pub eps: f64,
+    /// L2 weight decay added to the gradient (1e-3 in DARTS).
+    pub weight_decay: f64,
+    /// Per-parameter state: (step count, first moment, second moment).
+    pub state: HashMap<ParamId, (u64, Tensor<B, 1>, Tensor<B, 1>)>,
+}
+
+impl<B: Backend> Adam<B> {
+    /// A new optimiser.
+    pub fn new(lr: f64, betas: (f64, f64), eps: f64, weight_decay: f64) -> Self {
+        Self {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            state: HashMap::new(),
+        }
+    }
+
+    /// One step; returns the new values of the parameters in `grads`.
+    pub fn step(
+        &mut self,
+        params: &HashMap<ParamId, Tensor<B, 1>>,
+        grads: &HashMap<ParamId, Tensor<B, 1>>,
+    ) -> HashMap<ParamId, Tensor<B, 1>> {
+        let (b1, b2) = self.betas;
+        let mut out = HashMap::with_capacity(grads.len());
+        for (id, g) in grads {
+            let Some(p) = params.get(id) else { continue };
+            let mut g = g.clone();
+            if self.weight_decay != 0.0 {
+                g = g + p.clone() * self.weight_decay;
+            }
+            let (t, m, v) = match self.state.remove(id) {
+                Some((t, m, v)) => (t + 1, m * b1 + g.clone() * (1.0 - b1), v * b2 + g.square() * (1.0 - b2)),
+                None => (1, g.clone() * (1.0 - b1), g.square() * (1.0 - b2)),
+            };
+            let bc1 = 1.0 - b1.powi(t as i32);
+            let bc2 = 1.0 - b2.powi(t as i32);
+            let denom = v.clone().sqrt() / bc2.sqrt() + self.eps;
+            let new = p.clone() - m.clone() / denom * (self.lr / bc1);
+            self.state.insert(*id, (t, m, v));
+            out.insert(*id, new);
+        }
+        out
+    }
+}
+
+/// `torch.nn.utils.clip_grad_norm_`: scale every gradient by `max_norm / (total + 1e-6)` when
+/// the global L2 norm `total` exceeds `max_norm`. Returns the norm before clipping.
+pub fn clip_grad_norm<B: Backend>(grads: &mut HashMap<ParamId, Tensor<B, 1>>, max_norm: f64) -> f64 {
+    let total = global_norm(&grads.values().collect::<Vec<_>>());
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        for g in grads.values_mut() {
+            *g = g.clone() * coef;
+        }
+    }
+    total
+}
+
+/// `CosineAnnealingLR` evaluated in closed form: `lr(e) = min + (max − min)(1 + cos(π e / T)) / 2`.
+///
+/// Epoch 0 uses the base rate. (The reference scripts call `scheduler.step()` before each epoch
+/// with an old PyTorch, which shifts the schedule by one epoch; we use the unshifted schedule.)
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CosineLr {
+    /// Base (maximum) learning rate.
+    pub max: f64,
+    /// Final (minimum) learning rate.
+    pub min: f64,
+    /// Number of epochs `T`.
+    pub epochs: usize,
+}
+
+impl CosineLr {
+    /// Learning rate at `epoch`.
+    pub fn at(&self, epoch: usize) -> f64 {
+        if self.epochs == 0 {
+            return self.max;
+        }
+        let t = epoch.min(self.epochs) as f64 / self.epochs as f64;
+        self.min + (self.max - self.min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn t(v: &[f32]) -> Tensor<Flex, 1> {
+        Tensor::from_floats(v, &Default::default())
+    }
+
+    fn v(t: &Tensor<Flex, 1>) -> Vec<f32> {
+        t.clone().into_data().to_vec().unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((*x as f64 - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn sgd_matches_pytorch_hand_computation() {
+        let id = ParamId::new();
+        let mut opt = Sgd::<Flex>::new(0.9, 0.1);
+        let mut p = HashMap::from([(id, t(&[1.0, -2.0]))]);
+        let g = HashMap::from([(id, t(&[0.5, 0.5]))]);
+        // step 1: d = g + 0.1 p = [0.6, 0.3]; buf = d; p = p - 0.1 d = [0.94, -2.03]
+        p = opt.step(0.1, &p, &g);
+        close(&v(&p[&id]), &[0.94, -2.03]);
+        close(&v(&opt.moment(&id).unwrap()), &[0.54, 0.27]);
+        // step 2: d = [0.5 + 0.094, 0.5 - 0.203] = [0.594, 0.297]; buf = 0.9 [0.6, 0.3] + d
+        //         = [1.134, 0.567]; p = [0.94 - 0.1134, -2.03 - 0.0567]
+        p = opt.step(0.1, &p, &g);
+        close(&v(&p[&id]), &[0.8266, -2.0867]);
+    }
+
+    #[test]
+    fn adam_matches_pytorch_hand_computation() {
+        let id = ParamId::new();
+        let mut opt = Adam::<Flex>::new(0.1, (0.5, 0.999), 1e-8, 0.0);
+        let mut p = HashMap::from([(id, t(&[1.0]))]);
+        let g = HashMap::from([(id, t(&[2.0]))]);
+        // step 1: m = 1, v = 0.004; m̂ = 2, v̂ = 4 -> p = 1 - 0.1 * 2 / (2 + 1e-8) = 0.9
+        p = opt.step(&p, &g);
+        close(&v(&p[&id]), &[0.9]);
+        // step 2: m = 0.5 + 1 = 1.5, v = 0.003996 + 0.004 = 0.007996;
+        // bc1 = 0.75, bc2 = 1 - 0.998001 = 0.001999; denom = sqrt(0.007996)/sqrt(0.001999)
+        p = opt.step(&p, &g);
+        let denom = (0.007996f64).sqrt() / (0.001999f64).sqrt() + 1e-8;
+        close(&v(&p[&id]), &[0.9 - 0.1 / 0.75 * 1.5 / denom]);
+        // weight decay is coupled: g' = g + wd p
+        let mut opt = Adam::<Flex>::new(0.1, (0.5, 0.999), 1e-8, 0.5);
+        let p0 = HashMap::from([(id, t(&[2.0]))]);
+        let g0 = HashMap::from([(id, t(&[-1.0]))]);
+        // g' = -1 + 1 = 0 -> no movement
+        close(&v(&opt.step(&p0, &g0)[&id]), &[2.0]);
+    }
+
+    #[test]
+    fn global_clipping_scales_all_tensors_together() {
+        let (a, b) = (ParamId::new(), ParamId::new());
+        let mut g = HashMap::from([(a, t(&[3.0])), (b, t(&[4.0, 0.0]))]);
+        let n = clip_grad_norm(&mut g, 1.0);
+        assert!((n - 5.0).abs() < 1e-6);
+        close(&v(&g[&a]), &[3.0 / (5.0 + 1e-6)]);
+        close(&v(&g[&b]), &[4.0 / (5.0 + 1e-6), 0.0]);
+        let mut g = HashMap::from([(a, t(&[0.3]))]);
+        clip_grad_norm(&mut g, 1.0);
+        close(&v(&g[&a]), &[0.3]);
+    }
+
+    #[test]
+    fn cosine_schedule() {
+        let s = CosineLr {
+            max: 0.025,
+            min: 0.001,
+            epochs: 50,
+        };
+        assert!((s.at(0) - 0.025).abs() < 1e-12);
+        assert!((s.at(25) - 0.013).abs() < 1e-12);
+        assert!((s.at(50) - 0.001).abs() < 1e-12);
+        let expect = 0.001 + 0.024 * (1.0 + (std::f64::consts::PI * 0.2).cos()) / 2.0;
+        assert!((s.at(10) - expect).abs() < 1e-12);
+    }
+}
