@@ -15,12 +15,12 @@
 //! bit-identical.
 
 use crate::optim::{Adam, Sgd};
-use crate::params::{gradients, global_norm, set_values, values, FlatParams};
+use crate::params::{global_norm, gradients, set_values, values, FlatParams};
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// What one forward pass on a batch produced.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ fn split<B: AutodiffBackend>(
     mut all: FlatParams<B>,
     arch: &[ParamId],
 ) -> (FlatParams<B>, FlatParams<B>) {
-    let mut a = HashMap::new();
+    let mut a = BTreeMap::new();
     for id in arch {
         if let Some(g) = all.remove(id) {
             a.insert(*id, g);
@@ -122,7 +122,8 @@ fn split<B: AutodiffBackend>(
 }
 
 fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f64 {
-    t.inner().into_scalar().elem()
+    let d = t.inner().into_data().convert::<f64>();
+    d.to_vec::<f64>().expect("f64 data")[0]
 }
 
 /// Gradients of `model.loss(batch)`, split into (weights, architecture), plus the output.
@@ -135,13 +136,7 @@ pub fn loss_gradients<B: AutodiffBackend, M: ArchModel<B>>(
     let correct = out.correct.map(|c| c.detach());
     let grads = out.loss.backward();
     let (w, a) = split::<B>(gradients(model, &grads), &model.arch_param_ids());
-    (
-        w,
-        a,
-        scalar(loss_val),
-        correct.map(scalar),
-        out.size,
-    )
+    (w, a, scalar(loss_val), correct.map(scalar), out.size)
 }
 
 /// The architect: computes `dα` and applies the Adam step to `α`.
@@ -205,7 +200,7 @@ impl<B: AutodiffBackend> Architect<B> {
         let (gw, _, _, _, _) = loss_gradients(model, train);
         let ids: Vec<ParamId> = gw.keys().copied().collect();
         let w = values(model, &ids);
-        let mut w_prime = HashMap::with_capacity(gw.len());
+        let mut w_prime = BTreeMap::new();
         for (id, g) in gw {
             let wi = w[&id].clone();
             let mut d = g + wi.clone() * w_opt.weight_decay;
@@ -229,8 +224,7 @@ impl<B: AutodiffBackend> Architect<B> {
         let w_prime = self.virtual_step(model, w_opt, train, xi);
         let unrolled = set_values(model.clone(), &w_prime);
         // ∇α L_val(w', α) and the vector ∇w' L_val(w', α).
-        let (vector, mut dalpha, val_loss, val_correct, val_size) =
-            loss_gradients(&unrolled, val);
+        let (vector, mut dalpha, val_loss, val_correct, val_size) = loss_gradients(&unrolled, val);
         drop(unrolled);
         // ε = r / ‖vector‖
         let norm = global_norm(&vector.values().collect::<Vec<_>>());

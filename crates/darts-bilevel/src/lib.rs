@@ -10,8 +10,6 @@ pub mod optim;
 pub mod params;
 pub mod search;
 
-pub use architect::{
-    ArchGradient, ArchModel, Architect, ArchitectConfig, BatchOutput, Order,
-};
+pub use architect::{ArchGradient, ArchModel, Architect, ArchitectConfig, BatchOutput, Order};
 pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
 pub use search::{Bilevel, EpochStats, SearchEvent, StepStats, WeightConfig};

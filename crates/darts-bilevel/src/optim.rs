@@ -9,7 +9,7 @@
 use crate::params::global_norm;
 use burn::module::ParamId;
 use burn::tensor::{backend::Backend, Tensor};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// `torch.optim.SGD` (dampening 0, no Nesterov).
 #[derive(Clone, Debug)]
@@ -19,7 +19,7 @@ pub struct Sgd<B: Backend> {
     /// L2 weight decay added to the gradient (3e-4 in DARTS).
     pub weight_decay: f64,
     /// Momentum buffers (absent until a parameter's first step, as in PyTorch).
-    pub buffers: HashMap<ParamId, Tensor<B, 1>>,
+    pub buffers: BTreeMap<ParamId, Tensor<B, 1>>,
 }
 
 impl<B: Backend> Sgd<B> {
@@ -28,7 +28,7 @@ impl<B: Backend> Sgd<B> {
         Self {
             momentum,
             weight_decay,
-            buffers: HashMap::new(),
+            buffers: BTreeMap::new(),
         }
     }
 
@@ -38,10 +38,10 @@ impl<B: Backend> Sgd<B> {
     pub fn step(
         &mut self,
         lr: f64,
-        params: &HashMap<ParamId, Tensor<B, 1>>,
-        grads: &HashMap<ParamId, Tensor<B, 1>>,
-    ) -> HashMap<ParamId, Tensor<B, 1>> {
-        let mut out = HashMap::with_capacity(grads.len());
+        params: &BTreeMap<ParamId, Tensor<B, 1>>,
+        grads: &BTreeMap<ParamId, Tensor<B, 1>>,
+    ) -> BTreeMap<ParamId, Tensor<B, 1>> {
+        let mut out = BTreeMap::new();
         for (id, g) in grads {
             let Some(p) = params.get(id) else { continue };
             let mut d = g.clone();
@@ -83,7 +83,7 @@ pub struct Adam<B: Backend> {
     /// L2 weight decay added to the gradient (1e-3 in DARTS).
     pub weight_decay: f64,
     /// Per-parameter state: (step count, first moment, second moment).
-    pub state: HashMap<ParamId, (u64, Tensor<B, 1>, Tensor<B, 1>)>,
+    pub state: BTreeMap<ParamId, (u64, Tensor<B, 1>, Tensor<B, 1>)>,
 }
 
 impl<B: Backend> Adam<B> {
@@ -94,18 +94,18 @@ impl<B: Backend> Adam<B> {
             betas,
             eps,
             weight_decay,
-            state: HashMap::new(),
+            state: BTreeMap::new(),
         }
     }
 
     /// One step; returns the new values of the parameters in `grads`.
     pub fn step(
         &mut self,
-        params: &HashMap<ParamId, Tensor<B, 1>>,
-        grads: &HashMap<ParamId, Tensor<B, 1>>,
-    ) -> HashMap<ParamId, Tensor<B, 1>> {
+        params: &BTreeMap<ParamId, Tensor<B, 1>>,
+        grads: &BTreeMap<ParamId, Tensor<B, 1>>,
+    ) -> BTreeMap<ParamId, Tensor<B, 1>> {
         let (b1, b2) = self.betas;
-        let mut out = HashMap::with_capacity(grads.len());
+        let mut out = BTreeMap::new();
         for (id, g) in grads {
             let Some(p) = params.get(id) else { continue };
             let mut g = g.clone();
@@ -113,7 +113,11 @@ impl<B: Backend> Adam<B> {
                 g = g + p.clone() * self.weight_decay;
             }
             let (t, m, v) = match self.state.remove(id) {
-                Some((t, m, v)) => (t + 1, m * b1 + g.clone() * (1.0 - b1), v * b2 + g.square() * (1.0 - b2)),
+                Some((t, m, v)) => (
+                    t + 1,
+                    m * b1 + g.clone() * (1.0 - b1),
+                    v * b2 + g.square() * (1.0 - b2),
+                ),
                 None => (1, g.clone() * (1.0 - b1), g.square() * (1.0 - b2)),
             };
             let bc1 = 1.0 - b1.powi(t as i32);
@@ -129,7 +133,10 @@ impl<B: Backend> Adam<B> {
 
 /// `torch.nn.utils.clip_grad_norm_`: scale every gradient by `max_norm / (total + 1e-6)` when
 /// the global L2 norm `total` exceeds `max_norm`. Returns the norm before clipping.
-pub fn clip_grad_norm<B: Backend>(grads: &mut HashMap<ParamId, Tensor<B, 1>>, max_norm: f64) -> f64 {
+pub fn clip_grad_norm<B: Backend>(
+    grads: &mut BTreeMap<ParamId, Tensor<B, 1>>,
+    max_norm: f64,
+) -> f64 {
     let total = global_norm(&grads.values().collect::<Vec<_>>());
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
@@ -189,8 +196,8 @@ mod tests {
     fn sgd_matches_pytorch_hand_computation() {
         let id = ParamId::new();
         let mut opt = Sgd::<Flex>::new(0.9, 0.1);
-        let mut p = HashMap::from([(id, t(&[1.0, -2.0]))]);
-        let g = HashMap::from([(id, t(&[0.5, 0.5]))]);
+        let mut p = BTreeMap::from([(id, t(&[1.0, -2.0]))]);
+        let g = BTreeMap::from([(id, t(&[0.5, 0.5]))]);
         // step 1: d = g + 0.1 p = [0.6, 0.3]; buf = d; p = p - 0.1 d = [0.94, -2.03]
         p = opt.step(0.1, &p, &g);
         close(&v(&p[&id]), &[0.94, -2.03]);
@@ -205,8 +212,8 @@ mod tests {
     fn adam_matches_pytorch_hand_computation() {
         let id = ParamId::new();
         let mut opt = Adam::<Flex>::new(0.1, (0.5, 0.999), 1e-8, 0.0);
-        let mut p = HashMap::from([(id, t(&[1.0]))]);
-        let g = HashMap::from([(id, t(&[2.0]))]);
+        let mut p = BTreeMap::from([(id, t(&[1.0]))]);
+        let g = BTreeMap::from([(id, t(&[2.0]))]);
         // step 1: m = 1, v = 0.004; m̂ = 2, v̂ = 4 -> p = 1 - 0.1 * 2 / (2 + 1e-8) = 0.9
         p = opt.step(&p, &g);
         close(&v(&p[&id]), &[0.9]);
@@ -217,8 +224,8 @@ mod tests {
         close(&v(&p[&id]), &[0.9 - 0.1 / 0.75 * 1.5 / denom]);
         // weight decay is coupled: g' = g + wd p
         let mut opt = Adam::<Flex>::new(0.1, (0.5, 0.999), 1e-8, 0.5);
-        let p0 = HashMap::from([(id, t(&[2.0]))]);
-        let g0 = HashMap::from([(id, t(&[-1.0]))]);
+        let p0 = BTreeMap::from([(id, t(&[2.0]))]);
+        let g0 = BTreeMap::from([(id, t(&[-1.0]))]);
         // g' = -1 + 1 = 0 -> no movement
         close(&v(&opt.step(&p0, &g0)[&id]), &[2.0]);
     }
@@ -226,12 +233,12 @@ mod tests {
     #[test]
     fn global_clipping_scales_all_tensors_together() {
         let (a, b) = (ParamId::new(), ParamId::new());
-        let mut g = HashMap::from([(a, t(&[3.0])), (b, t(&[4.0, 0.0]))]);
+        let mut g = BTreeMap::from([(a, t(&[3.0])), (b, t(&[4.0, 0.0]))]);
         let n = clip_grad_norm(&mut g, 1.0);
         assert!((n - 5.0).abs() < 1e-6);
         close(&v(&g[&a]), &[3.0 / (5.0 + 1e-6)]);
         close(&v(&g[&b]), &[4.0 / (5.0 + 1e-6), 0.0]);
-        let mut g = HashMap::from([(a, t(&[0.3]))]);
+        let mut g = BTreeMap::from([(a, t(&[0.3]))]);
         clip_grad_norm(&mut g, 1.0);
         close(&v(&g[&a]), &[0.3]);
     }

@@ -4,10 +4,11 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-/// Flat (1-D) tensors on the inner (non-autodiff) backend, keyed by parameter id.
-pub type FlatParams<B> = HashMap<ParamId, Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
+/// Flat (1-D) tensors on the inner (non-autodiff) backend, keyed by parameter id. Ordered, so
+/// every reduction over parameters (norms) sums in the same order on every run.
+pub type FlatParams<B> = BTreeMap<ParamId, Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
 
 struct GradCollector<'a, B: AutodiffBackend> {
     grads: &'a B::Gradients,
@@ -24,10 +25,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradCollector<'_, B> {
 }
 
 /// Every parameter gradient present in `grads`, flattened.
-pub fn gradients<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &B::Gradients) -> FlatParams<B> {
+pub fn gradients<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+) -> FlatParams<B> {
     let mut c = GradCollector::<B> {
         grads,
-        out: HashMap::new(),
+        out: BTreeMap::new(),
     };
     module.visit(&mut c);
     c.out
@@ -52,7 +56,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ValueCollector<'_, B> {
 pub fn values<B: AutodiffBackend, M: Module<B>>(module: &M, ids: &[ParamId]) -> FlatParams<B> {
     let mut c = ValueCollector::<B> {
         ids,
-        out: HashMap::new(),
+        out: BTreeMap::new(),
     };
     module.visit(&mut c);
     c.out
@@ -104,9 +108,10 @@ pub fn global_norm<B: Backend>(tensors: &[&Tensor<B, 1>]) -> f64 {
     if tensors.is_empty() {
         return 0.0;
     }
-    let sq: Vec<Tensor<B, 1>> = tensors.iter().map(|t| (*t).clone().square().sum()).collect();
-    let total: f64 = Tensor::cat(sq, 0).sum().into_scalar().elem();
-    total.sqrt()
+    let sq: Vec<Tensor<B, 1>> = tensors
+        .iter()
+        .map(|t| (*t).clone().square().sum())
+        .collect();
+    let total = Tensor::cat(sq, 0).sum().into_data().convert::<f64>();
+    total.to_vec::<f64>().expect("f64 data")[0].sqrt()
 }
-
-use burn::tensor::ElementConversion;

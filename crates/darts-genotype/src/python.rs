@@ -269,7 +269,10 @@ impl<'a> Parser<'a> {
     /// Parse `[name [= name]] ( field=value, ... )` into (name offset, field, value) triples.
     fn fields(&mut self) -> Result<Vec<(usize, String, Value)>, ParseError> {
         // Optional `NAME =` prefix and/or constructor name.
-        if self.peek().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
+        if self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        {
             self.ident();
             if self.eat('=') {
                 if self.ident().is_none() {
@@ -346,10 +349,9 @@ fn ints(v: Value) -> Vec<usize> {
 
 fn finish(p: &Parser, fields: &[(usize, String, Value)], known: &str) -> Result<(), ParseError> {
     match fields.first() {
-        Some((at, name, _)) => Err(p.error_at(
-            *at,
-            format!("unknown field `{name}` (expected {known})"),
-        )),
+        Some((at, name, _)) => {
+            Err(p.error_at(*at, format!("unknown field `{name}` (expected {known})")))
+        }
         None => Ok(()),
     }
 }
@@ -365,11 +367,7 @@ pub fn parse_conv(text: &str) -> Result<Genotype, ParseError> {
         reduce: genes(take(&p, &mut f, "reduce", true)?),
         reduce_concat: ints(take(&p, &mut f, "reduce_concat", false)?),
     };
-    finish(
-        &p,
-        &f,
-        "normal, normal_concat, reduce, reduce_concat",
-    )?;
+    finish(&p, &f, "normal, normal_concat, reduce, reduce_concat")?;
     g.validate()
         .map_err(|e| p.error_at(0, format!("invalid genotype: {e}")))?;
     Ok(g)
@@ -481,7 +479,9 @@ PC_DARTS_cifar = Genotype(
 
     #[test]
     fn malformed_inputs_point_at_the_problem() {
-        let e = err("Genotype(normal=[('sep_conv_3x3' 0)], normal_concat=[2], reduce=[], reduce_concat=[])");
+        let e = err(
+            "Genotype(normal=[('sep_conv_3x3' 0)], normal_concat=[2], reduce=[], reduce_concat=[])",
+        );
         assert_eq!((e.line, e.column), (1, 34));
         assert!(e.message.contains("expected `,`"), "{e}");
 
@@ -492,10 +492,13 @@ PC_DARTS_cifar = Genotype(
         assert_eq!(e.line, 6);
         assert!(e.message.contains("unknown field `colour`"), "{e}");
 
-        let e = err("Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], reduce=[('a', 0), ('b', 1)])");
+        let e = err(
+            "Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], reduce=[('a', 0), ('b', 1)])",
+        );
         assert!(e.message.contains("missing field `reduce_concat`"), "{e}");
 
-        let e = err("Genotype(normal=[('a', 0), 3], normal_concat=[2], reduce=[], reduce_concat=[])");
+        let e =
+            err("Genotype(normal=[('a', 0), 3], normal_concat=[2], reduce=[], reduce_concat=[])");
         assert!(e.message.contains("this list holds genes"), "{e}");
 
         let e = err("Genotype(normal=[('a', -1)])");
@@ -504,7 +507,9 @@ PC_DARTS_cifar = Genotype(
         let e = err("Genotype(normal=[('a', 0), ('b', 5)], normal_concat=[2], reduce=[('a', 0), ('b', 1)], reduce_concat=[2])");
         assert!(e.message.contains("input 5"), "{e}");
 
-        let e = err("Genotype(normal=[('a', 0)], normal_concat=[2], reduce=[('a', 0)], reduce_concat=[2])");
+        let e = err(
+            "Genotype(normal=[('a', 0)], normal_concat=[2], reduce=[('a', 0)], reduce_concat=[2])",
+        );
         assert!(e.message.contains("even"), "{e}");
 
         let e = err("Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], reduce=[('a', 0), ('b', 1)], reduce_concat=[2]) extra");
@@ -519,7 +524,20 @@ PC_DARTS_cifar = Genotype(
         let e = err("Genotype(normal_concat=[99999999999999999999999])");
         assert!(e.message.contains("out of range"), "{e}");
 
-        for bad in ["", "(", "Genotype", "Genotype(normal=", "Genotype(normal=[", "Genotype(normal=[(", "Genotype(normal=[('a'", "Genotype(normal=range(", "= Genotype()", "Genotype(normal=[('',0)])", "é(", "Genotype(normal=[('a', 0)],,)"] {
+        for bad in [
+            "",
+            "(",
+            "Genotype",
+            "Genotype(normal=",
+            "Genotype(normal=[",
+            "Genotype(normal=[(",
+            "Genotype(normal=[('a'",
+            "Genotype(normal=range(",
+            "= Genotype()",
+            "Genotype(normal=[('',0)])",
+            "é(",
+            "Genotype(normal=[('a', 0)],,)",
+        ] {
             let e = parse_conv(bad).unwrap_err();
             assert!(e.offset <= bad.len(), "{bad}: {e}");
         }

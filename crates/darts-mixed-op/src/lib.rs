@@ -48,14 +48,14 @@
 //! ```
 #![warn(missing_docs)]
 
-use burn::module::Module;
+use burn::module::{Module, ModuleDisplay};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{backend::Backend, Tensor};
 use darts_ops::{DartsOp, Primitive};
 use std::fmt::Debug;
 
 /// One candidate operation of a search space.
-pub trait CandidateOp<B: Backend, const D: usize>: Module<B> + Debug {
+pub trait CandidateOp<B: Backend, const D: usize>: Module<B> + ModuleDisplay + Debug {
     /// Apply the operation.
     fn forward(&self, x: Tensor<B, D>) -> Tensor<B, D>;
 
@@ -222,7 +222,10 @@ impl<B: Backend> OpSet<B, 4> for DartsSpace {
     type Op = DartsOp<B>;
 
     fn names(&self) -> Vec<String> {
-        self.primitives.iter().map(|p| p.name().to_string()).collect()
+        self.primitives
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
     }
 
     fn none_index(&self) -> Option<usize> {

@@ -79,7 +79,11 @@ impl<B: Backend> BatchNorm2d<B> {
             RECORDER.with(|r| {
                 if let Some(map) = r.borrow_mut().as_mut() {
                     let count = (n * h * w) as f64;
-                    let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+                    let unbiased = if count > 1.0 {
+                        count / (count - 1.0)
+                    } else {
+                        1.0
+                    };
                     let m = self.momentum;
                     let new_mean = self.running_mean.val() * (1.0 - m)
                         + mean.clone().detach().reshape([c]) * m;
@@ -158,9 +162,7 @@ impl BnUpdates {
                 }
             }
         }
-        module.map(&mut Apply {
-            map: &mut self.map,
-        })
+        module.map(&mut Apply { map: &mut self.map })
     }
 }
 
@@ -202,9 +204,19 @@ mod tests {
         let bn = BatchNorm2d::<B>::new(2, false, &dev);
         let x = Tensor::<B, 4>::random([4, 2, 3, 3], Distribution::Normal(3.0, 2.0), &dev);
         let y = bn.forward(x.clone());
-        let m: Vec<f32> = y.clone().mean_dims(&[0, 2, 3]).into_data().to_vec().unwrap();
+        let m: Vec<f32> = y
+            .clone()
+            .mean_dims(&[0, 2, 3])
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert!(m.iter().all(|v| v.abs() < 1e-5));
-        let v: Vec<f32> = y.square().mean_dims(&[0, 2, 3]).into_data().to_vec().unwrap();
+        let v: Vec<f32> = y
+            .square()
+            .mean_dims(&[0, 2, 3])
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert!(v.iter().all(|v| (v - 1.0).abs() < 1e-3));
         // No scope: nothing changes.
         let rm: Vec<f32> = bn.running_mean.val().into_data().to_vec().unwrap();
@@ -215,15 +227,20 @@ mod tests {
         let clone = bn.clone();
         let bn = upd.apply(bn);
         let xm = x.clone().mean_dims(&[0, 2, 3]).reshape([2]);
-        let xv = x.clone().swap_dims(0, 1).reshape([2, 36]).var(1).reshape([2]);
+        let xv = x
+            .clone()
+            .swap_dims(0, 1)
+            .reshape([2, 36])
+            .var(1)
+            .reshape([2]);
         bn.running_mean
             .val()
             .into_data()
             .assert_approx_eq::<f32>(&(xm * 0.1).into_data(), Tolerance::default());
-        bn.running_var.val().into_data().assert_approx_eq::<f32>(
-            &(xv * 0.1 + 0.9).into_data(),
-            Tolerance::default(),
-        );
+        bn.running_var
+            .val()
+            .into_data()
+            .assert_approx_eq::<f32>(&(xv * 0.1 + 0.9).into_data(), Tolerance::default());
         // The clone taken before applying is untouched (no shared state).
         assert_eq!(
             clone.running_mean.val().into_data(),

@@ -392,9 +392,15 @@ impl Primitive {
             Primitive::SkipConnect => {
                 DartsOp::FactorizedReduce(FactorizedReduce::new(c, c, affine, device))
             }
-            Primitive::SepConv3x3 => DartsOp::SepConv(SepConv::new(c, c, 3, stride, 1, affine, device)),
-            Primitive::SepConv5x5 => DartsOp::SepConv(SepConv::new(c, c, 5, stride, 2, affine, device)),
-            Primitive::SepConv7x7 => DartsOp::SepConv(SepConv::new(c, c, 7, stride, 3, affine, device)),
+            Primitive::SepConv3x3 => {
+                DartsOp::SepConv(SepConv::new(c, c, 3, stride, 1, affine, device))
+            }
+            Primitive::SepConv5x5 => {
+                DartsOp::SepConv(SepConv::new(c, c, 5, stride, 2, affine, device))
+            }
+            Primitive::SepConv7x7 => {
+                DartsOp::SepConv(SepConv::new(c, c, 7, stride, 3, affine, device))
+            }
             Primitive::DilConv3x3 => {
                 DartsOp::DilConv(DilConv::new(c, c, 3, stride, 2, 2, affine, device))
             }
@@ -454,7 +460,10 @@ mod tests {
         };
         // sep_conv_k: 2 * (C*k*k + C*C) (+ 2 * 2C affine)
         assert_eq!(count(Primitive::SepConv3x3, false), 2 * (c * 9 + c * c));
-        assert_eq!(count(Primitive::SepConv5x5, true), 2 * (c * 25 + c * c) + 4 * c);
+        assert_eq!(
+            count(Primitive::SepConv5x5, true),
+            2 * (c * 25 + c * c) + 4 * c
+        );
         assert_eq!(count(Primitive::DilConv5x5, false), c * 25 + c * c);
         assert_eq!(count(Primitive::Conv7x1x1x7, true), 2 * 7 * c * c + 2 * c);
         assert_eq!(count(Primitive::MaxPool3x3, true), 0);

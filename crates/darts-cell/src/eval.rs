@@ -1,0 +1,302 @@
+//! The derived (evaluation) network built from a genotype (reference `cnn/model.py`,
+//! `NetworkCIFAR`).
+
+use crate::batch::{correct, cross_entropy, ImageBatch};
+use crate::search::Preprocess;
+use crate::CellError;
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::{Distribution, Tensor};
+use darts_genotype::{Gene, Genotype};
+use darts_ops::cnn::ReLUConvBN;
+use darts_ops::conv::Conv2dConfig;
+use darts_ops::{BatchNorm2d, Conv2d, DartsOp, Linear, Primitive};
+
+/// Per-sample drop path: zero whole samples with probability `p`, rescale the rest by
+/// `1 / (1 − p)`.
+pub fn drop_path<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
+    if p <= 0.0 {
+        return x;
+    }
+    let keep = 1.0 - p;
+    let n = x.dims()[0];
+    let mask = Tensor::<B, 4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &x.device());
+    x / keep * mask
+}
+
+/// A cell of the derived network: two ops per node, inputs chosen by the genotype.
+#[derive(Module, Debug)]
+pub struct EvalCell<B: Backend> {
+    /// Preprocessing of `s0`.
+    pub preprocess0: Preprocess<B>,
+    /// Preprocessing of `s1`.
+    pub preprocess1: ReLUConvBN<B>,
+    /// Ops, two per node.
+    pub ops: Vec<DartsOp<B>>,
+    /// Input state of each op.
+    pub indices: Vec<usize>,
+    /// States concatenated into the output.
+    pub concat: Vec<usize>,
+    /// Whether this is a reduction cell.
+    pub reduction: bool,
+}
+
+impl<B: Backend> EvalCell<B> {
+    /// Build from a cell's genes.
+    pub fn new(
+        genes: &[Gene],
+        concat: &[usize],
+        c_prev_prev: usize,
+        c_prev: usize,
+        c: usize,
+        reduction: bool,
+        reduction_prev: bool,
+        device: &B::Device,
+    ) -> Result<Self, CellError> {
+        let mut ops = Vec::with_capacity(genes.len());
+        for g in genes {
+            let stride = if reduction && g.input < 2 { 2 } else { 1 };
+            ops.push(Primitive::from_name(&g.op)?.build(c, stride, true, false, device));
+        }
+        Ok(Self {
+            preprocess0: Preprocess::new(c_prev_prev, c, reduction_prev, true, device),
+            preprocess1: ReLUConvBN::new(c_prev, c, 1, 1, 0, true, device),
+            ops,
+            indices: genes.iter().map(|g| g.input).collect(),
+            concat: concat.to_vec(),
+            reduction,
+        })
+    }
+
+    /// Output channels (`len(concat) · C`) for `c` channels per node.
+    pub fn multiplier(&self) -> usize {
+        self.concat.len()
+    }
+
+    /// Apply; `drop_prob > 0` applies drop path to every non-identity op output.
+    pub fn forward(&self, s0: Tensor<B, 4>, s1: Tensor<B, 4>, drop_prob: f64) -> Tensor<B, 4> {
+        let mut states = vec![self.preprocess0.forward(s0), self.preprocess1.forward(s1)];
+        for i in 0..self.ops.len() / 2 {
+            let mut s: Option<Tensor<B, 4>> = None;
+            for k in [2 * i, 2 * i + 1] {
+                let op = &self.ops[k];
+                let mut h = op.forward(states[self.indices[k]].clone());
+                if drop_prob > 0.0 && !op.is_identity() {
+                    h = drop_path(h, drop_prob);
+                }
+                s = Some(match s {
+                    Some(acc) => acc + h,
+                    None => h,
+                });
+            }
+            states.push(s.expect("two ops per node"));
+        }
+        Tensor::cat(self.concat.iter().map(|&i| states[i].clone()).collect(), 1)
+    }
+}
+
+/// The CIFAR auxiliary head (input 8×8): ReLU, 5×5 avg pool stride 3, 1×1 conv → 128, BN,
+/// ReLU, 2×2 conv → 768, BN, ReLU, linear.
+#[derive(Module, Debug)]
+pub struct AuxiliaryHead<B: Backend> {
+    /// 1×1 conv.
+    pub conv1: Conv2d<B>,
+    /// BN after conv1.
+    pub bn1: BatchNorm2d<B>,
+    /// 2×2 conv.
+    pub conv2: Conv2d<B>,
+    /// BN after conv2.
+    pub bn2: BatchNorm2d<B>,
+    /// Classifier.
+    pub classifier: Linear<B>,
+}
+
+impl<B: Backend> AuxiliaryHead<B> {
+    /// A new head on `c` channels.
+    pub fn new(c: usize, num_classes: usize, device: &B::Device) -> Self {
+        Self {
+            conv1: Conv2dConfig::new(c, 128, 1, 1, 0).init(device),
+            bn1: BatchNorm2d::new(128, true, device),
+            conv2: Conv2dConfig::new(128, 768, 2, 1, 0).init(device),
+            bn2: BatchNorm2d::new(768, true, device),
+            classifier: Linear::new(768, num_classes, device),
+        }
+    }
+
+    /// Apply to the 8×8 feature map.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let x = avg_pool2d(relu(x), [5, 5], [3, 3], [0, 0], false, false);
+        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = relu(self.bn2.forward(self.conv2.forward(x)));
+        let [n, c, h, w] = x.dims();
+        self.classifier.forward(x.reshape([n, c * h * w]))
+    }
+}
+
+/// Configuration of the derived network (reference: C = 36, 20 layers).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalNetworkConfig {
+    /// Initial channels.
+    pub channels: usize,
+    /// Classes.
+    pub num_classes: usize,
+    /// Cells.
+    pub layers: usize,
+    /// Add the auxiliary head after cell `2·layers/3`.
+    pub auxiliary: bool,
+    /// Stem multiplier.
+    pub stem_multiplier: usize,
+}
+
+impl Default for EvalNetworkConfig {
+    fn default() -> Self {
+        Self {
+            channels: 36,
+            num_classes: 10,
+            layers: 20,
+            auxiliary: false,
+            stem_multiplier: 3,
+        }
+    }
+}
+
+impl EvalNetworkConfig {
+    /// Build the network for `genotype`.
+    pub fn init<B: Backend>(
+        &self,
+        genotype: &Genotype,
+        device: &B::Device,
+    ) -> Result<EvalNetwork<B>, CellError> {
+        genotype.validate()?;
+        if self.layers < 3 {
+            return Err(CellError::Config(format!(
+                "layers = {} (need at least 3: two reductions at layers/3 and 2·layers/3)",
+                self.layers
+            )));
+        }
+        let c_stem = self.stem_multiplier * self.channels;
+        let (mut c_pp, mut c_p, mut c_cur) = (c_stem, c_stem, self.channels);
+        let mut cells = Vec::with_capacity(self.layers);
+        let mut reduction_prev = false;
+        let mut aux = None;
+        let aux_at = 2 * self.layers / 3;
+        for i in 0..self.layers {
+            let reduction = i == self.layers / 3 || i == aux_at;
+            if reduction {
+                c_cur *= 2;
+            }
+            let (genes, concat) = if reduction {
+                (&genotype.reduce, &genotype.reduce_concat)
+            } else {
+                (&genotype.normal, &genotype.normal_concat)
+            };
+            let cell = EvalCell::new(
+                genes,
+                concat,
+                c_pp,
+                c_p,
+                c_cur,
+                reduction,
+                reduction_prev,
+                device,
+            )?;
+            reduction_prev = reduction;
+            c_pp = c_p;
+            c_p = cell.multiplier() * c_cur;
+            cells.push(cell);
+            if i == aux_at && self.auxiliary {
+                aux = Some(AuxiliaryHead::new(c_p, self.num_classes, device));
+            }
+        }
+        Ok(EvalNetwork {
+            stem_conv: Conv2dConfig::new(3, c_stem, 3, 1, 1).init(device),
+            stem_bn: BatchNorm2d::new(c_stem, true, device),
+            cells,
+            auxiliary_head: aux,
+            aux_at,
+            classifier: Linear::new(c_p, self.num_classes, device),
+        })
+    }
+}
+
+/// The derived network.
+#[derive(Module, Debug)]
+pub struct EvalNetwork<B: Backend> {
+    /// Stem conv.
+    pub stem_conv: Conv2d<B>,
+    /// Stem BN.
+    pub stem_bn: BatchNorm2d<B>,
+    /// Cells.
+    pub cells: Vec<EvalCell<B>>,
+    /// Auxiliary head (training only).
+    pub auxiliary_head: Option<AuxiliaryHead<B>>,
+    /// Index of the cell the auxiliary head reads.
+    pub aux_at: usize,
+    /// Classifier.
+    pub classifier: Linear<B>,
+}
+
+/// Output of [`EvalNetwork::forward`].
+#[derive(Debug, Clone)]
+pub struct EvalOutput<B: Backend> {
+    /// Logits.
+    pub logits: Tensor<B, 2>,
+    /// Auxiliary logits (when the head exists and `training` is set).
+    pub aux_logits: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> EvalNetwork<B> {
+    /// Forward. `training` enables drop path (with `drop_prob`) and the auxiliary head.
+    pub fn forward(&self, x: Tensor<B, 4>, training: bool, drop_prob: f64) -> EvalOutput<B> {
+        let s = self.stem_bn.forward(self.stem_conv.forward(x));
+        let (mut s0, mut s1) = (s.clone(), s);
+        let dp = if training { drop_prob } else { 0.0 };
+        let mut aux_logits = None;
+        for (i, cell) in self.cells.iter().enumerate() {
+            let s2 = cell.forward(s0, s1.clone(), dp);
+            s0 = s1;
+            s1 = s2;
+            if i == self.aux_at && training {
+                if let Some(head) = &self.auxiliary_head {
+                    aux_logits = Some(head.forward(s1.clone()));
+                }
+            }
+        }
+        let [n, c, _, _] = s1.dims();
+        let logits = self
+            .classifier
+            .forward(s1.mean_dims(&[2, 3]).reshape([n, c]));
+        EvalOutput { logits, aux_logits }
+    }
+
+    /// Training loss `CE + aux_weight · CE_aux` and the correct count of the main head.
+    pub fn loss(
+        &self,
+        batch: &ImageBatch<B>,
+        drop_prob: f64,
+        aux_weight: f64,
+    ) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let out = self.forward(batch.images.clone(), true, drop_prob);
+        let c = correct(out.logits.clone().detach(), batch.targets.clone());
+        let mut loss = cross_entropy(out.logits, batch.targets.clone());
+        if let Some(aux) = out.aux_logits {
+            loss = loss + cross_entropy(aux, batch.targets.clone()) * aux_weight;
+        }
+        (loss, c)
+    }
+
+    /// Trainable weights without the auxiliary head (the number papers report).
+    pub fn num_weights(&self) -> usize {
+        let total = darts_ops::trainable_params(self, &[]);
+        total - self.auxiliary_weights()
+    }
+
+    /// Trainable weights of the auxiliary head (0 without one).
+    pub fn auxiliary_weights(&self) -> usize {
+        self.auxiliary_head
+            .as_ref()
+            .map_or(0, |h| darts_ops::trainable_params(h, &[]))
+    }
+}

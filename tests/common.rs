@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::ParamId;
+use burn::tensor::{Distribution, Int, Tensor};
+use darts::bilevel::params::{set_values, values};
+use darts::bilevel::ArchModel;
+use darts::cell::ImageBatch;
+
+pub type B = Autodiff<Flex>;
+pub type Inner = Flex;
+
+/// A synthetic batch (the architect's math does not depend on the data's provenance).
+pub fn batch(n: usize, hw: usize, seed_shift: f32) -> ImageBatch<B> {
+    let dev = Default::default();
+    let images =
+        Tensor::<B, 4>::random([n, 3, hw, hw], Distribution::Normal(0.0, 1.0), &dev) + seed_shift;
+    let t: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
+    ImageBatch {
+        images,
+        targets: Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(t, [n]), &dev),
+    }
+}
+
+/// All architecture parameters concatenated (in `arch_param_ids` order).
+pub fn alpha_vec<M: ArchModel<B>>(m: &M) -> Vec<f64> {
+    let ids = m.arch_param_ids();
+    let v = values(m, &ids);
+    ids.iter()
+        .flat_map(|id| {
+            v[id]
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Flattened per-id map to one vector (in `ids` order).
+pub fn flat(map: &darts::bilevel::params::FlatParams<B>, ids: &[ParamId]) -> Vec<f64> {
+    ids.iter()
+        .flat_map(|id| {
+            map[id]
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Replace the architecture parameters with `alpha` (concatenated, `arch_param_ids` order).
+pub fn with_alpha<M: ArchModel<B>>(m: M, alpha: &[f64]) -> M {
+    let ids = m.arch_param_ids();
+    let cur = values(&m, &ids);
+    let dev = Default::default();
+    let mut off = 0;
+    let mut new = std::collections::BTreeMap::new();
+    for id in &ids {
+        let n = cur[id].dims()[0];
+        let dtype = cur[id].dtype();
+        let data = burn::tensor::TensorData::new(alpha[off..off + n].to_vec(), [n]);
+        new.insert(*id, Tensor::<Inner, 1>::from_data(data, (&dev, dtype)));
+        off += n;
+    }
+    set_values(m, &new)
+}
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+pub fn scalar(t: Tensor<B, 1>) -> f64 {
+    t.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0]
+}
+
+/// Cast every float parameter of `m` to f64 (Flex picks the element type per tensor at run
+/// time), so finite-difference checks are not swamped by f32 rounding.
+pub fn to_f64<M: burn::module::Module<B>>(m: M) -> M {
+    use burn::module::{ModuleMapper, Param};
+    struct Cast;
+    impl ModuleMapper<B> for Cast {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            p.map(|t| {
+                let rg = t.is_require_grad();
+                let t = Tensor::<B, D>::from_inner(t.inner().cast(burn::tensor::DType::F64));
+                if rg {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            })
+        }
+    }
+    m.map(&mut Cast)
+}
+
+/// A batch cast to f64.
+pub fn batch_f64(b: ImageBatch<B>) -> ImageBatch<B> {
+    ImageBatch {
+        images: Tensor::from_inner(b.images.inner().cast(burn::tensor::DType::F64)),
+        targets: b.targets,
+    }
+}
