@@ -110,3 +110,17 @@ pub fn batch_f64(b: ImageBatch<B>) -> ImageBatch<B> {
         targets: b.targets,
     }
 }
+
+/// The shared real-data directory, or `None` (test skipped with a message) when it is missing
+/// outside CI. Under `CI=true` a missing directory fails the test.
+pub fn real_data(sub: &str) -> Option<std::path::PathBuf> {
+    let dir = darts::data::data_dir().join(sub);
+    if dir.exists() {
+        return Some(dir);
+    }
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("real data missing at {} (CI=true: this test must not skip)", dir.display());
+    }
+    eprintln!("skipping: real data missing at {}", dir.display());
+    None
+}
