@@ -21,9 +21,11 @@ pub fn drop_path<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
         return x;
     }
     let keep = 1.0 - p;
-    let n = x.dims()[0];
-    let mask = Tensor::<B, 4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &x.device());
-    x / keep * mask
+    let dims = x.dims();
+    let n = dims[0];
+    let rest = dims[1] * dims[2] * dims[3];
+    let mask = Tensor::<B, 2>::random([n, 1], Distribution::Bernoulli(keep), &x.device()) / keep;
+    (x.reshape([n, rest]) * mask).reshape(dims)
 }
 
 /// A cell of the derived network: two ops per node, inputs chosen by the genotype.

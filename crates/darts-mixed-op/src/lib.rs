@@ -169,8 +169,13 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
             if op.is_zero() {
                 continue;
             }
-            let wk = w.clone().slice(k..k + 1).reshape([1usize; D]);
-            let y = op.forward(x.clone()) * wk;
+            let y = op.forward(x.clone());
+            let shape = y.dims();
+            let numel: usize = shape.iter().product();
+            // [1, numel] · [1, 1]: the row-broadcast path, much faster on CPU backends than a
+            // rank-D broadcast of a [1, ..., 1] tensor.
+            let wk = w.clone().slice(k..k + 1).reshape([1, 1]);
+            let y = (y.reshape([1, numel]) * wk).reshape(shape);
             out = Some(match out {
                 Some(acc) => acc + y,
                 None => y,

@@ -69,42 +69,57 @@ impl<B: Backend> BatchNorm2d<B> {
     }
 
     /// Normalise `x` (`[N, C, H, W]`).
+    ///
+    /// Computed on the `[N·C, H·W]` view with per-row broadcasts, which Burn's CPU backend runs
+    /// ~20× faster than a `[1, C, 1, 1]` broadcast over the 4-D tensor.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let device = x.device();
         let train = B::ad_enabled(&device) || FORCE_BATCH.with(|f| f.get());
-        let (mean, var) = if train {
-            let mean = x.clone().mean_dims(&[0, 2, 3]); // [1, C, 1, 1]
-            let var = (x.clone() - mean.clone()).square().mean_dims(&[0, 2, 3]);
+        let rows = x.reshape([n * c, h * w]);
+        // Per-channel [C] vector to a per-row [N·C, 1] column.
+        let per_row = |v: Tensor<B, 1>| -> Tensor<B, 2> {
+            v.reshape([1, c]).expand([n, c]).reshape([n * c, 1])
+        };
+        let (centered, var) = if train {
+            let count = (n * h * w) as f64;
+            let mean = rows.clone().sum_dim(1).reshape([n, c]).sum_dim(0).reshape([c]) / count;
+            let centered = rows - per_row(mean.clone());
+            let var = centered
+                .clone()
+                .square()
+                .sum_dim(1)
+                .reshape([n, c])
+                .sum_dim(0)
+                .reshape([c])
+                / count;
             RECORDER.with(|r| {
                 if let Some(map) = r.borrow_mut().as_mut() {
-                    let count = (n * h * w) as f64;
-                    let unbiased = if count > 1.0 {
-                        count / (count - 1.0)
-                    } else {
-                        1.0
-                    };
+                    let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
                     let m = self.momentum;
-                    let new_mean = self.running_mean.val() * (1.0 - m)
-                        + mean.clone().detach().reshape([c]) * m;
+                    let new_mean =
+                        self.running_mean.val() * (1.0 - m) + mean.clone().detach() * m;
                     let new_var = self.running_var.val() * (1.0 - m)
-                        + var.clone().detach().reshape([c]) * (m * unbiased);
+                        + var.clone().detach() * (m * unbiased);
                     map.insert(self.running_mean.id, Box::new(new_mean) as Box<dyn Any>);
                     map.insert(self.running_var.id, Box::new(new_var) as Box<dyn Any>);
                 }
             });
-            (mean, var)
+            (centered, var)
         } else {
             (
-                self.running_mean.val().reshape([1, c, 1, 1]),
-                self.running_var.val().reshape([1, c, 1, 1]),
+                rows - per_row(self.running_mean.val()),
+                self.running_var.val(),
             )
         };
-        let y = (x - mean) / (var + self.epsilon).sqrt();
-        match (&self.gamma, &self.beta) {
-            (Some(g), Some(b)) => y * g.val().reshape([1, c, 1, 1]) + b.val().reshape([1, c, 1, 1]),
-            _ => y,
-        }
+        let inv_std = (var + self.epsilon).sqrt().recip();
+        let y = match (&self.gamma, &self.beta) {
+            (Some(g), Some(b)) => {
+                centered * per_row(inv_std * g.val()) + per_row(b.val())
+            }
+            _ => centered * per_row(inv_std),
+        };
+        y.reshape([n, c, h, w])
     }
 }
 

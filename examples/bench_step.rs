@@ -1,0 +1,212 @@
+//! One DARTS search step, timed, on any backend; prints JSON with the same fields as the
+//! PyTorch baseline in `../shared/bench/torch_darts_step.py`.
+//!
+//! ```text
+//! cargo run --release --example bench_step -- --order 1 --batch 16 --layers 5 --channels 8 --json
+//! ```
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use clap::Parser;
+use darts::bilevel::{ArchModel, ArchitectConfig, Bilevel, CosineLr, Order, WeightConfig};
+use darts::cell::ImageBatch;
+use darts::device::{dispatch, BackendTask, DeviceSpec};
+use darts::prelude::*;
+use std::time::Instant;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Time one DARTS search step (architecture step + weight step)")]
+struct Args {
+    /// 1 = first order, 2 = second order (unrolled).
+    #[arg(long, default_value_t = 1)]
+    order: u8,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 5)]
+    layers: usize,
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    /// Intermediate nodes per cell.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Timed search steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed plain forward+backward passes.
+    #[arg(long, default_value_t = 5)]
+    fwd_steps: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 2)]
+    seed: u64,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Multiply-accumulate count of one supernet forward, for an analytic FLOP estimate
+/// (forward + backward ≈ 3 × forward; 1 MAC = 2 FLOPs).
+fn forward_macs(c: usize, layers: usize, nodes: usize, batch: usize) -> f64 {
+    let mut macs = 0.0;
+    let hw = |s: usize| (s * s) as f64;
+    let mut size = 32usize;
+    let cs = 3 * c;
+    macs += hw(size) * (27 * cs) as f64; // stem
+    let (mut cpp, mut cp, mut cc) = (cs, cs, c);
+    let mut red_prev = false;
+    for i in 0..layers {
+        let red = i == layers / 3 || i == 2 * layers / 3;
+        if red {
+            cc *= 2;
+        }
+        let in_size = size;
+        let out_size = if red { size / 2 } else { size };
+        // preprocessing
+        macs += if red_prev { hw(in_size / 2 .max(1)) * (cpp * cc) as f64 } else { hw(in_size) * (cpp * cc) as f64 };
+        macs += hw(in_size) * (cp * cc) as f64;
+        for n in 0..nodes {
+            for j in 0..2 + n {
+                let s = if red && j < 2 { out_size } else { out_size };
+                let sp = hw(s);
+                let cc2 = (cc * cc) as f64;
+                let ccf = cc as f64;
+                // sep 3x3, sep 5x5: 2 × (dw k² + pw); dil 3x3, 5x5: dw k² + pw; skip (FR at stride 2)
+                macs += sp * (2.0 * (9.0 * ccf + cc2) + 2.0 * (25.0 * ccf + cc2));
+                macs += sp * ((9.0 * ccf + cc2) + (25.0 * ccf + cc2));
+                macs += sp * 18.0 * ccf; // two pools
+                if red && j < 2 {
+                    macs += sp * cc2; // FactorizedReduce
+                }
+            }
+        }
+        red_prev = red;
+        size = out_size;
+        cpp = cp;
+        cp = nodes * cc;
+    }
+    batch as f64 * macs
+}
+
+struct Bench(Args);
+
+impl BackendTask for Bench {
+    type Output = String;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> String {
+        let a = self.0;
+        B::seed(&device, a.seed);
+        let net = SearchNetworkConfig {
+            channels: a.channels,
+            layers: a.layers,
+            steps: a.nodes,
+            multiplier: a.nodes,
+            ..Default::default()
+        }
+        .init::<B, _, _>(&DartsSpace::default(), Softmax, &device);
+        let params = net.num_weights();
+        let mk = |shift: f32| {
+            let images = Tensor::<B, 4>::random([a.batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device) + shift;
+            let t: Vec<i64> = (0..a.batch as i64).map(|i| i % 10).collect();
+            ImageBatch {
+                images,
+                targets: Tensor::<B, 1, Int>::from_data(TensorData::new(t, [a.batch]), &device),
+            }
+        };
+        let (train, val) = (mk(0.0), mk(0.1));
+        let order = if a.order == 2 { Order::Second } else { Order::First };
+        let mut s = Bilevel::new(
+            net,
+            WeightConfig {
+                lr: CosineLr { max: 0.025, min: 0.001, epochs: 50 },
+                momentum: 0.9,
+                weight_decay: 3e-4,
+                grad_clip: Some(5.0),
+            },
+            ArchitectConfig { order, ..Default::default() },
+        );
+        let sync = |x: f64| x; // losses are read back each step, which synchronises the device
+        let mut fwd = Vec::new();
+        for _ in 0..a.fwd_steps {
+            let t0 = Instant::now();
+            let out = s.model.forward_batch(&train);
+            let g = out.loss.backward();
+            drop(g);
+            fwd.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        for _ in 0..a.warmup {
+            s.step(&train, &val, 0.025);
+        }
+        let mut steps = Vec::new();
+        for _ in 0..a.steps {
+            let t0 = Instant::now();
+            let st = s.step(&train, &val, 0.025);
+            sync(st.train_loss);
+            steps.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let macs = forward_macs(a.channels, a.layers, a.nodes, a.batch);
+        let fwd_med = median(fwd.clone());
+        let gflops = 3.0 * 2.0 * macs / (fwd_med / 1e3) / 1e9;
+        format!(
+            "{{\"impl\": \"darts-burn\", \"device\": \"{}\", \"order\": {}, \"batch\": {}, \"layers\": {}, \"channels\": {}, \"nodes\": {}, \"params\": {}, \"step_ms_median\": {:.1}, \"step_ms_min\": {:.1}, \"fwd_bwd_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"fwd_gmacs\": {:.3}, \"fwd_bwd_gflops_per_s\": {:.2}}}",
+            a.device,
+            a.order,
+            a.batch,
+            a.layers,
+            a.channels,
+            a.nodes,
+            params,
+            median(steps.clone()),
+            steps.iter().cloned().fold(f64::INFINITY, f64::min),
+            fwd_med,
+            peak_rss_mb(),
+            macs / 1e9,
+            gflops
+        )
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let spec: DeviceSpec = match args.device.parse() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let json = args.json;
+    match dispatch(&spec, Bench(args)) {
+        Ok(line) => {
+            if json {
+                println!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
