@@ -31,7 +31,10 @@ pub use darts_genotype as genotype;
 pub use darts_mixed_op as mixed_op;
 pub use darts_ops as ops;
 
+pub mod checkpoint;
+pub mod cifar;
 pub mod device;
+pub mod report;
 
 /// The names most programs need.
 pub mod prelude {

@@ -1,0 +1,342 @@
+//! Checkpoints: a JSON header and raw little-endian f32 tensors in one file, written atomically
+//! (temporary file, fsync, rename), so a crash never leaves a half-written checkpoint.
+//!
+//! Module tensors are stored in the module's visit order (weights, α, BN running statistics), so
+//! a checkpoint loads into a freshly built module of the same configuration; optimiser state is
+//! keyed by that same position.
+//!
+//! ```
+//! use darts::checkpoint::Checkpoint;
+//! let dir = std::env::temp_dir().join(format!("darts-doc-ckpt-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let mut c = Checkpoint::new(serde_json::json!({"epoch": 3}));
+//! c.push("w", vec![2], vec![1.0, 2.0]);
+//! c.write_atomic(dir.join("ckpt.bin")).unwrap();
+//! let back = Checkpoint::read(dir.join("ckpt.bin")).unwrap();
+//! assert_eq!(back.meta["epoch"], 3);
+//! assert_eq!(back.get("w").unwrap().2, vec![1.0, 2.0]);
+//! ```
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use darts_bilevel::{ArchModel, Bilevel, Sgd};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"DARTSCK1";
+
+/// Errors reading or applying a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// I/O failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not a checkpoint, or damaged.
+    #[error("{path}: not a darts checkpoint or damaged ({what})")]
+    Format {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The checkpoint does not fit the model.
+    #[error("checkpoint does not match the model: {0}")]
+    Mismatch(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    meta: serde_json::Value,
+    tensors: Vec<(String, Vec<usize>)>,
+}
+
+/// A checkpoint: free-form metadata plus named f32 tensors.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    /// Metadata (configuration, epoch, history, ...).
+    pub meta: serde_json::Value,
+    /// (name, shape, values).
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl Checkpoint {
+    /// An empty checkpoint with metadata.
+    pub fn new(meta: serde_json::Value) -> Self {
+        Self {
+            meta,
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Add a tensor.
+    pub fn push(&mut self, name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) {
+        self.tensors.push((name.into(), shape, values));
+    }
+
+    /// Look a tensor up by name.
+    pub fn get(&self, name: &str) -> Option<&(String, Vec<usize>, Vec<f32>)> {
+        self.tensors.iter().find(|t| t.0 == name)
+    }
+
+    /// Tensors whose names start with `prefix`, in order.
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a (String, Vec<usize>, Vec<f32>)> + 'a {
+        self.tensors.iter().filter(move |t| t.0.starts_with(prefix))
+    }
+
+    /// Write to `path` atomically.
+    pub fn write_atomic(&self, path: impl AsRef<Path>) -> Result<(), CheckpointError> {
+        let path = path.as_ref();
+        let err = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let header = Header {
+            meta: self.meta.clone(),
+            tensors: self.tensors.iter().map(|t| (t.0.clone(), t.1.clone())).collect(),
+        };
+        let h = serde_json::to_vec(&header).expect("header serialises");
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
+            f.write_all(MAGIC).map_err(err)?;
+            f.write_all(&(h.len() as u64).to_le_bytes()).map_err(err)?;
+            f.write_all(&h).map_err(err)?;
+            for (_, _, v) in &self.tensors {
+                let mut bytes = Vec::with_capacity(v.len() * 4);
+                for x in v {
+                    bytes.extend_from_slice(&x.to_le_bytes());
+                }
+                f.write_all(&bytes).map_err(err)?;
+            }
+            let f = f.into_inner().map_err(|e| err(e.into_error()))?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Read from `path`.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |what: &str| CheckpointError::Format {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        };
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err(bad("missing magic"));
+        }
+        let hl = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+        let body = bytes.get(16..16 + hl).ok_or_else(|| bad("truncated header"))?;
+        let header: Header = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
+        let mut off = 16 + hl;
+        let mut tensors = Vec::new();
+        for (name, shape) in header.tensors {
+            let n: usize = shape.iter().product();
+            let raw = bytes.get(off..off + 4 * n).ok_or_else(|| bad("truncated data"))?;
+            let v = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            off += 4 * n;
+            tensors.push((name, shape, v));
+        }
+        if off != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Self {
+            meta: header.meta,
+            tensors,
+        })
+    }
+}
+
+/// Every float parameter of `module`, in visit order: (id, shape, values).
+pub fn module_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamId, Vec<usize>, Vec<f32>)> {
+    struct V(Vec<(ParamId, Vec<usize>, Vec<f32>)>);
+    impl<B: Backend> ModuleVisitor<B> for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let t = p.val();
+            let shape = t.dims().to_vec();
+            let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+            self.0.push((p.id, shape, v));
+        }
+    }
+    let mut v = V(Vec::new());
+    module.visit(&mut v);
+    v.0
+}
+
+/// Load tensors (visit order) into `module`, checking every shape.
+pub fn load_module_tensors<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &[(Vec<usize>, Vec<f32>)],
+) -> Result<M, CheckpointError> {
+    struct L<'a> {
+        t: &'a [(Vec<usize>, Vec<f32>)],
+        i: usize,
+        err: Option<String>,
+    }
+    impl<B: Backend> ModuleMapper<B> for L<'_> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let i = self.i;
+            self.i += 1;
+            let Some((shape, v)) = self.t.get(i) else {
+                self.err.get_or_insert(format!("checkpoint has {} tensors, model has more", self.t.len()));
+                return p;
+            };
+            let (id, old, mapper) = p.consume();
+            if old.dims().as_slice() != shape.as_slice() {
+                self.err.get_or_insert(format!(
+                    "tensor {i}: checkpoint shape {shape:?}, model shape {:?}",
+                    old.dims()
+                ));
+                return Param::from_mapped_value(id, old, mapper);
+            }
+            let rg = old.is_require_grad();
+            let mut t = Tensor::<B, D>::from_data(TensorData::new(v.clone(), shape.clone()), &old.device());
+            if rg {
+                t = t.require_grad();
+            }
+            Param::from_mapped_value(id, t, mapper)
+        }
+    }
+    let mut l = L {
+        t: tensors,
+        i: 0,
+        err: None,
+    };
+    let m = module.map(&mut l);
+    if let Some(e) = l.err {
+        return Err(CheckpointError::Mismatch(e));
+    }
+    if l.i != tensors.len() {
+        return Err(CheckpointError::Mismatch(format!(
+            "checkpoint has {} tensors, model has {}",
+            tensors.len(),
+            l.i
+        )));
+    }
+    Ok(m)
+}
+
+fn flat<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
+    t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+/// Save `model` (visit order) and the SGD momentum buffers of `sgd` into `ckpt`.
+pub fn save_model_sgd<B: AutodiffBackend, M: Module<B>>(
+    ckpt: &mut Checkpoint,
+    model: &M,
+    sgd: &Sgd<B::InnerBackend>,
+) -> BTreeMap<ParamId, usize> {
+    let tensors = module_tensors(model);
+    let index: BTreeMap<ParamId, usize> =
+        tensors.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
+    for (i, (_, shape, v)) in tensors.into_iter().enumerate() {
+        ckpt.push(format!("model/{i}"), shape, v);
+    }
+    for (id, buf) in &sgd.buffers {
+        let v = flat(buf);
+        ckpt.push(format!("sgd/{}", index[id]), vec![v.len()], v);
+    }
+    index
+}
+
+/// Restore what [`save_model_sgd`] saved; returns the model and the parameter ids by position.
+pub fn load_model_sgd<B: AutodiffBackend, M: Module<B>>(
+    ckpt: &Checkpoint,
+    model: M,
+    sgd: &mut Sgd<B::InnerBackend>,
+) -> Result<(M, Vec<ParamId>), CheckpointError> {
+    let tensors: Vec<(Vec<usize>, Vec<f32>)> = ckpt
+        .with_prefix("model/")
+        .map(|t| (t.1.clone(), t.2.clone()))
+        .collect();
+    let model = load_module_tensors(model, &tensors)?;
+    let ids: Vec<ParamId> = darts_bilevel::params::all_ids(&model);
+    let device = model.devices().into_iter().next().expect("a device");
+    sgd.buffers.clear();
+    for (name, _, v) in ckpt.with_prefix("sgd/") {
+        sgd.buffers
+            .insert(id_at(&ids, &name[4..])?, to_tensor(v, &device));
+    }
+    Ok((model, ids))
+}
+
+fn to_tensor<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+}
+
+fn id_at(ids: &[ParamId], s: &str) -> Result<ParamId, CheckpointError> {
+    s.parse::<usize>()
+        .ok()
+        .and_then(|i| ids.get(i).copied())
+        .ok_or_else(|| CheckpointError::Mismatch(format!("bad parameter index `{s}`")))
+}
+
+/// Save a [`Bilevel`] (model, SGD momentum buffers, Adam state on α) into `ckpt`.
+pub fn save_bilevel<B: AutodiffBackend, M: ArchModel<B>>(ckpt: &mut Checkpoint, s: &Bilevel<B, M>) {
+    let tensors = module_tensors(&s.model);
+    let index: BTreeMap<ParamId, usize> =
+        tensors.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
+    for (i, (_, shape, v)) in tensors.into_iter().enumerate() {
+        ckpt.push(format!("model/{i}"), shape, v);
+    }
+    for (id, buf) in &s.w_opt.buffers {
+        let v = flat(buf);
+        ckpt.push(format!("sgd/{}", index[id]), vec![v.len()], v);
+    }
+    for (id, (t, m, v)) in &s.architect.adam.state {
+        let (m, v) = (flat(m), flat(v));
+        ckpt.push(format!("adam_m/{}/{}", index[id], t), vec![m.len()], m);
+        ckpt.push(format!("adam_v/{}", index[id]), vec![v.len()], v);
+    }
+}
+
+/// Restore what [`save_bilevel`] saved into `s` (built fresh with the same configuration).
+pub fn load_bilevel<B: AutodiffBackend, M: ArchModel<B>>(
+    ckpt: &Checkpoint,
+    s: &mut Bilevel<B, M>,
+) -> Result<(), CheckpointError> {
+    let model: Vec<(Vec<usize>, Vec<f32>)> = ckpt
+        .with_prefix("model/")
+        .map(|t| (t.1.clone(), t.2.clone()))
+        .collect();
+    s.model = load_module_tensors(s.model.clone(), &model)?;
+    let ids: Vec<ParamId> = darts_bilevel::params::all_ids(&s.model);
+    let device = s.model.devices().into_iter().next().expect("a device");
+    s.w_opt.buffers.clear();
+    for (name, _, v) in ckpt.with_prefix("sgd/") {
+        s.w_opt
+            .buffers
+            .insert(id_at(&ids, &name[4..])?, to_tensor(v, &device));
+    }
+    s.architect.adam.state.clear();
+    for (name, _, m) in ckpt.with_prefix("adam_m/") {
+        let mut parts = name[7..].split('/');
+        let idx = parts.next().unwrap_or_default();
+        let t: u64 = parts
+            .next()
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(|| CheckpointError::Mismatch(format!("bad adam entry `{name}`")))?;
+        let v = ckpt
+            .get(&format!("adam_v/{idx}"))
+            .ok_or_else(|| CheckpointError::Mismatch(format!("missing adam_v/{idx}")))?;
+        s.architect.adam.state.insert(
+            id_at(&ids, idx)?,
+            (t, to_tensor(m, &device), to_tensor(&v.2, &device)),
+        );
+    }
+    Ok(())
+}
