@@ -51,9 +51,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -84,12 +86,15 @@ fn forward_macs(c: usize, layers: usize, nodes: usize, batch: usize) -> f64 {
         let in_size = size;
         let out_size = if red { size / 2 } else { size };
         // preprocessing
-        macs += if red_prev { hw(in_size / 2 .max(1)) * (cpp * cc) as f64 } else { hw(in_size) * (cpp * cc) as f64 };
+        macs += if red_prev {
+            hw(in_size / 2) * (cpp * cc) as f64
+        } else {
+            hw(in_size) * (cpp * cc) as f64
+        };
         macs += hw(in_size) * (cp * cc) as f64;
         for n in 0..nodes {
             for j in 0..2 + n {
-                let s = if red && j < 2 { out_size } else { out_size };
-                let sp = hw(s);
+                let sp = hw(out_size);
                 let cc2 = (cc * cc) as f64;
                 let ccf = cc as f64;
                 // sep 3x3, sep 5x5: 2 × (dw k² + pw); dil 3x3, 5x5: dw k² + pw; skip (FR at stride 2)
@@ -126,7 +131,11 @@ impl BackendTask for Bench {
         .init::<B, _, _>(&DartsSpace::default(), Softmax, &device);
         let params = net.num_weights();
         let mk = |shift: f32| {
-            let images = Tensor::<B, 4>::random([a.batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device) + shift;
+            let images = Tensor::<B, 4>::random(
+                [a.batch, 3, 32, 32],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            ) + shift;
             let t: Vec<i64> = (0..a.batch as i64).map(|i| i % 10).collect();
             ImageBatch {
                 images,
@@ -134,16 +143,27 @@ impl BackendTask for Bench {
             }
         };
         let (train, val) = (mk(0.0), mk(0.1));
-        let order = if a.order == 2 { Order::Second } else { Order::First };
+        let order = if a.order == 2 {
+            Order::Second
+        } else {
+            Order::First
+        };
         let mut s = Bilevel::new(
             net,
             WeightConfig {
-                lr: CosineLr { max: 0.025, min: 0.001, epochs: 50 },
+                lr: CosineLr {
+                    max: 0.025,
+                    min: 0.001,
+                    epochs: 50,
+                },
                 momentum: 0.9,
                 weight_decay: 3e-4,
                 grad_clip: Some(5.0),
             },
-            ArchitectConfig { order, ..Default::default() },
+            ArchitectConfig {
+                order,
+                ..Default::default()
+            },
         );
         let sync = |x: f64| x; // losses are read back each step, which synchronises the device
         let mut fwd = Vec::new();
@@ -201,7 +221,10 @@ fn main() {
             if json {
                 println!("{line}");
             } else {
-                println!("{line}");
+                let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+                for (k, x) in v.as_object().expect("object") {
+                    println!("{k:>22}: {x}");
+                }
             }
         }
         Err(e) => {

@@ -31,6 +31,10 @@ struct Args {
     /// Directory with data_batch_N.bin (default: the shipped sample).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Download the official CIFAR-10 archive into this directory (md5-verified) and search on
+    /// it; needs `--features download`.
+    #[arg(long)]
+    download: Option<PathBuf>,
     /// Settings for flags not given (default: quick with the sample, paper with --data).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
@@ -83,6 +87,23 @@ struct Args {
     quiet: bool,
 }
 
+#[cfg(feature = "download")]
+fn download(dir: &std::path::Path) -> PathBuf {
+    darts::data::cifar::download(dir).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    })
+}
+
+#[cfg(not(feature = "download"))]
+fn download(dir: &std::path::Path) -> PathBuf {
+    eprintln!(
+        "error: --download {} needs the `download` feature: cargo run --features download --example cifar10_search -- --download ...",
+        dir.display()
+    );
+    std::process::exit(2)
+}
+
 struct Task(SearchConfig, RunOptions);
 
 impl BackendTask for Task {
@@ -95,9 +116,16 @@ impl BackendTask for Task {
 fn main() {
     let a = Args::parse();
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-sample");
-    let preset = a
-        .preset
-        .unwrap_or(if a.data.is_some() { Preset::Paper } else { Preset::Quick });
+    let downloaded = a.download.as_ref().map(|dir| download(dir));
+    let a = Args {
+        data: downloaded.or(a.data.clone()),
+        ..a
+    };
+    let preset = a.preset.unwrap_or(if a.data.is_some() {
+        Preset::Paper
+    } else {
+        Preset::Quick
+    });
     let mut c = SearchConfig {
         data: a.data.clone().unwrap_or(sample),
         ..Default::default()
@@ -112,8 +140,22 @@ fn main() {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f { c.$f = v; } )* };
     }
-    set!(batch_size, lr, lr_min, momentum, weight_decay, epochs, init_channels, layers, nodes,
-         train_portion, arch_lr, arch_weight_decay, grad_clip, seed);
+    set!(
+        batch_size,
+        lr,
+        lr_min,
+        momentum,
+        weight_decay,
+        epochs,
+        init_channels,
+        layers,
+        nodes,
+        train_portion,
+        arch_lr,
+        arch_weight_decay,
+        grad_clip,
+        seed
+    );
     if a.limit_images.is_some() {
         c.limit_images = a.limit_images;
     }
@@ -136,7 +178,11 @@ fn main() {
             "searching on {} ({} preset{}), device {spec}, output {}",
             c.data.display(),
             format!("{preset:?}").to_lowercase(),
-            if c.unrolled { ", second order" } else { ", first order" },
+            if c.unrolled {
+                ", second order"
+            } else {
+                ", first order"
+            },
             opts.out.display()
         );
     }
@@ -144,7 +190,10 @@ fn main() {
     match dispatch(&spec, Task(c, opts.clone())) {
         Ok(Ok(s)) => {
             println!("supernet weights: {}", s.params);
-            println!("final genotype: {}", darts::genotype::python::to_python(&s.genotype));
+            println!(
+                "final genotype: {}",
+                darts::genotype::python::to_python(&s.genotype)
+            );
             println!(
                 "wrote {}/{{genotype.json,genotype.py,normal.svg,reduce.svg,metrics.jsonl,loss.svg,accuracy.svg,alphas_normal.svg,alphas_reduce.svg,checkpoint.bin}} in {:.0}s",
                 opts.out.display(),

@@ -91,14 +91,19 @@ fn main() {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .unwrap_or_else(|e| fail(2, format!("{}: {e}", p.display())));
-            let g = parse_conv_any(&text).unwrap_or_else(|e| fail(2, format!("{}: {e}", p.display())));
+            let g =
+                parse_conv_any(&text).unwrap_or_else(|e| fail(2, format!("{}: {e}", p.display())));
             (g, p.display().to_string())
         }
         None => match catalog::conv(&a.arch) {
             Some(g) => (g, a.arch.clone()),
             None => fail(
                 2,
-                format!("unknown genotype `{}`; known: {}", a.arch, catalog::conv_names().join(", ")),
+                format!(
+                    "unknown genotype `{}`; known: {}",
+                    a.arch,
+                    catalog::conv_names().join(", ")
+                ),
             ),
         },
     };

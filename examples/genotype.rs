@@ -9,7 +9,9 @@
 
 use clap::{Parser, Subcommand};
 use darts::genotype::diagram::CellGraph;
-use darts::genotype::{catalog, parse_conv_any, parse_recurrent_any, python, Genotype, RecurrentGenotype};
+use darts::genotype::{
+    catalog, parse_conv_any, parse_recurrent_any, python, Genotype, RecurrentGenotype,
+};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -56,13 +58,24 @@ fn load(name: &str, recurrent: bool) -> Result<G, String> {
         return Ok(G::Conv(g));
     }
     let text = std::fs::read_to_string(name).map_err(|e| {
-        format!("`{name}` is neither a catalog name nor a readable file ({e}); known: {}",
-            if recurrent { catalog::recurrent_names() } else { catalog::conv_names() }.join(", "))
+        format!(
+            "`{name}` is neither a catalog name nor a readable file ({e}); known: {}",
+            if recurrent {
+                catalog::recurrent_names()
+            } else {
+                catalog::conv_names()
+            }
+            .join(", ")
+        )
     })?;
     if recurrent {
-        parse_recurrent_any(&text).map(G::Rec).map_err(|e| format!("{name}: {e}"))
+        parse_recurrent_any(&text)
+            .map(G::Rec)
+            .map_err(|e| format!("{name}: {e}"))
     } else {
-        parse_conv_any(&text).map(G::Conv).map_err(|e| format!("{name}: {e}"))
+        parse_conv_any(&text)
+            .map(G::Conv)
+            .map_err(|e| format!("{name}: {e}"))
     }
 }
 
@@ -78,23 +91,46 @@ fn run() -> Result<(), String> {
             println!("convolutional: {}", catalog::conv_names().join(", "));
             println!("recurrent:     {}", catalog::recurrent_names().join(", "));
         }
-        Cmd::Show { genotype, recurrent, json, dot, svg } => match load(&genotype, recurrent)? {
+        Cmd::Show {
+            genotype,
+            recurrent,
+            json,
+            dot,
+            svg,
+        } => match load(&genotype, recurrent)? {
             G::Conv(g) => {
-                println!("{}", if json { g.to_json() } else { python::to_python(&g) });
+                println!(
+                    "{}",
+                    if json {
+                        g.to_json()
+                    } else {
+                        python::to_python(&g)
+                    }
+                );
                 let n = CellGraph::conv(&g.normal, &g.normal_concat);
                 let r = CellGraph::conv(&g.reduce, &g.reduce_concat);
                 if dot {
                     println!("// normal\n{}// reduce\n{}", n.to_dot(), r.to_dot());
                 }
                 if let Some(p) = svg {
-                    let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                    let stem = p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().to_string())
+                        .unwrap_or_default();
                     let reduce = p.with_file_name(format!("{stem}_reduce.svg"));
                     write(&p, &n.to_svg())?;
                     write(&reduce, &r.to_svg())?;
                 }
             }
             G::Rec(g) => {
-                println!("{}", if json { g.to_json() } else { python::recurrent_to_python(&g) });
+                println!(
+                    "{}",
+                    if json {
+                        g.to_json()
+                    } else {
+                        python::recurrent_to_python(&g)
+                    }
+                );
                 let c = CellGraph::recurrent(&g);
                 if dot {
                     println!("{}", c.to_dot());

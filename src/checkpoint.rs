@@ -87,7 +87,10 @@ impl Checkpoint {
     }
 
     /// Tensors whose names start with `prefix`, in order.
-    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a (String, Vec<usize>, Vec<f32>)> + 'a {
+    pub fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a (String, Vec<usize>, Vec<f32>)> + 'a {
         self.tensors.iter().filter(move |t| t.0.starts_with(prefix))
     }
 
@@ -100,7 +103,11 @@ impl Checkpoint {
         };
         let header = Header {
             meta: self.meta.clone(),
-            tensors: self.tensors.iter().map(|t| (t.0.clone(), t.1.clone())).collect(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| (t.0.clone(), t.1.clone()))
+                .collect(),
         };
         let h = serde_json::to_vec(&header).expect("header serialises");
         let tmp = path.with_extension("tmp");
@@ -137,13 +144,17 @@ impl Checkpoint {
             return Err(bad("missing magic"));
         }
         let hl = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
-        let body = bytes.get(16..16 + hl).ok_or_else(|| bad("truncated header"))?;
+        let body = bytes
+            .get(16..16 + hl)
+            .ok_or_else(|| bad("truncated header"))?;
         let header: Header = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
         let mut off = 16 + hl;
         let mut tensors = Vec::new();
         for (name, shape) in header.tensors {
             let n: usize = shape.iter().product();
-            let raw = bytes.get(off..off + 4 * n).ok_or_else(|| bad("truncated data"))?;
+            let raw = bytes
+                .get(off..off + 4 * n)
+                .ok_or_else(|| bad("truncated data"))?;
             let v = raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -162,7 +173,9 @@ impl Checkpoint {
 }
 
 /// Every float parameter of `module`, in visit order: (id, shape, values).
-pub fn module_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamId, Vec<usize>, Vec<f32>)> {
+pub fn module_tensors<B: Backend, M: Module<B>>(
+    module: &M,
+) -> Vec<(ParamId, Vec<usize>, Vec<f32>)> {
     struct V(Vec<(ParamId, Vec<usize>, Vec<f32>)>);
     impl<B: Backend> ModuleVisitor<B> for V {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
@@ -192,7 +205,10 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(
             let i = self.i;
             self.i += 1;
             let Some((shape, v)) = self.t.get(i) else {
-                self.err.get_or_insert(format!("checkpoint has {} tensors, model has more", self.t.len()));
+                self.err.get_or_insert(format!(
+                    "checkpoint has {} tensors, model has more",
+                    self.t.len()
+                ));
                 return p;
             };
             let (id, old, mapper) = p.consume();
@@ -204,7 +220,8 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(
                 return Param::from_mapped_value(id, old, mapper);
             }
             let rg = old.is_require_grad();
-            let mut t = Tensor::<B, D>::from_data(TensorData::new(v.clone(), shape.clone()), &old.device());
+            let mut t =
+                Tensor::<B, D>::from_data(TensorData::new(v.clone(), shape.clone()), &old.device());
             if rg {
                 t = t.require_grad();
             }
@@ -231,7 +248,11 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(
 }
 
 fn flat<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
-    t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32")
 }
 
 /// Save `model` (visit order) and the SGD momentum buffers of `sgd` into `ckpt`.

@@ -62,6 +62,10 @@ pub enum RunError {
     Config(String),
 }
 
+/// Seeding a backend sets a process-wide generator (on CPU), so seeding and initialising happen
+/// under this lock: runs in parallel threads of one process cannot interleave their draws.
+static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn write(path: &Path, text: &str) -> Result<(), RunError> {
     let io = |source| RunError::Io {
         path: path.to_path_buf(),
@@ -256,7 +260,11 @@ where
     (loss / n.max(1.0), ok / n.max(1.0))
 }
 
-fn write_search_outputs(out: &Path, history: &[SearchEpoch], op_names: &[String]) -> Result<(), RunError> {
+fn write_search_outputs(
+    out: &Path,
+    history: &[SearchEpoch],
+    op_names: &[String],
+) -> Result<(), RunError> {
     let mut jsonl = String::new();
     for e in history {
         jsonl.push_str(&serde_json::to_string(e).expect("serialisable"));
@@ -302,7 +310,10 @@ fn write_search_outputs(out: &Path, history: &[SearchEpoch], op_names: &[String]
     if let Some(last) = history.last() {
         let g = &last.genotype;
         let e = last.epoch;
-        write(&out.join(format!("genotypes/epoch_{e:03}.json")), &g.to_json())?;
+        write(
+            &out.join(format!("genotypes/epoch_{e:03}.json")),
+            &g.to_json(),
+        )?;
         write(
             &out.join(format!("genotypes/epoch_{e:03}.py")),
             &format!("{}\n", last.genotype_python),
@@ -313,7 +324,10 @@ fn write_search_outputs(out: &Path, history: &[SearchEpoch], op_names: &[String]
 
 fn write_genotype_files(out: &Path, g: &Genotype) -> Result<(), RunError> {
     write(&out.join("genotype.json"), &g.to_json())?;
-    write(&out.join("genotype.py"), &format!("{}\n", python::to_python(g)))?;
+    write(
+        &out.join("genotype.py"),
+        &format!("{}\n", python::to_python(g)),
+    )?;
     let n = CellGraph::conv(&g.normal, &g.normal_concat);
     let r = CellGraph::conv(&g.reduce, &g.reduce_concat);
     write(&out.join("normal.svg"), &n.to_svg())?;
@@ -357,7 +371,6 @@ pub fn run_search<B: AutodiffBackend>(
         &out.join("config.json"),
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
     )?;
-    B::seed(device, cfg.seed);
     let data = load_train(&cfg.data, cfg.limit_images)?;
     let (train_idx, val_idx) = search_split(data.len(), cfg.train_portion)?;
     let mut train = Loader::new(data.clone(), train_idx, cfg.batch_size);
@@ -372,14 +385,18 @@ pub fn run_search<B: AutodiffBackend>(
     val.stream = 2;
     let infer = Loader::new(data, val_idx, cfg.batch_size);
 
-    let net: Net<B> = SearchNetworkConfig {
-        channels: cfg.init_channels,
-        layers: cfg.layers,
-        steps: cfg.nodes,
-        multiplier: cfg.nodes,
-        ..Default::default()
-    }
-    .init::<B, _, _>(&DartsSpace::default(), Softmax, device);
+    let net: Net<B> = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        SearchNetworkConfig {
+            channels: cfg.init_channels,
+            layers: cfg.layers,
+            steps: cfg.nodes,
+            multiplier: cfg.nodes,
+            ..Default::default()
+        }
+        .init::<B, _, _>(&DartsSpace::default(), Softmax, device)
+    };
     let params = net.num_weights();
     let op_names = net.op_names.clone();
     let mut search = Bilevel::new(
@@ -395,7 +412,11 @@ pub fn run_search<B: AutodiffBackend>(
             grad_clip: (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
         },
         ArchitectConfig {
-            order: if cfg.unrolled { Order::Second } else { Order::First },
+            order: if cfg.unrolled {
+                Order::Second
+            } else {
+                Order::First
+            },
             arch_lr: cfg.arch_lr,
             arch_weight_decay: cfg.arch_weight_decay,
             ..Default::default()
@@ -434,7 +455,8 @@ pub fn run_search<B: AutodiffBackend>(
         });
         pb.finish_and_clear();
         let model = search.model.valid();
-        let (val_loss, val_acc) = evaluate::<B::InnerBackend, _>(&infer, device, |x| model.forward(x));
+        let (val_loss, val_acc) =
+            evaluate::<B::InnerBackend, _>(&infer, device, |x| model.forward(x));
         let (an, ar) = search.model.arch_weights();
         let genotype = search.model.genotype();
         let rec = SearchEpoch {
@@ -605,7 +627,6 @@ pub fn run_train<B: AutodiffBackend>(
         &out.join("config.json"),
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
     )?;
-    B::seed(device, cfg.seed);
     let data = load_train(&cfg.data, cfg.limit_images)?;
     let mut test = Cifar10::load_test(&cfg.data)?;
     if let Some(n) = cfg.limit_test {
@@ -626,13 +647,17 @@ pub fn run_train<B: AutodiffBackend>(
     let nt = test.len();
     let test_loader = Loader::new(Arc::new(test), (0..nt).collect(), cfg.batch_size);
 
-    let mut model = EvalNetworkConfig {
-        channels: cfg.init_channels,
-        layers: cfg.layers,
-        auxiliary: cfg.auxiliary,
-        ..Default::default()
-    }
-    .init::<B>(&cfg.genotype, device)?;
+    let mut model = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        EvalNetworkConfig {
+            channels: cfg.init_channels,
+            layers: cfg.layers,
+            auxiliary: cfg.auxiliary,
+            ..Default::default()
+        }
+        .init::<B>(&cfg.genotype, device)?
+    };
     let params = model.num_weights();
     let mut sgd = Sgd::<B::InnerBackend>::new(cfg.momentum, cfg.weight_decay);
     if let Some(c) = &ckpt {
@@ -687,12 +712,17 @@ pub fn run_train<B: AutodiffBackend>(
             ok += c;
             seen += m;
             pb.inc(1);
-            pb.set_message(format!("loss {:.3} acc {:.1}%", loss_sum / seen, 100.0 * ok / seen));
+            pb.set_message(format!(
+                "loss {:.3} acc {:.1}%",
+                loss_sum / seen,
+                100.0 * ok / seen
+            ));
         }
         pb.finish_and_clear();
         let inner = model.valid();
-        let (test_loss, test_acc) =
-            evaluate::<B::InnerBackend, _>(&test_loader, device, |x| inner.forward(x, false, 0.0).logits);
+        let (test_loss, test_acc) = evaluate::<B::InnerBackend, _>(&test_loader, device, |x| {
+            inner.forward(x, false, 0.0).logits
+        });
         let rec = TrainEpoch {
             epoch,
             lr,

@@ -6,12 +6,12 @@
 //!
 //! ```
 //! use darts::device::{dispatch, BackendTask, DeviceSpec};
-//! use burn::tensor::{backend::AutodiffBackend, Tensor};
+//! use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
 //! struct Sum;
 //! impl BackendTask for Sum {
 //!     type Output = f32;
 //!     fn run<B: AutodiffBackend>(self, device: B::Device) -> f32 {
-//!         Tensor::<B, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar().into()
+//!         Tensor::<B, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar().elem()
 //!     }
 //! }
 //! let spec: DeviceSpec = "cpu".parse().unwrap();

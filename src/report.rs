@@ -9,11 +9,16 @@ const COLORS: [&str; 10] = [
 ];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn bounds(series: &[(String, Vec<(f64, f64)>)]) -> (f64, f64, f64, f64) {
-    let pts = series.iter().flat_map(|s| s.1.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.1.iter())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -56,7 +61,13 @@ fn plot_into(
     let sx = |v: f64| x + (v - x0) / (x1 - x0) * w;
     let sy = |v: f64| y + h - (v - y0) / (y1 - y0) * h;
     let _ = writeln!(out, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{h:.1}\" fill=\"white\" stroke=\"#999\"/>");
-    let _ = writeln!(out, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\">{}</text>", x + w / 2.0, y - 5.0, esc(title));
+    let _ = writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\">{}</text>",
+        x + w / 2.0,
+        y - 5.0,
+        esc(title)
+    );
     if axes_labels {
         for k in 0..=4 {
             let v = y0 + (y1 - y0) * k as f64 / 4.0;
@@ -75,7 +86,12 @@ fn plot_into(
         if pts.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"/>", COLORS[i % COLORS.len()], pts.join(" "));
+        let _ = writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"/>",
+            COLORS[i % COLORS.len()],
+            pts.join(" ")
+        );
     }
 }
 
@@ -91,7 +107,11 @@ pub fn line_chart(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>
     let (w, h) = (640.0, 360.0);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n");
     plot_into(&mut s, series, 60.0, 30.0, 420.0, 290.0, title, true, None);
-    let _ = writeln!(s, "<text x=\"270\" y=\"352\" font-size=\"11\" text-anchor=\"middle\">{}</text>", esc(x_label));
+    let _ = writeln!(
+        s,
+        "<text x=\"270\" y=\"352\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+        esc(x_label)
+    );
     let names: Vec<String> = series.iter().map(|x| x.0.clone()).collect();
     legend(&mut s, &names, 500.0, 50.0);
     s.push_str("</svg>\n");
@@ -99,15 +119,22 @@ pub fn line_chart(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>
 }
 
 /// softmax(α) per edge over epochs: `history[epoch][edge][op]`, one panel per edge, one line per
-/// op (y from 0 to 1).
+/// op. All panels share one y range (printed in the title) so edges can be compared.
 pub fn alpha_evolution(title: &str, history: &[Vec<Vec<f64>>], op_names: &[String]) -> String {
     let edges = history.first().map_or(0, |h| h.len());
     let cols = 4usize;
     let rows = edges.div_ceil(cols).max(1);
     let (pw, ph) = (170.0, 110.0);
-    let (w, h) = (40.0 + cols as f64 * (pw + 30.0) + 150.0, 50.0 + rows as f64 * (ph + 35.0));
+    let (w, h) = (
+        40.0 + cols as f64 * (pw + 30.0) + 150.0,
+        50.0 + rows as f64 * (ph + 35.0),
+    );
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\">\n<rect width=\"{w:.0}\" height=\"{h:.0}\" fill=\"white\"/>\n");
-    let _ = writeln!(s, "<text x=\"20\" y=\"22\" font-size=\"15\">{}</text>", esc(title));
+    let _ = writeln!(
+        s,
+        "<text x=\"20\" y=\"22\" font-size=\"15\">{}</text>",
+        esc(title)
+    );
     // Edge labels in the reference layout: node i, input j.
     let mut labels = Vec::new();
     let mut n_in = 2;
@@ -132,8 +159,21 @@ pub fn alpha_evolution(title: &str, history: &[Vec<Vec<f64>>], op_names: &[Strin
                 )
             })
             .collect();
-        let (cx, cy) = (40.0 + (e % cols) as f64 * (pw + 30.0), 55.0 + (e / cols) as f64 * (ph + 35.0));
-        plot_into(&mut s, &series, cx, cy, pw, ph, &labels[e], false, Some((0.0, 1.0)));
+        let (cx, cy) = (
+            40.0 + (e % cols) as f64 * (pw + 30.0),
+            55.0 + (e / cols) as f64 * (ph + 35.0),
+        );
+        plot_into(
+            &mut s,
+            &series,
+            cx,
+            cy,
+            pw,
+            ph,
+            &labels[e],
+            false,
+            Some((0.0, 1.0)),
+        );
     }
     legend(&mut s, op_names, w - 140.0, 60.0);
     s.push_str("</svg>\n");
@@ -146,7 +186,14 @@ mod tests {
 
     #[test]
     fn charts_are_well_formed() {
-        let s = line_chart("loss", "epoch", &[("train".into(), vec![(0.0, 2.3), (1.0, 2.0)]), ("val".into(), vec![(0.0, 2.4)])]);
+        let s = line_chart(
+            "loss",
+            "epoch",
+            &[
+                ("train".into(), vec![(0.0, 2.3), (1.0, 2.0)]),
+                ("val".into(), vec![(0.0, 2.4)]),
+            ],
+        );
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<polyline").count(), 2);
         let h = vec![vec![vec![0.5, 0.5]; 5]; 3];

@@ -47,6 +47,7 @@ pub struct EvalCell<B: Backend> {
 
 impl<B: Backend> EvalCell<B> {
     /// Build from a cell's genes.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         genes: &[Gene],
         concat: &[usize],

@@ -1,4 +1,63 @@
 //! The search cell and the search supernet.
+//!
+//! The supernet is generic over the op set: the DARTS space is [`darts_mixed_op::DartsSpace`],
+//! and a user-defined space plugs in the same way. Here, a space of three candidates — `none`,
+//! the identity and a user's own 3×3 convolution + BN — drives a full supernet, and the genotype
+//! comes out with the user's op names:
+//!
+//! ```
+//! use burn::backend::{Autodiff, Flex};
+//! use burn::module::Module;
+//! use burn::tensor::{activation::relu, backend::Backend, Tensor};
+//! use darts_cell::SearchNetworkConfig;
+//! use darts_mixed_op::{CandidateOp, EdgeSpec, OpSet, Softmax};
+//! use darts_ops::cnn::{Identity, ReLUConvBN, Zero};
+//!
+//! #[derive(Module, Debug)]
+//! pub enum MyOp<B: Backend> {
+//!     Zero(Zero),
+//!     Skip(Identity),
+//!     Conv(ReLUConvBN<B>),
+//! }
+//!
+//! impl<B: Backend> CandidateOp<B, 4> for MyOp<B> {
+//!     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+//!         match self {
+//!             MyOp::Zero(z) => z.forward(x),
+//!             MyOp::Skip(_) => x,
+//!             MyOp::Conv(c) => c.forward(x),
+//!         }
+//!     }
+//!     fn is_zero(&self) -> bool { matches!(self, MyOp::Zero(_)) }
+//! }
+//!
+//! #[derive(Clone, Debug)]
+//! pub struct MySpace;
+//!
+//! impl<B: Backend> OpSet<B, 4> for MySpace {
+//!     type Op = MyOp<B>;
+//!     fn names(&self) -> Vec<String> { vec!["none".into(), "skip".into(), "my_conv_3x3".into()] }
+//!     fn none_index(&self) -> Option<usize> { Some(0) }
+//!     fn build(&self, k: usize, e: &EdgeSpec, device: &B::Device) -> MyOp<B> {
+//!         match (k, e.stride) {
+//!             (0, s) => MyOp::Zero(Zero { stride: s }),
+//!             (1, 1) => MyOp::Skip(Identity),
+//!             // A strided "skip" and the conv: 3×3 conv carrying the stride.
+//!             (_, s) => MyOp::Conv(ReLUConvBN::new(e.channels, e.channels, 3, s, 1, false, device)),
+//!         }
+//!     }
+//! }
+//!
+//! type B = Autodiff<Flex>;
+//! let dev = Default::default();
+//! let net = SearchNetworkConfig { channels: 4, layers: 3, ..Default::default() }
+//!     .init::<B, _, _>(&MySpace, Softmax, &dev);
+//! assert_eq!(net.alphas_normal.dims(), [14, 3]);
+//! let logits = net.forward(Tensor::zeros([2, 3, 16, 16], &dev));
+//! assert_eq!(logits.dims(), [2, 10]);
+//! let g = net.genotype();
+//! assert!(g.normal.iter().all(|gene| gene.op == "skip" || gene.op == "my_conv_3x3"));
+//! ```
 
 use crate::batch::{correct, cross_entropy, ImageBatch};
 use burn::module::{Module, Param, ParamId};

@@ -129,7 +129,7 @@ impl Cifar10 {
 
     /// Parse one file's bytes (strictly).
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, CifarError> {
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
             return Err(CifarError::Length {
                 path: path.to_path_buf(),
                 len: bytes.len(),
@@ -309,7 +309,9 @@ pub fn verify_and_extract(
             .to_string_lossy()
             .into_owned();
         let name = name.trim_start_matches("./").to_string();
-        if entry.header().entry_type().is_dir() && name.trim_end_matches('/') == "cifar-10-batches-bin" {
+        if entry.header().entry_type().is_dir()
+            && name.trim_end_matches('/') == "cifar-10-batches-bin"
+        {
             continue;
         }
         if !entry.header().entry_type().is_file() || !ARCHIVE_MEMBERS.contains(&name.as_str()) {
@@ -327,6 +329,30 @@ pub fn verify_and_extract(
         fs::rename(&tmp, &target).map_err(io(&target))?;
     }
     Ok(out_dir)
+}
+
+/// Download the official archive to `dest/cifar-10-binary.tar.gz` (skipped when a file with the
+/// right checksum is already there), verify its md5, and extract it with
+/// [`verify_and_extract`]. Returns the directory holding the `.bin` files. The download goes to a
+/// `.part` file first, so an interrupted download never passes for a complete one.
+#[cfg(feature = "download")]
+pub fn download(dest: impl AsRef<Path>) -> Result<PathBuf, CifarError> {
+    let dest = dest.as_ref();
+    fs::create_dir_all(dest).map_err(io(dest))?;
+    let archive = dest.join("cifar-10-binary.tar.gz");
+    let have = archive.exists() && md5_file(&archive)? == ARCHIVE_MD5;
+    if !have {
+        let part = dest.join("cifar-10-binary.tar.gz.part");
+        let resp = ureq::get(ARCHIVE_URL)
+            .call()
+            .map_err(|e| CifarError::Invalid(format!("downloading {ARCHIVE_URL}: {e}")))?;
+        let mut reader = resp.into_body().into_reader();
+        let mut f = fs::File::create(&part).map_err(io(&part))?;
+        std::io::copy(&mut reader, &mut f).map_err(io(&part))?;
+        f.sync_all().map_err(io(&part))?;
+        fs::rename(&part, &archive).map_err(io(&archive))?;
+    }
+    verify_and_extract(&archive, ARCHIVE_MD5, dest)
 }
 
 /// Augmentation applied to training images.
@@ -388,8 +414,14 @@ pub fn prepare_image(set: &Cifar10, i: usize, aug: &Augment, rng: &mut impl Rng,
         let cy = rng.random_range(0..SIDE) as isize;
         let cx = rng.random_range(0..SIDE) as isize;
         let h = (len / 2) as isize;
-        let (y0, y1) = ((cy - h).max(0) as usize, ((cy + h).min(SIDE as isize)) as usize);
-        let (x0, x1) = ((cx - h).max(0) as usize, ((cx + h).min(SIDE as isize)) as usize);
+        let (y0, y1) = (
+            (cy - h).max(0) as usize,
+            ((cy + h).min(SIDE as isize)) as usize,
+        );
+        let (x0, x1) = (
+            (cx - h).max(0) as usize,
+            ((cx + h).min(SIDE as isize)) as usize,
+        );
         for c in 0..3 {
             for y in y0..y1 {
                 for x in x0..x1 {
@@ -513,9 +545,19 @@ impl Loader {
         let n = hi - lo;
         let mut images = vec![0.0f32; n * 3072];
         let mut labels = Vec::with_capacity(n);
-        let mut rng = StdRng::seed_from_u64(derive_seed(self.seed, epoch, self.stream ^ ((b as u64 + 1) << 8)));
+        let mut rng = StdRng::seed_from_u64(derive_seed(
+            self.seed,
+            epoch,
+            self.stream ^ ((b as u64 + 1) << 8),
+        ));
         for (k, &i) in order[lo..hi].iter().enumerate() {
-            prepare_image(&self.data, i, &self.augment, &mut rng, &mut images[k * 3072..(k + 1) * 3072]);
+            prepare_image(
+                &self.data,
+                i,
+                &self.augment,
+                &mut rng,
+                &mut images[k * 3072..(k + 1) * 3072],
+            );
             labels.push(self.data.labels[i]);
         }
         HostBatch { images, labels }
@@ -557,7 +599,8 @@ mod tests {
         let mut d = Cifar10::default();
         for i in 0..n {
             d.labels.push((i % 10) as u8);
-            d.pixels.extend((0..3072).map(|k| ((i * 31 + k * 7) % 256) as u8));
+            d.pixels
+                .extend((0..3072).map(|k| ((i * 31 + k * 7) % 256) as u8));
         }
         d
     }
@@ -580,15 +623,30 @@ mod tests {
             Cifar10::parse(&bytes[..bytes.len() - 1], p),
             Err(CifarError::Length { len, .. }) if len == 3 * RECORD - 1
         ));
-        assert!(matches!(Cifar10::parse(&[], p), Err(CifarError::Length { .. })));
+        assert!(matches!(
+            Cifar10::parse(&[], p),
+            Err(CifarError::Length { .. })
+        ));
         let mut bad = bytes.clone();
         bad[RECORD] = 10;
         let e = Cifar10::parse(&bad, p).unwrap_err();
-        assert!(matches!(e, CifarError::Label { record: 1, label: 10, .. }));
-        assert!(e.to_string().contains("data_batch_1.bin: record 1 has label 10"));
+        assert!(matches!(
+            e,
+            CifarError::Label {
+                record: 1,
+                label: 10,
+                ..
+            }
+        ));
+        assert!(e
+            .to_string()
+            .contains("data_batch_1.bin: record 1 has label 10"));
         let dir = std::env::temp_dir().join(format!("darts-cifar-missing-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(matches!(Cifar10::load_train(&dir), Err(CifarError::NoTrainFiles { .. })));
+        assert!(matches!(
+            Cifar10::load_train(&dir),
+            Err(CifarError::NoTrainFiles { .. })
+        ));
         let e = Cifar10::load_test(&dir).unwrap_err();
         assert!(matches!(e, CifarError::Io { .. }));
         assert!(e.to_string().contains("test_batch.bin"));
@@ -612,12 +670,20 @@ mod tests {
         prepare_image(&d, 0, &Augment::NONE, &mut rng, &mut out);
         let expect = (d.pixels[5] as f32 / 255.0 - MEAN[0]) / STD[0];
         assert!((out[5] - expect).abs() < 1e-6);
-        let cut = Augment { crop_padding: 0, flip: false, cutout: Some(16) };
+        let cut = Augment {
+            crop_padding: 0,
+            flip: false,
+            cutout: Some(16),
+        };
         prepare_image(&d, 0, &cut, &mut rng, &mut out);
         let zeros = out.iter().filter(|v| **v == 0.0).count();
-        assert!(zeros >= 3 * 64 && zeros <= 3 * 256, "{zeros}");
+        assert!((3 * 64..=3 * 256).contains(&zeros), "{zeros}");
         // Flip only: row 0 is mirrored.
-        let flip = Augment { crop_padding: 0, flip: true, cutout: None };
+        let flip = Augment {
+            crop_padding: 0,
+            flip: true,
+            cutout: None,
+        };
         let mut seen_flip = false;
         for s in 0..20 {
             let mut rng = StdRng::seed_from_u64(s);
@@ -671,7 +737,10 @@ mod tests {
         let data = synthetic(4).to_bytes();
         let good = build(&[
             ("cifar-10-batches-bin/data_batch_1.bin", data.clone()),
-            ("cifar-10-batches-bin/batches.meta.txt", b"airplane\nautomobile\n".to_vec()),
+            (
+                "cifar-10-batches-bin/batches.meta.txt",
+                b"airplane\nautomobile\n".to_vec(),
+            ),
         ]);
         let sum = md5_file(&good).unwrap();
         let out = dir.join("out");
@@ -680,7 +749,10 @@ mod tests {
         assert!(!out.join("cifar-10-batches-bin/data_batch_1.bin").exists());
         let got = verify_and_extract(&good, &sum, &out).unwrap();
         assert_eq!(Cifar10::load_train(&got).unwrap(), synthetic(4));
-        assert_eq!(read_class_names(&got).unwrap(), vec!["airplane", "automobile"]);
+        assert_eq!(
+            read_class_names(&got).unwrap(),
+            vec!["airplane", "automobile"]
+        );
         for name in ["elsewhere/data_batch_1.bin", "cifar-10-batches-bin/run.sh"] {
             let evil = build(&[(name, data.clone())]);
             let sum = md5_file(&evil).unwrap();

@@ -10,7 +10,6 @@
 
 pub mod cifar;
 
-
 use std::path::PathBuf;
 
 /// The directory holding real data for tests and benches: `$DARTS_DATA_DIR`, else

@@ -97,7 +97,7 @@ impl CellGraph {
         let ni = self.inputs.len();
         let total = ni + self.nodes + 1;
         let col_w = 170.0;
-        let height = 120.0 + 70.0 * ni.max(3) as f64;
+        let height = 160.0 + 80.0 * ni.max(3) as f64;
         let width = col_w * (self.nodes as f64 + 2.0) + 40.0;
         let mid = height / 2.0;
         let pos = |id: usize| -> (f64, f64) {
@@ -107,7 +107,7 @@ impl CellGraph {
                 (60.0, y)
             } else if id < ni + self.nodes {
                 let k = id - ni;
-                let off = if k % 2 == 0 { -45.0 } else { 45.0 };
+                let off = if k.is_multiple_of(2) { -70.0 } else { 70.0 };
                 (60.0 + col_w * (k as f64 + 1.0), mid + off)
             } else {
                 (60.0 + col_w * (self.nodes as f64 + 1.0), mid)
@@ -146,9 +146,17 @@ impl CellGraph {
                 "<path d=\"M {sx:.1} {y1:.1} C {c1x:.1} {c1y:.1}, {c2x:.1} {c2y:.1}, {ex:.1} {y2:.1}\" fill=\"none\" stroke=\"#444\" stroke-width=\"1.6\" marker-end=\"url(#arrow)\"/>"
             );
             if !label.is_empty() {
-                // Point of the cubic at t = 0.5.
-                let lx = 0.125 * sx + 0.375 * c1x + 0.375 * c2x + 0.125 * ex;
-                let ly = 0.125 * y1 + 0.375 * c1y + 0.375 * c2y + 0.125 * y2;
+                // Point of the cubic at t = 0.6 (closer to the target, where edges fan in from
+                // different directions, so labels collide less).
+                let t: f64 = 0.6;
+                let (a, b, c, d) = (
+                    (1.0 - t).powi(3),
+                    3.0 * (1.0 - t).powi(2) * t,
+                    3.0 * (1.0 - t) * t * t,
+                    t.powi(3),
+                );
+                let lx = a * sx + b * c1x + c * c2x + d * ex;
+                let ly = a * y1 + b * c1y + c * c2y + d * y2;
                 let w = 7.0 * label.chars().count() as f64 + 8.0;
                 let _ = writeln!(
                     labels,

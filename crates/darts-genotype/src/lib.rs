@@ -126,7 +126,7 @@ fn validate_conv_cell(
     genes: &[Gene],
     concat: &[usize],
 ) -> Result<(), GenotypeError> {
-    if genes.is_empty() || genes.len() % 2 != 0 {
+    if genes.is_empty() || !genes.len().is_multiple_of(2) {
         return Err(GenotypeError::OddGeneCount {
             cell,
             genes: genes.len(),

@@ -274,10 +274,8 @@ impl<'a> Parser<'a> {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         {
             self.ident();
-            if self.eat('=') {
-                if self.ident().is_none() {
-                    return Err(self.expected("a constructor name such as `Genotype`"));
-                }
+            if self.eat('=') && self.ident().is_none() {
+                return Err(self.expected("a constructor name such as `Genotype`"));
             }
         }
         self.expect('(')?;

@@ -83,7 +83,13 @@ impl<B: Backend> BatchNorm2d<B> {
         };
         let (centered, var) = if train {
             let count = (n * h * w) as f64;
-            let mean = rows.clone().sum_dim(1).reshape([n, c]).sum_dim(0).reshape([c]) / count;
+            let mean = rows
+                .clone()
+                .sum_dim(1)
+                .reshape([n, c])
+                .sum_dim(0)
+                .reshape([c])
+                / count;
             let centered = rows - per_row(mean.clone());
             let var = centered
                 .clone()
@@ -95,12 +101,15 @@ impl<B: Backend> BatchNorm2d<B> {
                 / count;
             RECORDER.with(|r| {
                 if let Some(map) = r.borrow_mut().as_mut() {
-                    let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+                    let unbiased = if count > 1.0 {
+                        count / (count - 1.0)
+                    } else {
+                        1.0
+                    };
                     let m = self.momentum;
-                    let new_mean =
-                        self.running_mean.val() * (1.0 - m) + mean.clone().detach() * m;
-                    let new_var = self.running_var.val() * (1.0 - m)
-                        + var.clone().detach() * (m * unbiased);
+                    let new_mean = self.running_mean.val() * (1.0 - m) + mean.clone().detach() * m;
+                    let new_var =
+                        self.running_var.val() * (1.0 - m) + var.clone().detach() * (m * unbiased);
                     map.insert(self.running_mean.id, Box::new(new_mean) as Box<dyn Any>);
                     map.insert(self.running_var.id, Box::new(new_var) as Box<dyn Any>);
                 }
@@ -114,9 +123,7 @@ impl<B: Backend> BatchNorm2d<B> {
         };
         let inv_std = (var + self.epsilon).sqrt().recip();
         let y = match (&self.gamma, &self.beta) {
-            (Some(g), Some(b)) => {
-                centered * per_row(inv_std * g.val()) + per_row(b.val())
-            }
+            (Some(g), Some(b)) => centered * per_row(inv_std * g.val()) + per_row(b.val()),
             _ => centered * per_row(inv_std),
         };
         y.reshape([n, c, h, w])

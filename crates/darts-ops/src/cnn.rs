@@ -138,7 +138,10 @@ pub struct FactorizedReduce<B: Backend> {
 impl<B: Backend> FactorizedReduce<B> {
     /// A new op; `c_out` must be even.
     pub fn new(c_in: usize, c_out: usize, affine: bool, device: &B::Device) -> Self {
-        assert!(c_out % 2 == 0, "FactorizedReduce needs an even c_out");
+        assert!(
+            c_out.is_multiple_of(2),
+            "FactorizedReduce needs an even c_out"
+        );
         Self {
             conv_1: Conv2dConfig::new(c_in, c_out / 2, 1, 2, 0).init(device),
             conv_2: Conv2dConfig::new(c_in, c_out / 2, 1, 2, 0).init(device),
@@ -251,6 +254,9 @@ impl Zero {
 pub struct Identity;
 
 /// Any DARTS candidate operation, as one Burn module.
+// Variants differ in size by design (an op is built once and lives in a Vec); boxing them would
+// put every op behind a pointer for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum DartsOp<B: Backend> {
     /// `none`.

@@ -2,8 +2,7 @@
 //! derivative of the exact unrolled objective, side-effect freedom of the virtual step, and
 //! determinism.
 
-mod common;
-use common::*;
+use crate::common::*;
 use darts::bilevel::params::{all_ids, set_values, values};
 use darts::bilevel::{
     ArchModel, Architect, ArchitectConfig, Bilevel, CosineLr, Order, WeightConfig,
@@ -13,6 +12,10 @@ use darts::prelude::*;
 type Net = SearchNetwork<B, DartsOp<B>>;
 
 fn tiny() -> Net {
+    seeded(11, tiny_unseeded)
+}
+
+fn tiny_unseeded() -> Net {
     SearchNetworkConfig {
         channels: 4,
         layers: 3,
@@ -176,9 +179,9 @@ impl ArchModel<B> for SmoothNet<B> {
         let mut e = 0;
         for i in 0..STEPS {
             let mut acc: Option<Tensor<B, 2>> = None;
-            for j in 0..states.len() {
+            for sj in &states {
                 let wr = wts.clone().slice([e..e + 1, 0..4]).reshape([4]);
-                let h = self.edges[e].forward(states[j].clone().matmul(self.w[i].val()), wr);
+                let h = self.edges[e].forward(sj.clone().matmul(self.w[i].val()), wr);
                 acc = Some(match acc {
                     Some(a) => a + h,
                     None => h,
@@ -209,7 +212,9 @@ impl ArchModel<B> for SmoothNet<B> {
 
 fn smooth_batch(n: usize, d: usize, shift: f64) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
     let dev = Default::default();
-    let x = Tensor::<B, 2>::random([n, d], Distribution::Normal(shift, 1.0), &dev);
+    let x = seeded(13 + (shift * 10.0) as u64, || {
+        Tensor::<B, 2>::random([n, d], Distribution::Normal(shift, 1.0), &dev)
+    });
     let x = Tensor::from_inner(x.inner().cast(burn::tensor::DType::F64));
     let y: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
     (
@@ -229,7 +234,8 @@ fn smooth_batch(n: usize, d: usize, shift: f64) -> (Tensor<B, 2>, Tensor<B, 1, I
 #[test]
 fn unrolled_gradient_matches_numerical_derivative_of_unrolled_objective() {
     let xi = 0.5;
-    let mut search = Bilevel::new(to_f64(SmoothNet::new(6, 3)), weights(10), second());
+    let net = seeded(12, || SmoothNet::new(6, 3));
+    let mut search = Bilevel::new(to_f64(net), weights(10), second());
     let train = smooth_batch(16, 6, 0.0);
     let val = smooth_batch(16, 6, 0.5);
     search.step(&train, &val, xi);

@@ -11,11 +11,25 @@ use darts::cell::ImageBatch;
 pub type B = Autodiff<Flex>;
 pub type Inner = Flex;
 
-/// A synthetic batch (the architect's math does not depend on the data's provenance).
+static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Run `f` with the (process-wide) backend generator seeded, holding a lock so that tests
+/// running in parallel threads cannot interleave their draws: every test sees the same numbers
+/// on every run.
+pub fn seeded<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    <B as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
+    f()
+}
+
+/// A synthetic batch (the architect's math does not depend on the data's provenance),
+/// deterministic in `(n, hw, seed_shift)`.
 pub fn batch(n: usize, hw: usize, seed_shift: f32) -> ImageBatch<B> {
     let dev = Default::default();
-    let images =
-        Tensor::<B, 4>::random([n, 3, hw, hw], Distribution::Normal(0.0, 1.0), &dev) + seed_shift;
+    let seed = (n * 1000 + hw) as u64 ^ seed_shift.to_bits() as u64;
+    let images = seeded(seed, || {
+        Tensor::<B, 4>::random([n, 3, hw, hw], Distribution::Normal(0.0, 1.0), &dev)
+    }) + seed_shift;
     let t: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
     ImageBatch {
         images,
@@ -119,7 +133,10 @@ pub fn real_data(sub: &str) -> Option<std::path::PathBuf> {
         return Some(dir);
     }
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("real data missing at {} (CI=true: this test must not skip)", dir.display());
+        panic!(
+            "real data missing at {} (CI=true: this test must not skip)",
+            dir.display()
+        );
     }
     eprintln!("skipping: real data missing at {}", dir.display());
     None

@@ -1,11 +1,10 @@
 //! The CIFAR-10 reader on the shared real data, and the shipped sample.
 
-mod common;
 use darts::data::cifar::{read_class_names, Cifar10, CLASSES};
 
 #[test]
 fn real_cifar10_class_counts() {
-    let Some(dir) = common::real_data("cifar-10-batches-bin") else {
+    let Some(dir) = crate::common::real_data("cifar-10-batches-bin") else {
         return;
     };
     let train = Cifar10::load_train(&dir).unwrap();
@@ -19,7 +18,12 @@ fn real_cifar10_class_counts() {
     assert_eq!(read_class_names(&dir).unwrap(), CLASSES);
     // Byte-exact round trip of the real file.
     let bytes = std::fs::read(dir.join("data_batch_1.bin")).unwrap();
-    assert_eq!(Cifar10::read_file(dir.join("data_batch_1.bin")).unwrap().to_bytes(), bytes);
+    assert_eq!(
+        Cifar10::read_file(dir.join("data_batch_1.bin"))
+            .unwrap()
+            .to_bytes(),
+        bytes
+    );
 }
 
 #[test]
@@ -29,7 +33,7 @@ fn shipped_sample_is_a_cut_of_the_real_data() {
     let test = Cifar10::load_test(&sample).unwrap();
     assert_eq!(train.class_counts(), [100; 10]);
     assert_eq!(test.class_counts(), [20; 10]);
-    if let Some(dir) = common::real_data("cifar-10-batches-bin") {
+    if let Some(dir) = crate::common::real_data("cifar-10-batches-bin") {
         let real = Cifar10::load_train(&dir).unwrap();
         assert_eq!(real.first_per_class(100), train);
         assert_eq!(Cifar10::load_test(&dir).unwrap().first_per_class(20), test);

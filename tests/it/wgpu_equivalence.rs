@@ -92,12 +92,16 @@ fn flex_and_wgpu_agree_on_outputs_and_gradients() {
     }
     let mut c = Collect(Vec::new());
     reference.visit(&mut c);
-    let x = Tensor::<Flex, 4>::random([4, 3, 12, 12], Distribution::Normal(0.0, 1.0), &dev).into_data();
+    let x =
+        Tensor::<Flex, 4>::random([4, 3, 12, 12], Distribution::Normal(0.0, 1.0), &dev).into_data();
 
     let (y_cpu, g_cpu) = run::<Autodiff<Flex>>(&c.0, &x, &dev);
     let (y_gpu, g_gpu) = run::<Autodiff<Wgpu>>(&c.0, &x, &Default::default());
     assert_eq!(g_cpu.len(), g_gpu.len());
-    assert!(g_cpu.len() >= 10, "expected a gradient for every trainable tensor");
+    assert!(
+        g_cpu.len() >= 10,
+        "expected a gradient for every trainable tensor"
+    );
     let close = |a: &TensorData, b: &TensorData, what: &str| {
         let a: Vec<f32> = a.to_vec().unwrap();
         let b: Vec<f32> = b.to_vec().unwrap();

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run the whole test suite: every crate, doc-tests, and the flex-vs-wgpu equivalence test.
+# The wgpu test needs a Vulkan driver; on a machine without a GPU, Mesa's software driver
+# (lavapipe) is installed here when missing (Debian/Ubuntu, needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
+    echo "installing a Vulkan loader and Mesa's software Vulkan driver for the wgpu tests"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
+# wgpu's Vulkan backend wants a runtime dir; harmless elsewhere.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+
+cargo test --workspace --features wgpu "$@"

@@ -1,0 +1,8 @@
+//! Integration tests, in one binary (one link of Burn instead of one per file).
+
+mod architect;
+mod cifar_data;
+mod cifar_end_to_end;
+mod common;
+mod search_space;
+mod wgpu_equivalence;
