@@ -79,6 +79,41 @@ fn write(path: &Path, text: &str) -> Result<(), RunError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Create the output directory and, when resuming, read the checkpoint with the configuration
+/// and history stored in it (which then replace `config`).
+fn open_run<C, H>(
+    config: &C,
+    opts: &RunOptions,
+) -> Result<(C, Vec<H>, Option<Checkpoint>), RunError>
+where
+    C: Clone + serde::de::DeserializeOwned,
+    H: serde::de::DeserializeOwned,
+{
+    std::fs::create_dir_all(&opts.out).map_err(|source| RunError::Io {
+        path: opts.out.clone(),
+        source,
+    })?;
+    if !opts.resume {
+        return Ok((config.clone(), Vec::new(), None));
+    }
+    let c = Checkpoint::read(opts.out.join("checkpoint.bin"))?;
+    let cfg = serde_json::from_value(c.meta["config"].clone())
+        .map_err(|e| RunError::Config(format!("checkpoint config: {e}")))?;
+    let history = serde_json::from_value(c.meta["history"].clone())
+        .map_err(|e| RunError::Config(format!("checkpoint history: {e}")))?;
+    Ok((cfg, history, Some(c)))
+}
+
+/// Write one JSON object per line, atomically.
+fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), RunError> {
+    let mut jsonl = String::new();
+    for r in rows {
+        jsonl.push_str(&serde_json::to_string(r).expect("serialisable"));
+        jsonl.push('\n');
+    }
+    write(path, &jsonl)
+}
+
 fn progress(len: usize, prefix: String, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -265,12 +300,7 @@ fn write_search_outputs(
     history: &[SearchEpoch],
     op_names: &[String],
 ) -> Result<(), RunError> {
-    let mut jsonl = String::new();
-    for e in history {
-        jsonl.push_str(&serde_json::to_string(e).expect("serialisable"));
-        jsonl.push('\n');
-    }
-    write(&out.join("metrics.jsonl"), &jsonl)?;
+    write_jsonl(&out.join("metrics.jsonl"), history)?;
     let series = |f: &dyn Fn(&SearchEpoch) -> f64| -> Vec<(f64, f64)> {
         history.iter().map(|e| (e.epoch as f64, f(e))).collect()
     };
@@ -343,25 +373,8 @@ pub fn run_search<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<SearchSummary, RunError> {
     let out = &opts.out;
-    std::fs::create_dir_all(out).map_err(|source| RunError::Io {
-        path: out.clone(),
-        source,
-    })?;
     let ckpt_path = out.join("checkpoint.bin");
-    let ckpt = if opts.resume {
-        Some(Checkpoint::read(&ckpt_path)?)
-    } else {
-        None
-    };
-    let (cfg, mut history): (SearchConfig, Vec<SearchEpoch>) = match &ckpt {
-        Some(c) => (
-            serde_json::from_value(c.meta["config"].clone())
-                .map_err(|e| RunError::Config(format!("checkpoint config: {e}")))?,
-            serde_json::from_value(c.meta["history"].clone())
-                .map_err(|e| RunError::Config(format!("checkpoint history: {e}")))?,
-        ),
-        None => (config.clone(), Vec::new()),
-    };
+    let (cfg, mut history, ckpt) = open_run::<SearchConfig, SearchEpoch>(config, opts)?;
     if cfg.batch_size == 0 || cfg.layers < 3 || cfg.nodes == 0 || cfg.init_channels == 0 {
         return Err(RunError::Config(
             "batch size, nodes and channels must be positive and layers at least 3".into(),
@@ -604,25 +617,8 @@ pub fn run_train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainSummary, RunError> {
     let out = &opts.out;
-    std::fs::create_dir_all(out).map_err(|source| RunError::Io {
-        path: out.clone(),
-        source,
-    })?;
     let ckpt_path = out.join("checkpoint.bin");
-    let ckpt = if opts.resume {
-        Some(Checkpoint::read(&ckpt_path)?)
-    } else {
-        None
-    };
-    let (cfg, mut history): (TrainConfig, Vec<TrainEpoch>) = match &ckpt {
-        Some(c) => (
-            serde_json::from_value(c.meta["config"].clone())
-                .map_err(|e| RunError::Config(format!("checkpoint config: {e}")))?,
-            serde_json::from_value(c.meta["history"].clone())
-                .map_err(|e| RunError::Config(format!("checkpoint history: {e}")))?,
-        ),
-        None => (config.clone(), Vec::new()),
-    };
+    let (cfg, mut history, ckpt) = open_run::<TrainConfig, TrainEpoch>(config, opts)?;
     write(
         &out.join("config.json"),
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
@@ -754,12 +750,7 @@ pub fn run_train<B: AutodiffBackend>(
         }));
         checkpoint::save_model_sgd(&mut c, &model, &sgd);
         c.write_atomic(&ckpt_path)?;
-        let mut jsonl = String::new();
-        for e in &history {
-            jsonl.push_str(&serde_json::to_string(e).expect("serialisable"));
-            jsonl.push('\n');
-        }
-        write(&out.join("metrics.jsonl"), &jsonl)?;
+        write_jsonl(&out.join("metrics.jsonl"), &history)?;
         let series = |f: &dyn Fn(&TrainEpoch) -> f64| -> Vec<(f64, f64)> {
             history.iter().map(|e| (e.epoch as f64, f(e))).collect()
         };

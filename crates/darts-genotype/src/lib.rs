@@ -231,31 +231,42 @@ impl RecurrentGenotype {
     }
 }
 
+fn parse_json_or<T: serde::de::DeserializeOwned>(
+    text: &str,
+    python: fn(&str) -> Result<T, python::ParseError>,
+) -> Result<T, python::ParseError> {
+    if !text.trim_start().starts_with('{') {
+        return python(text);
+    }
+    serde_json::from_str(text).map_err(|e| python::ParseError {
+        line: e.line(),
+        column: e.column(),
+        offset: 0,
+        message: format!("invalid genotype JSON: {e}"),
+    })
+}
+
 /// Read a convolutional genotype from JSON or Python notation (detected from the first
 /// non-blank character).
 pub fn parse_conv_any(text: &str) -> Result<Genotype, python::ParseError> {
-    if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| python::ParseError {
-            line: e.line(),
-            column: e.column(),
-            offset: 0,
-            message: format!("invalid genotype JSON: {e}"),
-        })
-    } else {
-        python::parse_conv(text)
-    }
+    let g: Genotype = parse_json_or(text, python::parse_conv)?;
+    g.validate().map_err(|e| python::ParseError {
+        line: 1,
+        column: 1,
+        offset: 0,
+        message: format!("invalid genotype: {e}"),
+    })?;
+    Ok(g)
 }
 
 /// Read a recurrent genotype from JSON or Python notation.
 pub fn parse_recurrent_any(text: &str) -> Result<RecurrentGenotype, python::ParseError> {
-    if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| python::ParseError {
-            line: e.line(),
-            column: e.column(),
-            offset: 0,
-            message: format!("invalid genotype JSON: {e}"),
-        })
-    } else {
-        python::parse_recurrent(text)
-    }
+    let g: RecurrentGenotype = parse_json_or(text, python::parse_recurrent)?;
+    g.validate().map_err(|e| python::ParseError {
+        line: 1,
+        column: 1,
+        offset: 0,
+        message: format!("invalid genotype: {e}"),
+    })?;
+    Ok(g)
 }
