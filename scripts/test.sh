@@ -17,4 +17,8 @@ fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
-cargo test --workspace --features wgpu "$@"
+# Library unit tests and the integration tests, then the doc-tests (they include docs/guide.md).
+# The examples are not rebuilt here for every backend (minutes each); CI's clippy pass checks
+# that they compile with all features, and tests/it/nb201.rs compiles and runs one of them.
+cargo test --workspace --features wgpu --lib --tests "$@"
+cargo test --workspace --features wgpu --doc "$@"

@@ -35,6 +35,9 @@ pub enum RunError {
     /// Data loading failed.
     #[error(transparent)]
     Data(#[from] CifarError),
+    /// Penn Treebank loading failed.
+    #[error(transparent)]
+    Ptb(#[from] darts_data::ptb::PtbError),
     /// Checkpoint I/O failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -64,9 +67,9 @@ pub enum RunError {
 
 /// Seeding a backend sets a process-wide generator (on CPU), so seeding and initialising happen
 /// under this lock: runs in parallel threads of one process cannot interleave their draws.
-static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn write(path: &Path, text: &str) -> Result<(), RunError> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), RunError> {
     let io = |source| RunError::Io {
         path: path.to_path_buf(),
         source,
@@ -81,7 +84,7 @@ fn write(path: &Path, text: &str) -> Result<(), RunError> {
 
 /// Create the output directory and, when resuming, read the checkpoint with the configuration
 /// and history stored in it (which then replace `config`).
-fn open_run<C, H>(
+pub(crate) fn open_run<C, H>(
     config: &C,
     opts: &RunOptions,
 ) -> Result<(C, Vec<H>, Option<Checkpoint>), RunError>
@@ -105,7 +108,7 @@ where
 }
 
 /// Write one JSON object per line, atomically.
-fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), RunError> {
+pub(crate) fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), RunError> {
     let mut jsonl = String::new();
     for r in rows {
         jsonl.push_str(&serde_json::to_string(r).expect("serialisable"));
@@ -114,7 +117,7 @@ fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), RunError> {
     write(path, &jsonl)
 }
 
-fn progress(len: usize, prefix: String, show: bool) -> ProgressBar {
+pub(crate) fn progress(len: usize, prefix: String, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

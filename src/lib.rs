@@ -34,6 +34,10 @@ pub use darts_ops as ops;
 pub mod checkpoint;
 pub mod cifar;
 pub mod device;
+
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
+pub mod ptb;
 pub mod report;
 
 /// The names most programs need.

@@ -198,11 +198,7 @@ impl ArchModel<B> for SmoothNet<B> {
             .gather(1, y.clone().reshape([n, 1]))
             .mean()
             .neg();
-        BatchOutput {
-            loss,
-            correct: None,
-            size: n,
-        }
+        BatchOutput::new(loss, None, n)
     }
 
     fn arch_param_ids(&self) -> Vec<ParamId> {
@@ -344,7 +340,7 @@ fn cnn_supernet_unrolled_step_is_finite_and_its_validation_term_exact() {
         .architect
         .virtual_step(&model, &search.w_opt, &train, xi);
     let unrolled = set_values(model.clone(), &wp);
-    let (_, gv, _, _, _) = darts::bilevel::architect::loss_gradients(&unrolled, &val);
+    let gv = darts::bilevel::architect::loss_gradients(&unrolled, &val).arch;
     let gv = flat(&gv, &ids);
     let a0 = alpha_vec(&unrolled);
     let d: Vec<f64> = gv.iter().map(|x| x / norm(&gv)).collect();

@@ -4,5 +4,7 @@ mod architect;
 mod cifar_data;
 mod cifar_end_to_end;
 mod common;
+mod nb201;
+mod ptb;
 mod search_space;
 mod wgpu_equivalence;

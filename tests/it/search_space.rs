@@ -145,7 +145,7 @@ fn alpha_gradient_matches_finite_differences() {
         .collect();
     let net = to_f64(with_alpha(net, &a0));
     let b = batch_f64(batch(8, 8, 0.0));
-    let (_, ga, _, _, _) = darts::bilevel::architect::loss_gradients(&net, &b);
+    let ga = darts::bilevel::architect::loss_gradients(&net, &b).arch;
     let g = flat(&ga, &net.arch_param_ids());
     let f = |a: &[f64]| scalar(with_alpha(net.clone(), a).loss(&b));
     let h = 1e-5f64;

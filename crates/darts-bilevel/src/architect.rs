@@ -14,7 +14,7 @@
 //! statistics, so the real weights, the optimiser state and the running statistics are left
 //! bit-identical.
 
-use crate::optim::{Adam, Sgd};
+use crate::optim::{clip_grad_norm, Adam, Sgd};
 use crate::params::{global_norm, gradients, set_values, values, FlatParams};
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::AutodiffBackend;
@@ -25,12 +25,31 @@ use std::collections::BTreeMap;
 /// What one forward pass on a batch produced.
 #[derive(Debug, Clone)]
 pub struct BatchOutput<B: AutodiffBackend> {
-    /// Scalar loss, shape `[1]`.
+    /// Scalar loss that is differentiated, shape `[1]`.
     pub loss: Tensor<B, 1>,
+    /// The loss to report when it differs from `loss` (e.g. without regularisers; the recurrent
+    /// supernet reports its cross-entropy here and optimises it plus activation regularisation).
+    pub raw_loss: Option<Tensor<B, 1>>,
     /// Number of correct predictions (shape `[1]`), if the task has a notion of accuracy.
     pub correct: Option<Tensor<B, 1>>,
     /// Number of examples (or tokens) in the batch.
     pub size: usize,
+    /// Recurrent state(s) the pass ended in (detached), for truncated back-propagation through
+    /// time across consecutive batches; empty for feed-forward models.
+    pub state: Vec<Tensor<B::InnerBackend, 2>>,
+}
+
+impl<B: AutodiffBackend> BatchOutput<B> {
+    /// An output with a loss, an optional correct count and the batch size (no recurrent state).
+    pub fn new(loss: Tensor<B, 1>, correct: Option<Tensor<B, 1>>, size: usize) -> Self {
+        Self {
+            loss,
+            raw_loss: None,
+            correct,
+            size,
+            state: Vec::new(),
+        }
+    }
 }
 
 /// A model with weights `w` and architecture parameters `α`: what the architect optimises.
@@ -41,8 +60,16 @@ pub trait ArchModel<B: AutodiffBackend>: AutodiffModule<B> + Clone {
     /// A batch of data (inputs and targets).
     type Batch;
 
-    /// Forward pass in training mode, returning the loss (and optionally the correct count).
+    /// Forward pass in training mode, returning the loss (and optionally the correct count):
+    /// the objective of the architecture step (`L_val`, and `L_train` inside the unrolled step).
     fn forward_batch(&self, batch: &Self::Batch) -> BatchOutput<B>;
+
+    /// Forward pass of the real weight step. Defaults to [`ArchModel::forward_batch`]; override
+    /// it to add regularisers the architect should not see (the recurrent supernet adds temporal
+    /// activation regularisation here, as the reference does).
+    fn forward_train(&self, batch: &Self::Batch) -> BatchOutput<B> {
+        self.forward_batch(batch)
+    }
 
     /// Ids of the architecture parameters.
     fn arch_param_ids(&self) -> Vec<ParamId>;
@@ -77,6 +104,12 @@ pub struct ArchitectConfig {
     pub arch_weight_decay: f64,
     /// Finite-difference scale `r` in `ε = r / ‖∇w' L_val‖` (0.01).
     pub fd_r: f64,
+    /// Clip the global norm of `∇w L_train` in the virtual step (the recurrent reference does,
+    /// with the weight clip 0.25; the convolutional one does not). The Hessian term is then scaled
+    /// by the clip factor `min(1, max / ‖∇w L_train‖)`, the derivative of the clipped step with
+    /// the factor held constant.
+    #[serde(default)]
+    pub virtual_grad_clip: Option<f64>,
 }
 
 impl Default for ArchitectConfig {
@@ -88,6 +121,7 @@ impl Default for ArchitectConfig {
             arch_eps: 1e-8,
             arch_weight_decay: 1e-3,
             fd_r: 0.01,
+            virtual_grad_clip: None,
         }
     }
 }
@@ -105,6 +139,8 @@ pub struct ArchGradient<B: AutodiffBackend> {
     pub val_size: usize,
     /// `ε` of the finite difference (second order only).
     pub eps: Option<f64>,
+    /// Recurrent state reached by the validation pass (empty for feed-forward models).
+    pub val_state: Vec<Tensor<B::InnerBackend, 2>>,
 }
 
 /// Splits flat gradients into (weights, architecture).
@@ -126,17 +162,58 @@ fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f64 {
     d.to_vec::<f64>().expect("f64 data")[0]
 }
 
-/// Gradients of `model.loss(batch)`, split into (weights, architecture), plus the output.
+/// Gradients of a loss, split into weights and architecture, with what the pass reported.
+#[derive(Debug, Clone)]
+pub struct LossGradients<B: AutodiffBackend> {
+    /// Gradients of the weights.
+    pub weights: FlatParams<B>,
+    /// Gradients of the architecture parameters.
+    pub arch: FlatParams<B>,
+    /// The reported loss (`raw_loss` if the model gave one, else `loss`).
+    pub loss: f64,
+    /// Correct predictions, if reported.
+    pub correct: Option<f64>,
+    /// Batch size.
+    pub size: usize,
+    /// Recurrent state reached (empty for feed-forward models).
+    pub state: Vec<Tensor<B::InnerBackend, 2>>,
+}
+
+fn gradients_of<B: AutodiffBackend, M: ArchModel<B>>(
+    model: &M,
+    out: BatchOutput<B>,
+) -> LossGradients<B> {
+    let reported = out
+        .raw_loss
+        .map(|l| l.detach())
+        .unwrap_or_else(|| out.loss.clone().detach());
+    let correct = out.correct.map(|c| c.detach());
+    let grads = out.loss.backward();
+    let (weights, arch) = split::<B>(gradients(model, &grads), &model.arch_param_ids());
+    LossGradients {
+        weights,
+        arch,
+        loss: scalar(reported),
+        correct: correct.map(scalar),
+        size: out.size,
+        state: out.state,
+    }
+}
+
+/// Gradients of [`ArchModel::forward_batch`]'s loss (the architect's objective).
 pub fn loss_gradients<B: AutodiffBackend, M: ArchModel<B>>(
     model: &M,
     batch: &M::Batch,
-) -> (FlatParams<B>, FlatParams<B>, f64, Option<f64>, usize) {
-    let out = model.forward_batch(batch);
-    let loss_val = out.loss.clone().detach();
-    let correct = out.correct.map(|c| c.detach());
-    let grads = out.loss.backward();
-    let (w, a) = split::<B>(gradients(model, &grads), &model.arch_param_ids());
-    (w, a, scalar(loss_val), correct.map(scalar), out.size)
+) -> LossGradients<B> {
+    gradients_of(model, model.forward_batch(batch))
+}
+
+/// Gradients of [`ArchModel::forward_train`]'s loss (the weight step's objective).
+pub fn train_gradients<B: AutodiffBackend, M: ArchModel<B>>(
+    model: &M,
+    batch: &M::Batch,
+) -> LossGradients<B> {
+    gradients_of(model, model.forward_train(batch))
 }
 
 /// The architect: computes `dα` and applies the Adam step to `α`.
@@ -175,13 +252,14 @@ impl<B: AutodiffBackend> Architect<B> {
     ) -> ArchGradient<B> {
         match self.config.order {
             Order::First => {
-                let (_, dalpha, val_loss, val_correct, val_size) = loss_gradients(model, val);
+                let g = loss_gradients(model, val);
                 ArchGradient {
-                    dalpha,
-                    val_loss,
-                    val_correct,
-                    val_size,
+                    dalpha: g.arch,
+                    val_loss: g.loss,
+                    val_correct: g.correct,
+                    val_size: g.size,
                     eps: None,
+                    val_state: g.state,
                 }
             }
             Order::Second => self.unrolled_gradient(model, w_opt, train, val, xi),
@@ -189,7 +267,8 @@ impl<B: AutodiffBackend> Architect<B> {
     }
 
     /// The virtual step `w' = w − ξ (momentum·v + ∇w L_train(w, α) + wd·w)` on a copy of the
-    /// weights (returned flat, by id).
+    /// weights (returned flat, by id). With [`ArchitectConfig::virtual_grad_clip`] the gradient
+    /// is clipped first.
     pub fn virtual_step<M: ArchModel<B>>(
         &self,
         model: &M,
@@ -197,7 +276,25 @@ impl<B: AutodiffBackend> Architect<B> {
         train: &M::Batch,
         xi: f64,
     ) -> FlatParams<B> {
-        let (gw, _, _, _, _) = loss_gradients(model, train);
+        self.virtual_step_with_clip(model, w_opt, train, xi).0
+    }
+
+    /// [`Architect::virtual_step`] and the clip factor applied to the gradient (1 unclipped).
+    fn virtual_step_with_clip<M: ArchModel<B>>(
+        &self,
+        model: &M,
+        w_opt: &Sgd<B::InnerBackend>,
+        train: &M::Batch,
+        xi: f64,
+    ) -> (FlatParams<B>, f64) {
+        let mut gw = loss_gradients(model, train).weights;
+        let coef = match self.config.virtual_grad_clip {
+            Some(max) => {
+                let norm = clip_grad_norm(&mut gw, max);
+                (max / (norm + 1e-6)).min(1.0)
+            }
+            None => 1.0,
+        };
         let ids: Vec<ParamId> = gw.keys().copied().collect();
         let w = values(model, &ids);
         let mut w_prime = BTreeMap::new();
@@ -209,7 +306,7 @@ impl<B: AutodiffBackend> Architect<B> {
             }
             w_prime.insert(id, wi - d * xi);
         }
-        w_prime
+        (w_prime, coef)
     }
 
     fn unrolled_gradient<M: ArchModel<B>>(
@@ -221,21 +318,25 @@ impl<B: AutodiffBackend> Architect<B> {
         xi: f64,
     ) -> ArchGradient<B> {
         // w' and the unrolled model (a clone: the real model is untouched).
-        let w_prime = self.virtual_step(model, w_opt, train, xi);
+        let (w_prime, coef) = self.virtual_step_with_clip(model, w_opt, train, xi);
         let unrolled = set_values(model.clone(), &w_prime);
         // ∇α L_val(w', α) and the vector ∇w' L_val(w', α).
-        let (vector, mut dalpha, val_loss, val_correct, val_size) = loss_gradients(&unrolled, val);
+        let g = loss_gradients(&unrolled, val);
         drop(unrolled);
+        let (vector, mut dalpha) = (g.weights, g.arch);
+        let mut out = ArchGradient {
+            dalpha: BTreeMap::new(),
+            val_loss: g.loss,
+            val_correct: g.correct,
+            val_size: g.size,
+            eps: None,
+            val_state: g.state,
+        };
         // ε = r / ‖vector‖
         let norm = global_norm(&vector.values().collect::<Vec<_>>());
         if norm == 0.0 || !norm.is_finite() {
-            return ArchGradient {
-                dalpha,
-                val_loss,
-                val_correct,
-                val_size,
-                eps: None,
-            };
+            out.dalpha = dalpha;
+            return out;
         }
         let eps = self.config.fd_r / norm;
         let ids: Vec<ParamId> = vector.keys().copied().collect();
@@ -245,23 +346,18 @@ impl<B: AutodiffBackend> Architect<B> {
                 .map(|id| (*id, w[id].clone() + vector[id].clone() * (sign * eps)))
                 .collect()
         };
-        let (_, g_plus, _, _, _) = loss_gradients(&set_values(model.clone(), &shifted(1.0)), train);
-        let (_, g_minus, _, _, _) =
-            loss_gradients(&set_values(model.clone(), &shifted(-1.0)), train);
-        // dα = ∇α L_val(w', α) − ξ (g⁺ − g⁻) / 2ε
+        let g_plus = loss_gradients(&set_values(model.clone(), &shifted(1.0)), train).arch;
+        let g_minus = loss_gradients(&set_values(model.clone(), &shifted(-1.0)), train).arch;
+        // dα = ∇α L_val(w', α) − ξ · c · (g⁺ − g⁻) / 2ε   (c = clip factor of the virtual step)
         for (id, d) in dalpha.iter_mut() {
             if let (Some(p), Some(m)) = (g_plus.get(id), g_minus.get(id)) {
                 let hvp = (p.clone() - m.clone()) / (2.0 * eps);
-                *d = d.clone() - hvp * xi;
+                *d = d.clone() - hvp * (xi * coef);
             }
         }
-        ArchGradient {
-            dalpha,
-            val_loss,
-            val_correct,
-            val_size,
-            eps: Some(eps),
-        }
+        out.dalpha = dalpha;
+        out.eps = Some(eps);
+        out
     }
 
     /// Compute `dα` and apply one Adam step to `α`. Returns the updated model and the gradient.

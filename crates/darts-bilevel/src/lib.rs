@@ -10,6 +10,8 @@ pub mod optim;
 pub mod params;
 pub mod search;
 
-pub use architect::{ArchGradient, ArchModel, Architect, ArchitectConfig, BatchOutput, Order};
+pub use architect::{
+    ArchGradient, ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order,
+};
 pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
-pub use search::{Bilevel, EpochStats, SearchEvent, StepStats, WeightConfig};
+pub use search::{Bilevel, EpochStats, SearchEvent, StepOutcome, StepStats, WeightConfig};

@@ -1,11 +1,12 @@
 //! The bilevel search loop: per step, an architecture step on a validation batch, then a weight
 //! step on a training batch (Algorithm 1 of the paper).
 
-use crate::architect::{loss_gradients, ArchModel, Architect, ArchitectConfig};
+use crate::architect::{train_gradients, ArchModel, Architect, ArchitectConfig};
 use crate::optim::{clip_grad_norm, CosineLr, Sgd};
 use crate::params::{set_values, values};
 use burn::module::ParamId;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use darts_ops::record_bn_updates;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,17 @@ pub struct StepStats {
     pub eps: Option<f64>,
     /// Weight learning rate used.
     pub lr: f64,
+}
+
+/// What [`Bilevel::step_with_state`] returns.
+#[derive(Clone, Debug)]
+pub struct StepOutcome<B: AutodiffBackend> {
+    /// Statistics of the step.
+    pub stats: StepStats,
+    /// Recurrent state after the weight-step pass on the training batch.
+    pub train_state: Vec<Tensor<B::InnerBackend, 2>>,
+    /// Recurrent state after the architecture-step pass on the validation batch.
+    pub val_state: Vec<Tensor<B::InnerBackend, 2>>,
 }
 
 /// Events emitted by [`Bilevel::run_epoch`].
@@ -142,11 +154,17 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
     /// for the virtual step when second order), then the weight step on `train` (global-norm
     /// clipping, SGD), committing BatchNorm running statistics of the weight-step forward.
     pub fn step(&mut self, train: &M::Batch, val: &M::Batch, lr: f64) -> StepStats {
+        self.step_with_state(train, val, lr).stats
+    }
+
+    /// [`Bilevel::step`], also returning the recurrent states the two passes ended in (for
+    /// models that carry state across batches; empty otherwise).
+    pub fn step_with_state(&mut self, train: &M::Batch, val: &M::Batch, lr: f64) -> StepOutcome<B> {
         let (model, ag) = self
             .architect
             .step(self.model.clone(), &self.w_opt, train, val, lr);
-        let ((mut gw, _, train_loss, train_correct, train_size), bn) =
-            record_bn_updates(|| loss_gradients(&model, train));
+        let (g, bn) = record_bn_updates(|| train_gradients(&model, train));
+        let mut gw = g.weights;
         let grad_norm = match self.weights.grad_clip {
             Some(max) => clip_grad_norm(&mut gw, max),
             None => crate::params::global_norm(&gw.values().collect::<Vec<_>>()),
@@ -155,16 +173,20 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         let w = values(&model, &ids);
         let new = self.w_opt.step(lr, &w, &gw);
         self.model = bn.apply(set_values(model, &new));
-        StepStats {
-            train_loss,
-            train_correct,
-            train_size,
-            val_loss: ag.val_loss,
-            val_correct: ag.val_correct,
-            val_size: ag.val_size,
-            grad_norm,
-            eps: ag.eps,
-            lr,
+        StepOutcome {
+            stats: StepStats {
+                train_loss: g.loss,
+                train_correct: g.correct,
+                train_size: g.size,
+                val_loss: ag.val_loss,
+                val_correct: ag.val_correct,
+                val_size: ag.val_size,
+                grad_norm,
+                eps: ag.eps,
+                lr,
+            },
+            train_state: g.state,
+            val_state: ag.val_state,
         }
     }
 

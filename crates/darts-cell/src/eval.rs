@@ -10,9 +10,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::{Distribution, Tensor};
 use darts_genotype::{Gene, Genotype};
+use darts_mixed_op::{CandidateOp, DartsSpace, EdgeSpec, OpSet};
 use darts_ops::cnn::ReLUConvBN;
 use darts_ops::conv::Conv2dConfig;
-use darts_ops::{BatchNorm2d, Conv2d, DartsOp, Linear, Primitive};
+use darts_ops::{BatchNorm2d, Conv2d, DartsOp, Linear, OpError};
 
 /// Per-sample drop path: zero whole samples with probability `p`, rescale the rest by
 /// `1 / (1 − p)`.
@@ -28,15 +29,16 @@ pub fn drop_path<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
     (x.reshape([n, rest]) * mask).reshape(dims)
 }
 
-/// A cell of the derived network: two ops per node, inputs chosen by the genotype.
+/// A cell of the derived network: two ops per node, inputs chosen by the genotype. Generic over
+/// the op type (the DARTS primitives by default), see [`EvalNetworkConfig::init_with`].
 #[derive(Module, Debug)]
-pub struct EvalCell<B: Backend> {
+pub struct EvalCell<B: Backend, O: Module<B> = DartsOp<B>> {
     /// Preprocessing of `s0`.
     pub preprocess0: Preprocess<B>,
     /// Preprocessing of `s1`.
     pub preprocess1: ReLUConvBN<B>,
     /// Ops, two per node.
-    pub ops: Vec<DartsOp<B>>,
+    pub ops: Vec<O>,
     /// Input state of each op.
     pub indices: Vec<usize>,
     /// States concatenated into the output.
@@ -45,10 +47,11 @@ pub struct EvalCell<B: Backend> {
     pub reduction: bool,
 }
 
-impl<B: Backend> EvalCell<B> {
-    /// Build from a cell's genes.
+impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
+    /// Build from a cell's genes, each op built by `space` from its name.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn new<S: OpSet<B, 4, Op = O>>(
+        space: &S,
         genes: &[Gene],
         concat: &[usize],
         c_prev_prev: usize,
@@ -58,10 +61,25 @@ impl<B: Backend> EvalCell<B> {
         reduction_prev: bool,
         device: &B::Device,
     ) -> Result<Self, CellError> {
+        let names = space.names();
         let mut ops = Vec::with_capacity(genes.len());
         for g in genes {
             let stride = if reduction && g.input < 2 { 2 } else { 1 };
-            ops.push(Primitive::from_name(&g.op)?.build(c, stride, true, false, device));
+            let k = names
+                .iter()
+                .position(|n| *n == g.op)
+                .ok_or_else(|| OpError::UnknownOp {
+                    name: g.op.clone(),
+                    known: names.join(", "),
+                })?;
+            ops.push(space.build(
+                k,
+                &EdgeSpec {
+                    channels: c,
+                    stride,
+                },
+                device,
+            ));
         }
         Ok(Self {
             preprocess0: Preprocess::new(c_prev_prev, c, reduction_prev, true, device),
@@ -166,12 +184,24 @@ impl Default for EvalNetworkConfig {
 }
 
 impl EvalNetworkConfig {
-    /// Build the network for `genotype`.
+    /// Build the network for `genotype` from the DARTS primitives (all of
+    /// [`darts_ops::Primitive::ALL`], affine BN, no BN after pools: [`DartsSpace::derived`]).
     pub fn init<B: Backend>(
         &self,
         genotype: &Genotype,
         device: &B::Device,
     ) -> Result<EvalNetwork<B>, CellError> {
+        self.init_with(genotype, &DartsSpace::derived(), device)
+    }
+
+    /// Build the network for `genotype`, each op built by `space` from its name (the op set of a
+    /// custom space, configured for evaluation, e.g. with affine BN).
+    pub fn init_with<B: Backend, S: OpSet<B, 4>>(
+        &self,
+        genotype: &Genotype,
+        space: &S,
+        device: &B::Device,
+    ) -> Result<EvalNetwork<B, S::Op>, CellError> {
         genotype.validate()?;
         if self.layers < 3 {
             return Err(CellError::Config(format!(
@@ -196,6 +226,7 @@ impl EvalNetworkConfig {
                 (&genotype.normal, &genotype.normal_concat)
             };
             let cell = EvalCell::new(
+                space,
                 genes,
                 concat,
                 c_pp,
@@ -224,15 +255,16 @@ impl EvalNetworkConfig {
     }
 }
 
-/// The derived network.
+/// The derived network (DARTS primitives by default; any op set through
+/// [`EvalNetworkConfig::init_with`]).
 #[derive(Module, Debug)]
-pub struct EvalNetwork<B: Backend> {
+pub struct EvalNetwork<B: Backend, O: Module<B> = DartsOp<B>> {
     /// Stem conv.
     pub stem_conv: Conv2d<B>,
     /// Stem BN.
     pub stem_bn: BatchNorm2d<B>,
     /// Cells.
-    pub cells: Vec<EvalCell<B>>,
+    pub cells: Vec<EvalCell<B, O>>,
     /// Auxiliary head (training only).
     pub auxiliary_head: Option<AuxiliaryHead<B>>,
     /// Index of the cell the auxiliary head reads.
@@ -250,7 +282,7 @@ pub struct EvalOutput<B: Backend> {
     pub aux_logits: Option<Tensor<B, 2>>,
 }
 
-impl<B: Backend> EvalNetwork<B> {
+impl<B: Backend, O: CandidateOp<B, 4>> EvalNetwork<B, O> {
     /// Forward. `training` enables drop path (with `drop_prob`) and the auxiliary head.
     pub fn forward(&self, x: Tensor<B, 4>, training: bool, drop_prob: f64) -> EvalOutput<B> {
         let s = self.stem_bn.forward(self.stem_conv.forward(x));

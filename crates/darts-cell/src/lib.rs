@@ -5,15 +5,18 @@
 //!   from the weights; it implements [`darts_bilevel::ArchModel`].
 //! * [`eval`]: the derived network built from a [`darts_genotype::Genotype`], with drop path and
 //!   the optional auxiliary head.
+//! * [`rnn`]: the recurrent search cell and language model, and the derived recurrent model.
 //! * [`batch`]: image batches and the cross-entropy loss.
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod eval;
+pub mod rnn;
 pub mod search;
 
 pub use batch::ImageBatch;
 pub use eval::{EvalNetwork, EvalNetworkConfig};
+pub use rnn::{RnnConfig, RnnEvalModel, RnnSearchModel, TokenBatch};
 pub use search::{SearchNetwork, SearchNetworkConfig};
 
 /// Errors building networks.

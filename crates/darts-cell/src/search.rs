@@ -375,11 +375,11 @@ where
 
     fn forward_batch(&self, batch: &ImageBatch<B>) -> BatchOutput<B> {
         let logits = self.forward(batch.images.clone());
-        BatchOutput {
-            correct: Some(correct(logits.clone().detach(), batch.targets.clone())),
-            loss: cross_entropy(logits, batch.targets.clone()),
-            size: batch.len(),
-        }
+        BatchOutput::new(
+            cross_entropy(logits.clone(), batch.targets.clone()),
+            Some(correct(logits.detach(), batch.targets.clone())),
+            batch.len(),
+        )
     }
 
     fn arch_param_ids(&self) -> Vec<ParamId> {

@@ -4,11 +4,12 @@
 //! * [`cifar`]: CIFAR-10 in the official binary layout, strict validation, verified archive
 //!   extraction, normalisation, random crop + flip + cutout, the search train/val split, and a
 //!   shuffled [`cifar::Loader`] that prepares the next batch on another thread.
-
+//! * [`ptb`]: Penn Treebank (word level): vocabulary, `<unk>` accounting, batchify, BPTT windows.
 //! * [`data_dir`]: where the shared real data lives (`DARTS_DATA_DIR`, default `../shared/data`).
 #![warn(missing_docs)]
 
 pub mod cifar;
+pub mod ptb;
 
 use std::path::PathBuf;
 

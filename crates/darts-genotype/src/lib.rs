@@ -7,6 +7,7 @@
 //!   notation used by the reference code and papers;
 //! * [`catalog`]: published genotypes by name (NASNet, AmoebaNet, DARTS_V1/V2, PC_DARTS, PDARTS,
 //!   recurrent DARTS_V1/V2);
+//! * [`nb201`]: the NAS-Bench-201 architecture-string notation (`|op~0|+|op~0|op~1|+…`);
 //! * [`diagram`]: Graphviz DOT and a dependency-free SVG rendering of a cell.
 //!
 //! ```
@@ -20,6 +21,7 @@
 pub mod catalog;
 pub mod derive;
 pub mod diagram;
+pub mod nb201;
 pub mod python;
 
 use serde::{Deserialize, Serialize};

@@ -51,7 +51,7 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{backend::Backend, Tensor};
-use darts_ops::{DartsOp, Primitive};
+use darts_ops::{DartsOp, Primitive, RnnOp, RnnPrimitive};
 use std::fmt::Debug;
 
 /// One candidate operation of a search space.
@@ -223,6 +223,19 @@ impl Default for DartsSpace {
     }
 }
 
+impl DartsSpace {
+    /// The candidates of derived (evaluation) networks: every known primitive
+    /// ([`Primitive::ALL`]), affine BN, no BN after pools (reference `cnn/operations.py` as used
+    /// by `cnn/model.py`).
+    pub fn derived() -> Self {
+        Self {
+            primitives: Primitive::ALL.to_vec(),
+            affine: true,
+            bn_after_pool: false,
+        }
+    }
+}
+
 impl<B: Backend> OpSet<B, 4> for DartsSpace {
     type Op = DartsOp<B>;
 
@@ -249,6 +262,60 @@ impl<B: Backend> OpSet<B, 4> for DartsSpace {
             self.bn_after_pool,
             device,
         )
+    }
+}
+
+impl<B: Backend, const D: usize> CandidateOp<B, D> for RnnOp {
+    fn forward(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        RnnOp::forward(self, x)
+    }
+    fn is_zero(&self) -> bool {
+        self.primitive == RnnPrimitive::None
+    }
+    fn is_identity(&self) -> bool {
+        self.primitive == RnnPrimitive::Identity
+    }
+}
+
+/// The recurrent DARTS space: the activation `f` of each highway edge. The recurrent cell
+/// applies a candidate to the stacked pre-activations of all predecessors of a node at once (the
+/// candidates are element-wise), so the op takes `[rows, hidden]` tensors.
+#[derive(Clone, Debug)]
+pub struct RnnSpace {
+    /// The candidates.
+    pub primitives: Vec<RnnPrimitive>,
+}
+
+impl Default for RnnSpace {
+    fn default() -> Self {
+        Self {
+            primitives: RnnPrimitive::DARTS.to_vec(),
+        }
+    }
+}
+
+impl<B: Backend> OpSet<B, 2> for RnnSpace {
+    type Op = RnnOp;
+
+    fn names(&self) -> Vec<String> {
+        self.primitives
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
+    }
+
+    fn none_index(&self) -> Option<usize> {
+        self.primitives
+            .iter()
+            .position(|p| *p == RnnPrimitive::None)
+    }
+
+    fn len(&self) -> usize {
+        self.primitives.len()
+    }
+
+    fn build(&self, index: usize, _edge: &EdgeSpec, _device: &B::Device) -> RnnOp {
+        RnnOp::new(self.primitives[index])
     }
 }
 

@@ -99,21 +99,7 @@ impl<B: Backend> BatchNorm2d<B> {
                 .sum_dim(0)
                 .reshape([c])
                 / count;
-            RECORDER.with(|r| {
-                if let Some(map) = r.borrow_mut().as_mut() {
-                    let unbiased = if count > 1.0 {
-                        count / (count - 1.0)
-                    } else {
-                        1.0
-                    };
-                    let m = self.momentum;
-                    let new_mean = self.running_mean.val() * (1.0 - m) + mean.clone().detach() * m;
-                    let new_var =
-                        self.running_var.val() * (1.0 - m) + var.clone().detach() * (m * unbiased);
-                    map.insert(self.running_mean.id, Box::new(new_mean) as Box<dyn Any>);
-                    map.insert(self.running_var.id, Box::new(new_var) as Box<dyn Any>);
-                }
-            });
+            self.record(mean.clone(), var.clone(), count);
             (centered, var)
         } else {
             (
@@ -127,6 +113,65 @@ impl<B: Backend> BatchNorm2d<B> {
             _ => centered * per_row(inv_std),
         };
         y.reshape([n, c, h, w])
+    }
+}
+
+impl<B: Backend> BatchNorm2d<B> {
+    /// Record the running-statistics update for batch statistics `mean`, `var` (biased) over
+    /// `count` values per channel. A layer applied several times inside one recording scope (the
+    /// recurrent search cell applies one layer to every node at every time step) chains its
+    /// updates as PyTorch does: each starts from the previous one.
+    fn record(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, count: f64) {
+        RECORDER.with(|r| {
+            let mut slot = r.borrow_mut();
+            let Some(map) = slot.as_mut() else { return };
+            let previous = |id: &ParamId, current: Tensor<B, 1>| -> Tensor<B, 1> {
+                map.get(id)
+                    .and_then(|b| b.downcast_ref::<Tensor<B, 1>>())
+                    .cloned()
+                    .unwrap_or(current)
+            };
+            let old_mean = previous(&self.running_mean.id, self.running_mean.val());
+            let old_var = previous(&self.running_var.id, self.running_var.val());
+            let unbiased = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let m = self.momentum;
+            let new_mean = old_mean * (1.0 - m) + mean.detach() * m;
+            let new_var = old_var * (1.0 - m) + var.detach() * (m * unbiased);
+            map.insert(self.running_mean.id, Box::new(new_mean) as Box<dyn Any>);
+            map.insert(self.running_var.id, Box::new(new_var) as Box<dyn Any>);
+        });
+    }
+
+    /// Normalise features `x` (`[N, C]`), as PyTorch's `BatchNorm1d` does on 2-D input: the
+    /// statistics are over the batch dimension. Same parameters, modes and recording as
+    /// [`BatchNorm2d::forward`].
+    pub fn forward_1d(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [n, c] = x.dims();
+        let device = x.device();
+        let train = B::ad_enabled(&device) || FORCE_BATCH.with(|f| f.get());
+        let (centered, var) = if train {
+            let mean = x.clone().mean_dim(0);
+            let centered = x - mean.clone();
+            let var = centered.clone().square().mean_dim(0);
+            self.record(mean.reshape([c]), var.clone().reshape([c]), n as f64);
+            (centered, var)
+        } else {
+            (
+                x - self.running_mean.val().reshape([1, c]),
+                self.running_var.val().reshape([1, c]),
+            )
+        };
+        let inv_std = (var + self.epsilon).sqrt().recip();
+        match (&self.gamma, &self.beta) {
+            (Some(g), Some(b)) => {
+                centered * (inv_std * g.val().reshape([1, c])) + b.val().reshape([1, c])
+            }
+            _ => centered * inv_std,
+        }
     }
 }
 
@@ -286,5 +331,36 @@ mod tests {
         assert_eq!(crate::trainable_params(&bn, &[]), 6);
         let bn = BatchNorm2d::<Flex>::new(3, false, &dev);
         assert_eq!(crate::trainable_params(&bn, &[]), 0);
+    }
+
+    #[test]
+    fn features_1d_and_repeated_use_chain_like_pytorch() {
+        let dev = Default::default();
+        let bn = BatchNorm2d::<B>::new(3, false, &dev);
+        let a = Tensor::<B, 2>::from_floats([[1.0, 2.0, 0.0], [3.0, 6.0, 0.0]], &dev);
+        let b = Tensor::<B, 2>::from_floats([[5.0, 0.0, 1.0], [7.0, 0.0, 1.0]], &dev);
+        let ((ya, _), upd) = record_bn_updates(|| (bn.forward_1d(a), bn.forward_1d(b)));
+        // Normalised over the batch: ±1/sqrt(1 + eps/var) per column with var = 1, 4, 0.
+        let y: Vec<f32> = ya.into_data().to_vec().unwrap();
+        assert!((y[0] + 1.0 / (1.0f32 + 1e-5).sqrt()).abs() < 1e-5, "{y:?}");
+        assert!(
+            (y[1] + 1.0 / (1.0f32 + 1e-5 / 4.0).sqrt()).abs() < 1e-5,
+            "{y:?}"
+        );
+        assert_eq!(y[2], 0.0);
+        // Two chained updates: m1 = 0.1·mean_a; m2 = 0.9·m1 + 0.1·mean_b.
+        let bn = upd.apply(bn);
+        let m: Vec<f32> = bn.running_mean.val().into_data().to_vec().unwrap();
+        let expect = [0.9 * 0.2 + 0.6, 0.9 * 0.4, 0.1];
+        for (got, want) in m.iter().zip(expect) {
+            assert!((got - want).abs() < 1e-6, "{m:?}");
+        }
+        // Unbiased running variance: batch var (n = 2) of a is [2, 8, 0], of b [2, 0, 0].
+        let v: Vec<f32> = bn.running_var.val().into_data().to_vec().unwrap();
+        let v1 = [0.9 + 0.2, 0.9 + 0.8, 0.9];
+        let expect = [0.9 * v1[0] + 0.2, 0.9 * v1[1], 0.9 * v1[2]];
+        for (got, want) in v.iter().zip(expect) {
+            assert!((got - want).abs() < 1e-5, "{v:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! * [`conv`]: 2-D convolution (groups, dilation, stride, explicit padding, no bias) and linear.
 //! * [`cnn`]: the eight DARTS primitives plus `sep_conv_7x7` and `conv_7x1_1x7`, as
 //!   [`cnn::Primitive`] (names, stable order) and [`cnn::DartsOp`] (the Burn module).
+//! * [`rnn`]: the recurrent primitives (`none, tanh, relu, sigmoid, identity`).
 //! * [`count`]: counting trainable weights (excluding BN running statistics and chosen ids).
 #![warn(missing_docs)]
 
@@ -16,11 +17,13 @@ pub mod bn;
 pub mod cnn;
 pub mod conv;
 pub mod count;
+pub mod rnn;
 
 pub use bn::{record_bn_updates, BatchNorm2d, BnUpdates};
 pub use cnn::{DartsOp, Primitive};
 pub use conv::{Conv2d, Linear};
 pub use count::trainable_params;
+pub use rnn::{RnnOp, RnnPrimitive};
 
 /// Errors for invalid op configurations.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,0 +1,844 @@
+//! Recurrent DARTS (paper §2.1, §3.3; reference `rnn/model.py`, `rnn/model_search.py`): the
+//! recurrent search cell and language model (the supernet), and the derived model built from a
+//! [`RecurrentGenotype`].
+//!
+//! The cell, with `x` the input, `h` the previous hidden state and `m_x`, `m_h` the variational
+//! dropout masks of the sequence:
+//!
+//! * `[c0, h0] = [x·m_x, h·m_h] W0`, `s0 = h + sigmoid(c0) · (tanh(h0) − h)`;
+//! * node `i`, predecessor `j`: `[c, h'] = (s_j·m_h) W_i` (one `W_i` per node, shared by its
+//!   incoming edges), edge value `s_j + sigmoid(c) · (f(h') − s_j)` for an activation `f`;
+//! * search: node `i` is `Σ_j Σ_f p_{j,f} · edge_{j,f}` with `p = softmax(α)` (`α` is
+//!   `[Σ_i i, ops]` = `[36, 5]` for 8 nodes), and a non-affine BatchNorm normalises `s0` and every
+//!   node (one layer, as in the reference);
+//! * derived: node `i` has one edge (the genotype's op and predecessor); no BatchNorm;
+//! * the output (and next hidden state) is the mean of the states in `concat` (1..8).
+//!
+//! The language model embeds words (embedding dropout drops whole words), applies locked
+//! dropout to the embeddings and to the cell outputs, and decodes with the embedding matrix
+//! (tied weights) plus a bias. The search cell evaluates every predecessor of a node in one
+//! matrix product and applies each candidate once to the stacked pre-activations.
+//!
+//! Dropout masks are drawn on the host from a seed ([`RnnMasks::sample`]) and travel with the
+//! batch, so every pass on the same batch (virtual step, finite differences) sees the same
+//! masks, and a resumed run draws the same ones.
+
+use crate::batch::cross_entropy;
+use crate::CellError;
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::activation::{sigmoid, tanh};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use darts_bilevel::{ArchModel, BatchOutput};
+use darts_genotype::{derive::derive_recurrent, RecurrentGenotype};
+use darts_mixed_op::{CandidateOp, EdgeSpec, OpSet, Relaxation, Softmax};
+use darts_ops::{BatchNorm2d, RnnPrimitive};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Initial weights are drawn from `U(−0.04, 0.04)` (reference `INITRANGE`).
+pub const INIT_RANGE: f64 = 0.04;
+
+/// Dropout probabilities, named as in the reference scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RnnDropout {
+    /// `--dropout`: locked dropout on the cell output before the decoder.
+    pub output: f64,
+    /// `--dropouth`: variational dropout on the hidden state inside the cell.
+    pub hidden: f64,
+    /// `--dropoutx`: variational dropout on the cell input inside the cell.
+    pub x: f64,
+    /// `--dropouti`: locked dropout on the embeddings.
+    pub input: f64,
+    /// `--dropoute`: embedding dropout (whole words).
+    pub embedding: f64,
+}
+
+impl RnnDropout {
+    /// Search defaults (`train_search.py`): 0.75, 0.25, 0.75, 0.2, 0.
+    pub fn search() -> Self {
+        Self {
+            output: 0.75,
+            hidden: 0.25,
+            x: 0.75,
+            input: 0.2,
+            embedding: 0.0,
+        }
+    }
+
+    /// Evaluation-training defaults (`train.py`): 0.75, 0.25, 0.75, 0.2, 0.1.
+    pub fn eval() -> Self {
+        Self {
+            embedding: 0.1,
+            ..Self::search()
+        }
+    }
+
+    /// No dropout at all.
+    pub fn none() -> Self {
+        Self {
+            output: 0.0,
+            hidden: 0.0,
+            x: 0.0,
+            input: 0.0,
+            embedding: 0.0,
+        }
+    }
+
+    fn validate(&self) -> Result<(), CellError> {
+        for (name, p) in [
+            ("output", self.output),
+            ("hidden", self.hidden),
+            ("x", self.x),
+            ("input", self.input),
+            ("embedding", self.embedding),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(CellError::Config(format!(
+                    "{name} dropout {p} is not in [0, 1)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Dropout masks for one batch, already scaled by `1 / keep`; `None` = no dropout there.
+#[derive(Clone, Debug)]
+pub struct RnnMasks<B: Backend> {
+    /// `[vocab, 1]`: embedding dropout (whole rows of the embedding matrix).
+    pub embedding: Option<Tensor<B, 2>>,
+    /// `[1, N·E]`: locked dropout on the embeddings (the same for every time step).
+    pub input: Option<Tensor<B, 2>>,
+    /// `[N, E]`: the cell's input mask.
+    pub x: Option<Tensor<B, 2>>,
+    /// `[N, H]`: the cell's hidden mask.
+    pub h: Option<Tensor<B, 2>>,
+    /// `[1, N·H]`: locked dropout on the cell outputs.
+    pub output: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> RnnMasks<B> {
+    /// No dropout (evaluation).
+    pub fn none() -> Self {
+        Self {
+            embedding: None,
+            input: None,
+            x: None,
+            h: None,
+            output: None,
+        }
+    }
+
+    /// Draw all masks for a batch of `batch` sequences, deterministically from `seed`.
+    pub fn sample(
+        p: &RnnDropout,
+        vocab: usize,
+        batch: usize,
+        ninp: usize,
+        nhid: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut mask = |prob: f64, shape: [usize; 2]| -> Option<Tensor<B, 2>> {
+            if prob <= 0.0 {
+                return None;
+            }
+            let keep = 1.0 - prob;
+            let v: Vec<f32> = (0..shape[0] * shape[1])
+                .map(|_| {
+                    if rng.random::<f64>() < keep {
+                        (1.0 / keep) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Some(Tensor::from_data(TensorData::new(v, shape), device))
+        };
+        Self {
+            embedding: mask(p.embedding, [vocab, 1]),
+            input: mask(p.input, [1, batch * ninp]),
+            x: mask(p.x, [batch, ninp]),
+            h: mask(p.hidden, [batch, nhid]),
+            output: mask(p.output, [1, batch * nhid]),
+        }
+    }
+}
+
+/// A window of token ids (time-major) with its targets, the hidden state it starts from and its
+/// dropout masks.
+#[derive(Clone, Debug)]
+pub struct TokenBatch<B: Backend> {
+    /// `[T, N]` input ids.
+    pub input: Tensor<B, 2, Int>,
+    /// `[T·N]` target ids (row-major over `[T, N]`).
+    pub target: Tensor<B, 1, Int>,
+    /// `[N, H]` hidden state at the start of the window.
+    pub hidden: Tensor<B, 2>,
+    /// Dropout masks (use [`RnnMasks::none`] to evaluate).
+    pub masks: RnnMasks<B>,
+}
+
+impl<B: Backend> TokenBatch<B> {
+    /// From host ids, row-major `[seq_len, batch]` (as [`darts_data`]'s `Batchified::window`
+    /// returns them).
+    pub fn from_host(
+        input: &[u32],
+        target: &[u32],
+        batch: usize,
+        hidden: Tensor<B, 2>,
+        masks: RnnMasks<B>,
+        device: &B::Device,
+    ) -> Self {
+        let t = input.len() / batch.max(1);
+        let ids = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        Self {
+            input: Tensor::from_data(TensorData::new(ids(input), [t, batch]), device),
+            target: Tensor::from_data(TensorData::new(ids(target), [target.len()]), device),
+            hidden,
+            masks,
+        }
+    }
+
+    /// Number of target tokens.
+    pub fn tokens(&self) -> usize {
+        self.target.dims()[0]
+    }
+}
+
+/// What a forward pass of a recurrent language model produced.
+#[derive(Clone, Debug)]
+pub struct RnnOutput<B: Backend> {
+    /// `[T·N, vocab]` logits.
+    pub logits: Tensor<B, 2>,
+    /// `[T, N, H]` cell outputs before the output dropout (for activation regularisation).
+    pub raw: Tensor<B, 3>,
+    /// `[T, N, H]` cell outputs after it.
+    pub dropped: Tensor<B, 3>,
+    /// `[N, H]` the last hidden state.
+    pub hidden: Tensor<B, 2>,
+}
+
+/// Shape and regularisation of a recurrent language model.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RnnConfig {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Embedding size (`--emsize`); equal to `nhid` (tied weights).
+    pub ninp: usize,
+    /// Hidden units (`--nhid`).
+    pub nhid: usize,
+    /// Intermediate nodes (8).
+    pub steps: usize,
+    /// Dropout probabilities.
+    pub dropout: RnnDropout,
+    /// Temporal activation regularisation `β · mean((h_{t+1} − h_t)²)` (`--beta`, 1e-3).
+    pub tar: f64,
+    /// Activation regularisation `α · mean(dropped²)` (`--alpha`, 0).
+    pub ar: f64,
+}
+
+impl RnnConfig {
+    /// The search model of the reference: 300 units, 8 nodes, search dropouts.
+    pub fn search(vocab: usize) -> Self {
+        Self {
+            vocab,
+            ninp: 300,
+            nhid: 300,
+            steps: 8,
+            dropout: RnnDropout::search(),
+            tar: 1e-3,
+            ar: 0.0,
+        }
+    }
+
+    /// The evaluation model of the reference: 850 units, evaluation dropouts.
+    pub fn eval(vocab: usize) -> Self {
+        Self {
+            ninp: 850,
+            nhid: 850,
+            dropout: RnnDropout::eval(),
+            ..Self::search(vocab)
+        }
+    }
+
+    fn validate(&self) -> Result<(), CellError> {
+        if self.vocab == 0 || self.nhid == 0 || self.steps == 0 {
+            return Err(CellError::Config(
+                "vocabulary, hidden units and nodes must be positive".into(),
+            ));
+        }
+        if self.ninp != self.nhid {
+            return Err(CellError::Config(format!(
+                "tied weights need emsize = nhid (got {} and {})",
+                self.ninp, self.nhid
+            )));
+        }
+        self.dropout.validate()
+    }
+
+    /// Draw dropout masks for a batch of `batch` sequences.
+    pub fn masks<B: Backend>(&self, batch: usize, seed: u64, device: &B::Device) -> RnnMasks<B> {
+        RnnMasks::sample(
+            &self.dropout,
+            self.vocab,
+            batch,
+            self.ninp,
+            self.nhid,
+            seed,
+            device,
+        )
+    }
+
+    /// Build the search supernet over `space` (the recurrent DARTS space is
+    /// [`darts_mixed_op::RnnSpace`]).
+    pub fn init_search<B: Backend, S: OpSet<B, 2>, R: Relaxation>(
+        &self,
+        space: &S,
+        relaxation: R,
+        device: &B::Device,
+    ) -> Result<RnnSearchModel<B, S::Op, R>, CellError> {
+        self.validate()?;
+        let h = self.nhid;
+        let edges: usize = (1..=self.steps).sum();
+        let edge = EdgeSpec {
+            channels: h,
+            stride: 1,
+        };
+        let ops = (0..self.steps)
+            .map(|_| {
+                (0..space.len())
+                    .map(|k| space.build(k, &edge, device))
+                    .collect()
+            })
+            .collect();
+        Ok(RnnSearchModel {
+            core: RnnCore::new(self, device),
+            ops,
+            bn: BatchNorm2d::new(h, false, device),
+            alphas: Param::from_tensor(
+                Tensor::random([edges, space.len()], Distribution::Normal(0.0, 1.0), device) * 1e-3,
+            ),
+            relaxation,
+            op_names: space.names(),
+            none_index: space.none_index(),
+        })
+    }
+
+    /// Build the derived model of `genotype` (its node count replaces `steps`).
+    pub fn init_eval<B: Backend>(
+        &self,
+        genotype: &RecurrentGenotype,
+        device: &B::Device,
+    ) -> Result<RnnEvalModel<B>, CellError> {
+        genotype.validate()?;
+        let mut ops = Vec::new();
+        for g in &genotype.recurrent {
+            ops.push(RnnPrimitive::from_name(&g.op)?);
+        }
+        let cfg = RnnConfig {
+            steps: genotype.recurrent.len(),
+            ..*self
+        };
+        cfg.validate()?;
+        Ok(RnnEvalModel {
+            core: RnnCore::new(&cfg, device),
+            ops,
+            preds: genotype.recurrent.iter().map(|g| g.input).collect(),
+            concat: genotype.concat.clone(),
+        })
+    }
+}
+
+fn uniform<B: Backend, const D: usize>(
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::random(
+        shape,
+        Distribution::Uniform(-INIT_RANGE, INIT_RANGE),
+        device,
+    ))
+}
+
+/// Weights shared by the search and derived models: embedding (tied decoder), decoder bias,
+/// `W0` and one `W_i` per node.
+#[derive(Module, Debug)]
+pub struct RnnCore<B: Backend> {
+    /// `[vocab, E]` embedding, also the decoder weight.
+    pub embedding: Param<Tensor<B, 2>>,
+    /// `[vocab]` decoder bias.
+    pub decoder_bias: Param<Tensor<B, 1>>,
+    /// `[E + H, 2H]`.
+    pub w0: Param<Tensor<B, 2>>,
+    /// `[H, 2H]` per node.
+    pub ws: Vec<Param<Tensor<B, 2>>>,
+    /// Configuration.
+    #[module(skip)]
+    pub config: RnnConfig,
+}
+
+impl<B: Backend> RnnCore<B> {
+    fn new(c: &RnnConfig, device: &B::Device) -> Self {
+        Self {
+            embedding: uniform([c.vocab, c.ninp], device),
+            decoder_bias: Param::from_tensor(Tensor::zeros([c.vocab], device)),
+            w0: uniform([c.ninp + c.nhid, 2 * c.nhid], device),
+            ws: (0..c.steps)
+                .map(|_| uniform([c.nhid, 2 * c.nhid], device))
+                .collect(),
+            config: *c,
+        }
+    }
+
+    /// Embeddings with embedding dropout and locked input dropout, times the cell's input mask,
+    /// projected by the input rows of `W0`: `[T·N, 2H]` (one matrix product for all steps).
+    fn input_projection(&self, input: Tensor<B, 2, Int>, masks: &RnnMasks<B>) -> Tensor<B, 2> {
+        let [t, n] = input.dims();
+        let e = self.config.ninp;
+        let mut w = self.embedding.val();
+        if let Some(m) = &masks.embedding {
+            w = w * m.clone();
+        }
+        let mut x = w.select(0, input.reshape([t * n])).reshape([t, n * e]);
+        if let Some(m) = &masks.input {
+            x = x * m.clone();
+        }
+        if let Some(m) = &masks.x {
+            x = x * m.clone().reshape([1, n * e]);
+        }
+        let w0x = self.w0.val().slice([0..e, 0..2 * self.config.nhid]);
+        x.reshape([t * n, e]).matmul(w0x)
+    }
+
+    /// `s0` from the input projection of one step and the previous hidden state.
+    fn init_state(
+        &self,
+        xw: Tensor<B, 2>,
+        h_prev: Tensor<B, 2>,
+        h_mask: Option<&Tensor<B, 2>>,
+    ) -> Tensor<B, 2> {
+        let (e, h) = (self.config.ninp, self.config.nhid);
+        let w0h = self.w0.val().slice([e..e + h, 0..2 * h]);
+        let hm = match h_mask {
+            Some(m) => h_prev.clone() * m.clone(),
+            None => h_prev.clone(),
+        };
+        let pre = xw + hm.matmul(w0h);
+        let [n, _] = pre.dims();
+        let c0 = sigmoid(pre.clone().slice([0..n, 0..h]));
+        let h0 = tanh(pre.slice([0..n, h..2 * h]));
+        h_prev.clone() + c0 * (h0 - h_prev)
+    }
+
+    /// Output dropout, tied decoder.
+    fn decode(&self, raw: Tensor<B, 3>, masks: &RnnMasks<B>) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        let [t, n, h] = raw.dims();
+        let mut d = raw.reshape([t, n * h]);
+        if let Some(m) = &masks.output {
+            d = d * m.clone();
+        }
+        let dropped = d.reshape([t, n, h]);
+        let logits = dropped
+            .clone()
+            .reshape([t * n, h])
+            .matmul(self.embedding.val().transpose())
+            + self.decoder_bias.val().reshape([1, self.config.vocab]);
+        (logits, dropped)
+    }
+
+    /// Run the cell over the window: `step(xw_t, h_prev, h_mask) → h_t`.
+    fn run<F>(
+        &self,
+        batch_input: Tensor<B, 2, Int>,
+        hidden: Tensor<B, 2>,
+        masks: &RnnMasks<B>,
+        mut step: F,
+    ) -> RnnOutput<B>
+    where
+        F: FnMut(Tensor<B, 2>, Tensor<B, 2>, Option<&Tensor<B, 2>>) -> Tensor<B, 2>,
+    {
+        let [t, n] = batch_input.dims();
+        let h2 = 2 * self.config.nhid;
+        let xw = self.input_projection(batch_input, masks);
+        let mut h = hidden;
+        let mut outs = Vec::with_capacity(t);
+        for i in 0..t {
+            let x_i = xw.clone().slice([i * n..(i + 1) * n, 0..h2]);
+            h = step(x_i, h, masks.h.as_ref());
+            outs.push(h.clone());
+        }
+        let raw = Tensor::stack(outs, 0);
+        let (logits, dropped) = self.decode(raw.clone(), masks);
+        RnnOutput {
+            logits,
+            raw,
+            dropped,
+            hidden: h,
+        }
+    }
+
+    /// Weights (everything here is a weight).
+    pub fn num_weights(&self) -> usize {
+        darts_ops::trainable_params(self, &[])
+    }
+}
+
+/// `σ(c)`, `h` halves of `[rows, 2H]`.
+fn split_gates<B: Backend>(ch: Tensor<B, 2>, h: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [r, _] = ch.dims();
+    (
+        sigmoid(ch.clone().slice([0..r, 0..h])),
+        ch.slice([0..r, h..2 * h]),
+    )
+}
+
+/// The recurrent search supernet: a language model whose cell mixes every candidate activation
+/// on every edge. `alphas` (`[edges, ops]`) are the architecture parameters.
+#[derive(Module, Debug)]
+pub struct RnnSearchModel<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
+    /// Embedding, decoder bias, `W0`, `W_i`.
+    pub core: RnnCore<B>,
+    /// Candidate ops per node (built once per node; the recurrent candidates have no weights).
+    pub ops: Vec<Vec<O>>,
+    /// Non-affine BatchNorm applied to `s0` and to every node (one layer, as in the reference).
+    pub bn: BatchNorm2d<B>,
+    /// Architecture parameters `[Σ_i i, ops]`.
+    pub alphas: Param<Tensor<B, 2>>,
+    /// Relaxation (softmax by default).
+    #[module(skip)]
+    pub relaxation: R,
+    /// Op names in α-column order.
+    #[module(skip)]
+    pub op_names: Vec<String>,
+    /// Index of `none`, if any.
+    #[module(skip)]
+    pub none_index: Option<usize>,
+}
+
+impl<B: Backend, O: CandidateOp<B, 2>, R: Relaxation> RnnSearchModel<B, O, R> {
+    /// One time step of the search cell with relaxed weights `probs` (`[edges, ops]`): the next
+    /// hidden state from the projected input `xw` (`x·m_x` times the input rows of `W0`).
+    pub fn cell_step(
+        &self,
+        xw: Tensor<B, 2>,
+        h_prev: Tensor<B, 2>,
+        h_mask: Option<&Tensor<B, 2>>,
+        probs: &[Tensor<B, 2>],
+    ) -> Tensor<B, 2> {
+        let core = &self.core;
+        let h = core.config.nhid;
+        let [n, _] = h_prev.dims();
+        let s0 = self.bn.forward_1d(core.init_state(xw, h_prev, h_mask));
+        let mask = |s: &Tensor<B, 2>| match h_mask {
+            Some(m) => s.clone() * m.clone(),
+            None => s.clone(),
+        };
+        let mut masked = vec![mask(&s0)];
+        let mut states = vec![s0];
+        for (i, w) in core.ws.iter().enumerate() {
+            let k = i + 1; // predecessors of node i
+                           // All predecessors in one product: [k·N, H] × [H, 2H].
+            let ch = Tensor::cat(masked.clone(), 0).matmul(w.val());
+            let (c, pre) = split_gates(ch, h);
+            let s_all = Tensor::cat(states.clone(), 0).reshape([k, n * h]);
+            // Σ_f p_f f(pre) and P = Σ_f p_f per predecessor (rows of [k, N·H]).
+            let p = &probs[i];
+            let mut mixed: Option<Tensor<B, 2>> = None;
+            let mut total: Option<Tensor<B, 2>> = None;
+            for (f, op) in self.ops[i].iter().enumerate() {
+                if op.is_zero() {
+                    continue;
+                }
+                let pf = p.clone().slice([0..k, f..f + 1]);
+                let y = op.forward(pre.clone()).reshape([k, n * h]) * pf.clone();
+                mixed = Some(match mixed {
+                    Some(a) => a + y,
+                    None => y,
+                });
+                total = Some(match total {
+                    Some(a) => a + pf,
+                    None => pf,
+                });
+            }
+            // Σ_f p_f (s + σ(c)(f(pre) − s)) = P·s + σ(c)(Σ_f p_f f(pre) − P·s)
+            let s = match (mixed, total) {
+                (Some(a), Some(pt)) => {
+                    let ps = s_all * pt;
+                    let c = c.reshape([k, n * h]);
+                    (ps.clone() + c * (a - ps)).sum_dim(0).reshape([n, h])
+                }
+                _ => states[0].zeros_like(),
+            };
+            let s = self.bn.forward_1d(s);
+            masked.push(mask(&s));
+            states.push(s);
+        }
+        let last = states.len() - 1;
+        let count = last.min(core.config.steps);
+        Tensor::stack::<3>(states[states.len() - count..].to_vec(), 0)
+            .mean_dim(0)
+            .reshape([n, h])
+    }
+
+    /// Relaxed weights per node (`[i+1, ops]` each), recomputed from α.
+    fn node_probs(&self) -> Vec<Tensor<B, 2>> {
+        let p = self.relaxation.weights(self.alphas.val());
+        let ops = p.dims()[1];
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for i in 0..self.core.config.steps {
+            out.push(p.clone().slice([offset..offset + i + 1, 0..ops]));
+            offset += i + 1;
+        }
+        out
+    }
+
+    /// Forward over a window starting from `hidden`.
+    pub fn forward(
+        &self,
+        input: Tensor<B, 2, Int>,
+        hidden: Tensor<B, 2>,
+        masks: &RnnMasks<B>,
+    ) -> RnnOutput<B> {
+        let probs = self.node_probs();
+        self.core.run(input, hidden, masks, |xw, h, m| {
+            self.cell_step(xw, h, m, &probs)
+        })
+    }
+
+    /// Relaxed weights `[edges][ops]`.
+    pub fn arch_weights(&self) -> Vec<Vec<f32>> {
+        let a = self.alphas.val();
+        let [_, n] = a.dims();
+        let v: Vec<f32> = self
+            .relaxation
+            .weights(a)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 data");
+        v.chunks(n).map(|c| c.to_vec()).collect()
+    }
+
+    /// The derived genotype (per node the strongest non-`none` op of its strongest predecessor).
+    pub fn genotype(&self) -> RecurrentGenotype {
+        let names: Vec<&str> = self.op_names.iter().map(String::as_str).collect();
+        derive_recurrent(&self.arch_weights(), &names, self.none_index)
+            .expect("supernet alphas have the shape of its cell")
+    }
+
+    /// Number of weights (α and BN statistics excluded).
+    pub fn num_weights(&self) -> usize {
+        darts_ops::trainable_params(self, &[self.alphas.id])
+    }
+}
+
+/// Mean next-word cross-entropy of `logits` against `[T·N]` targets.
+pub fn nll<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    cross_entropy(logits, target)
+}
+
+/// `loss + TAR + AR` (the weight step's objective) and the plain cross-entropy.
+fn regularised<B: Backend>(
+    cfg: &RnnConfig,
+    out: &RnnOutput<B>,
+    target: Tensor<B, 1, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let raw_loss = nll(out.logits.clone(), target);
+    let mut loss = raw_loss.clone();
+    let [t, n, h] = out.raw.dims();
+    if cfg.tar > 0.0 && t > 1 {
+        let r = out.raw.clone().reshape([t, n * h]);
+        let d = r.clone().slice([1..t, 0..n * h]) - r.slice([0..t - 1, 0..n * h]);
+        loss = loss + d.square().mean() * cfg.tar;
+    }
+    if cfg.ar > 0.0 {
+        loss = loss + out.dropped.clone().square().mean() * cfg.ar;
+    }
+    (loss, raw_loss)
+}
+
+fn output<B: AutodiffBackend>(
+    out: &RnnOutput<B>,
+    loss: Tensor<B, 1>,
+    raw: Option<Tensor<B, 1>>,
+    tokens: usize,
+) -> BatchOutput<B> {
+    let mut o = BatchOutput::new(loss, None, tokens);
+    o.raw_loss = raw;
+    o.state = vec![out.hidden.clone().detach().inner()];
+    o
+}
+
+impl<B, O, R> ArchModel<B> for RnnSearchModel<B, O, R>
+where
+    B: AutodiffBackend,
+    O: CandidateOp<B, 2> + burn::module::AutodiffModule<B>,
+    O::InnerModule: Module<B::InnerBackend> + burn::module::ModuleDisplay,
+    R: Relaxation,
+{
+    type Batch = TokenBatch<B>;
+
+    /// Cross-entropy only (the reference architect's `_loss`).
+    fn forward_batch(&self, b: &TokenBatch<B>) -> BatchOutput<B> {
+        let out = self.forward(b.input.clone(), b.hidden.clone(), &b.masks);
+        let loss = nll(out.logits.clone(), b.target.clone());
+        output(&out, loss, None, b.tokens())
+    }
+
+    /// Cross-entropy plus temporal activation regularisation (and AR if set).
+    fn forward_train(&self, b: &TokenBatch<B>) -> BatchOutput<B> {
+        let out = self.forward(b.input.clone(), b.hidden.clone(), &b.masks);
+        let (loss, raw) = regularised(&self.core.config, &out, b.target.clone());
+        output(&out, loss, Some(raw), b.tokens())
+    }
+
+    fn arch_param_ids(&self) -> Vec<ParamId> {
+        vec![self.alphas.id]
+    }
+}
+
+/// The derived recurrent language model of a genotype (reference `rnn/model.py`).
+#[derive(Module, Debug)]
+pub struct RnnEvalModel<B: Backend> {
+    /// Embedding, decoder bias, `W0`, `W_i`.
+    pub core: RnnCore<B>,
+    /// Activation of each node.
+    #[module(skip)]
+    pub ops: Vec<RnnPrimitive>,
+    /// Predecessor of each node.
+    pub preds: Vec<usize>,
+    /// States averaged into the output.
+    pub concat: Vec<usize>,
+}
+
+impl<B: Backend> RnnEvalModel<B> {
+    /// One time step of the derived cell (see the module docs).
+    pub fn cell_step(
+        &self,
+        xw: Tensor<B, 2>,
+        h_prev: Tensor<B, 2>,
+        h_mask: Option<&Tensor<B, 2>>,
+    ) -> Tensor<B, 2> {
+        let core = &self.core;
+        let h = core.config.nhid;
+        let [n, _] = h_prev.dims();
+        let mut states = vec![core.init_state(xw, h_prev, h_mask)];
+        for (i, w) in core.ws.iter().enumerate() {
+            let sp = states[self.preds[i]].clone();
+            let masked = match h_mask {
+                Some(m) => sp.clone() * m.clone(),
+                None => sp.clone(),
+            };
+            let (c, pre) = split_gates(masked.matmul(w.val()), h);
+            let s = sp.clone() + c * (self.ops[i].apply(pre) - sp);
+            states.push(s);
+        }
+        let chosen: Vec<Tensor<B, 2>> = self.concat.iter().map(|&i| states[i].clone()).collect();
+        Tensor::stack::<3>(chosen, 0).mean_dim(0).reshape([n, h])
+    }
+
+    /// Forward over a window starting from `hidden`.
+    pub fn forward(
+        &self,
+        input: Tensor<B, 2, Int>,
+        hidden: Tensor<B, 2>,
+        masks: &RnnMasks<B>,
+    ) -> RnnOutput<B> {
+        self.core
+            .run(input, hidden, masks, |xw, h, m| self.cell_step(xw, h, m))
+    }
+
+    /// `(loss with regularisers, cross-entropy)` for a batch (training mode when it has masks).
+    pub fn losses(&self, b: &TokenBatch<B>) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 2>) {
+        let out = self.forward(b.input.clone(), b.hidden.clone(), &b.masks);
+        let (loss, raw) = regularised(&self.core.config, &out, b.target.clone());
+        (loss, raw, out.hidden)
+    }
+
+    /// Number of weights (22,960,000 at 850 units on PTB with tied weights).
+    pub fn num_weights(&self) -> usize {
+        self.core.num_weights()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use darts_genotype::catalog;
+    use darts_mixed_op::RnnSpace;
+    type B = Autodiff<Flex>;
+
+    #[test]
+    fn parameter_counts() {
+        let dev = Default::default();
+        let g = catalog::recurrent("DARTS_V2").unwrap();
+        let m = RnnConfig::eval(10_000).init_eval::<Flex>(&g, &dev).unwrap();
+        assert_eq!(m.num_weights(), 22_960_000);
+        let s = RnnConfig {
+            ninp: 16,
+            nhid: 16,
+            ..RnnConfig::search(50)
+        }
+        .init_search::<Flex, _, _>(&RnnSpace::default(), Softmax, &dev)
+        .unwrap();
+        assert_eq!(s.alphas.dims(), [36, 5]);
+        // embedding 50·16 + bias 50 + W0 32·32 + 8 · 16·32 (BN has no weights)
+        assert_eq!(s.num_weights(), 800 + 50 + 1024 + 8 * 512);
+    }
+
+    #[test]
+    fn bad_configurations_are_errors() {
+        let dev = Default::default();
+        let g = catalog::recurrent("DARTS_V1").unwrap();
+        let e = RnnConfig {
+            ninp: 10,
+            ..RnnConfig::eval(100)
+        }
+        .init_eval::<Flex>(&g, &dev)
+        .unwrap_err();
+        assert!(e.to_string().contains("emsize"), "{e}");
+        let mut bad = RnnConfig::search(100);
+        bad.dropout.hidden = 1.0;
+        assert!(bad
+            .init_search::<Flex, _, _>(&RnnSpace::default(), Softmax, &dev)
+            .is_err());
+    }
+
+    #[test]
+    fn search_forward_shapes_and_genotype() {
+        let dev = Default::default();
+        let cfg = RnnConfig {
+            ninp: 6,
+            nhid: 6,
+            ..RnnConfig::search(20)
+        };
+        let m = cfg
+            .init_search::<B, _, _>(&RnnSpace::default(), Softmax, &dev)
+            .unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| i % 20).collect();
+        let b = TokenBatch::from_host(
+            &ids,
+            &ids,
+            3,
+            Tensor::zeros([3, 6], &dev),
+            cfg.masks(3, 7, &dev),
+            &dev,
+        );
+        let out = m.forward(b.input.clone(), b.hidden.clone(), &b.masks);
+        assert_eq!(out.logits.dims(), [12, 20]);
+        assert_eq!(out.raw.dims(), [4, 3, 6]);
+        assert_eq!(out.hidden.dims(), [3, 6]);
+        let o = m.forward_train(&b);
+        assert!(o.raw_loss.is_some() && o.state.len() == 1);
+        let g = m.genotype();
+        assert_eq!(g.recurrent.len(), 8);
+        assert_eq!(g.concat, (1..=8).collect::<Vec<_>>());
+        g.validate().unwrap();
+    }
+}

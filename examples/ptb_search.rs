@@ -1,0 +1,186 @@
+//! Recurrent DARTS cell search on Penn Treebank (reference `rnn/train_search.py`).
+//!
+//! With no flags it runs a quick search on the PTB sample shipped in `data/ptb-sample` (a slice of
+//! the validation split; a couple of minutes on a 2-core CPU). With `--data` the defaults are the
+//! reference's: 300 units, batch 256, bptt 35, SGD lr 20, 50 epochs, Adam lr 3e-3 on α.
+//!
+//! ```text
+//! cargo run --example ptb_search
+//! cargo run --release --example ptb_search -- --data /path/to/ptb --out runs/ptb_s1
+//! cargo run --release --features cuda --example ptb_search -- --data /path/to/ptb --device cuda --unrolled
+//! cargo run --example ptb_search -- --resume runs/ptb_s1
+//! ```
+
+use burn::tensor::backend::AutodiffBackend;
+use clap::Parser;
+use darts::cifar::{RunError, RunOptions};
+use darts::device::{dispatch, BackendTask, DeviceSpec};
+use darts::ptb::{run_ptb_search, PtbSearchConfig, PtbSearchSummary};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(about = "Recurrent DARTS cell search on Penn Treebank")]
+struct Args {
+    /// Directory with ptb.train.txt, ptb.valid.txt, ptb.test.txt (default: the shipped sample,
+    /// with a quick configuration).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// cpu | wgpu[:N] | cuda[:N]
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    emsize: Option<usize>,
+    #[arg(long)]
+    nhid: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    eval_batch_size: Option<usize>,
+    #[arg(long)]
+    bptt: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    wdecay: Option<f64>,
+    #[arg(long)]
+    clip: Option<f64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Output (locked) dropout.
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Hidden-state dropout inside the cell.
+    #[arg(long)]
+    dropouth: Option<f64>,
+    /// Input dropout inside the cell.
+    #[arg(long)]
+    dropoutx: Option<f64>,
+    /// Locked dropout on the embeddings.
+    #[arg(long)]
+    dropouti: Option<f64>,
+    /// Embedding (word) dropout.
+    #[arg(long)]
+    dropoute: Option<f64>,
+    /// Temporal activation regularisation (slowness) β.
+    #[arg(long)]
+    beta: Option<f64>,
+    /// Second-order (unrolled) architecture gradient.
+    #[arg(long)]
+    unrolled: bool,
+    #[arg(long)]
+    arch_lr: Option<f64>,
+    #[arg(long)]
+    arch_wdecay: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop every epoch after N steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Use only the first N training tokens.
+    #[arg(long)]
+    limit_train_tokens: Option<usize>,
+    /// Use only the first N validation tokens.
+    #[arg(long)]
+    limit_valid_tokens: Option<usize>,
+    #[arg(long, default_value = "runs/ptb_search")]
+    out: PathBuf,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+struct Task(PtbSearchConfig, RunOptions);
+
+impl BackendTask for Task {
+    type Output = Result<PtbSearchSummary, RunError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        run_ptb_search::<B>(&self.0, &self.1, &device)
+    }
+}
+
+fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(code)
+}
+
+fn main() {
+    let a = Args::parse();
+    let quick = a.data.is_none();
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/ptb-sample");
+    let mut c = PtbSearchConfig {
+        data: a.data.clone().unwrap_or(sample),
+        ..Default::default()
+    };
+    if quick {
+        c.emsize = 32;
+        c.nhid = 32;
+        c.batch_size = 16;
+        c.bptt = 20;
+        c.epochs = 3;
+        c.max_steps_per_epoch = Some(20);
+    }
+    macro_rules! set {
+        ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.$g = v; } )* };
+    }
+    set!(emsize => emsize, nhid => nhid, batch_size => batch_size,
+        eval_batch_size => eval_batch_size, bptt => bptt, lr => lr, wdecay => weight_decay,
+        clip => clip, epochs => epochs, beta => tar, arch_lr => arch_lr,
+        arch_wdecay => arch_weight_decay, seed => seed);
+    macro_rules! drop {
+        ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.dropout.$g = v; } )* };
+    }
+    drop!(dropout => output, dropouth => hidden, dropoutx => x, dropouti => input,
+        dropoute => embedding);
+    if a.max_steps.is_some() {
+        c.max_steps_per_epoch = a.max_steps;
+    }
+    c.limit_train_tokens = a.limit_train_tokens;
+    c.limit_valid_tokens = a.limit_valid_tokens;
+    c.unrolled = a.unrolled;
+    let opts = RunOptions {
+        out: a.resume.clone().unwrap_or(a.out.clone()),
+        resume: a.resume.is_some(),
+        stop_after: None,
+        progress: !a.quiet,
+    };
+    let spec: DeviceSpec = a.device.parse().unwrap_or_else(|e| fail(2, e));
+    if !opts.resume {
+        eprintln!(
+            "searching on {} ({}{}), device {spec}, output {}",
+            c.data.display(),
+            if quick {
+                "quick sample run"
+            } else {
+                "reference settings"
+            },
+            if c.unrolled {
+                ", second order"
+            } else {
+                ", first order"
+            },
+            opts.out.display()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    match dispatch(&spec, Task(c, opts.clone())) {
+        Ok(Ok(s)) => {
+            println!("supernet weights: {} (vocabulary {})", s.params, s.vocab);
+            if let Some(e) = s.history.last() {
+                println!("final validation perplexity: {:.2}", e.val_ppl);
+            }
+            println!(
+                "final genotype: {}",
+                darts::genotype::python::recurrent_to_python(&s.genotype)
+            );
+            println!(
+                "wrote {}/{{genotype.json,genotype.py,recurrent.svg,metrics.jsonl,perplexity.svg,alphas.svg,checkpoint.bin}} in {:.0}s",
+                opts.out.display(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        Ok(Err(e)) => fail(1, e),
+        Err(e) => fail(2, e),
+    }
+}

@@ -1,0 +1,894 @@
+//! The Penn Treebank protocol of the paper (§3.3), as library functions that the examples
+//! `ptb_search` and `ptb_train` wrap: recurrent cell search (weights on the training split, α on
+//! the validation split) and training a derived recurrent cell from scratch (SGD switching to
+//! averaged SGD).
+//!
+//! Output conventions are those of [`crate::cifar`]: `metrics.jsonl`, SVG plots, per-epoch
+//! genotypes, an atomic `checkpoint.bin` after every epoch and `--resume`. Within an epoch every
+//! random choice (window lengths, dropout masks) is derived from `(seed, epoch, step)`, and the
+//! hidden state starts from zeros each epoch (as in the reference), so a resumed run takes
+//! exactly the steps an uninterrupted one takes.
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::cifar::{open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK};
+use crate::report;
+use burn::module::{AutodiffModule, ParamId};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use darts_bilevel::params::{gradients, set_values, values, FlatParams};
+use darts_bilevel::{clip_grad_norm, ArchitectConfig, Bilevel, CosineLr, Order, Sgd, WeightConfig};
+use darts_cell::rnn::{nll, RnnConfig, RnnDropout, RnnMasks, TokenBatch};
+use darts_cell::{RnnEvalModel, RnnSearchModel};
+use darts_data::cifar::derive_seed;
+use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
+use darts_genotype::diagram::CellGraph;
+use darts_genotype::{python, RecurrentGenotype};
+use darts_mixed_op::{RnnSpace, Softmax};
+use darts_ops::RnnOp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Configuration of a recurrent search (reference `rnn/train_search.py` defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbSearchConfig {
+    /// Directory with `ptb.train.txt`, `ptb.valid.txt`, `ptb.test.txt`.
+    pub data: PathBuf,
+    /// Use only the first N training tokens (None = all).
+    pub limit_train_tokens: Option<usize>,
+    /// Use only the first N validation tokens (None = all).
+    pub limit_valid_tokens: Option<usize>,
+    /// Stop each epoch after this many steps (None = a full pass).
+    pub max_steps_per_epoch: Option<usize>,
+    /// Embedding size (= hidden size, tied weights).
+    pub emsize: usize,
+    /// Hidden units.
+    pub nhid: usize,
+    /// Intermediate nodes.
+    pub nodes: usize,
+    /// Batch size (columns of the training and search streams).
+    pub batch_size: usize,
+    /// Batch size of the evaluation pass.
+    pub eval_batch_size: usize,
+    /// Nominal window length.
+    pub bptt: usize,
+    /// SGD learning rate (constant; scaled per window by `len / bptt`).
+    pub lr: f64,
+    /// SGD weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (also applied in the virtual step).
+    pub clip: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Dropouts.
+    pub dropout: RnnDropout,
+    /// Temporal activation regularisation β.
+    pub tar: f64,
+    /// Activation regularisation α.
+    pub ar: f64,
+    /// Second-order architecture gradient.
+    pub unrolled: bool,
+    /// Adam learning rate for α.
+    pub arch_lr: f64,
+    /// Adam weight decay for α.
+    pub arch_weight_decay: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for PtbSearchConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("data/ptb-sample"),
+            limit_train_tokens: None,
+            limit_valid_tokens: None,
+            max_steps_per_epoch: None,
+            emsize: 300,
+            nhid: 300,
+            nodes: 8,
+            batch_size: 256,
+            eval_batch_size: 10,
+            bptt: 35,
+            lr: 20.0,
+            weight_decay: 5e-7,
+            clip: 0.25,
+            epochs: 50,
+            dropout: RnnDropout::search(),
+            tar: 1e-3,
+            ar: 0.0,
+            unrolled: false,
+            arch_lr: 3e-3,
+            arch_weight_decay: 1e-3,
+            seed: 3,
+        }
+    }
+}
+
+/// One epoch of a recurrent search, as written to `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbSearchEpoch {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Mean training cross-entropy (dropout on).
+    pub train_loss: f64,
+    /// Its perplexity.
+    pub train_ppl: f64,
+    /// Mean validation cross-entropy seen by the architecture steps (dropout on).
+    pub arch_val_loss: f64,
+    /// Validation cross-entropy in evaluation mode.
+    pub val_loss: f64,
+    /// Validation perplexity in evaluation mode.
+    pub val_ppl: f64,
+    /// Steps taken.
+    pub steps: usize,
+    /// Training tokens seen.
+    pub tokens: usize,
+    /// Wall time (s).
+    pub seconds: f64,
+    /// Derived genotype.
+    pub genotype: RecurrentGenotype,
+    /// The same, in Python notation.
+    pub genotype_python: String,
+    /// softmax(α), `[edge][op]`.
+    pub alphas: Vec<Vec<f64>>,
+}
+
+/// The result of [`run_ptb_search`].
+#[derive(Clone, Debug)]
+pub struct PtbSearchSummary {
+    /// All epochs so far.
+    pub history: Vec<PtbSearchEpoch>,
+    /// Final genotype.
+    pub genotype: RecurrentGenotype,
+    /// Raw α values, for exact comparisons.
+    pub alphas: Vec<f32>,
+    /// Supernet weights.
+    pub params: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Words of the validation/test splits that were mapped to `<unk>`.
+    pub unknown: (usize, usize),
+}
+
+fn load_corpus(
+    dir: &Path,
+    train_limit: Option<usize>,
+    valid_limit: Option<usize>,
+) -> Result<Corpus, RunError> {
+    let mut c = Corpus::load(dir)?;
+    if let Some(n) = train_limit {
+        c.train.ids.truncate(n);
+    }
+    if let Some(n) = valid_limit {
+        c.valid.ids.truncate(n);
+    }
+    Ok(c)
+}
+
+fn zeros_inner<B: AutodiffBackend>(
+    n: usize,
+    h: usize,
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 2> {
+    Tensor::zeros([n, h], device)
+}
+
+fn ids<B: Backend>(v: &[u32], shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
+    let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// Mean cross-entropy per token over `data` in windows of `bptt`, carrying the hidden state
+/// (evaluation mode: no dropout, no graph).
+pub fn evaluate_lm<B: Backend, F>(
+    data: &Batchified,
+    bptt: usize,
+    nhid: usize,
+    device: &B::Device,
+    forward: F,
+) -> f64
+where
+    F: Fn(Tensor<B, 2, Int>, Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>),
+{
+    let n = data.cols;
+    let mut hidden = Tensor::<B, 2>::zeros([n, nhid], device);
+    let (mut total, mut count) = (0.0, 0usize);
+    for (i, t) in data.eval_windows(bptt) {
+        let (x, y) = data.window(i, t);
+        let (logits, h) = forward(ids::<B>(&x, [t, n], device), hidden);
+        hidden = h;
+        let target: Tensor<B, 1, Int> = ids::<B>(&y, [1, t * n], device).reshape([t * n]);
+        let l: f64 = nll(logits, target)
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .expect("f64")[0];
+        total += l * (t * n) as f64;
+        count += t * n;
+    }
+    total / count.max(1) as f64
+}
+
+type SearchNet<B> = RnnSearchModel<B, RnnOp>;
+
+fn write_rnn_genotype(out: &Path, g: &RecurrentGenotype) -> Result<(), RunError> {
+    write(&out.join("genotype.json"), &g.to_json())?;
+    write(
+        &out.join("genotype.py"),
+        &format!("{}\n", python::recurrent_to_python(g)),
+    )?;
+    let graph = CellGraph::recurrent(g);
+    write(&out.join("recurrent.svg"), &graph.to_svg())?;
+    write(&out.join("recurrent.dot"), &graph.to_dot())
+}
+
+/// Run (or resume) a recurrent cell search on `device`.
+pub fn run_ptb_search<B: AutodiffBackend>(
+    config: &PtbSearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<PtbSearchSummary, RunError> {
+    let out = &opts.out;
+    let ckpt_path = out.join("checkpoint.bin");
+    let (cfg, mut history, ckpt) = open_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts)?;
+    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 || cfg.bptt == 0 || cfg.epochs == 0 {
+        return Err(RunError::Config(
+            "batch sizes, bptt and epochs must be positive".into(),
+        ));
+    }
+    write(
+        &out.join("config.json"),
+        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
+    )?;
+    let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
+    let vocab = corpus.dictionary.len();
+    let train_data = Batchified::new(&corpus.train.ids, cfg.batch_size)?;
+    let search_data = Batchified::new(&corpus.valid.ids, cfg.batch_size)?;
+    let val_data = Batchified::new(&corpus.valid.ids, cfg.eval_batch_size)?;
+    let rnn = RnnConfig {
+        vocab,
+        ninp: cfg.emsize,
+        nhid: cfg.nhid,
+        steps: cfg.nodes,
+        dropout: cfg.dropout,
+        tar: cfg.tar,
+        ar: cfg.ar,
+    };
+    let net: SearchNet<B> = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        rnn.init_search::<B, _, _>(&RnnSpace::default(), Softmax, device)?
+    };
+    let params = net.num_weights();
+    let op_names = net.op_names.clone();
+    let mut search = Bilevel::new(
+        net,
+        WeightConfig {
+            lr: CosineLr {
+                max: cfg.lr,
+                min: cfg.lr,
+                epochs: cfg.epochs,
+            },
+            momentum: 0.0,
+            weight_decay: cfg.weight_decay,
+            grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
+        },
+        ArchitectConfig {
+            order: if cfg.unrolled {
+                Order::Second
+            } else {
+                Order::First
+            },
+            arch_lr: cfg.arch_lr,
+            arch_weight_decay: cfg.arch_weight_decay,
+            virtual_grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
+            ..Default::default()
+        },
+    );
+    if let Some(c) = &ckpt {
+        checkpoint::load_bilevel(c, &mut search)?;
+    }
+    if opts.progress {
+        eprintln!(
+            "PTB search: vocabulary {vocab}, {} training tokens, {} validation tokens ({} unknown), {:.2}M weights",
+            corpus.train.len(),
+            corpus.valid.len(),
+            corpus.valid.unknown,
+            params as f64 / 1e6
+        );
+    }
+    let n = cfg.batch_size;
+    let start = history.len();
+    for epoch in start..cfg.epochs {
+        if opts.stop_after.is_some_and(|s| epoch >= s) {
+            break;
+        }
+        let t0 = Instant::now();
+        let mut windows = SeqLen::new(
+            cfg.bptt,
+            SeqLenMode::Search,
+            derive_seed(cfg.seed, epoch, 11),
+        )
+        .epoch_windows(&train_data);
+        if let Some(m) = cfg.max_steps_per_epoch {
+            windows.truncate(m);
+        }
+        let pb = progress(
+            windows.len(),
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            opts.progress,
+        );
+        let mut h_train = zeros_inner::<B>(n, cfg.nhid, device);
+        let mut h_val = zeros_inner::<B>(n, cfg.nhid, device);
+        let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
+        for (step, &(i, t)) in windows.iter().enumerate() {
+            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
+            let (x, y) = train_data.window(i, t);
+            let vi = i % (search_data.rows - 1);
+            let (vx, vy) = search_data.window(vi, cfg.bptt);
+            let seed = derive_seed(cfg.seed, epoch, 1000 + 2 * step as u64);
+            let tb = TokenBatch::from_host(
+                &x,
+                &y,
+                n,
+                Tensor::from_inner(h_train.clone()),
+                rnn.masks(n, seed, device),
+                device,
+            );
+            let vb = TokenBatch::from_host(
+                &vx,
+                &vy,
+                n,
+                Tensor::from_inner(h_val.clone()),
+                rnn.masks(n, seed ^ 0x5555, device),
+                device,
+            );
+            let o = search.step_with_state(&tb, &vb, lr);
+            h_train = o.train_state[0].clone();
+            h_val = o.val_state[0].clone();
+            tl += o.stats.train_loss * o.stats.train_size as f64;
+            tok += o.stats.train_size;
+            vl += o.stats.val_loss * o.stats.val_size as f64;
+            vtok += o.stats.val_size;
+            pb.inc(1);
+            pb.set_message(format!(
+                "ppl {:.1} val {:.1}",
+                (tl / tok as f64).exp(),
+                (vl / vtok as f64).exp()
+            ));
+        }
+        pb.finish_and_clear();
+        let model = search.model.valid();
+        let val_loss =
+            evaluate_lm::<B::InnerBackend, _>(&val_data, cfg.bptt, cfg.nhid, device, |x, h| {
+                let o = model.forward(x, h, &RnnMasks::none());
+                (o.logits, o.hidden)
+            });
+        let train_loss = tl / tok.max(1) as f64;
+        let genotype = search.model.genotype();
+        let rec = PtbSearchEpoch {
+            epoch,
+            train_loss,
+            train_ppl: train_loss.exp(),
+            arch_val_loss: vl / vtok.max(1) as f64,
+            val_loss,
+            val_ppl: val_loss.exp(),
+            steps: windows.len(),
+            tokens: tok,
+            seconds: t0.elapsed().as_secs_f64(),
+            genotype_python: python::recurrent_to_python(&genotype),
+            genotype,
+            alphas: search
+                .model
+                .arch_weights()
+                .into_iter()
+                .map(|r| r.into_iter().map(f64::from).collect())
+                .collect(),
+        };
+        if opts.progress {
+            eprintln!(
+                "epoch {:>3}  train ppl {:8.2}  val ppl {:8.2}  {:.0}s\n  {}",
+                epoch + 1,
+                rec.train_ppl,
+                rec.val_ppl,
+                rec.seconds,
+                rec.genotype_python
+            );
+        }
+        history.push(rec);
+        let mut c = Checkpoint::new(serde_json::json!({
+            "kind": "ptb_search",
+            "epoch": epoch,
+            "config": cfg,
+            "history": history,
+        }));
+        checkpoint::save_bilevel(&mut c, &search);
+        c.write_atomic(&ckpt_path)?;
+        write_search_outputs(out, &history, &op_names)?;
+    }
+    let genotype = search.model.genotype();
+    write_rnn_genotype(out, &genotype)?;
+    let id = search.model.alphas.id;
+    let alphas = values(&search.model, &[id])[&id]
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32");
+    Ok(PtbSearchSummary {
+        history,
+        genotype,
+        alphas,
+        params,
+        vocab,
+        unknown: (corpus.valid.unknown, corpus.test.unknown),
+    })
+}
+
+fn write_search_outputs(
+    out: &Path,
+    history: &[PtbSearchEpoch],
+    op_names: &[String],
+) -> Result<(), RunError> {
+    write_jsonl(&out.join("metrics.jsonl"), history)?;
+    let series = |f: &dyn Fn(&PtbSearchEpoch) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+    };
+    write(
+        &out.join("perplexity.svg"),
+        &report::line_chart(
+            "perplexity",
+            "epoch",
+            &[
+                ("train (dropout)".into(), series(&|e| e.train_ppl)),
+                (
+                    "val (arch steps, dropout)".into(),
+                    series(&|e| e.arch_val_loss.exp()),
+                ),
+                ("val (eval mode)".into(), series(&|e| e.val_ppl)),
+            ],
+        ),
+    )?;
+    let h: Vec<_> = history.iter().map(|e| e.alphas.clone()).collect();
+    write(
+        &out.join("alphas.svg"),
+        &report::alpha_evolution("softmax(α), recurrent cell", &h, op_names),
+    )?;
+    if let Some(last) = history.last() {
+        let e = last.epoch;
+        write(
+            &out.join(format!("genotypes/epoch_{e:03}.json")),
+            &last.genotype.to_json(),
+        )?;
+        write(
+            &out.join(format!("genotypes/epoch_{e:03}.py")),
+            &format!("{}\n", last.genotype_python),
+        )?;
+    }
+    Ok(())
+}
+
+/// Configuration of training a recurrent genotype from scratch (reference `rnn/train.py`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbTrainConfig {
+    /// Directory with the three PTB files.
+    pub data: PathBuf,
+    /// The genotype.
+    pub genotype: RecurrentGenotype,
+    /// Its name or source.
+    pub genotype_source: String,
+    /// Use only the first N training tokens.
+    pub limit_train_tokens: Option<usize>,
+    /// Use only the first N validation tokens.
+    pub limit_valid_tokens: Option<usize>,
+    /// Use only the first N test tokens.
+    pub limit_test_tokens: Option<usize>,
+    /// Stop each epoch after this many steps.
+    pub max_steps_per_epoch: Option<usize>,
+    /// Embedding size (= hidden size).
+    pub emsize: usize,
+    /// Hidden units.
+    pub nhid: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Validation batch size.
+    pub eval_batch_size: usize,
+    /// Test batch size.
+    pub test_batch_size: usize,
+    /// Nominal window length.
+    pub bptt: usize,
+    /// Maximum excess of a window over `bptt`.
+    pub max_seq_len_delta: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Dropouts.
+    pub dropout: RnnDropout,
+    /// Temporal activation regularisation β.
+    pub tar: f64,
+    /// Activation regularisation α.
+    pub ar: f64,
+    /// Switch to averaged SGD when validation has not improved on the best of all but the
+    /// last `nonmono` epochs.
+    pub nonmono: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl PtbTrainConfig {
+    /// Reference defaults for `genotype`.
+    pub fn new(genotype: RecurrentGenotype, source: impl Into<String>) -> Self {
+        Self {
+            data: PathBuf::from("data/ptb-sample"),
+            genotype,
+            genotype_source: source.into(),
+            limit_train_tokens: None,
+            limit_valid_tokens: None,
+            limit_test_tokens: None,
+            max_steps_per_epoch: None,
+            emsize: 850,
+            nhid: 850,
+            batch_size: 64,
+            eval_batch_size: 10,
+            test_batch_size: 1,
+            bptt: 35,
+            max_seq_len_delta: 20,
+            lr: 20.0,
+            weight_decay: 8e-7,
+            clip: 0.25,
+            epochs: 8000,
+            dropout: RnnDropout::eval(),
+            tar: 1e-3,
+            ar: 0.0,
+            nonmono: 5,
+            seed: 1267,
+        }
+    }
+}
+
+/// One epoch of training a recurrent cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbTrainEpoch {
+    /// Epoch.
+    pub epoch: usize,
+    /// Training cross-entropy (dropout on).
+    pub train_loss: f64,
+    /// Its perplexity.
+    pub train_ppl: f64,
+    /// Validation cross-entropy (averaged weights once averaging is on).
+    pub val_loss: f64,
+    /// Validation perplexity.
+    pub val_ppl: f64,
+    /// Whether averaged SGD was on during this epoch.
+    pub averaged: bool,
+    /// Steps.
+    pub steps: usize,
+    /// Wall time (s).
+    pub seconds: f64,
+}
+
+/// The result of [`run_ptb_train`].
+#[derive(Clone, Debug)]
+pub struct PtbTrainSummary {
+    /// Epochs so far.
+    pub history: Vec<PtbTrainEpoch>,
+    /// Weights of the model.
+    pub params: usize,
+    /// Best validation perplexity.
+    pub best_val_ppl: f64,
+    /// Test perplexity of the best weights.
+    pub test_ppl: f64,
+}
+
+/// Averaged SGD state (`torch.optim.ASGD` with `t0 = 0`, `lambd = 0`, as the reference uses it:
+/// plain SGD steps, and `ax` the running mean of the weights since the switch).
+#[derive(Clone, Debug)]
+struct Averaging<B: Backend> {
+    steps: u64,
+    ax: BTreeMap<ParamId, Tensor<B, 1>>,
+}
+
+/// Train (or resume training) a recurrent genotype and report validation and test perplexity.
+pub fn run_ptb_train<B: AutodiffBackend>(
+    config: &PtbTrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<PtbTrainSummary, RunError> {
+    let out = &opts.out;
+    let ckpt_path = out.join("checkpoint.bin");
+    let (cfg, mut history, ckpt) = open_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts)?;
+    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 || cfg.test_batch_size == 0 || cfg.bptt == 0
+    {
+        return Err(RunError::Config(
+            "batch sizes and bptt must be positive".into(),
+        ));
+    }
+    write(
+        &out.join("config.json"),
+        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
+    )?;
+    let mut corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
+    if let Some(n) = cfg.limit_test_tokens {
+        corpus.test.ids.truncate(n);
+    }
+    let vocab = corpus.dictionary.len();
+    let train_data = Batchified::new(&corpus.train.ids, cfg.batch_size)?;
+    let val_data = Batchified::new(&corpus.valid.ids, cfg.eval_batch_size)?;
+    let test_data = Batchified::new(&corpus.test.ids, cfg.test_batch_size)?;
+    let rnn = RnnConfig {
+        vocab,
+        ninp: cfg.emsize,
+        nhid: cfg.nhid,
+        steps: cfg.genotype.recurrent.len(),
+        dropout: cfg.dropout,
+        tar: cfg.tar,
+        ar: cfg.ar,
+    };
+    let mut model: RnnEvalModel<B> = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        rnn.init_eval::<B>(&cfg.genotype, device)?
+    };
+    let params = model.num_weights();
+    let mut sgd = Sgd::<B::InnerBackend>::new(0.0, cfg.weight_decay);
+    let all_ids = darts_bilevel::params::all_ids(&model);
+    let mut avg: Option<Averaging<B::InnerBackend>> = None;
+    let mut best_vals: Vec<f64> = Vec::new();
+    let mut best: Option<(f64, FlatParams<B>)> = None;
+    if let Some(c) = &ckpt {
+        model = checkpoint::load_model_sgd(c, model, &mut sgd)?.0;
+        let meta = &c.meta;
+        best_vals = serde_json::from_value(meta["best_vals"].clone()).unwrap_or_default();
+        if let Some(steps) = meta["asgd_steps"].as_u64() {
+            let mut ax = BTreeMap::new();
+            for (k, id) in all_ids.iter().enumerate() {
+                if let Some((_, _, v)) = c.get(&format!("ax/{k}")) {
+                    ax.insert(
+                        *id,
+                        Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
+                    );
+                }
+            }
+            avg = Some(Averaging { steps, ax });
+        }
+        let mut b = BTreeMap::new();
+        for (k, id) in all_ids.iter().enumerate() {
+            if let Some((_, _, v)) = c.get(&format!("best/{k}")) {
+                b.insert(
+                    *id,
+                    Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
+                );
+            }
+        }
+        if let Some(v) = meta["best_val"].as_f64() {
+            if !b.is_empty() {
+                best = Some((v, b));
+            }
+        }
+    }
+    if opts.progress {
+        eprintln!(
+            "{}: {:.3}M parameters, vocabulary {vocab}, {} training tokens",
+            cfg.genotype_source,
+            params as f64 / 1e6,
+            corpus.train.len()
+        );
+    }
+    let n = cfg.batch_size;
+    let eval_weights =
+        |model: &RnnEvalModel<B>, avg: &Option<Averaging<B::InnerBackend>>| -> RnnEvalModel<B> {
+            match avg {
+                Some(a) if !a.ax.is_empty() => set_values(model.clone(), &a.ax),
+                _ => model.clone(),
+            }
+        };
+    let start = history.len();
+    for epoch in start..cfg.epochs {
+        if opts.stop_after.is_some_and(|s| epoch >= s) {
+            break;
+        }
+        let t0 = Instant::now();
+        let mut windows = SeqLen::new(
+            cfg.bptt,
+            SeqLenMode::Train {
+                max_delta: cfg.max_seq_len_delta,
+            },
+            derive_seed(cfg.seed, epoch, 21),
+        )
+        .epoch_windows(&train_data);
+        if let Some(m) = cfg.max_steps_per_epoch {
+            windows.truncate(m);
+        }
+        let averaged = avg.is_some();
+        let pb = progress(
+            windows.len(),
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            opts.progress,
+        );
+        let mut hidden = zeros_inner::<B>(n, cfg.nhid, device);
+        let (mut tl, mut tok) = (0.0, 0usize);
+        for (step, &(i, t)) in windows.iter().enumerate() {
+            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
+            let (x, y) = train_data.window(i, t);
+            let masks = rnn.masks(n, derive_seed(cfg.seed, epoch, 5000 + step as u64), device);
+            let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
+            let (loss, raw, h) = model.losses(&b);
+            hidden = h.detach().inner();
+            let raw: f64 = raw
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .expect("f64")[0];
+            let grads = loss.backward();
+            let mut g = gradients(&model, &grads);
+            if cfg.clip > 0.0 {
+                clip_grad_norm(&mut g, cfg.clip);
+            }
+            let ids: Vec<ParamId> = g.keys().copied().collect();
+            let w = values(&model, &ids);
+            let new = sgd.step(lr, &w, &g);
+            model = set_values(model, &new);
+            if let Some(a) = avg.as_mut() {
+                a.steps += 1;
+                let mu = 1.0 / a.steps as f64;
+                for (id, v) in new {
+                    let next = match a.ax.remove(&id) {
+                        Some(m) => m.clone() + (v - m) * mu,
+                        None => v,
+                    };
+                    a.ax.insert(id, next);
+                }
+            }
+            tl += raw * (t * n) as f64;
+            tok += t * n;
+            pb.inc(1);
+            pb.set_message(format!("ppl {:.1}", (tl / tok as f64).exp()));
+        }
+        pb.finish_and_clear();
+        let evaluated = eval_weights(&model, &avg);
+        let inner = evaluated.valid();
+        let val_loss =
+            evaluate_lm::<B::InnerBackend, _>(&val_data, cfg.bptt, cfg.nhid, device, |x, h| {
+                let o = inner.forward(x, h, &RnnMasks::none());
+                (o.logits, o.hidden)
+            });
+        if best.as_ref().is_none_or(|(b, _)| val_loss < *b) {
+            best = Some((val_loss, values(&evaluated, &all_ids)));
+        }
+        if avg.is_none() {
+            let nm = cfg.nonmono;
+            if best_vals.len() > nm {
+                let older = best_vals[..best_vals.len() - nm]
+                    .iter()
+                    .cloned()
+                    .fold(f64::INFINITY, f64::min);
+                if val_loss > older {
+                    if opts.progress {
+                        eprintln!("switching to averaged SGD");
+                    }
+                    avg = Some(Averaging {
+                        steps: 0,
+                        ax: BTreeMap::new(),
+                    });
+                }
+            }
+            best_vals.push(val_loss);
+        }
+        let train_loss = tl / tok.max(1) as f64;
+        let rec = PtbTrainEpoch {
+            epoch,
+            train_loss,
+            train_ppl: train_loss.exp(),
+            val_loss,
+            val_ppl: val_loss.exp(),
+            averaged,
+            steps: windows.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if opts.progress {
+            eprintln!(
+                "epoch {:>4}  train ppl {:8.2}  val ppl {:8.2}{}  {:.0}s",
+                epoch + 1,
+                rec.train_ppl,
+                rec.val_ppl,
+                if averaged { " (averaged)" } else { "" },
+                rec.seconds
+            );
+        }
+        history.push(rec);
+        let mut c = Checkpoint::new(serde_json::json!({
+            "kind": "ptb_train",
+            "epoch": epoch,
+            "config": cfg,
+            "history": history,
+            "best_vals": best_vals,
+            "asgd_steps": avg.as_ref().map(|a| a.steps),
+            "best_val": best.as_ref().map(|b| b.0),
+        }));
+        checkpoint::save_model_sgd(&mut c, &model, &sgd);
+        let pos: BTreeMap<ParamId, usize> =
+            all_ids.iter().enumerate().map(|(k, id)| (*id, k)).collect();
+        if let Some(a) = &avg {
+            for (id, t) in &a.ax {
+                let v: Vec<f32> = t
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32");
+                c.push(format!("ax/{}", pos[id]), vec![v.len()], v);
+            }
+        }
+        if let Some((_, b)) = &best {
+            for (id, t) in b {
+                let v: Vec<f32> = t
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32");
+                c.push(format!("best/{}", pos[id]), vec![v.len()], v);
+            }
+        }
+        c.write_atomic(&ckpt_path)?;
+        write_jsonl(&out.join("metrics.jsonl"), &history)?;
+        let series = |f: &dyn Fn(&PtbTrainEpoch) -> f64| -> Vec<(f64, f64)> {
+            history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+        };
+        write(
+            &out.join("perplexity.svg"),
+            &report::line_chart(
+                "perplexity",
+                "epoch",
+                &[
+                    ("train (dropout)".into(), series(&|e| e.train_ppl)),
+                    ("valid".into(), series(&|e| e.val_ppl)),
+                ],
+            ),
+        )?;
+    }
+    let (best_val, best_w) = match best {
+        Some((v, w)) => (v, Some(w)),
+        None => (f64::NAN, None),
+    };
+    let final_model = match best_w {
+        Some(w) => set_values(model, &w),
+        None => model,
+    };
+    let inner = final_model.valid();
+    let test_loss =
+        evaluate_lm::<B::InnerBackend, _>(&test_data, cfg.bptt, cfg.nhid, device, |x, h| {
+            let o = inner.forward(x, h, &RnnMasks::none());
+            (o.logits, o.hidden)
+        });
+    let summary = serde_json::json!({
+        "genotype": cfg.genotype_source,
+        "params": params,
+        "best_val_ppl": best_val.exp(),
+        "test_ppl": test_loss.exp(),
+        "epochs": history.len(),
+    });
+    write(
+        &out.join("result.json"),
+        &serde_json::to_string_pretty(&summary).expect("serialisable"),
+    )?;
+    if opts.progress {
+        eprintln!(
+            "best valid perplexity {:.2}, test perplexity {:.2}",
+            best_val.exp(),
+            test_loss.exp()
+        );
+    }
+    Ok(PtbTrainSummary {
+        history,
+        params,
+        best_val_ppl: best_val.exp(),
+        test_ppl: test_loss.exp(),
+    })
+}

@@ -1,0 +1,61 @@
+//! The NAS-Bench-201 example (a search space defined outside the library, through its public
+//! traits) searched with the library's architect on the shipped CIFAR-10 sample.
+
+#[allow(dead_code)]
+#[path = "../../examples/custom_space_nb201.rs"]
+mod example;
+
+use crate::common::*;
+use darts::bilevel::Order;
+use darts::genotype::nb201::{Nb201Arch, NB201_OPS};
+use example::{search, Nb201Net, Nb201Search};
+
+fn settings(order: Order) -> Nb201Search {
+    Nb201Search {
+        data: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-sample"),
+        limit_images: 64,
+        channels: 4,
+        cells: 1,
+        batch_size: 8,
+        epochs: 2,
+        max_steps: Some(2),
+        order,
+        seed: 1,
+    }
+}
+
+#[test]
+fn nb201_search_steps_yield_a_valid_architecture_string() {
+    let dev = Default::default();
+    let mut seen = Vec::new();
+    let arch = search::<B>(&settings(Order::First), &dev, |epoch, stats, arch| {
+        assert!(stats.train_loss.is_finite() && stats.val_loss.is_finite());
+        assert_eq!(stats.steps, 2);
+        seen.push((epoch, arch.to_arch_string()));
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 2);
+    let text = arch.to_arch_string();
+    println!("{text}");
+    let parsed = Nb201Arch::parse(&text).unwrap();
+    parsed.validate_ops(&NB201_OPS).unwrap();
+    assert_eq!(parsed.nodes.len(), 3);
+    assert_eq!(parsed, arch);
+}
+
+#[test]
+fn nb201_second_order_step_runs_and_moves_alpha() {
+    let dev = Default::default();
+    let s = Nb201Search {
+        epochs: 1,
+        max_steps: Some(1),
+        ..settings(Order::Second)
+    };
+    let arch = search::<B>(&s, &dev, |_, stats, _| assert_eq!(stats.steps, 1)).unwrap();
+    Nb201Arch::parse(&arch.to_arch_string()).unwrap();
+    // The supernet's shapes: α [6, 5]; the output is 10 logits.
+    let net = seeded(3, || Nb201Net::<B>::new(4, 1, 10, &dev));
+    assert_eq!(net.alphas.dims(), [6, 5]);
+    let logits = net.forward(burn::tensor::Tensor::zeros([2, 3, 32, 32], &dev));
+    assert_eq!(logits.dims(), [2, 10]);
+}
