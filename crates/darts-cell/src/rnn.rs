@@ -183,7 +183,7 @@ pub struct TokenBatch<B: Backend> {
 }
 
 impl<B: Backend> TokenBatch<B> {
-    /// From host ids, row-major `[seq_len, batch]` (as [`darts_data`]'s `Batchified::window`
+    /// From host ids, row-major `[seq_len, batch]` (as `darts_data::ptb::Batchified::window`
     /// returns them).
     pub fn from_host(
         input: &[u32],

@@ -2,7 +2,7 @@
 //!
 //! * [`Genotype`] (convolutional: normal and reduction cells) and [`RecurrentGenotype`]
 //!   (recurrent cell), both serde-serialisable to JSON;
-//! * [`derive`]: the reference discretisation rule (top-k strongest non-`none` edges per node);
+//! * [`derive`](mod@derive): the reference discretisation rule (top-k strongest non-`none` edges per node);
 //! * [`python`]: reading and writing the `Genotype(normal=[('sep_conv_3x3', 0), ...], ...)`
 //!   notation used by the reference code and papers;
 //! * [`catalog`]: published genotypes by name (NASNet, AmoebaNet, DARTS_V1/V2, PC_DARTS, PDARTS,
