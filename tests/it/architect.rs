@@ -4,9 +4,7 @@
 
 use crate::common::*;
 use darts::bilevel::params::{all_ids, set_values, values};
-use darts::bilevel::{
-    ArchModel, Architect, ArchitectConfig, Bilevel, CosineLr, Order, WeightConfig,
-};
+use darts::bilevel::{ArchModel, ArchitectConfig, Bilevel, CosineLr, Order, WeightConfig};
 use darts::prelude::*;
 
 type Net = SearchNetwork<B, DartsOp<B>>;
@@ -235,40 +233,10 @@ fn unrolled_gradient_matches_numerical_derivative_of_unrolled_objective() {
     let train = smooth_batch(16, 6, 0.0);
     let val = smooth_batch(16, 6, 0.5);
     search.step(&train, &val, xi);
-    let model = search.model.clone();
-    let ids = model.arch_param_ids();
-    let a0 = alpha_vec(&model);
-
-    let g2 = flat(
-        &search
-            .architect
-            .gradient(&model, &search.w_opt, &train, &val, xi)
-            .dalpha,
-        &ids,
-    );
-    let first = Architect::<B>::new(ArchitectConfig::default());
-    let g1 = flat(
-        &first
-            .gradient(&model, &search.w_opt, &train, &val, xi)
-            .dalpha,
-        &ids,
-    );
-
-    let objective = |a: &[f64]| {
-        let m = with_alpha(model.clone(), a);
-        let wp = search.architect.virtual_step(&m, &search.w_opt, &train, xi);
-        scalar(set_values(m, &wp).loss(&val))
-    };
-    let h = 1e-5;
-    let directional = |d: &[f64]| {
-        let plus: Vec<f64> = a0.iter().zip(d).map(|(a, d)| a + h * d).collect();
-        let minus: Vec<f64> = a0.iter().zip(d).map(|(a, d)| a - h * d).collect();
-        (objective(&plus) - objective(&minus)) / (2.0 * h)
-    };
-    let unit = |v: Vec<f64>| -> Vec<f64> {
-        let n = norm(&v);
-        v.into_iter().map(|x| x / n).collect()
-    };
+    let a0 = alpha_vec(&search.model);
+    let (g2, g1) = arch_gradients(&search, &train, &val, xi);
+    let objective = unrolled_objective(&search, &train, &val, xi);
+    let directional = |d: &[f64]| central_difference(&objective, &a0, d, 1e-5);
     let diff: Vec<f64> = g2.iter().zip(&g1).map(|(a, b)| a - b).collect();
     let tol = 1e-3 * norm(&g2);
     println!(
@@ -290,11 +258,7 @@ fn unrolled_gradient_matches_numerical_derivative_of_unrolled_objective() {
         ));
     }
     // Every coordinate, too (18 of them).
-    for i in 0..a0.len() {
-        let mut e = vec![0.0; a0.len()];
-        e[i] = 1.0;
-        dirs.push(e);
-    }
+    dirs.extend(coordinates(a0.len()));
     for d in &dirs {
         let num = directional(d);
         let ours = dot(&g2, d);

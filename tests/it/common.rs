@@ -141,3 +141,62 @@ pub fn real_data(sub: &str) -> Option<std::path::PathBuf> {
     eprintln!("skipping: real data missing at {}", dir.display());
     None
 }
+
+/// `v / ‖v‖`.
+pub fn unit(v: Vec<f64>) -> Vec<f64> {
+    let n = norm(&v);
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// The unit vectors of `R^n`.
+pub fn coordinates(n: usize) -> Vec<Vec<f64>> {
+    (0..n)
+        .map(|i| {
+            let mut e = vec![0.0; n];
+            e[i] = 1.0;
+            e
+        })
+        .collect()
+}
+
+/// Central difference `(f(x0 + h·d) − f(x0 − h·d)) / 2h`.
+pub fn central_difference(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], d: &[f64], h: f64) -> f64 {
+    let plus: Vec<f64> = x0.iter().zip(d).map(|(a, d)| a + h * d).collect();
+    let minus: Vec<f64> = x0.iter().zip(d).map(|(a, d)| a - h * d).collect();
+    (f(&plus) - f(&minus)) / (2.0 * h)
+}
+
+/// The architect's `dα` of `search` (its own order) and the first-order `dα`, flattened, at the
+/// current model.
+pub fn arch_gradients<M: ArchModel<B>>(
+    search: &darts::bilevel::Bilevel<B, M>,
+    train: &M::Batch,
+    val: &M::Batch,
+    xi: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let model = &search.model;
+    let ids = model.arch_param_ids();
+    let ours = search
+        .architect
+        .gradient(model, &search.w_opt, train, val, xi)
+        .dalpha;
+    let first = darts::bilevel::Architect::<B>::new(Default::default())
+        .gradient(model, &search.w_opt, train, val, xi)
+        .dalpha;
+    (flat(&ours, &ids), flat(&first, &ids))
+}
+
+/// The exact unrolled objective `α ↦ L_val(w − ξ(m·v + ∇w L_train(w, α) + wd·w), α)` of
+/// `search` (its virtual step, including its momentum buffers and clipping).
+pub fn unrolled_objective<'a, M: ArchModel<B>>(
+    search: &'a darts::bilevel::Bilevel<B, M>,
+    train: &'a M::Batch,
+    val: &'a M::Batch,
+    xi: f64,
+) -> impl Fn(&[f64]) -> f64 + 'a {
+    move |a: &[f64]| {
+        let m = with_alpha(search.model.clone(), a);
+        let wp = search.architect.virtual_step(&m, &search.w_opt, train, xi);
+        scalar(set_values(m, &wp).loss(val))
+    }
+}
