@@ -8,7 +8,7 @@
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use clap::Parser;
-use darts::bilevel::{ArchModel, ArchitectConfig, Bilevel, CosineLr, Order, WeightConfig};
+use darts::bilevel::{loss_gradients, ArchitectConfig, Bilevel, CosineLr, Order, WeightConfig};
 use darts::cell::ImageBatch;
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::prelude::*;
@@ -167,22 +167,40 @@ impl BackendTask for Bench {
         );
         let sync = |x: f64| x; // losses are read back each step, which synchronises the device
         let mut fwd = Vec::new();
-        for _ in 0..a.fwd_steps {
+        // One untimed pass first (the PyTorch script warms up with two), then timed passes of
+        // what a weight step computes: the loss and the gradients of every parameter.
+        for i in 0..a.fwd_steps + 1 {
             let t0 = Instant::now();
-            let out = s.model.forward_batch(&train);
-            let g = out.loss.backward();
-            drop(g);
-            fwd.push(t0.elapsed().as_secs_f64() * 1e3);
+            let g = loss_gradients(&s.model, &train);
+            sync(g.loss);
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            eprintln!(
+                "fwd+bwd {i}/{}: {ms:.1} ms{}",
+                a.fwd_steps,
+                if i == 0 { " (untimed)" } else { "" }
+            );
+            if i > 0 {
+                fwd.push(ms);
+            }
         }
-        for _ in 0..a.warmup {
+        for i in 0..a.warmup {
+            let t0 = Instant::now();
             s.step(&train, &val, 0.025);
+            eprintln!(
+                "warm-up step {}/{}: {:.1} ms",
+                i + 1,
+                a.warmup,
+                t0.elapsed().as_secs_f64() * 1e3
+            );
         }
         let mut steps = Vec::new();
         for _ in 0..a.steps {
             let t0 = Instant::now();
             let st = s.step(&train, &val, 0.025);
             sync(st.train_loss);
-            steps.push(t0.elapsed().as_secs_f64() * 1e3);
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            eprintln!("step {}/{}: {ms:.1} ms", steps.len() + 1, a.steps);
+            steps.push(ms);
         }
         let macs = forward_macs(a.channels, a.layers, a.nodes, a.batch);
         let fwd_med = median(fwd.clone());

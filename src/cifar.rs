@@ -692,6 +692,7 @@ pub fn run_train<B: AutodiffBackend>(
         for h in train.epoch(epoch, 0) {
             let b = to_batch::<B>(&h, device);
             let ((loss, c, grads), bn) = record_bn_updates(|| {
+                darts_bilevel::join_parameter_graphs(&model);
                 let (loss, c) = model.loss(&b, dp, cfg.auxiliary_weight);
                 let l = loss.clone().detach();
                 (l, c, loss.backward())

@@ -718,6 +718,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             let (x, y) = train_data.window(i, t);
             let masks = rnn.masks(n, derive_seed(cfg.seed, epoch, 5000 + step as u64), device);
             let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
+            darts_bilevel::join_parameter_graphs(&model);
             let (loss, raw, h) = model.losses(&b);
             hidden = h.detach().inner();
             let raw: f64 = raw

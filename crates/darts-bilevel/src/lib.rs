@@ -11,7 +11,8 @@ pub mod params;
 pub mod search;
 
 pub use architect::{
-    ArchGradient, ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order,
+    join_parameter_graphs, loss_gradients, train_gradients, ArchGradient, ArchModel, Architect,
+    ArchitectConfig, BatchOutput, LossGradients, Order,
 };
 pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
 pub use search::{Bilevel, EpochStats, SearchEvent, StepOutcome, StepStats, WeightConfig};

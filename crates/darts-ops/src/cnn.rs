@@ -11,10 +11,10 @@
 
 use crate::bn::BatchNorm2d;
 use crate::conv::{Conv2d, Conv2dConfig};
+use crate::kernels::{pool2d, Pooling};
 use crate::OpError;
 use burn::module::Module;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -220,12 +220,12 @@ pub struct Pool<B: Backend> {
 impl<B: Backend> Pool<B> {
     /// Apply.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let s = [self.stride, self.stride];
-        let y = if self.max {
-            max_pool2d(x, [3, 3], s, [1, 1], [1, 1], false)
+        let kind = if self.max {
+            Pooling::Max
         } else {
-            avg_pool2d(x, [3, 3], s, [1, 1], false, false)
+            Pooling::AvgExcludePad
         };
+        let y = pool2d(x, kind, 3, self.stride, 1);
         match &self.bn {
             Some(bn) => bn.forward(y),
             None => y,

@@ -93,6 +93,20 @@ impl Conv2dConfig {
 impl<B: Backend> Conv2d<B> {
     /// Apply to `[N, C_in, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [c_out, c_in_per_group, kh, kw] = self.weight.dims();
+        if self.groups == 1 && [kh, kw] == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+        {
+            return crate::kernels::pointwise_conv2d(x, self.weight.val());
+        }
+        if self.groups > 1 && c_in_per_group == 1 && c_out == self.groups {
+            return crate::kernels::depthwise_conv2d(
+                x,
+                self.weight.val(),
+                self.stride,
+                self.padding,
+                self.dilation,
+            );
+        }
         conv2d(
             x,
             self.weight.val(),

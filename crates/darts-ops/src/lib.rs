@@ -10,6 +10,8 @@
 //! * [`cnn`]: the eight DARTS primitives plus `sep_conv_7x7` and `conv_7x1_1x7`, as
 //!   [`cnn::Primitive`] (names, stable order) and [`cnn::DartsOp`] (the Burn module).
 //! * [`rnn`]: the recurrent primitives (`none, tanh, relu, sigmoid, identity`).
+//! * [`kernels`]: depthwise convolution and pooling with fast CPU kernels on `Flex` (and
+//!   Burn's own operations on every other backend).
 //! * [`count`]: counting trainable weights (excluding BN running statistics and chosen ids).
 #![warn(missing_docs)]
 
@@ -17,6 +19,7 @@ pub mod bn;
 pub mod cnn;
 pub mod conv;
 pub mod count;
+pub mod kernels;
 pub mod rnn;
 
 pub use bn::{record_bn_updates, BatchNorm2d, BnUpdates};

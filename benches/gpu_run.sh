@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# GPU measurements for docs/performance.md: config A (batch 64, 8 cells, C=16) first and second
+# order, ours on `--device cuda` and `--device wgpu`, PyTorch on CUDA in the same run, with the
+# GPU's peak memory use sampled by nvidia-smi during each run.
+#
+# The GPU machine has no Rust toolchain and no network, so the bench binary is built elsewhere
+# (same x86-64 target) and carried:
+#
+#   CUDARC_CUDA_VERSION=13000 cargo build --release --example bench_step --features cuda,wgpu
+#   mkdir -p .gpu && strip -o .gpu/bench_step target/release/examples/bench_step
+#   cp ../shared/bench/torch_darts_step.py .gpu/
+#
+# (CUDARC_CUDA_VERSION must match the machine's driver; without nvcc at build time cudarc falls
+# back to its newest CUDA version.) For wgpu, a Vulkan loader: `apt-get download libvulkan1`
+# into .gl/ (unpacked here when present). Results go to $OUT (default /tmp/darts-gpu).
+set -u
+OUT=${OUT:-/tmp/darts-gpu}
+mkdir -p "$OUT"
+BIN=${BIN:-.gpu/bench_step}
+export DARTS_TORCH_SCRIPT=${DARTS_TORCH_SCRIPT:-.gpu/torch_darts_step.py}
+PY=${PY:-python3}
+A="--batch 64 --layers 8 --channels 16"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+
+# NVRTC (Burn's CUDA backend compiles its kernels at run time) and the Vulkan loader.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+nvrtc=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' 2>/dev/null | head -1)
+[ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"
+echo "nvrtc: ${nvrtc:-not found}"
+if ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+[ -f "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
+echo "vulkan icd: ${VK_DRIVER_FILES:-none}; loader: $(ldconfig -p | grep -c libvulkan) entries"
+
+# run NAME TIMEOUT CMD...: output to $OUT/NAME.log, peak GPU memory (MiB, whole device, minus
+# what was in use before) appended as a JSON line.
+run() {
+    local name=$1 limit=$2
+    shift 2
+    local base
+    base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/$name.mem" &
+    local sampler=$!
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    kill $sampler 2>/dev/null
+    wait $sampler 2>/dev/null
+    local peak
+    peak=$(sort -n "$OUT/$name.mem" | tail -1)
+    echo "{\"run\": \"$name\", \"rc\": $rc, \"wall_s\": $((SECONDS - t0)), \"gpu_mem_used_peak_mb\": ${peak:-0}, \"gpu_mem_before_mb\": ${base:-0}}" >>"$OUT/$name.log"
+    echo "--- $name (rc $rc, $((SECONDS - t0)) s)"
+    grep '^{' "$OUT/$name.log"
+    [ $rc -ne 0 ] && grep -v '^{' "$OUT/$name.log" | tail -12
+    return 0
+}
+
+# RUNS picks and orders the runs; LIMIT_<name> overrides a run's time limit in seconds.
+RUNS=${RUNS:-"torch_cuda_1st ours_cuda_1st torch_cuda_2nd ours_cuda_2nd ours_wgpu_1st"}
+for r in $RUNS; do
+    lim_var="LIMIT_$r"
+    case $r in
+    torch_cuda_1st) run $r ${!lim_var:-120} $PY benches/torch_cuda_step.py -- --order 1 $A --steps 10 --warmup 2 --json ;;
+    torch_cuda_2nd) run $r ${!lim_var:-120} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
+    ours_cuda_1st) run $r ${!lim_var:-150} "$BIN" --device cuda --order 1 $A --steps 3 --warmup 1 --fwd-steps 3 --json ;;
+    ours_cuda_2nd) run $r ${!lim_var:-130} "$BIN" --device cuda --order 2 $A --steps 2 --warmup 1 --fwd-steps 1 --json ;;
+    ours_wgpu_1st) run $r ${!lim_var:-100} "$BIN" --device wgpu --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json ;;
+    *) echo "unknown run $r" ;;
+    esac
+done

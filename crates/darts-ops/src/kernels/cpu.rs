@@ -1,0 +1,819 @@
+//! Plain-slice CPU kernels for depthwise convolution and 2-D pooling, forward and backward,
+//! on contiguous NCHW data. Work is split over the `N·C` planes with rayon; every reduction is
+//! done in a fixed order, so results do not depend on the number of threads.
+
+use rayon::prelude::*;
+use std::ops::{Add, AddAssign, Div, Mul};
+
+/// The element types the kernels run on (`f32`, `f64`).
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Add<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + AddAssign
+    + 'static
+{
+    /// 0.
+    const ZERO: Self;
+    /// −∞.
+    const NEG_INFINITY: Self;
+    /// `n` as this type.
+    fn from_usize(n: usize) -> Self;
+    /// Not a number?
+    fn is_nan(self) -> bool;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    fn from_usize(n: usize) -> Self {
+        n as f32
+    }
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    fn from_usize(n: usize) -> Self {
+        n as f64
+    }
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+/// Geometry of a sliding-window op on `[n, c, h, w]` input with a `kh×kw` window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Batch size.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Window height.
+    pub kh: usize,
+    /// Window width.
+    pub kw: usize,
+    /// Stride `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Symmetric zero padding `[ph, pw]`.
+    pub pad: [usize; 2],
+    /// Dilation `[dh, dw]`.
+    pub dil: [usize; 2],
+}
+
+impl Window {
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.pad[0] - self.dil[0] * (self.kh - 1) - 1) / self.stride[0] + 1
+    }
+
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pad[1] - self.dil[1] * (self.kw - 1) - 1) / self.stride[1] + 1
+    }
+
+    /// Whether the window fits the padded input at least once.
+    pub fn is_valid(&self) -> bool {
+        self.n > 0
+            && self.c > 0
+            && self.kh > 0
+            && self.kw > 0
+            && self.stride.iter().all(|&s| s > 0)
+            && self.dil.iter().all(|&d| d > 0)
+            && self.h + 2 * self.pad[0] > self.dil[0] * (self.kh - 1)
+            && self.w + 2 * self.pad[1] > self.dil[1] * (self.kw - 1)
+    }
+
+    /// Input row read by output row `oy` at window row `ky`, if inside the input.
+    #[inline(always)]
+    fn in_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        let iy = (oy * self.stride[0] + ky * self.dil[0]) as isize - self.pad[0] as isize;
+        (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
+    }
+
+    /// Column offset of window column `kx` (input column = `ox·sw + off`).
+    #[inline(always)]
+    fn col_offset(&self, kx: usize) -> isize {
+        (kx * self.dil[1]) as isize - self.pad[1] as isize
+    }
+
+    /// The output columns `lo..hi` whose input column `ox·sw + off` lies inside the input.
+    #[inline(always)]
+    fn col_range(&self, off: isize, wo: usize) -> (usize, usize) {
+        let s = self.stride[1] as isize;
+        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+        let last = self.w as isize - 1 - off;
+        let hi = if last < 0 {
+            0
+        } else {
+            (last / s + 1).min(wo as isize)
+        };
+        (lo as usize, (hi.max(lo)) as usize)
+    }
+}
+
+/// Per window column `kx`: the input-column offset and the valid output columns `lo..hi`.
+fn columns(g: &Window) -> Vec<(isize, usize, usize)> {
+    let wo = g.wo();
+    (0..g.kw)
+        .map(|kx| {
+            let off = g.col_offset(kx);
+            let (lo, hi) = g.col_range(off, wo);
+            (off, lo, hi)
+        })
+        .collect()
+}
+
+/// Runs `$body` (an expression using only `#[inline(always)]` helpers) compiled for AVX2+FMA
+/// when the CPU has them, else for the baseline target.
+macro_rules! multiversion {
+    ($name:ident, $avx:ident, ($($arg:ident : $ty:ty),*), $body:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $avx<T: Real>($($arg: $ty),*) {
+            $body
+        }
+
+        fn $name<T: Real>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports the features the function is compiled for.
+                    unsafe { $avx($($arg),*) };
+                    return;
+                }
+            }
+            $body
+        }
+    };
+}
+
+/// One plane of the depthwise forward.
+#[inline(always)]
+fn dw_fwd_plane_body<T: Real>(
+    xp: &[T],
+    wp: &[T],
+    o: &mut [T],
+    g: &Window,
+    cols: &[(isize, usize, usize)],
+) {
+    let wo = g.wo();
+    let s = g.stride[1] as isize;
+    for (oy, orow) in o.chunks_exact_mut(wo).enumerate() {
+        for ky in 0..g.kh {
+            let Some(iy) = g.in_row(oy, ky) else { continue };
+            let xrow = &xp[iy * g.w..(iy + 1) * g.w];
+            for (kx, &(off, lo, hi)) in cols.iter().enumerate() {
+                if lo >= hi {
+                    continue;
+                }
+                let wv = wp[ky * g.kw + kx];
+                if s == 1 {
+                    let start = (lo as isize + off) as usize;
+                    for (o, &xv) in orow[lo..hi].iter_mut().zip(&xrow[start..start + (hi - lo)]) {
+                        *o += wv * xv;
+                    }
+                } else {
+                    for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
+                        *o += wv * xrow[(ox as isize * s + off) as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion!(
+    dw_fwd_plane,
+    dw_fwd_plane_avx2,
+    (xp: &[T], wp: &[T], o: &mut [T], g: &Window, cols: &[(isize, usize, usize)]),
+    dw_fwd_plane_body(xp, wp, o, g, cols)
+);
+
+/// `out[n,c] = Σ_k w[c,k] · x[n,c, window k]`: depthwise convolution (groups = channels, one
+/// filter per channel, no bias). `x`: `[n,c,h,w]`, `w`: `[c,kh,kw]`; returns `[n,c,ho,wo]`.
+pub fn depthwise_forward<T: Real>(x: &[T], w: &[T], g: &Window) -> Vec<T> {
+    let (ho, wo) = (g.ho(), g.wo());
+    let mut out = vec![T::ZERO; g.n * g.c * ho * wo];
+    let plane = g.h * g.w;
+    let taps = g.kh * g.kw;
+    let cols = columns(g);
+    out.par_chunks_mut(ho * wo).enumerate().for_each(|(p, o)| {
+        let c = p % g.c;
+        dw_fwd_plane(
+            &x[p * plane..(p + 1) * plane],
+            &w[c * taps..(c + 1) * taps],
+            o,
+            g,
+            &cols,
+        )
+    });
+    out
+}
+
+/// One plane of the depthwise backward: input gradient into `gxp` (if not empty) and, per tap
+/// and output column, weight-gradient partial sums into `accs` (if not empty).
+#[inline(always)]
+fn dw_bwd_plane_body<T: Real>(
+    xp: &[T],
+    wp: &[T],
+    gp: &[T],
+    gxp: &mut [T],
+    accs: &mut [T],
+    g: &Window,
+    cols: &[(isize, usize, usize)],
+) {
+    let wo = g.wo();
+    let s = g.stride[1] as isize;
+    let want_x = !gxp.is_empty();
+    let want_w = !accs.is_empty();
+    for (oy, grow) in gp.chunks_exact(wo).enumerate() {
+        for ky in 0..g.kh {
+            let Some(iy) = g.in_row(oy, ky) else { continue };
+            for (kx, &(off, lo, hi)) in cols.iter().enumerate() {
+                if lo >= hi {
+                    continue;
+                }
+                let k = ky * g.kw + kx;
+                if want_x {
+                    let wv = wp[k];
+                    let xrow = &mut gxp[iy * g.w..(iy + 1) * g.w];
+                    if s == 1 {
+                        let start = (lo as isize + off) as usize;
+                        for (d, &gv) in xrow[start..start + (hi - lo)].iter_mut().zip(&grow[lo..hi])
+                        {
+                            *d += wv * gv;
+                        }
+                    } else {
+                        for (ox, &gv) in grow.iter().enumerate().take(hi).skip(lo) {
+                            xrow[(ox as isize * s + off) as usize] += wv * gv;
+                        }
+                    }
+                }
+                if want_w {
+                    // Column-wise partial sums (vectorisable), reduced per tap by the caller.
+                    let xrow = &xp[iy * g.w..(iy + 1) * g.w];
+                    let arow = &mut accs[k * wo..(k + 1) * wo];
+                    if s == 1 {
+                        let start = (lo as isize + off) as usize;
+                        for ((a, &xv), &gv) in arow[lo..hi]
+                            .iter_mut()
+                            .zip(&xrow[start..start + (hi - lo)])
+                            .zip(&grow[lo..hi])
+                        {
+                            *a += xv * gv;
+                        }
+                    } else {
+                        for (ox, &gv) in grow.iter().enumerate().take(hi).skip(lo) {
+                            arow[ox] += xrow[(ox as isize * s + off) as usize] * gv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion!(
+    dw_bwd_plane,
+    dw_bwd_plane_avx2,
+    (
+        xp: &[T],
+        wp: &[T],
+        gp: &[T],
+        gxp: &mut [T],
+        accs: &mut [T],
+        g: &Window,
+        cols: &[(isize, usize, usize)]
+    ),
+    dw_bwd_plane_body(xp, wp, gp, gxp, accs, g, cols)
+);
+
+/// Backward of [`depthwise_forward`]: `(dL/dx, dL/dw)` from `dL/dout` (`gy`, `[n,c,ho,wo]`).
+/// Either part can be skipped (returned empty).
+pub fn depthwise_backward<T: Real>(
+    x: &[T],
+    w: &[T],
+    gy: &[T],
+    g: &Window,
+    want_x: bool,
+    want_w: bool,
+) -> (Vec<T>, Vec<T>) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let plane = g.h * g.w;
+    let taps = g.kh * g.kw;
+    let planes = g.n * g.c;
+    let cols = columns(g);
+    let mut gx = if want_x {
+        vec![T::ZERO; planes * plane]
+    } else {
+        Vec::new()
+    };
+    let mut gw_parts = if want_w {
+        vec![T::ZERO; planes * taps]
+    } else {
+        Vec::new()
+    };
+    let work = |p: usize, gxp: &mut [T], gwp: &mut [T]| {
+        let c = p % g.c;
+        let mut accs = if want_w {
+            vec![T::ZERO; taps * wo]
+        } else {
+            Vec::new()
+        };
+        dw_bwd_plane(
+            &x[p * plane..(p + 1) * plane],
+            &w[c * taps..(c + 1) * taps],
+            &gy[p * ho * wo..(p + 1) * ho * wo],
+            gxp,
+            &mut accs,
+            g,
+            &cols,
+        );
+        for (d, arow) in gwp.iter_mut().zip(accs.chunks_exact(wo)) {
+            let mut sum = T::ZERO;
+            for &v in arow {
+                sum += v;
+            }
+            *d += sum;
+        }
+    };
+    match (want_x, want_w) {
+        (true, true) => gx
+            .par_chunks_mut(plane)
+            .zip(gw_parts.par_chunks_mut(taps))
+            .enumerate()
+            .for_each(|(p, (a, b))| work(p, a, b)),
+        (true, false) => gx
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(p, a)| work(p, a, &mut [])),
+        (false, true) => gw_parts
+            .par_chunks_mut(taps)
+            .enumerate()
+            .for_each(|(p, b)| work(p, &mut [], b)),
+        (false, false) => {}
+    }
+    let gw = if want_w {
+        // Sum the per-plane parts over the batch, in batch order.
+        let mut gw = vec![T::ZERO; g.c * taps];
+        for (p, part) in gw_parts.chunks(taps).enumerate() {
+            let c = p % g.c;
+            for (d, &v) in gw[c * taps..(c + 1) * taps].iter_mut().zip(part) {
+                *d += v;
+            }
+        }
+        gw
+    } else {
+        Vec::new()
+    };
+    (gx, gw)
+}
+
+/// Pooling kind of [`pool_forward`] / [`pool_backward`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// Maximum over the window (padding never wins; ties go to the first position in
+    /// row-major window order, as PyTorch's CPU kernel).
+    Max,
+    /// Mean over the window positions inside the input (`count_include_pad = False`).
+    AvgExcludePad,
+    /// Sum over the window divided by the full window size (`count_include_pad = True`).
+    AvgIncludePad,
+}
+
+/// Rows `0..kh` of the window of output row `oy` that fall inside the input, as a count.
+fn rows_inside(g: &Window, oy: usize) -> usize {
+    (0..g.kh).filter(|&ky| g.in_row(oy, ky).is_some()).count()
+}
+
+/// Columns of the window of output column `ox` that fall inside the input, as a count.
+fn cols_inside(g: &Window, ox: usize) -> usize {
+    (0..g.kw)
+        .filter(|&kx| {
+            let ix = ox as isize * g.stride[1] as isize + g.col_offset(kx);
+            ix >= 0 && (ix as usize) < g.w
+        })
+        .count()
+}
+
+/// The divisor of each output position of an average pool (`ho·wo` values).
+fn divisors<T: Real>(g: &Window, kind: Pooling) -> Vec<T> {
+    let (ho, wo) = (g.ho(), g.wo());
+    let full = T::from_usize(g.kh * g.kw);
+    let cols: Vec<usize> = (0..wo).map(|ox| cols_inside(g, ox)).collect();
+    let mut d = Vec::with_capacity(ho * wo);
+    for oy in 0..ho {
+        let rows = rows_inside(g, oy);
+        for &c in &cols {
+            d.push(match kind {
+                Pooling::AvgExcludePad => T::from_usize((rows * c).max(1)),
+                _ => full,
+            });
+        }
+    }
+    d
+}
+
+/// One plane of a pool, separably: a pass along the rows (`h × wo`), then along the columns.
+/// With `arg`, also the input index of each output's maximum (first in row-major window
+/// order: the first row holding the maximum, and in it the first column).
+#[inline(always)]
+fn pool_plane_body<T: Real>(
+    xp: &[T],
+    g: &Window,
+    kind: Pooling,
+    div: &[T],
+    out: &mut [T],
+    mut arg: Option<&mut [usize]>,
+) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let max = kind == Pooling::Max;
+    let init = if max { T::NEG_INFINITY } else { T::ZERO };
+    let s = g.stride[1] as isize;
+    // Row pass.
+    let mut hv = vec![init; g.h * wo];
+    let mut hk = if arg.is_some() {
+        vec![usize::MAX; g.h * wo]
+    } else {
+        Vec::new()
+    };
+    for iy in 0..g.h {
+        let xrow = &xp[iy * g.w..(iy + 1) * g.w];
+        let hrow = &mut hv[iy * wo..(iy + 1) * wo];
+        for kx in 0..g.kw {
+            let off = g.col_offset(kx);
+            let (lo, hi) = g.col_range(off, wo);
+            if lo >= hi {
+                continue;
+            }
+            if !max {
+                if s == 1 {
+                    let start = (lo as isize + off) as usize;
+                    for (o, &v) in hrow[lo..hi].iter_mut().zip(&xrow[start..]) {
+                        *o += v;
+                    }
+                } else {
+                    for (ox, o) in hrow.iter_mut().enumerate().take(hi).skip(lo) {
+                        *o += xrow[(ox as isize * s + off) as usize];
+                    }
+                }
+            } else if hk.is_empty() {
+                for (ox, o) in hrow.iter_mut().enumerate().take(hi).skip(lo) {
+                    let v = xrow[(ox as isize * s + off) as usize];
+                    *o = if v > *o || v.is_nan() { v } else { *o };
+                }
+            } else {
+                let krow = &mut hk[iy * wo..(iy + 1) * wo];
+                for ox in lo..hi {
+                    let ix = (ox as isize * s + off) as usize;
+                    let v = xrow[ix];
+                    if krow[ox] == usize::MAX || v > hrow[ox] || v.is_nan() {
+                        hrow[ox] = v;
+                        krow[ox] = ix;
+                    }
+                }
+            }
+        }
+    }
+    // Column pass.
+    for oy in 0..ho {
+        let orow = &mut out[oy * wo..(oy + 1) * wo];
+        orow.fill(init);
+        let mut arow = arg.as_deref_mut().map(|a| &mut a[oy * wo..(oy + 1) * wo]);
+        if let Some(a) = arow.as_deref_mut() {
+            a.fill(usize::MAX);
+        }
+        for ky in 0..g.kh {
+            let Some(iy) = g.in_row(oy, ky) else { continue };
+            let hrow = &hv[iy * wo..(iy + 1) * wo];
+            match (max, arow.as_deref_mut()) {
+                (false, _) => {
+                    for (o, &v) in orow.iter_mut().zip(hrow) {
+                        *o += v;
+                    }
+                }
+                (true, None) => {
+                    for (o, &v) in orow.iter_mut().zip(hrow) {
+                        *o = if v > *o || v.is_nan() { v } else { *o };
+                    }
+                }
+                (true, Some(a)) => {
+                    let krow = &hk[iy * wo..(iy + 1) * wo];
+                    for ox in 0..wo {
+                        let v = hrow[ox];
+                        if krow[ox] != usize::MAX
+                            && (a[ox] == usize::MAX || v > orow[ox] || v.is_nan())
+                        {
+                            orow[ox] = v;
+                            a[ox] = iy * g.w + krow[ox];
+                        }
+                    }
+                }
+            }
+        }
+        if !max {
+            for (o, &d) in orow.iter_mut().zip(&div[oy * wo..(oy + 1) * wo]) {
+                *o = *o / d;
+            }
+        }
+    }
+}
+
+multiversion!(
+    pool_plane,
+    pool_plane_avx2,
+    (
+        xp: &[T],
+        g: &Window,
+        kind: Pooling,
+        div: &[T],
+        out: &mut [T],
+        arg: Option<&mut [usize]>
+    ),
+    pool_plane_body(xp, g, kind, div, out, arg)
+);
+
+/// 2-D pooling of `[n,c,h,w]` (contiguous) to `[n,c,ho,wo]` (dilation must be 1).
+pub fn pool_forward<T: Real>(x: &[T], g: &Window, kind: Pooling) -> Vec<T> {
+    debug_assert_eq!(g.dil, [1, 1]);
+    let (ho, wo) = (g.ho(), g.wo());
+    let plane = g.h * g.w;
+    let div = divisors::<T>(g, kind);
+    let mut out = vec![T::ZERO; g.n * g.c * ho * wo];
+    out.par_chunks_mut(ho * wo)
+        .enumerate()
+        .for_each(|(p, o)| pool_plane(&x[p * plane..(p + 1) * plane], g, kind, &div, o, None));
+    out
+}
+
+/// Backward of [`pool_forward`]: `dL/dx` from `x` and `dL/dout` (`gy`). The maximum's position
+/// is recomputed from `x` (nothing is stored by the forward).
+pub fn pool_backward<T: Real>(x: &[T], gy: &[T], g: &Window, kind: Pooling) -> Vec<T> {
+    debug_assert_eq!(g.dil, [1, 1]);
+    let (ho, wo) = (g.ho(), g.wo());
+    let plane = g.h * g.w;
+    let div = divisors::<T>(g, kind);
+    let mut gx = vec![T::ZERO; g.n * g.c * plane];
+    gx.par_chunks_mut(plane).enumerate().for_each(|(p, gxp)| {
+        let xp = &x[p * plane..(p + 1) * plane];
+        let gp = &gy[p * ho * wo..(p + 1) * ho * wo];
+        if kind == Pooling::Max {
+            let mut out = vec![T::ZERO; ho * wo];
+            let mut arg = vec![usize::MAX; ho * wo];
+            pool_plane(xp, g, kind, &div, &mut out, Some(&mut arg));
+            for (&a, &gv) in arg.iter().zip(gp) {
+                if a != usize::MAX {
+                    gxp[a] += gv;
+                }
+            }
+            return;
+        }
+        // Average: spread g/div back along the columns, then along the rows.
+        let mut rows = vec![T::ZERO; g.h * wo];
+        for oy in 0..ho {
+            let grow = &gp[oy * wo..(oy + 1) * wo];
+            let drow = &div[oy * wo..(oy + 1) * wo];
+            for ky in 0..g.kh {
+                let Some(iy) = g.in_row(oy, ky) else { continue };
+                for ((r, &gv), &d) in rows[iy * wo..(iy + 1) * wo].iter_mut().zip(grow).zip(drow) {
+                    *r += gv / d;
+                }
+            }
+        }
+        let s = g.stride[1] as isize;
+        for iy in 0..g.h {
+            let rrow = &rows[iy * wo..(iy + 1) * wo];
+            let xrow = &mut gxp[iy * g.w..(iy + 1) * g.w];
+            for kx in 0..g.kw {
+                let off = g.col_offset(kx);
+                let (lo, hi) = g.col_range(off, wo);
+                if lo >= hi {
+                    continue;
+                }
+                if s == 1 {
+                    let start = (lo as isize + off) as usize;
+                    for (d, &v) in xrow[start..start + (hi - lo)].iter_mut().zip(&rrow[lo..hi]) {
+                        *d += v;
+                    }
+                } else {
+                    for (ox, &v) in rrow.iter().enumerate().take(hi).skip(lo) {
+                        xrow[(ox as isize * s + off) as usize] += v;
+                    }
+                }
+            }
+        }
+    });
+    gx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct, loop-for-loop definition of the depthwise convolution.
+    fn naive_dw(x: &[f64], w: &[f64], g: &Window) -> Vec<f64> {
+        let (ho, wo) = (g.ho(), g.wo());
+        let mut out = vec![0.0; g.n * g.c * ho * wo];
+        for n in 0..g.n {
+            for c in 0..g.c {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = 0.0;
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy =
+                                    (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                                let ix =
+                                    (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                acc += w[(c * g.kh + ky) * g.kw + kx]
+                                    * x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                            }
+                        }
+                        out[((n * g.c + c) * ho + oy) * wo + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn data(len: usize, seed: u64) -> Vec<f64> {
+        // A small LCG: deterministic, no dependency.
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn geometries() -> Vec<Window> {
+        let mut v = Vec::new();
+        for (k, pad, dil) in [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2), (3, 0, 1)] {
+            for stride in [1, 2] {
+                for (h, w) in [(7, 6), (8, 8), (5, 9)] {
+                    v.push(Window {
+                        n: 2,
+                        c: 3,
+                        h,
+                        w,
+                        kh: k,
+                        kw: k,
+                        stride: [stride, stride],
+                        pad: [pad, pad],
+                        dil: [dil, dil],
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn depthwise_matches_the_definition_and_its_adjoint() {
+        for g in geometries() {
+            assert!(g.is_valid());
+            let x = data(g.n * g.c * g.h * g.w, 1);
+            let w = data(g.c * g.kh * g.kw, 2);
+            let out = depthwise_forward(&x, &w, &g);
+            let want = naive_dw(&x, &w, &g);
+            assert_eq!(out.len(), want.len());
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");
+            }
+            // The backward is the adjoint: <gy, conv(x, w)> is bilinear, so
+            // <gx, dx> = <gy, conv(dx, w)> and <gw, dw> = <gy, conv(x, dw)>.
+            let gy = data(out.len(), 3);
+            let (gx, gw) = depthwise_backward(&x, &w, &gy, &g, true, true);
+            let dx = data(x.len(), 4);
+            let dw = data(w.len(), 5);
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+            let lhs_x = dot(&gx, &dx);
+            let rhs_x = dot(&gy, &naive_dw(&dx, &w, &g));
+            assert!((lhs_x - rhs_x).abs() < 1e-10, "{g:?}: {lhs_x} vs {rhs_x}");
+            let lhs_w = dot(&gw, &dw);
+            let rhs_w = dot(&gy, &naive_dw(&x, &dw, &g));
+            assert!((lhs_w - rhs_w).abs() < 1e-10, "{g:?}: {lhs_w} vs {rhs_w}");
+            // Parts can be skipped.
+            let (gx2, gw2) = depthwise_backward(&x, &w, &gy, &g, true, false);
+            assert_eq!(gx2, gx);
+            assert!(gw2.is_empty());
+            let (gx3, gw3) = depthwise_backward(&x, &w, &gy, &g, false, true);
+            assert!(gx3.is_empty());
+            assert_eq!(gw3, gw);
+        }
+    }
+
+    fn naive_pool(x: &[f64], g: &Window, kind: Pooling) -> Vec<f64> {
+        let (ho, wo) = (g.ho(), g.wo());
+        let mut out = Vec::new();
+        for p in 0..g.n * g.c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut vals = Vec::new();
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let iy = (oy * g.stride[0] + ky) as isize - g.pad[0] as isize;
+                            let ix = (ox * g.stride[1] + kx) as isize - g.pad[1] as isize;
+                            if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
+                                vals.push(x[p * g.h * g.w + iy as usize * g.w + ix as usize]);
+                            }
+                        }
+                    }
+                    out.push(match kind {
+                        Pooling::Max => vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                        Pooling::AvgExcludePad => vals.iter().sum::<f64>() / vals.len() as f64,
+                        Pooling::AvgIncludePad => vals.iter().sum::<f64>() / (g.kh * g.kw) as f64,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pools_match_the_definition_and_finite_differences() {
+        for stride in [1, 2] {
+            for (h, w) in [(7, 6), (8, 8), (1, 3)] {
+                let g = Window {
+                    n: 2,
+                    c: 2,
+                    h,
+                    w,
+                    kh: 3,
+                    kw: 3,
+                    stride: [stride, stride],
+                    pad: [1, 1],
+                    dil: [1, 1],
+                };
+                for kind in [Pooling::Max, Pooling::AvgExcludePad, Pooling::AvgIncludePad] {
+                    let x = data(g.n * g.c * h * w, 7);
+                    let out = pool_forward(&x, &g, kind);
+                    let want = naive_pool(&x, &g, kind);
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-12, "{kind:?} {g:?}");
+                    }
+                    // Gradient of <gy, pool(x)> by central differences (x has no ties).
+                    let gy = data(out.len(), 8);
+                    let gx = pool_backward(&x, &gy, &g, kind);
+                    let f = |x: &[f64]| {
+                        pool_forward(x, &g, kind)
+                            .iter()
+                            .zip(&gy)
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
+                    };
+                    for i in 0..x.len() {
+                        let mut xp = x.clone();
+                        let mut xm = x.clone();
+                        xp[i] += 1e-6;
+                        xm[i] -= 1e-6;
+                        let fd = (f(&xp) - f(&xm)) / 2e-6;
+                        assert!((fd - gx[i]).abs() < 1e-6, "{kind:?} {g:?} at {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_the_first_window_position() {
+        let g = Window {
+            n: 1,
+            c: 1,
+            h: 2,
+            w: 2,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1, 1],
+            dil: [1, 1],
+        };
+        let x = [1.0f64, 1.0, 1.0, 1.0];
+        let gx = pool_backward(&x, &[1.0, 1.0, 1.0, 1.0], &g, Pooling::Max);
+        // Every window holds all four (equal) values; the first in row-major order is x[0].
+        assert_eq!(gx, vec![4.0, 0.0, 0.0, 0.0]);
+    }
+}

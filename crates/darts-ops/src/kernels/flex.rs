@@ -1,0 +1,359 @@
+//! The [`cpu`](super::cpu) kernels on Burn's `Flex` backend, plain and under `Autodiff`
+//! (as custom operations with their own backward). Entered only when the generic backend `B` of
+//! the caller *is* `Flex` or `Autodiff<Flex>`, which is checked by `TypeId`; any other backend
+//! gets `Err` back with its inputs and takes Burn's own operation.
+
+use super::cpu::{self, Pooling, Real, Window};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+use burn_flex::{Flex, FlexTensor};
+use std::any::{Any, TypeId};
+
+type Ad = Autodiff<Flex, NoCheckpointing>;
+
+/// Move `a` into type `T` when it *is* a `T` (same `TypeId`), else give it back.
+fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
+    let mut slot = Some(a);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+        Some(t) => Ok(t.take().expect("filled above")),
+        None => Err(slot.expect("untouched")),
+    }
+}
+
+/// `a` as `T`, where the caller has checked by `TypeId` that `A` is `T`.
+fn same<A: 'static, T: 'static>(a: A) -> T {
+    match cast(a) {
+        Ok(t) => t,
+        Err(_) => unreachable!("types compared by TypeId before the cast"),
+    }
+}
+
+fn is<B: 'static, T: 'static>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<T>()
+}
+
+/// Which backend family `B` is, for the kernels.
+enum Family {
+    Plain,
+    Autodiff,
+    Other,
+}
+
+fn family<B: Backend>() -> Family {
+    if is::<B, Flex>() {
+        Family::Plain
+    } else if is::<B, Ad>() {
+        Family::Autodiff
+    } else {
+        Family::Other
+    }
+}
+
+/// `B` is `Flex` or `Autodiff<Flex>` (no checkpointing).
+pub(crate) fn is_flex<B: Backend>() -> bool {
+    !matches!(family::<B>(), Family::Other)
+}
+
+/// Run `f` on the contiguous elements of `t` as `T`.
+fn with_slice<T: Real + burn::tensor::Element + bytemuck::Pod, R>(
+    t: &FlexTensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> R {
+    if let Some(s) = t.as_slice::<T>() {
+        if s.len() == t.layout().num_elements() {
+            return f(s);
+        }
+    }
+    let c = t.to_contiguous();
+    f(c.as_slice::<T>().expect("contiguous after to_contiguous"))
+}
+
+fn tensor<T: burn::tensor::Element>(v: Vec<T>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+/// Dispatch on the element type (`f32` or `f64`; checked by the caller).
+macro_rules! by_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            _ => {
+                type $T = f32;
+                $body
+            }
+        }
+    };
+}
+
+fn dw_forward(x: &FlexTensor, w: &FlexTensor, g: &Window) -> FlexTensor {
+    let shape = [g.n, g.c, g.ho(), g.wo()];
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(x, |xs| with_slice::<T, _>(w, |ws| {
+        tensor(cpu::depthwise_forward(xs, ws, g), shape)
+    })))
+}
+
+fn dw_backward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    gy: &FlexTensor,
+    g: &Window,
+    want_x: bool,
+    want_w: bool,
+) -> (FlexTensor, FlexTensor) {
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(x, |xs| with_slice::<T, _>(w, |ws| {
+        with_slice::<T, _>(gy, |gs| {
+            let (gx, gw) = cpu::depthwise_backward(xs, ws, gs, g, want_x, want_w);
+            let gx = if want_x { gx } else { vec![0.0; g.n * g.c * g.h * g.w] };
+            let gw = if want_w { gw } else { vec![0.0; g.c * g.kh * g.kw] };
+            (tensor(gx, [g.n, g.c, g.h, g.w]), tensor(gw, [g.c, 1, g.kh, g.kw]))
+        })
+    })))
+}
+
+fn pool_forward(x: &FlexTensor, g: &Window, kind: Pooling) -> FlexTensor {
+    let shape = [g.n, g.c, g.ho(), g.wo()];
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(x, |xs| tensor(cpu::pool_forward(xs, g, kind), shape)))
+}
+
+fn pool_backward(x: &FlexTensor, gy: &FlexTensor, g: &Window, kind: Pooling) -> FlexTensor {
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(x, |xs| with_slice::<T, _>(gy, |gs| {
+        tensor(cpu::pool_backward(xs, gs, g, kind), [g.n, g.c, g.h, g.w])
+    })))
+}
+
+/// `[n, c_in, h, w]`, `[c_out, c_in, 1, 1]` → `[n, c_out, h, w]` as one batched product.
+fn pw_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    let [n, ci, h, wd] = dims4(x);
+    let co = w.layout().shape()[0];
+    let w3 = Flex::float_reshape(w.clone(), Shape::new([1, co, ci]));
+    let x3 = Flex::float_reshape(x.clone(), Shape::new([n, ci, h * wd]));
+    Flex::float_reshape(Flex::float_matmul(w3, x3), Shape::new([n, co, h, wd]))
+}
+
+fn pw_backward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    gy: &FlexTensor,
+    want_x: bool,
+    want_w: bool,
+) -> (Option<FlexTensor>, Option<FlexTensor>) {
+    let [n, ci, h, wd] = dims4(x);
+    let co = w.layout().shape()[0];
+    let g3 = Flex::float_reshape(gy.clone(), Shape::new([n, co, h * wd]));
+    let gx = want_x.then(|| {
+        let wt = Flex::float_reshape(w.clone(), Shape::new([co, ci]));
+        let wt = Flex::float_reshape(Flex::float_swap_dims(wt, 0, 1), Shape::new([1, ci, co]));
+        Flex::float_reshape(
+            Flex::float_matmul(wt, g3.clone()),
+            Shape::new([n, ci, h, wd]),
+        )
+    });
+    let gw = want_w.then(|| {
+        let x3 = Flex::float_reshape(x.clone(), Shape::new([n, ci, h * wd]));
+        let per_sample = Flex::float_matmul(g3, Flex::float_swap_dims(x3, 1, 2));
+        Flex::float_reshape(
+            Flex::float_sum_dim(per_sample, 0),
+            Shape::new([co, ci, 1, 1]),
+        )
+    });
+    (gx, gw)
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+#[derive(Debug)]
+struct PointwiseBackward;
+
+impl Backward<Flex, 2> for PointwiseBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (x, w) = ops.state;
+        let (gx, gw) = pw_backward(&x, &w, &gy, node_x.is_some(), node_w.is_some());
+        if let (Some(node), Some(gx)) = (node_x, gx) {
+            grads.register::<Flex>(node.id, gx);
+        }
+        if let (Some(node), Some(gw)) = (node_w, gw) {
+            grads.register::<Flex>(node.id, gw);
+        }
+    }
+}
+
+/// 1×1 convolution on `Flex` / `Autodiff<Flex>` as a batched matrix product, with the weight
+/// entering the autodiff graph directly (reshaping it as a tracked op first would give it a
+/// graph of its own, and Burn 0.21 merges graphs in arbitrary order, sometimes copying the
+/// whole activation graph into the weight's); `Err` gives the inputs back otherwise.
+#[allow(clippy::type_complexity)]
+pub(crate) fn pointwise<B: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    if !float_dtype_ok(x.dtype()) || x.dtype() != w.dtype() {
+        return Err((x, w));
+    }
+    match family::<B>() {
+        Family::Plain => {
+            let x: Tensor<Flex, 4> = same(x);
+            let w: Tensor<Flex, 4> = same(w);
+            let y = pw_forward(&x.into_primitive().tensor(), &w.into_primitive().tensor());
+            Ok(same(Tensor::<Flex, 4>::from_primitive(
+                TensorPrimitive::Float(y),
+            )))
+        }
+        Family::Autodiff => {
+            let x: Tensor<Ad, 4> = same(x);
+            let w: Tensor<Ad, 4> = same(w);
+            let xa = x.into_primitive().tensor();
+            let wa = w.into_primitive().tensor();
+            let prep = PointwiseBackward
+                .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
+                .compute_bound()
+                .stateful();
+            let y = pw_forward(&xa.primitive, &wa.primitive);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Ok(same(Tensor::<Ad, 4>::from_primitive(
+                TensorPrimitive::Float(out),
+            )))
+        }
+        Family::Other => Err((x, w)),
+    }
+}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl Backward<Flex, 2> for DepthwiseBackward {
+    type State = (FlexTensor, FlexTensor, Window);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (x, w, g) = ops.state;
+        let (gx, gw) = dw_backward(&x, &w, &gy, &g, node_x.is_some(), node_w.is_some());
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, gx);
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, gw);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    type State = (FlexTensor, Window, Pooling);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (x, g, kind) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, pool_backward(&x, &gy, &g, kind));
+        }
+    }
+}
+
+fn float_dtype_ok(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F64)
+}
+
+/// Depthwise convolution on `Flex` / `Autodiff<Flex>`; `Err` gives the inputs back otherwise.
+#[allow(clippy::type_complexity)]
+pub(crate) fn depthwise<B: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+    g: Window,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    if !float_dtype_ok(x.dtype()) || x.dtype() != w.dtype() {
+        return Err((x, w));
+    }
+    match family::<B>() {
+        Family::Plain => {
+            let x: Tensor<Flex, 4> = same(x);
+            let w: Tensor<Flex, 4> = same(w);
+            let y = dw_forward(
+                &x.into_primitive().tensor(),
+                &w.into_primitive().tensor(),
+                &g,
+            );
+            Ok(same(Tensor::<Flex, 4>::from_primitive(
+                TensorPrimitive::Float(y),
+            )))
+        }
+        Family::Autodiff => {
+            let x: Tensor<Ad, 4> = same(x);
+            let w: Tensor<Ad, 4> = same(w);
+            let xa = x.into_primitive().tensor();
+            let wa = w.into_primitive().tensor();
+            let prep = DepthwiseBackward
+                .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
+                .compute_bound()
+                .stateful();
+            let y = dw_forward(&xa.primitive, &wa.primitive, &g);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive, g), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Ok(same(Tensor::<Ad, 4>::from_primitive(
+                TensorPrimitive::Float(out),
+            )))
+        }
+        Family::Other => Err((x, w)),
+    }
+}
+
+/// Pooling on `Flex` / `Autodiff<Flex>`; `Err` gives the input back otherwise.
+pub(crate) fn pool<B: Backend>(
+    x: Tensor<B, 4>,
+    g: Window,
+    kind: Pooling,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    if !float_dtype_ok(x.dtype()) {
+        return Err(x);
+    }
+    match family::<B>() {
+        Family::Plain => {
+            let x: Tensor<Flex, 4> = same(x);
+            let y = pool_forward(&x.into_primitive().tensor(), &g, kind);
+            Ok(same(Tensor::<Flex, 4>::from_primitive(
+                TensorPrimitive::Float(y),
+            )))
+        }
+        Family::Autodiff => {
+            let x: Tensor<Ad, 4> = same(x);
+            let xa = x.into_primitive().tensor();
+            let prep = PoolBackward
+                .prepare::<NoCheckpointing>([xa.node.clone()])
+                .compute_bound()
+                .stateful();
+            let y = pool_forward(&xa.primitive, &g, kind);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish((xa.primitive, g, kind), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Ok(same(Tensor::<Ad, 4>::from_primitive(
+                TensorPrimitive::Float(out),
+            )))
+        }
+        Family::Other => Err(x),
+    }
+}

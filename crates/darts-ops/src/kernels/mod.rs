@@ -1,0 +1,327 @@
+//! Kernels for the two operations DARTS is made of and Burn's CPU backend runs slowly:
+//! depthwise convolution (its backward loops over the groups there) and 3×3 pooling.
+//!
+//! [`depthwise_conv2d`] and [`pool2d`] are generic over any backend. On `Flex` and
+//! `Autodiff<Flex>` (crate feature `flex`, on by default in the `darts` crate) they run the
+//! plain-slice kernels of [`cpu`], with a backward of their own (one pass over the planes for
+//! the input and weight gradients); on every other backend (wgpu, CUDA, a user's own) they are
+//! exactly Burn's `conv2d` with `groups = channels` and Burn's pooling. Tests check both paths
+//! against each other and against finite differences.
+
+pub mod cpu;
+#[cfg(feature = "flex")]
+mod flex;
+
+pub use cpu::{Pooling, Window};
+
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Whether [`depthwise_conv2d`] and [`pool2d`] run this crate's CPU kernels on backend `B`
+/// (`Flex` or `Autodiff<Flex>` with the `flex` feature, `f32`/`f64` data) rather than Burn's
+/// own operations.
+pub fn uses_cpu_kernels<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        flex::is_flex::<B>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}
+
+/// Depthwise 2-D convolution without bias: `x` `[n, c, h, w]`, `weight` `[c, 1, kh, kw]`
+/// (one filter per channel, groups = `c`), symmetric zero padding.
+///
+/// # Panics
+/// If the shapes do not describe a depthwise convolution (a programming error: the layers of
+/// this crate build them consistently).
+pub fn depthwise_conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let [co, ci, kh, kw] = weight.dims();
+    assert!(
+        co == c && ci == 1,
+        "depthwise_conv2d: weight {:?} for {c} channels",
+        weight.dims()
+    );
+    let g = Window {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        pad: padding,
+        dil: dilation,
+    };
+    #[cfg(feature = "flex")]
+    let (x, weight) = if g.is_valid() {
+        match flex::depthwise(x, weight, g) {
+            Ok(y) => return y,
+            Err(back) => back,
+        }
+    } else {
+        (x, weight)
+    };
+    #[cfg(not(feature = "flex"))]
+    let _ = g;
+    conv2d(
+        x,
+        weight,
+        None,
+        ConvOptions::new(stride, padding, dilation, c),
+    )
+}
+
+/// 1×1 convolution without bias, stride 1, no padding: `x` `[n, c_in, h, w]`, `weight`
+/// `[c_out, c_in, 1, 1]`. On `Flex` it is one batched matrix product `W · X_n` (whose backward
+/// is two more), which Flex runs several times faster than its general convolution; elsewhere
+/// it is Burn's `conv2d`.
+pub fn pointwise_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c_in, h, w] = x.dims();
+    let [c_out, ci, kh, kw] = weight.dims();
+    assert!(
+        ci == c_in && kh == 1 && kw == 1,
+        "pointwise_conv2d: weight {:?} for {c_in} channels",
+        weight.dims()
+    );
+    #[cfg(feature = "flex")]
+    let (x, weight) = match flex::pointwise(x, weight) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
+    let _ = (n, h, w, c_out);
+    conv2d(x, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+}
+
+/// 2-D pooling of `[n, c, h, w]` with a `k×k` window, stride and symmetric padding.
+/// [`Pooling::Max`] treats padding as −∞; [`Pooling::AvgExcludePad`] divides by the number
+/// of window positions inside the input (PyTorch's `count_include_pad=False`, the DARTS
+/// `avg_pool_3x3`); [`Pooling::AvgIncludePad`] by `k²`.
+pub fn pool2d<B: Backend>(
+    x: Tensor<B, 4>,
+    kind: Pooling,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let g = Window {
+        n,
+        c,
+        h,
+        w,
+        kh: kernel,
+        kw: kernel,
+        stride: [stride, stride],
+        pad: [padding, padding],
+        dil: [1, 1],
+    };
+    #[cfg(feature = "flex")]
+    let x = if g.is_valid() && 2 * padding <= kernel {
+        match flex::pool(x, g, kind) {
+            Ok(y) => return y,
+            Err(back) => back,
+        }
+    } else {
+        x
+    };
+    #[cfg(not(feature = "flex"))]
+    let _ = g;
+    let (k, s, p) = ([kernel; 2], [stride; 2], [padding; 2]);
+    match kind {
+        Pooling::Max => max_pool2d(x, k, s, p, [1, 1], false),
+        Pooling::AvgExcludePad => avg_pool2d(x, k, s, p, false, false),
+        Pooling::AvgIncludePad => avg_pool2d(x, k, s, p, true, false),
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Distribution, TensorData};
+
+    type Ad = Autodiff<Flex>;
+
+    #[test]
+    fn flex_takes_the_kernels_other_backends_do_not() {
+        assert!(uses_cpu_kernels::<Flex>());
+        assert!(uses_cpu_kernels::<Ad>());
+        // Another checkpointing strategy is another type: Burn's operations.
+        assert!(!uses_cpu_kernels::<
+            Autodiff<Flex, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>,
+        >());
+    }
+
+    /// Burn's own operations, bypassing the kernels.
+    fn reference_dw<B: Backend>(
+        x: Tensor<B, 4>,
+        w: Tensor<B, 4>,
+        s: usize,
+        p: usize,
+        d: usize,
+    ) -> Tensor<B, 4> {
+        let c = x.dims()[1];
+        conv2d(x, w, None, ConvOptions::new([s, s], [p, p], [d, d], c))
+    }
+
+    fn close(a: TensorData, b: TensorData, tol: f64, what: &str) {
+        let a = a.to_vec::<f32>().unwrap();
+        let b = b.to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs())) as f64;
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                ((x - y).abs() as f64) <= tol * scale,
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn depthwise_on_flex_agrees_with_burns_grouped_conv_forward_and_backward() {
+        let dev = Default::default();
+        for (k, p, d, s) in [
+            (3, 1, 1, 1),
+            (3, 1, 1, 2),
+            (5, 2, 1, 2),
+            (3, 2, 2, 1),
+            (5, 4, 2, 2),
+        ] {
+            let x0 = Tensor::<Ad, 4>::random([2, 3, 9, 8], Distribution::Normal(0.0, 1.0), &dev);
+            let w0 = Tensor::<Ad, 4>::random([3, 1, k, k], Distribution::Normal(0.0, 1.0), &dev);
+            let run = |ours: bool| {
+                let x = x0.clone().detach().require_grad();
+                let w = w0.clone().detach().require_grad();
+                let y = if ours {
+                    depthwise_conv2d(x.clone(), w.clone(), [s, s], [p, p], [d, d])
+                } else {
+                    reference_dw(x.clone(), w.clone(), s, p, d)
+                };
+                // A non-uniform upstream gradient.
+                let up = Tensor::<Ad, 4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &dev)
+                    .detach();
+                let up = up.inner();
+                let loss = (y.clone() * Tensor::from_inner(up)).sum();
+                let grads = loss.backward();
+                (
+                    y.into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    w.grad(&grads).unwrap().into_data(),
+                )
+            };
+            Ad::seed(&dev, 7);
+            let ours = run(true);
+            Ad::seed(&dev, 7);
+            let theirs = run(false);
+            let what = format!("k{k} p{p} d{d} s{s}");
+            close(ours.0, theirs.0, 1e-5, &format!("{what} out"));
+            close(ours.1, theirs.1, 1e-5, &format!("{what} dx"));
+            close(ours.2, theirs.2, 1e-5, &format!("{what} dw"));
+        }
+    }
+
+    #[test]
+    fn pools_on_flex_agree_with_burns_pools_forward_and_backward() {
+        let dev = Default::default();
+        for s in [1, 2] {
+            for kind in [Pooling::Max, Pooling::AvgExcludePad, Pooling::AvgIncludePad] {
+                let x0 =
+                    Tensor::<Ad, 4>::random([2, 3, 7, 8], Distribution::Normal(0.0, 1.0), &dev);
+                let up0 = Tensor::<Ad, 4>::random(
+                    [2, 3, (7 - 1) / s + 1, (8 - 1) / s + 1],
+                    Distribution::Normal(0.0, 1.0),
+                    &dev,
+                );
+                let run = |ours: bool| {
+                    let x = x0.clone().detach().require_grad();
+                    let y = if ours {
+                        pool2d(x.clone(), kind, 3, s, 1)
+                    } else {
+                        let (k, st, p) = ([3, 3], [s, s], [1, 1]);
+                        match kind {
+                            Pooling::Max => max_pool2d(x.clone(), k, st, p, [1, 1], false),
+                            Pooling::AvgExcludePad => avg_pool2d(x.clone(), k, st, p, false, false),
+                            Pooling::AvgIncludePad => avg_pool2d(x.clone(), k, st, p, true, false),
+                        }
+                    };
+                    let loss = (y.clone() * up0.clone().detach()).sum();
+                    let grads = loss.backward();
+                    (y.into_data(), x.grad(&grads).unwrap().into_data())
+                };
+                let ours = run(true);
+                let theirs = run(false);
+                let what = format!("{kind:?} s{s}");
+                close(ours.0, theirs.0, 1e-6, &format!("{what} out"));
+                close(ours.1, theirs.1, 1e-6, &format!("{what} dx"));
+            }
+        }
+    }
+
+    #[test]
+    fn pointwise_on_flex_agrees_with_burns_conv_forward_and_backward() {
+        let dev = Default::default();
+        let x0 = Tensor::<Ad, 4>::random([3, 4, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let w0 = Tensor::<Ad, 4>::random([7, 4, 1, 1], Distribution::Normal(0.0, 1.0), &dev);
+        let up = Tensor::<Ad, 4>::random([3, 7, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let run = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let w = w0.clone().detach().require_grad();
+            let y = if ours {
+                pointwise_conv2d(x.clone(), w.clone())
+            } else {
+                conv2d(
+                    x.clone(),
+                    w.clone(),
+                    None,
+                    ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+                )
+            };
+            let grads = (y.clone() * up.clone().detach()).sum().backward();
+            (
+                y.into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                w.grad(&grads).unwrap().into_data(),
+            )
+        };
+        let (a, b) = (run(true), run(false));
+        close(a.0, b.0, 1e-5, "1x1 out");
+        close(a.1, b.1, 1e-5, "1x1 dx");
+        close(a.2, b.2, 1e-5, "1x1 dw");
+    }
+
+    #[test]
+    fn kernels_run_without_autodiff_and_in_f64() {
+        let dev = Default::default();
+        let x = Tensor::<Flex, 4>::random([1, 2, 5, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<Flex, 4>::random([2, 1, 3, 3], Distribution::Normal(0.0, 1.0), &dev);
+        let ours = depthwise_conv2d(x.clone(), w.clone(), [1, 1], [1, 1], [1, 1]);
+        let theirs = reference_dw(x.clone(), w.clone(), 1, 1, 1);
+        close(ours.into_data(), theirs.into_data(), 1e-5, "plain flex dw");
+        let x64 = x.clone().cast(burn::tensor::DType::F64);
+        let w64 = w.clone().cast(burn::tensor::DType::F64);
+        let y64 = depthwise_conv2d(x64, w64, [1, 1], [1, 1], [1, 1]);
+        assert_eq!(y64.dtype(), burn::tensor::DType::F64);
+        let y64 = y64.cast(burn::tensor::DType::F32);
+        let theirs = reference_dw(x.clone(), w, 1, 1, 1);
+        close(y64.into_data(), theirs.into_data(), 1e-5, "f64 flex dw");
+        let ours = pool2d(x.clone(), Pooling::AvgExcludePad, 3, 1, 1);
+        let theirs = avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false);
+        close(
+            ours.into_data(),
+            theirs.into_data(),
+            1e-6,
+            "plain flex avg pool",
+        );
+    }
+}
