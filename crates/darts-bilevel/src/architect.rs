@@ -15,7 +15,7 @@
 //! bit-identical.
 
 use crate::optim::{clip_grad_norm, Adam, Sgd};
-use crate::params::{global_norm, gradients, set_values, values, FlatParams};
+use crate::params::{global_norm, gradients, only_trainable, set_values, values, FlatParams};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -209,6 +209,18 @@ pub fn loss_gradients<B: AutodiffBackend, M: ArchModel<B>>(
     gradients_of(model, model.forward_batch(batch))
 }
 
+/// Like [`loss_gradients`], but only the architecture gradients (`weights` is empty): the
+/// weights are constants in this pass, so the backward skips every weight-gradient kernel.
+/// The first-order architect step and the two finite-difference passes of the second-order
+/// step need nothing else.
+pub fn arch_gradients<B: AutodiffBackend, M: ArchModel<B>>(
+    model: &M,
+    batch: &M::Batch,
+) -> LossGradients<B> {
+    let arch = model.arch_param_ids();
+    loss_gradients(&only_trainable(model.clone(), &arch), batch)
+}
+
 /// Gradients of [`ArchModel::forward_train`]'s loss (the weight step's objective).
 pub fn train_gradients<B: AutodiffBackend, M: ArchModel<B>>(
     model: &M,
@@ -284,7 +296,7 @@ impl<B: AutodiffBackend> Architect<B> {
     ) -> ArchGradient<B> {
         match self.config.order {
             Order::First => {
-                let g = loss_gradients(model, val);
+                let g = arch_gradients(model, val);
                 ArchGradient {
                     dalpha: g.arch,
                     val_loss: g.loss,
@@ -378,8 +390,8 @@ impl<B: AutodiffBackend> Architect<B> {
                 .map(|id| (*id, w[id].clone() + vector[id].clone() * (sign * eps)))
                 .collect()
         };
-        let g_plus = loss_gradients(&set_values(model.clone(), &shifted(1.0)), train).arch;
-        let g_minus = loss_gradients(&set_values(model.clone(), &shifted(-1.0)), train).arch;
+        let g_plus = arch_gradients(&set_values(model.clone(), &shifted(1.0)), train).arch;
+        let g_minus = arch_gradients(&set_values(model.clone(), &shifted(-1.0)), train).arch;
         // dα = ∇α L_val(w', α) − ξ · c · (g⁺ − g⁻) / 2ε   (c = clip factor of the virtual step)
         for (id, d) in dalpha.iter_mut() {
             if let (Some(p), Some(m)) = (g_plus.get(id), g_minus.get(id)) {

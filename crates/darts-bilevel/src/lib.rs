@@ -11,8 +11,8 @@ pub mod params;
 pub mod search;
 
 pub use architect::{
-    join_parameter_graphs, loss_gradients, train_gradients, ArchGradient, ArchModel, Architect,
-    ArchitectConfig, BatchOutput, LossGradients, Order,
+    arch_gradients, join_parameter_graphs, loss_gradients, train_gradients, ArchGradient,
+    ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order,
 };
 pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
 pub use search::{Bilevel, EpochStats, SearchEvent, StepOutcome, StepStats, WeightConfig};

@@ -81,6 +81,30 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Setter<'_, B> {
     }
 }
 
+struct Freezer<'a> {
+    keep: &'a [ParamId],
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Freezer<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.keep.contains(&param.id) {
+            return param;
+        }
+        let (id, old, mapper) = param.consume();
+        if !old.is_require_grad() {
+            return Param::from_mapped_value(id, old, mapper);
+        }
+        Param::from_mapped_value(id, Tensor::from_inner(old.inner()), mapper)
+    }
+}
+
+/// `module` with every float parameter except those in `keep` turned into a constant (no
+/// gradient is tracked for it): a backward pass then computes only the gradients of `keep`,
+/// and skips the weight-gradient kernels of every layer.
+pub fn only_trainable<B: AutodiffBackend, M: Module<B>>(module: M, keep: &[ParamId]) -> M {
+    module.map(&mut Freezer { keep })
+}
+
 /// Replace the parameters whose ids are in `values` (fresh autodiff leaves, same ids).
 pub fn set_values<B: AutodiffBackend, M: Module<B>>(module: M, values: &FlatParams<B>) -> M {
     module.map(&mut Setter::<B> { values })

@@ -27,27 +27,23 @@ pub trait Real:
     fn is_nan(self) -> bool;
 }
 
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    const NEG_INFINITY: Self = f32::NEG_INFINITY;
-    fn from_usize(n: usize) -> Self {
-        n as f32
-    }
-    fn is_nan(self) -> bool {
-        f32::is_nan(self)
-    }
+macro_rules! real {
+    ($t:ident) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const NEG_INFINITY: Self = $t::NEG_INFINITY;
+            fn from_usize(n: usize) -> Self {
+                n as $t
+            }
+            fn is_nan(self) -> bool {
+                $t::is_nan(self)
+            }
+        }
+    };
 }
 
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    const NEG_INFINITY: Self = f64::NEG_INFINITY;
-    fn from_usize(n: usize) -> Self {
-        n as f64
-    }
-    fn is_nan(self) -> bool {
-        f64::is_nan(self)
-    }
-}
+real!(f32);
+real!(f64);
 
 /// Geometry of a sliding-window op on `[n, c, h, w]` input with a `kh×kw` window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -177,12 +177,12 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 struct PointwiseBackward;
 
 impl Backward<Flex, 2> for PointwiseBackward {
-    type State = (FlexTensor, FlexTensor);
+    type State = (FlexTensor, FlexTensor, ());
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w] = ops.parents;
         let gy = grads.consume::<Flex>(&ops.node);
-        let (x, w) = ops.state;
+        let (x, w, ()) = ops.state;
         let (gx, gw) = pw_backward(&x, &w, &gy, node_x.is_some(), node_w.is_some());
         if let (Some(node), Some(gx)) = (node_x, gx) {
             grads.register::<Flex>(node.id, gx);
@@ -197,11 +197,27 @@ impl Backward<Flex, 2> for PointwiseBackward {
 /// entering the autodiff graph directly (reshaping it as a tracked op first would give it a
 /// graph of its own, and Burn 0.21 merges graphs in arbitrary order, sometimes copying the
 /// whole activation graph into the weight's); `Err` gives the inputs back otherwise.
-#[allow(clippy::type_complexity)]
-pub(crate) fn pointwise<B: Backend>(
+pub(crate) fn pointwise<B: Backend>(x: Tensor<B, 4>, w: Tensor<B, 4>) -> TwoInputs<B> {
+    two_inputs(x, w, PointwiseBackward, (), pw_forward)
+}
+
+/// The result of a two-input kernel: the output, or the inputs back for Burn's own op.
+pub(crate) type TwoInputs<B> = Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)>;
+
+/// Run a custom two-input operation on `Flex` (forward only) or `Autodiff<Flex>` (with `op`'s
+/// backward, whose state is both inputs and `extra`); `Err` gives the inputs back on any other
+/// backend or element type.
+fn two_inputs<B: Backend, O, E>(
     x: Tensor<B, 4>,
     w: Tensor<B, 4>,
-) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    op: O,
+    extra: E,
+    fwd: impl Fn(&FlexTensor, &FlexTensor) -> FlexTensor,
+) -> TwoInputs<B>
+where
+    O: Backward<Flex, 2, State = (FlexTensor, FlexTensor, E)>,
+    E: Clone + Send + std::fmt::Debug + 'static,
+{
     if !float_dtype_ok(x.dtype()) || x.dtype() != w.dtype() {
         return Err((x, w));
     }
@@ -209,7 +225,7 @@ pub(crate) fn pointwise<B: Backend>(
         Family::Plain => {
             let x: Tensor<Flex, 4> = same(x);
             let w: Tensor<Flex, 4> = same(w);
-            let y = pw_forward(&x.into_primitive().tensor(), &w.into_primitive().tensor());
+            let y = fwd(&x.into_primitive().tensor(), &w.into_primitive().tensor());
             Ok(same(Tensor::<Flex, 4>::from_primitive(
                 TensorPrimitive::Float(y),
             )))
@@ -219,13 +235,13 @@ pub(crate) fn pointwise<B: Backend>(
             let w: Tensor<Ad, 4> = same(w);
             let xa = x.into_primitive().tensor();
             let wa = w.into_primitive().tensor();
-            let prep = PointwiseBackward
+            let prep = op
                 .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
                 .compute_bound()
                 .stateful();
-            let y = pw_forward(&xa.primitive, &wa.primitive);
+            let y = fwd(&xa.primitive, &wa.primitive);
             let out = match prep {
-                OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive), y),
+                OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive, extra), y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             };
             Ok(same(Tensor::<Ad, 4>::from_primitive(
@@ -277,48 +293,8 @@ fn float_dtype_ok(d: DType) -> bool {
 }
 
 /// Depthwise convolution on `Flex` / `Autodiff<Flex>`; `Err` gives the inputs back otherwise.
-#[allow(clippy::type_complexity)]
-pub(crate) fn depthwise<B: Backend>(
-    x: Tensor<B, 4>,
-    w: Tensor<B, 4>,
-    g: Window,
-) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
-    if !float_dtype_ok(x.dtype()) || x.dtype() != w.dtype() {
-        return Err((x, w));
-    }
-    match family::<B>() {
-        Family::Plain => {
-            let x: Tensor<Flex, 4> = same(x);
-            let w: Tensor<Flex, 4> = same(w);
-            let y = dw_forward(
-                &x.into_primitive().tensor(),
-                &w.into_primitive().tensor(),
-                &g,
-            );
-            Ok(same(Tensor::<Flex, 4>::from_primitive(
-                TensorPrimitive::Float(y),
-            )))
-        }
-        Family::Autodiff => {
-            let x: Tensor<Ad, 4> = same(x);
-            let w: Tensor<Ad, 4> = same(w);
-            let xa = x.into_primitive().tensor();
-            let wa = w.into_primitive().tensor();
-            let prep = DepthwiseBackward
-                .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
-                .compute_bound()
-                .stateful();
-            let y = dw_forward(&xa.primitive, &wa.primitive, &g);
-            let out = match prep {
-                OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive, g), y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
-            Ok(same(Tensor::<Ad, 4>::from_primitive(
-                TensorPrimitive::Float(out),
-            )))
-        }
-        Family::Other => Err((x, w)),
-    }
+pub(crate) fn depthwise<B: Backend>(x: Tensor<B, 4>, w: Tensor<B, 4>, g: Window) -> TwoInputs<B> {
+    two_inputs(x, w, DepthwiseBackward, g, move |x, w| dw_forward(x, w, &g))
 }
 
 /// Pooling on `Flex` / `Autodiff<Flex>`; `Err` gives the input back otherwise.
