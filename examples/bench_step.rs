@@ -45,6 +45,63 @@ struct Args {
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
+    /// Count kernel launches and buffer reservations of one fwd+bwd and one search step
+    /// (wgpu/CUDA only; CubeCL's launch log is written to this file).
+    #[arg(long)]
+    count_launches: Option<std::path::PathBuf>,
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+type Log = darts::launches::LaunchLog;
+/// Without a CubeCL backend there is nothing to count.
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+#[derive(Clone, Debug)]
+struct Log;
+
+/// (launches, reservations, pages) so far.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn counts(log: &Option<Log>) -> Option<[u64; 3]> {
+    let c = log.as_ref()?.counts().ok()?;
+    Some([c.launches, c.reservations, c.pages])
+}
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+fn counts(_: &Option<Log>) -> Option<[u64; 3]> {
+    None
+}
+
+fn enable_log(args: &Args, spec: &DeviceSpec) -> Option<Log> {
+    let path = args.count_launches.as_ref()?;
+    if matches!(spec, DeviceSpec::Cpu) {
+        eprintln!("--count-launches: the cpu backend launches no kernels; ignored");
+        return None;
+    }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        match darts::launches::LaunchLog::enable(path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("--count-launches: {e}");
+                None
+            }
+        }
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+fn diff(a: Option<[u64; 3]>, b: Option<[u64; 3]>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!(
+            "{{\"launches\": {}, \"reservations\": {}, \"pages\": {}}}",
+            b[0] - a[0],
+            b[1] - a[1],
+            b[2] - a[2]
+        ),
+        _ => "null".into(),
+    }
 }
 
 fn peak_rss_mb() -> f64 {
@@ -114,12 +171,12 @@ fn forward_macs(c: usize, layers: usize, nodes: usize, batch: usize) -> f64 {
     batch as f64 * macs
 }
 
-struct Bench(Args);
+struct Bench(Args, Option<Log>);
 
 impl BackendTask for Bench {
     type Output = String;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> String {
-        let a = self.0;
+        let (a, log) = (self.0, self.1);
         B::seed(&device, a.seed);
         let net = SearchNetworkConfig {
             channels: a.channels,
@@ -202,11 +259,23 @@ impl BackendTask for Bench {
             eprintln!("step {}/{}: {ms:.1} ms", steps.len() + 1, a.steps);
             steps.push(ms);
         }
+        // Launch accounting, in passes of their own (reading the log waits for it to settle).
+        let (mut fb_launches, mut step_launches) = ("null".to_string(), "null".to_string());
+        if log.is_some() {
+            let c0 = counts(&log);
+            sync(loss_gradients(&s.model, &train).loss);
+            let c1 = counts(&log);
+            sync(s.step(&train, &val, 0.025).train_loss);
+            let c2 = counts(&log);
+            fb_launches = diff(c0, c1);
+            step_launches = diff(c1, c2);
+            eprintln!("fwd+bwd: {fb_launches}; search step: {step_launches}");
+        }
         let macs = forward_macs(a.channels, a.layers, a.nodes, a.batch);
         let fwd_med = median(fwd.clone());
         let gflops = 3.0 * 2.0 * macs / (fwd_med / 1e3) / 1e9;
         format!(
-            "{{\"impl\": \"darts-burn\", \"device\": \"{}\", \"order\": {}, \"batch\": {}, \"layers\": {}, \"channels\": {}, \"nodes\": {}, \"params\": {}, \"step_ms_median\": {:.1}, \"step_ms_min\": {:.1}, \"fwd_bwd_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"fwd_gmacs\": {:.3}, \"fwd_bwd_gflops_per_s\": {:.2}}}",
+            "{{\"impl\": \"darts-burn\", \"device\": \"{}\", \"order\": {}, \"batch\": {}, \"layers\": {}, \"channels\": {}, \"nodes\": {}, \"params\": {}, \"step_ms_median\": {:.1}, \"step_ms_min\": {:.1}, \"fwd_bwd_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"fwd_gmacs\": {:.3}, \"fwd_bwd_gflops_per_s\": {:.2}, \"fwd_bwd_counts\": {}, \"step_counts\": {}}}",
             a.device,
             a.order,
             a.batch,
@@ -219,7 +288,9 @@ impl BackendTask for Bench {
             fwd_med,
             peak_rss_mb(),
             macs / 1e9,
-            gflops
+            gflops,
+            fb_launches,
+            step_launches
         )
     }
 }
@@ -234,7 +305,8 @@ fn main() {
         }
     };
     let json = args.json;
-    match dispatch(&spec, Bench(args)) {
+    let log = enable_log(&args, &spec);
+    match dispatch(&spec, Bench(args, log)) {
         Ok(line) => {
             if json {
                 println!("{line}");

@@ -76,6 +76,11 @@ struct Args {
     /// Stop every epoch after N steps.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Reproduce the reference's unrolled step exactly: the tied embedding/decoder matrix is not
+    /// moved by the virtual step, and the Hessian term's clip factor is not capped at 1
+    /// (docs/reference.md).
+    #[arg(long)]
+    reference_quirks: bool,
     /// Use only the first N training tokens.
     #[arg(long)]
     limit_train_tokens: Option<usize>,
@@ -139,6 +144,12 @@ fn main() {
     c.limit_train_tokens = a.limit_train_tokens;
     c.limit_valid_tokens = a.limit_valid_tokens;
     c.unrolled = a.unrolled;
+    if a.reference_quirks {
+        c.quirks = darts::bilevel::ReferenceQuirks {
+            tied_weights_not_unrolled: true,
+            unclamped_clip_factor: true,
+        };
+    }
     let opts = RunOptions {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),

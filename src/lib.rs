@@ -34,6 +34,8 @@ pub use darts_ops as ops;
 pub mod checkpoint;
 pub mod cifar;
 pub mod device;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod launches;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}

@@ -16,7 +16,9 @@ use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use darts_bilevel::params::{gradients, set_values, values, FlatParams};
-use darts_bilevel::{clip_grad_norm, ArchitectConfig, Bilevel, CosineLr, Order, Sgd, WeightConfig};
+use darts_bilevel::{
+    clip_grad_norm, ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, Sgd, WeightConfig,
+};
 use darts_cell::rnn::{nll, RnnConfig, RnnDropout, RnnMasks, TokenBatch};
 use darts_cell::{RnnEvalModel, RnnSearchModel};
 use darts_data::cifar::derive_seed;
@@ -75,6 +77,9 @@ pub struct PtbSearchConfig {
     pub arch_weight_decay: f64,
     /// Seed.
     pub seed: u64,
+    /// The reference's quirks (off by default; see [`ReferenceQuirks`]).
+    #[serde(default)]
+    pub quirks: ReferenceQuirks,
 }
 
 impl Default for PtbSearchConfig {
@@ -101,6 +106,31 @@ impl Default for PtbSearchConfig {
             arch_lr: 3e-3,
             arch_weight_decay: 1e-3,
             seed: 3,
+            quirks: ReferenceQuirks::default(),
+        }
+    }
+}
+
+impl PtbSearchConfig {
+    /// The architect's configuration for this search, as the recurrent reference sets it up
+    /// (`rnn/architect.py:30`: `torch.optim.Adam(..., lr=arch_lr, weight_decay=arch_wdecay)`,
+    /// so Adam's default betas (0.9, 0.999) and ε 1e-8, not the convolutional architect's
+    /// (0.5, 0.999); the finite-difference radius r = 1e-2; the weight clip also in the virtual
+    /// step and on the Hessian-vector product's vector).
+    pub fn architect_config(&self) -> ArchitectConfig {
+        ArchitectConfig {
+            order: if self.unrolled {
+                Order::Second
+            } else {
+                Order::First
+            },
+            arch_lr: self.arch_lr,
+            arch_betas: (0.9, 0.999),
+            arch_eps: 1e-8,
+            arch_weight_decay: self.arch_weight_decay,
+            fd_r: 0.01,
+            virtual_grad_clip: (self.clip > 0.0).then_some(self.clip),
+            quirks: self.quirks,
         }
     }
 }
@@ -274,17 +304,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             weight_decay: cfg.weight_decay,
             grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
         },
-        ArchitectConfig {
-            order: if cfg.unrolled {
-                Order::Second
-            } else {
-                Order::First
-            },
-            arch_lr: cfg.arch_lr,
-            arch_weight_decay: cfg.arch_weight_decay,
-            virtual_grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
-            ..Default::default()
-        },
+        cfg.architect_config(),
     );
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;

@@ -6,7 +6,11 @@ use crate::common::*;
 use burn::module::Param;
 use burn::tensor::activation::{relu, sigmoid, softmax, tanh};
 use burn::tensor::{Int, Tensor, TensorData};
-use darts::bilevel::{ArchitectConfig, Bilevel, CosineLr, Order, WeightConfig};
+use darts::bilevel::params::set_values;
+use darts::bilevel::{
+    loss_gradients, ArchModel, Architect, ArchitectConfig, Bilevel, CosineLr, Order,
+    ReferenceQuirks, Sgd, WeightConfig,
+};
 use darts::cell::rnn::{RnnConfig, RnnCore, RnnDropout, RnnMasks, TokenBatch};
 use darts::cell::{RnnEvalModel, RnnSearchModel};
 use darts::cifar::RunOptions;
@@ -336,6 +340,227 @@ fn recurrent_unrolled_gradient_matches_numerical_derivative() {
         );
     }
     assert!((directional(&dirs[1]) - dot(&g1, &dirs[1])).abs() > 5.0 * tol);
+}
+
+/// A tiny recurrent supernet in f64, its weight optimiser (SGD without momentum, the
+/// reference's weight decay) and a training and a validation batch.
+fn tiny_recurrent() -> (Search, Sgd<Inner>, TokenBatch<B>, TokenBatch<B>) {
+    let cfg = RnnConfig {
+        vocab: 11,
+        ninp: 4,
+        nhid: 4,
+        steps: 3,
+        ..RnnConfig::search(11)
+    };
+    let dev = Default::default();
+    let net: Search = seeded(21, || {
+        cfg.init_search::<B, _, _>(&RnnSpace::default(), Softmax, &dev)
+            .unwrap()
+    });
+    (
+        to_f64(net),
+        Sgd::new(0.0, 5e-7),
+        token_batch(&cfg, 4, 3, 1),
+        token_batch(&cfg, 4, 3, 2),
+    )
+}
+
+fn flat_all(map: &darts::bilevel::params::FlatParams<B>) -> Vec<f64> {
+    let ids: Vec<_> = map.keys().copied().collect();
+    flat(map, &ids)
+}
+
+/// The recurrent reference clips the vector u = ∇w' L_val(w') to the weight clip before the
+/// finite-difference Hessian-vector product (rnn/architect.py:68), which scales the Hessian term
+/// by c_u = min(1, clip / ‖u‖). Rebuilt here from the public pieces (virtual step, gradients at
+/// w', the finite difference with the unclipped u) and compared with the architect's dα.
+#[test]
+fn recurrent_unrolled_step_clips_the_hessian_vector() {
+    let (net, sgd, train, val) = tiny_recurrent();
+    let (xi, clip) = (2.0, 0.05);
+    let config = ArchitectConfig {
+        order: Order::Second,
+        virtual_grad_clip: Some(clip),
+        ..PtbSearchConfig::default().architect_config()
+    };
+    let architect = Architect::<B>::new(config);
+    let ours = architect.gradient(&net, &sgd, &train, &val, xi);
+    let ids = net.arch_param_ids();
+
+    // The pieces, without the vector clip.
+    let g_train = loss_gradients(&net, &train).weights;
+    let c_w = (clip / (norm(&flat_all(&g_train)) + 1e-6)).min(1.0);
+    let w_prime = architect.virtual_step(&net, &sgd, &train, xi);
+    let at_w_prime = loss_gradients(&set_values(net.clone(), &w_prime), &val);
+    let u = at_w_prime.weights;
+    let u_norm = norm(&flat_all(&u));
+    let c_u = (clip / (u_norm + 1e-6)).min(1.0);
+    assert!(
+        c_u < 0.5 && c_w < 1.0,
+        "clip inactive: c_u {c_u}, c_w {c_w}"
+    );
+    let eps = 0.01 / u_norm;
+    let w = darts::bilevel::params::values(&net, &u.keys().copied().collect::<Vec<_>>());
+    let shifted = |sign: f64| -> darts::bilevel::params::FlatParams<B> {
+        u.iter()
+            .map(|(id, v)| (*id, w[id].clone() + v.clone() * (sign * eps)))
+            .collect()
+    };
+    let g_plus = flat(
+        &loss_gradients(&set_values(net.clone(), &shifted(1.0)), &train).arch,
+        &ids,
+    );
+    let g_minus = flat(
+        &loss_gradients(&set_values(net.clone(), &shifted(-1.0)), &train).arch,
+        &ids,
+    );
+    let hessian: Vec<f64> = g_plus
+        .iter()
+        .zip(&g_minus)
+        .map(|(p, m)| (p - m) / (2.0 * eps))
+        .collect();
+    let d_val = flat(&at_w_prime.arch, &ids);
+    let expect: Vec<f64> = d_val
+        .iter()
+        .zip(&hessian)
+        .map(|(d, h)| d - xi * c_w * c_u * h)
+        .collect();
+    let got = flat(&ours.dalpha, &ids);
+    let err: Vec<f64> = got.iter().zip(&expect).map(|(a, b)| a - b).collect();
+    let term: Vec<f64> = hessian.iter().map(|h| xi * c_w * c_u * h).collect();
+    println!(
+        "c_u {c_u:.3e} c_w {c_w:.3e} |hessian term| {:.3e} |error| {:.3e}",
+        norm(&term),
+        norm(&err)
+    );
+    assert!(norm(&term) > 1e-6 * norm(&d_val), "Hessian term vanished");
+    assert!(norm(&err) <= 1e-9 * norm(&expect), "{got:?} vs {expect:?}");
+    // ε comes from the clipped vector, as in the reference: r / ‖c_u·u‖.
+    let e = ours.eps.unwrap();
+    assert!((e - 0.01 / (c_u * u_norm)).abs() <= 1e-9 * e, "eps {e}");
+}
+
+/// Quirk switch: the reference's clip factor max / (‖g‖ + 1e-6) is not capped at 1
+/// (rnn/architect.py:17,73). With the clip far above the gradient norm nothing is clipped, and
+/// the Hessian term is scaled by exactly that factor with the switch on, by 1 without.
+#[test]
+fn unclamped_clip_factor_switch_scales_the_hessian_term() {
+    let (net, sgd, train, val) = tiny_recurrent();
+    let xi = 2.0;
+    let clip = 50.0;
+    let ids = net.arch_param_ids();
+    let run = |unclamped: bool| {
+        let config = ArchitectConfig {
+            order: Order::Second,
+            virtual_grad_clip: Some(clip),
+            quirks: ReferenceQuirks {
+                unclamped_clip_factor: unclamped,
+                ..Default::default()
+            },
+            ..PtbSearchConfig::default().architect_config()
+        };
+        flat(
+            &Architect::<B>::new(config)
+                .gradient(&net, &sgd, &train, &val, xi)
+                .dalpha,
+            &ids,
+        )
+    };
+    let (plain, quirk) = (run(false), run(true));
+    let w_prime = Architect::<B>::new(Default::default()).virtual_step(&net, &sgd, &train, xi);
+    let d_val = flat(
+        &loss_gradients(&set_values(net.clone(), &w_prime), &val).arch,
+        &ids,
+    );
+    let coef = clip / (norm(&flat_all(&loss_gradients(&net, &train).weights)) + 1e-6);
+    assert!(coef > 2.0, "factor {coef}");
+    let term_plain: Vec<f64> = plain.iter().zip(&d_val).map(|(a, b)| b - a).collect();
+    let term_quirk: Vec<f64> = quirk.iter().zip(&d_val).map(|(a, b)| b - a).collect();
+    let err: Vec<f64> = term_quirk
+        .iter()
+        .zip(&term_plain)
+        .map(|(q, p)| q - coef * p)
+        .collect();
+    assert!(norm(&term_plain) > 1e-6 * norm(&d_val));
+    assert!(
+        norm(&err) <= 1e-9 * norm(&term_quirk),
+        "{term_quirk:?} vs {coef} × {term_plain:?}"
+    );
+}
+
+/// Quirk switch: the reference leaves the tied embedding/decoder matrix at w in the virtual step
+/// (rnn/architect.py:82-95); every other weight moves. Off by default: everything moves.
+#[test]
+fn tied_weights_switch_freezes_the_embedding_in_the_virtual_step() {
+    let (net, sgd, train, val) = tiny_recurrent();
+    let xi = 2.0;
+    let tied = net.tied_param_ids();
+    assert_eq!(tied, vec![net.core.embedding.id]);
+    let all: Vec<_> = loss_gradients(&net, &train)
+        .weights
+        .keys()
+        .copied()
+        .collect();
+    assert!(all.contains(&tied[0]));
+    let w = darts::bilevel::params::values(&net, &all);
+    let step = |frozen: bool| {
+        let config = ArchitectConfig {
+            order: Order::Second,
+            quirks: ReferenceQuirks {
+                tied_weights_not_unrolled: frozen,
+                ..Default::default()
+            },
+            ..PtbSearchConfig::default().architect_config()
+        };
+        let a = Architect::<B>::new(config);
+        (
+            a.virtual_step(&net, &sgd, &train, xi),
+            flat(
+                &a.gradient(&net, &sgd, &train, &val, xi).dalpha,
+                &net.arch_param_ids(),
+            ),
+        )
+    };
+    let moved = |wp: &darts::bilevel::params::FlatParams<B>, id| {
+        let a = flat(wp, &[id]);
+        let b = flat(&w, &[id]);
+        a.iter().zip(&b).any(|(x, y)| x != y)
+    };
+    let (plain, d_plain) = step(false);
+    let (quirk, d_quirk) = step(true);
+    for id in &all {
+        assert!(moved(&plain, *id), "default: {id:?} not stepped");
+        assert_eq!(moved(&quirk, *id), !tied.contains(id), "quirk: {id:?}");
+    }
+    let diff: Vec<f64> = d_plain.iter().zip(&d_quirk).map(|(a, b)| a - b).collect();
+    assert!(
+        norm(&diff) > 1e-6 * norm(&d_plain),
+        "switch had no effect on dα"
+    );
+}
+
+/// The PTB search's architect is the recurrent reference's (rnn/architect.py:30,
+/// rnn/train_search.py:31,77-80): Adam with PyTorch's default betas and ε, its learning rate and
+/// weight decay, r = 1e-2, the weight clip in the virtual step.
+#[test]
+fn ptb_search_architect_matches_the_reference_hyperparameters() {
+    let mut c = PtbSearchConfig::default();
+    let a = c.architect_config();
+    assert_eq!(a.order, Order::First);
+    assert_eq!(a.arch_lr, 3e-3);
+    assert_eq!(a.arch_betas, (0.9, 0.999));
+    assert_eq!(a.arch_eps, 1e-8);
+    assert_eq!(a.arch_weight_decay, 1e-3);
+    assert_eq!(a.fd_r, 1e-2);
+    assert_eq!(a.virtual_grad_clip, Some(0.25));
+    assert_eq!(a.quirks, ReferenceQuirks::default());
+    c.unrolled = true;
+    c.quirks.tied_weights_not_unrolled = true;
+    let a = c.architect_config();
+    assert_eq!(a.order, Order::Second);
+    assert!(a.quirks.tied_weights_not_unrolled && !a.quirks.unclamped_clip_factor);
+    // The Adam the architect builds uses those betas.
+    assert_eq!(Architect::<B>::new(a).adam.betas, (0.9, 0.999));
 }
 
 fn tiny_search(data: std::path::PathBuf) -> PtbSearchConfig {

@@ -170,3 +170,45 @@ fn alpha_gradient_matches_finite_differences() {
         );
     }
 }
+
+/// An f64 derived network with a `none` op and drop path runs forward and backward in f64
+/// (the drop-path mask and `none`'s zeros take the input's dtype), and agrees with the same
+/// network in f32 when no path is dropped.
+#[test]
+fn f64_derived_network_with_none_and_drop_path() {
+    use burn::tensor::DType;
+    let dev = Default::default();
+    let mut g = catalog::conv("DARTS_V2").unwrap();
+    g.normal[0].op = "none".into();
+    g.reduce[1].op = "none".into();
+    let net32 = seeded(5, || {
+        EvalNetworkConfig {
+            channels: 4,
+            layers: 3,
+            auxiliary: true,
+            ..Default::default()
+        }
+        .init::<B>(&g, &dev)
+        .unwrap()
+    });
+    let net64 = to_f64(net32.clone());
+    let b32 = batch(4, 32, 0.0);
+    let b64 = batch_f64(b32.clone());
+    // Drop path on: forward and backward in f64.
+    let out = net64.forward(b64.images.clone(), true, 0.3);
+    assert_eq!(out.logits.dtype(), DType::F64);
+    let (loss, _) = net64.loss(&b64, 0.3, 0.4);
+    assert_eq!(loss.dtype(), DType::F64);
+    let l = scalar(loss.clone());
+    assert!(l.is_finite(), "loss {l}");
+    let grads = loss.backward();
+    let gw = net64.stem_conv.weight.grad(&grads).expect("stem gradient");
+    assert_eq!(gw.dtype(), DType::F64);
+    // Drop path off: f64 and f32 logits agree to f32 precision.
+    let l64 = net64.forward(b64.images, false, 0.0).logits;
+    let l32 = net32.forward(b32.images, false, 0.0).logits;
+    let a = l64.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+    let b = l32.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+    let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+    assert!(norm(&diff) <= 1e-4 * norm(&a).max(1.0), "{a:?} vs {b:?}");
+}

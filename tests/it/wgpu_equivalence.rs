@@ -118,3 +118,217 @@ fn flex_and_wgpu_agree_on_outputs_and_gradients() {
         close(a, b, &format!("gradient {i}"));
     }
 }
+
+/// A small search supernet (every DARTS candidate op on every edge, normal and reduction cells)
+/// with the same weights and α on flex and on wgpu.
+fn supernet<B: AutodiffBackend>(
+    weights: Option<&[TensorData]>,
+    device: &B::Device,
+) -> darts::cell::SearchNetwork<B, darts::ops::DartsOp<B>> {
+    use darts::prelude::*;
+    let net = SearchNetworkConfig {
+        channels: 4,
+        layers: 3,
+        steps: 2,
+        multiplier: 2,
+        ..Default::default()
+    }
+    .init::<B, _, _>(&DartsSpace::default(), Softmax, device);
+    match weights {
+        Some(w) => net.map(&mut Load(w.to_vec(), 0)),
+        None => net,
+    }
+}
+
+fn all_floats<B: Backend, M: Module<B>>(m: &M) -> Vec<TensorData> {
+    struct Collect(Vec<TensorData>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(p.val().into_data());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+/// Deterministic pseudo-random data (splitmix64, uniform in [-scale, scale]) that does not touch
+/// the backends' global generator, which tests running in parallel share.
+fn fixed_data(shape: &[usize], seed: u64, scale: f32) -> TensorData {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x2545_F491_4F6C_DD1D;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect();
+    TensorData::new(v, shape.to_vec())
+}
+
+/// Every float tensor of `m` replaced by [`fixed_data`] of its shape (weights ±0.3).
+fn fixed_weights<B: Backend, M: Module<B>>(m: &M, seed: u64) -> Vec<TensorData> {
+    all_floats(m)
+        .iter()
+        .enumerate()
+        .map(|(i, d)| fixed_data(&d.shape, seed * 1000 + i as u64, 0.3))
+        .collect()
+}
+
+fn image_batch<B: AutodiffBackend>(
+    data: &TensorData,
+    device: &B::Device,
+) -> darts::cell::ImageBatch<B> {
+    let n = data.shape[0];
+    let t: Vec<i64> = (0..n as i64).map(|i| (3 * i + 1) % 10).collect();
+    darts::cell::ImageBatch {
+        images: Tensor::from_data(data.clone(), device),
+        targets: Tensor::from_data(TensorData::new(t, [n]), device),
+    }
+}
+
+fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0.0f32, f32::max)
+}
+
+/// A whole search supernet forward and backward (every weight and α) agrees between flex and
+/// wgpu — the GPU path of the depthwise convolutions, 1×1 convolutions as matrix products,
+/// pooling and BatchNorm against the CPU kernels.
+#[test]
+fn flex_and_wgpu_agree_on_a_search_supernet_forward_and_backward() {
+    use darts::bilevel::ArchModel;
+    let dev = Default::default();
+    let w = fixed_weights(&supernet::<Autodiff<Flex>>(None, &dev), 2);
+    let x = fixed_data(&[4, 3, 16, 16], 20, 1.5);
+    fn pass<B: AutodiffBackend>(
+        w: &[TensorData],
+        x: &TensorData,
+        device: &B::Device,
+    ) -> (f32, Vec<Vec<f32>>) {
+        let net = supernet::<B>(Some(w), device);
+        let batch = image_batch::<B>(x, device);
+        darts::bilevel::join_parameter_graphs(&net);
+        let loss = net.forward_batch(&batch).loss;
+        let l: f32 = loss.clone().into_data().to_vec::<f32>().unwrap()[0];
+        let grads = loss.backward();
+        let mut v = Grads::<B>(&grads, Vec::new());
+        net.visit(&mut v);
+        (l, v.1.iter().map(|d| d.to_vec::<f32>().unwrap()).collect())
+    }
+    let (l_cpu, g_cpu) = pass::<Autodiff<Flex>>(&w, &x, &dev);
+    let (l_gpu, g_gpu) = pass::<Autodiff<Wgpu>>(&w, &x, &Default::default());
+    assert!(
+        (l_cpu - l_gpu).abs() <= 1e-4 * l_cpu.abs().max(1.0),
+        "{l_cpu} vs {l_gpu}"
+    );
+    assert_eq!(g_cpu.len(), g_gpu.len());
+    assert!(g_cpu.len() > 100, "only {} gradients", g_cpu.len());
+    for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
+        let worst = worst_relative(a, b);
+        assert!(worst < 1e-3, "gradient {i} ({} values): {worst}", a.len());
+    }
+}
+
+/// The first- and second-order architecture gradients of the supernet agree between flex and
+/// wgpu within 1e-3 relative (the second order: virtual step with momentum and weight decay,
+/// the gradient at w′, both finite-difference passes). The batch and image size keep every
+/// BatchNorm over enough values: at batch 2 on 8×8 images the last reduction cell normalises
+/// 1×1 maps over two values, which amplifies rounding so much that the two backends' α
+/// gradients at w ± εu differed by 16% (and by 1e-6 here).
+#[test]
+fn flex_and_wgpu_agree_on_first_and_second_order_architect_steps() {
+    use darts::bilevel::{ArchModel, Architect, ArchitectConfig, Order, Sgd};
+    let dev = Default::default();
+    let w = fixed_weights(&supernet::<Autodiff<Flex>>(None, &dev), 3);
+    let train = fixed_data(&[4, 3, 16, 16], 30, 1.5);
+    let val = fixed_data(&[4, 3, 16, 16], 31, 1.5);
+    fn dalpha<B: AutodiffBackend>(
+        order: Order,
+        w: &[TensorData],
+        train: &TensorData,
+        val: &TensorData,
+        device: &B::Device,
+    ) -> Vec<f32> {
+        let net = supernet::<B>(Some(w), device);
+        let (t, v) = (
+            image_batch::<B>(train, device),
+            image_batch::<B>(val, device),
+        );
+        let architect = Architect::<B>::new(ArchitectConfig {
+            order,
+            ..Default::default()
+        });
+        let sgd = Sgd::<B::InnerBackend>::new(0.9, 3e-4);
+        let g = architect.gradient(&net, &sgd, &t, &v, 0.5);
+        net.arch_param_ids()
+            .iter()
+            .flat_map(|id| g.dalpha[id].clone().into_data().to_vec::<f32>().unwrap())
+            .collect()
+    }
+    for order in [Order::First, Order::Second] {
+        let cpu = dalpha::<Autodiff<Flex>>(order, &w, &train, &val, &dev);
+        let gpu = dalpha::<Autodiff<Wgpu>>(order, &w, &train, &val, &Default::default());
+        let diff: f32 = cpu
+            .iter()
+            .zip(&gpu)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>();
+        let norm: f32 = cpu.iter().map(|a| a * a).sum::<f32>();
+        let rel = (diff / norm).sqrt();
+        println!("{order:?}: ‖dα_wgpu − dα_flex‖ / ‖dα_flex‖ = {rel:.2e}");
+        assert!(rel < 1e-3, "{order:?}: relative difference {rel}");
+    }
+}
+
+/// A strided 1×1 convolution (FactorizedReduce, the reduction cells' skip_connect and
+/// preprocessing) on wgpu: its input gradient agrees with flex. Burn 0.21's own CubeCL op gets it
+/// wrong (every element off); `Conv2d` subsamples and takes the 1×1 matrix product instead.
+#[test]
+fn strided_pointwise_conv_gradients_agree_on_wgpu() {
+    let dev = Default::default();
+    for hw in [8, 7] {
+        let x = fixed_data(&[2, 4, hw, hw], 11, 1.5);
+        let w = fixed_weights(&Conv2dConfig::new(4, 6, 1, 2, 0).init::<Flex>(&dev), 12);
+        fn pass<B: AutodiffBackend>(
+            w: &[TensorData],
+            x: &TensorData,
+            d: &B::Device,
+        ) -> Vec<Vec<f32>> {
+            let conv = Conv2dConfig::new(4, 6, 1, 2, 0)
+                .init::<B>(d)
+                .map(&mut Load(w.to_vec(), 0));
+            let x = Tensor::<B, 4>::from_data(x.clone(), d).require_grad();
+            let y = conv.forward(x.clone());
+            let g = ((y.clone() * y.clone()).sum() + y.clone().sum()).backward();
+            vec![
+                y.into_data().to_vec().unwrap(),
+                x.grad(&g).unwrap().into_data().to_vec().unwrap(),
+                conv.weight
+                    .val()
+                    .grad(&g)
+                    .unwrap()
+                    .into_data()
+                    .to_vec()
+                    .unwrap(),
+            ]
+        }
+        let a = pass::<Autodiff<Flex>>(&w, &x, &dev);
+        let b = pass::<Autodiff<Wgpu>>(&w, &x, &Default::default());
+        for (i, what) in ["output", "input gradient", "weight gradient"]
+            .iter()
+            .enumerate()
+        {
+            let worst = worst_relative(&a[i], &b[i]);
+            assert!(worst < 1e-5, "{hw}x{hw} {what}: {worst}");
+        }
+    }
+}

@@ -7,7 +7,9 @@
 //! * Second order: `w' = w − ξ (momentum·v + ∇w L_train(w, α) + wd·w)` (no clipping), then
 //!   `∇α L_val(w', α) − ξ · H`, where the Hessian-vector product
 //!   `H = (∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)) / 2ε`, `w± = w ± ε ∇w' L_val(w', α)` and
-//!   `ε = 0.01 / ‖∇w' L_val(w', α)‖₂` (see `docs/second-order.md`).
+//!   `ε = 0.01 / ‖∇w' L_val(w', α)‖₂` (see `docs/second-order.md`). With
+//!   [`ArchitectConfig::virtual_grad_clip`] (the recurrent reference) both `∇w L_train` and the
+//!   vector `∇w' L_val` are clipped to that norm first.
 //!
 //! Burn has no double backward, so the Hessian term uses the finite difference, exactly like
 //! the reference. Every pass here runs on clones with replaced weights and records no BatchNorm
@@ -74,6 +76,13 @@ pub trait ArchModel<B: AutodiffBackend>: AutodiffModule<B> + Clone {
     /// Ids of the architecture parameters.
     fn arch_param_ids(&self) -> Vec<ParamId>;
 
+    /// Ids of weights that the reference model holds under two names (the recurrent model's
+    /// embedding, which is also its decoder weight). Only
+    /// [`ReferenceQuirks::tied_weights_not_unrolled`] reads them; none by default.
+    fn tied_param_ids(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
+
     /// The loss alone.
     fn loss(&self, batch: &Self::Batch) -> Tensor<B, 1> {
         self.forward_batch(batch).loss
@@ -107,9 +116,34 @@ pub struct ArchitectConfig {
     /// Clip the global norm of `∇w L_train` in the virtual step (the recurrent reference does,
     /// with the weight clip 0.25; the convolutional one does not). The Hessian term is then scaled
     /// by the clip factor `min(1, max / ‖∇w L_train‖)`, the derivative of the clipped step with
-    /// the factor held constant.
+    /// the factor held constant. The vector `u = ∇w' L_val(w')` of the finite-difference
+    /// Hessian-vector product is clipped to the same norm before `ε` is taken from it, as the
+    /// recurrent reference does (`rnn/architect.py:68`): the Hessian term then scales by
+    /// `min(1, max / ‖u‖)` too.
     #[serde(default)]
     pub virtual_grad_clip: Option<f64>,
+    /// The reference's quirks, off by default (see [`ReferenceQuirks`]).
+    #[serde(default)]
+    pub quirks: ReferenceQuirks,
+}
+
+/// Behaviours of the reference code that are not the mathematically intended ones, as opt-in
+/// switches for reproducing its numbers exactly. All off by default; docs/reference.md lists
+/// them with the reference's file and line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferenceQuirks {
+    /// The recurrent reference never applies the virtual step to the tied embedding/decoder
+    /// matrix: it builds the unrolled model from a state dict in which the stale
+    /// `decoder.weight` overwrites the just-stepped `encoder.weight` (one tied parameter), so
+    /// `w'` keeps `w` for it (`rnn/architect.py:82-95`). The finite-difference passes still shift
+    /// it. Applies to [`ArchModel::tied_param_ids`].
+    #[serde(default)]
+    pub tied_weights_not_unrolled: bool,
+    /// The recurrent reference scales the Hessian term by `max / (‖∇w L_train‖ + 1e-6)` even
+    /// when that exceeds 1, i.e. when no clipping happened (`rnn/architect.py:17,73`); by default
+    /// the factor is `min(1, ·)`, the derivative of the step actually taken.
+    #[serde(default)]
+    pub unclamped_clip_factor: bool,
 }
 
 impl Default for ArchitectConfig {
@@ -122,6 +156,7 @@ impl Default for ArchitectConfig {
             arch_weight_decay: 1e-3,
             fd_r: 0.01,
             virtual_grad_clip: None,
+            quirks: ReferenceQuirks::default(),
         }
     }
 }
@@ -335,15 +370,29 @@ impl<B: AutodiffBackend> Architect<B> {
         let coef = match self.config.virtual_grad_clip {
             Some(max) => {
                 let norm = clip_grad_norm(&mut gw, max);
-                (max / (norm + 1e-6)).min(1.0)
+                let coef = max / (norm + 1e-6);
+                if self.config.quirks.unclamped_clip_factor {
+                    coef
+                } else {
+                    coef.min(1.0)
+                }
             }
             None => 1.0,
         };
         let ids: Vec<ParamId> = gw.keys().copied().collect();
         let w = values(model, &ids);
+        let frozen = if self.config.quirks.tied_weights_not_unrolled {
+            model.tied_param_ids()
+        } else {
+            Vec::new()
+        };
         let mut w_prime = BTreeMap::new();
         for (id, g) in gw {
             let wi = w[&id].clone();
+            if frozen.contains(&id) {
+                w_prime.insert(id, wi);
+                continue;
+            }
             let mut d = g + wi.clone() * w_opt.weight_decay;
             if let Some(m) = w_opt.moment(&id) {
                 d = d + m;
@@ -367,7 +416,12 @@ impl<B: AutodiffBackend> Architect<B> {
         // ∇α L_val(w', α) and the vector ∇w' L_val(w', α).
         let g = loss_gradients(&unrolled, val);
         drop(unrolled);
-        let (vector, mut dalpha) = (g.weights, g.arch);
+        let (mut vector, mut dalpha) = (g.weights, g.arch);
+        // The recurrent reference clips u = ∇w' L_val(w') like the weight gradient before ε is
+        // taken from it (rnn/architect.py:68): the Hessian term scales by min(1, max / ‖u‖).
+        if let Some(max) = self.config.virtual_grad_clip {
+            clip_grad_norm(&mut vector, max);
+        }
         let mut out = ArchGradient {
             dalpha: BTreeMap::new(),
             val_loss: g.loss,

@@ -12,7 +12,7 @@ pub mod search;
 
 pub use architect::{
     arch_gradients, join_parameter_graphs, loss_gradients, train_gradients, ArchGradient,
-    ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order,
+    ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order, ReferenceQuirks,
 };
 pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
 pub use search::{Bilevel, EpochStats, SearchEvent, StepOutcome, StepStats, WeightConfig};

@@ -149,8 +149,12 @@ pub fn clip_grad_norm<B: Backend>(
 
 /// `CosineAnnealingLR` evaluated in closed form: `lr(e) = min + (max − min)(1 + cos(π e / T)) / 2`.
 ///
-/// Epoch 0 uses the base rate. (The reference scripts call `scheduler.step()` before each epoch
-/// with an old PyTorch, which shifts the schedule by one epoch; we use the unshifted schedule.)
+/// Epoch `e` (0-based) runs at `lr(e)`; epoch 0 uses the base rate. This is what the reference
+/// scripts got: they call `scheduler.step()` at the start of each epoch, and in the PyTorch the
+/// paper used (0.3/0.4) `_LRScheduler.__init__` runs `self.step(last_epoch + 1)` and then resets
+/// `self.last_epoch = last_epoch` (−1), so the first in-loop `step()` sets epoch 0 and epoch `e`
+/// runs at `lr(e)`. Only from PyTorch 1.1 on does the same call order shift the schedule by one
+/// epoch (epoch `e` at `lr(e + 1)`), which is not what the paper's runs used.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CosineLr {
     /// Base (maximum) learning rate.

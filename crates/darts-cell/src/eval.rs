@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorCreationOptions};
 use darts_genotype::{Gene, Genotype};
 use darts_mixed_op::{CandidateOp, DartsSpace, EdgeSpec, OpSet};
 use darts_ops::cnn::ReLUConvBN;
@@ -25,7 +25,9 @@ pub fn drop_path<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
     let dims = x.dims();
     let n = dims[0];
     let rest = dims[1] * dims[2] * dims[3];
-    let mask = Tensor::<B, 2>::random([n, 1], Distribution::Bernoulli(keep), &x.device()) / keep;
+    // The mask takes the input's dtype and device (an f64 model must not get an f32 mask).
+    let options = TensorCreationOptions::new(x.device()).with_dtype(x.dtype());
+    let mask = Tensor::<B, 2>::random([n, 1], Distribution::Bernoulli(keep), options) / keep;
     (x.reshape([n, rest]) * mask).reshape(dims)
 }
 

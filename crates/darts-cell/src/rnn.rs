@@ -700,6 +700,12 @@ where
     fn arch_param_ids(&self) -> Vec<ParamId> {
         vec![self.alphas.id]
     }
+
+    /// The embedding, which is also the decoder weight (the reference's `encoder.weight` and
+    /// `decoder.weight`).
+    fn tied_param_ids(&self) -> Vec<ParamId> {
+        vec![self.core.embedding.id]
+    }
 }
 
 /// The derived recurrent language model of a genotype (reference `rnn/model.py`).

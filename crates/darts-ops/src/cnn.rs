@@ -15,7 +15,7 @@ use crate::kernels::{pool2d, Pooling};
 use crate::OpError;
 use burn::module::Module;
 use burn::tensor::activation::relu;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorCreationOptions};
 use serde::{Deserialize, Serialize};
 
 /// ReLU → conv → BN (the 1×1 cell preprocessing, and the stem of NASNet-style ops).
@@ -245,7 +245,9 @@ impl Zero {
     pub fn forward<B: Backend>(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let s = self.stride;
-        Tensor::zeros([n, c, h.div_ceil(s), w.div_ceil(s)], &x.device())
+        // The input's dtype and device: an f64 model gets f64 zeros.
+        let options = TensorCreationOptions::new(x.device()).with_dtype(x.dtype());
+        Tensor::zeros([n, c, h.div_ceil(s), w.div_ceil(s)], options)
     }
 }
 

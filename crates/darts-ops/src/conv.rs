@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{backend::Backend, s, Distribution, Tensor};
 
 /// A 2-D convolution without bias (DARTS never uses conv biases).
 #[derive(Module, Debug)]
@@ -94,8 +94,17 @@ impl<B: Backend> Conv2d<B> {
     /// Apply to `[N, C_in, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [c_out, c_in_per_group, kh, kw] = self.weight.dims();
-        if self.groups == 1 && [kh, kw] == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
-        {
+        if self.groups == 1 && [kh, kw] == [1, 1] && self.padding == [0, 0] {
+            // A strided 1×1 convolution (FactorizedReduce) is a 1×1 convolution of the
+            // subsampled input. Besides being one matrix product, this avoids Burn 0.21's CubeCL
+            // input gradient of a strided 1×1 convolution, which is wrong (checked in
+            // tests/it/wgpu_equivalence.rs).
+            let x = if self.stride == [1, 1] {
+                x
+            } else {
+                let [sh, sw] = self.stride.map(|s| s as isize);
+                x.slice(s![.., .., 0..;sh, 0..;sw])
+            };
             return crate::kernels::pointwise_conv2d(x, self.weight.val());
         }
         if self.groups > 1 && c_in_per_group == 1 && c_out == self.groups {

@@ -1,22 +1,38 @@
-//! Kernels for the two operations DARTS is made of and Burn's CPU backend runs slowly:
-//! depthwise convolution (its backward loops over the groups there) and 3×3 pooling.
+//! Kernels for the operations DARTS is made of and Burn runs slowly: depthwise convolution
+//! (Burn's backward loops over the groups on every backend), 1×1 convolution and 3×3 pooling.
 //!
-//! [`depthwise_conv2d`] and [`pool2d`] are generic over any backend. On `Flex` and
-//! `Autodiff<Flex>` (crate feature `flex`, on by default in the `darts` crate) they run the
-//! plain-slice kernels of [`cpu`], with a backward of their own (one pass over the planes for
-//! the input and weight gradients); on every other backend (wgpu, CUDA, a user's own) they are
-//! exactly Burn's `conv2d` with `groups = channels` and Burn's pooling. Tests check both paths
-//! against each other and against finite differences.
+//! [`depthwise_conv2d`], [`pointwise_conv2d`] and [`pool2d`] are generic over any backend.
+//! * On `Flex` and `Autodiff<Flex>` (crate feature `flex`, on by default in the `darts` crate)
+//!   they run the plain-slice kernels of [`cpu`], with a backward of their own (one pass over the
+//!   planes for the input and weight gradients).
+//! * On `Autodiff<Wgpu>` and `Autodiff<Cuda>` (features `wgpu`, `cuda`) the depthwise
+//!   convolution takes the backward of [`gpu`]: the weight gradient as one grouped convolution
+//!   over the batch-folded planes instead of Burn's loop over the channels.
+//! * The 1×1 convolution is one batched matrix product on every backend (its backward is two
+//!   more), never Burn's general convolution, whose weight gradient is a serial fallback on the
+//!   GPU backends.
+//! * Everything else is Burn's `conv2d` with `groups = channels` and Burn's pooling.
+//!
+//! Tests check every path against the others and against finite differences.
 
 pub mod cpu;
 #[cfg(feature = "flex")]
 mod flex;
+pub mod gpu;
 
 pub use cpu::{Pooling, Window};
 
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{backend::Backend, Tensor};
+
+/// `DARTS_KERNELS=burn` in the environment (read once): every entry point here takes Burn's
+/// own operation on every backend, as before these kernels existed — for before/after
+/// measurements and for ruling the kernels out when something looks wrong.
+pub fn burn_ops_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("DARTS_KERNELS").is_ok_and(|v| v == "burn"))
+}
 
 /// Whether [`depthwise_conv2d`] and [`pool2d`] run this crate's CPU kernels on backend `B`
 /// (`Flex` or `Autodiff<Flex>` with the `flex` feature, `f32`/`f64` data) rather than Burn's
@@ -63,6 +79,10 @@ pub fn depthwise_conv2d<B: Backend>(
         pad: padding,
         dil: dilation,
     };
+    if burn_ops_forced() {
+        let opts = ConvOptions::new(stride, padding, dilation, c);
+        return conv2d(x, weight, None, opts);
+    }
     #[cfg(feature = "flex")]
     let (x, weight) = if g.is_valid() {
         match flex::depthwise(x, weight, g) {
@@ -72,8 +92,14 @@ pub fn depthwise_conv2d<B: Backend>(
     } else {
         (x, weight)
     };
-    #[cfg(not(feature = "flex"))]
-    let _ = g;
+    let (x, weight) = if g.is_valid() {
+        match gpu::depthwise(x, weight, g) {
+            Ok(y) => return y,
+            Err(back) => back,
+        }
+    } else {
+        (x, weight)
+    };
     conv2d(
         x,
         weight,
@@ -83,9 +109,10 @@ pub fn depthwise_conv2d<B: Backend>(
 }
 
 /// 1×1 convolution without bias, stride 1, no padding: `x` `[n, c_in, h, w]`, `weight`
-/// `[c_out, c_in, 1, 1]`. On `Flex` it is one batched matrix product `W · X_n` (whose backward
-/// is two more), which Flex runs several times faster than its general convolution; elsewhere
-/// it is Burn's `conv2d`.
+/// `[c_out, c_in, 1, 1]`, as one batched matrix product `W · X_n` on every backend (its backward
+/// is two more). On `Flex` it is a custom op (the weight enters the autodiff graph directly);
+/// elsewhere it is Burn's broadcasting `matmul`, not Burn's general convolution, whose weight
+/// gradient is a serial per-thread reduction on the GPU backends.
 pub fn pointwise_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c_in, h, w] = x.dims();
     let [c_out, ci, kh, kw] = weight.dims();
@@ -94,13 +121,27 @@ pub fn pointwise_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Te
         "pointwise_conv2d: weight {:?} for {c_in} channels",
         weight.dims()
     );
+    if burn_ops_forced() {
+        return conv2d(x, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+    }
     #[cfg(feature = "flex")]
     let (x, weight) = match flex::pointwise(x, weight) {
         Ok(y) => return y,
         Err(back) => back,
     };
-    let _ = (n, h, w, c_out);
-    conv2d(x, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+    pointwise_matmul(x, weight, [n, c_in, h, w], c_out)
+}
+
+/// `[1, c_out, c_in] × [n, c_in, h·w]` → `[n, c_out, h, w]`.
+fn pointwise_matmul<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    [n, c_in, h, w]: [usize; 4],
+    c_out: usize,
+) -> Tensor<B, 4> {
+    let w3 = weight.reshape([1, c_out, c_in]);
+    let x3 = x.reshape([n, c_in, h * w]);
+    w3.matmul(x3).reshape([n, c_out, h, w])
 }
 
 /// 2-D pooling of `[n, c, h, w]` with a `k×k` window, stride and symmetric padding.
@@ -127,7 +168,7 @@ pub fn pool2d<B: Backend>(
         dil: [1, 1],
     };
     #[cfg(feature = "flex")]
-    let x = if g.is_valid() && 2 * padding <= kernel {
+    let x = if g.is_valid() && 2 * padding <= kernel && !burn_ops_forced() {
         match flex::pool(x, g, kind) {
             Ok(y) => return y,
             Err(back) => back,
@@ -229,6 +270,100 @@ mod tests {
             close(ours.1, theirs.1, 1e-5, &format!("{what} dx"));
             close(ours.2, theirs.2, 1e-5, &format!("{what} dw"));
         }
+    }
+
+    /// The GPU backends' depthwise op (`gpu::depthwise_autodiff`, generic over the inner
+    /// backend) run here on `Flex`: its batch-folded weight gradient and the backend's own
+    /// forward and input gradient against Burn's grouped convolution, for the DARTS geometries
+    /// and odd sizes (several planes, non-square, batch 3).
+    #[test]
+    fn gpu_depthwise_backward_agrees_with_burns_grouped_conv() {
+        let dev = Default::default();
+        for (k, p, d, s, h, w) in [
+            (3, 1, 1, 1, 9, 8),
+            (3, 1, 1, 2, 9, 8),
+            (5, 2, 1, 1, 7, 11),
+            (5, 2, 1, 2, 8, 8),
+            (3, 2, 2, 1, 9, 8),
+            (3, 2, 2, 2, 10, 7),
+            (5, 4, 2, 2, 9, 8),
+            (7, 3, 1, 1, 6, 9),
+            (3, 0, 1, 2, 8, 9),
+        ] {
+            let c = 5;
+            let x0 = Tensor::<Ad, 4>::random([3, c, h, w], Distribution::Normal(0.0, 1.0), &dev);
+            let w0 = Tensor::<Ad, 4>::random([c, 1, k, k], Distribution::Normal(0.0, 1.0), &dev);
+            let g = Window {
+                n: 3,
+                c,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                stride: [s, s],
+                pad: [p, p],
+                dil: [d, d],
+            };
+            let up = Tensor::<Ad, 4>::random(
+                [3, c, g.ho(), g.wo()],
+                Distribution::Normal(0.0, 1.0),
+                &dev,
+            )
+            .detach();
+            let run = |ours: bool| {
+                let x = x0.clone().detach().require_grad();
+                let wt = w0.clone().detach().require_grad();
+                let y = if ours {
+                    gpu::depthwise_autodiff::<Flex>(x.clone(), wt.clone(), g)
+                } else {
+                    reference_dw(x.clone(), wt.clone(), s, p, d)
+                };
+                let grads = (y.clone() * up.clone()).sum().backward();
+                (
+                    y.into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    wt.grad(&grads).unwrap().into_data(),
+                )
+            };
+            let (ours, theirs) = (run(true), run(false));
+            let what = format!("k{k} p{p} d{d} s{s} {h}x{w}");
+            close(ours.0, theirs.0, 1e-5, &format!("{what} out"));
+            close(ours.1, theirs.1, 1e-5, &format!("{what} dx"));
+            close(ours.2, theirs.2, 1e-5, &format!("{what} dw"));
+        }
+    }
+
+    /// The batched-matmul 1×1 convolution every non-Flex backend takes, against Burn's conv.
+    #[test]
+    fn pointwise_matmul_agrees_with_burns_conv_forward_and_backward() {
+        let dev = Default::default();
+        let x0 = Tensor::<Ad, 4>::random([3, 4, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let w0 = Tensor::<Ad, 4>::random([7, 4, 1, 1], Distribution::Normal(0.0, 1.0), &dev);
+        let up = Tensor::<Ad, 4>::random([3, 7, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let run = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let w = w0.clone().detach().require_grad();
+            let y = if ours {
+                pointwise_matmul(x.clone(), w.clone(), [3, 4, 5, 6], 7)
+            } else {
+                conv2d(
+                    x.clone(),
+                    w.clone(),
+                    None,
+                    ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+                )
+            };
+            let grads = (y.clone() * up.clone().detach()).sum().backward();
+            (
+                y.into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                w.grad(&grads).unwrap().into_data(),
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        close(ours.0, theirs.0, 1e-5, "out");
+        close(ours.1, theirs.1, 1e-5, "dx");
+        close(ours.2, theirs.2, 1e-5, "dw");
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! Depthwise convolution under `Autodiff<I>` for the GPU backends (wgpu, CUDA), with a weight
+//! gradient that does not loop over the channels.
+//!
+//! Burn 0.21's CubeCL backends compute the weight gradient of a grouped convolution group by
+//! group (`burn-cubecl` `kernel/conv/backward_weight/fallback.rs`: per channel two slices, two
+//! copies, a direct convolution and a `slice_assign`), so one depthwise convolution costs about
+//! five kernel launches per channel in its backward — most of the launches of a DARTS step. The
+//! weight gradient of a depthwise convolution is itself a depthwise convolution once the batch is
+//! folded into the channels:
+//!
+//! `∂L/∂w[c, i, j] = Σ_n Σ_{ho, wo} x_pad[n, c, ho·s + i·d, wo·s + j·d] · g[n, c, ho, wo]`
+//!
+//! is, for every `(n, c)`, a convolution of the plane `x[n, c]` with the "filter" `g[n, c]`
+//! (`Ho × Wo`), stride `d` and dilation `s` (the original dilation and stride swap roles), the
+//! same zero padding, cut to the first `kh × kw` outputs; the sum over `n` follows. As one
+//! grouped convolution with `groups = N·C` (input `[1, N·C, H, W]`, filters `[N·C, 1, Ho, Wo]`)
+//! it is a single launch of the backend's direct convolution, with `N·C·kh·kw` threads each
+//! reducing `Ho·Wo` products, then one sum over `n`. The forward and the input gradient are the
+//! backend's own (`conv2d`, `conv2d_x_backward`).
+//!
+//! Entered only when the caller's generic backend *is* one of the types listed in
+//! [`depthwise`] (checked by `TypeId`); everything else keeps Burn's operation.
+
+use super::cpu::Window;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{ConvOptions, FloatTensor};
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+use std::any::{Any, TypeId};
+
+fn options(g: &Window) -> ConvOptions<2> {
+    ConvOptions::new(g.stride, g.pad, g.dil, g.c)
+}
+
+/// The weight gradient `[c, 1, kh, kw]` of a depthwise convolution as one grouped convolution
+/// over the `n·c` planes and a sum over the batch (see the module documentation).
+pub fn depthwise_weight_grad<I: Backend>(
+    x: Tensor<I, 4>,
+    gy: Tensor<I, 4>,
+    g: &Window,
+) -> Tensor<I, 4> {
+    let (ho, wo) = (g.ho(), g.wo());
+    let planes = g.n * g.c;
+    let x = x.reshape([1, planes, g.h, g.w]);
+    let filters = gy.reshape([planes, 1, ho, wo]);
+    // Original stride ↔ dilation swap roles; the padding is the same.
+    let opts = ConvOptions::new(g.dil, g.pad, g.stride, planes);
+    let full = burn::tensor::module::conv2d(x, filters, None, opts);
+    let [_, _, kh_out, kw_out] = full.dims();
+    debug_assert!(kh_out >= g.kh && kw_out >= g.kw);
+    let cut = if kh_out == g.kh && kw_out == g.kw {
+        full
+    } else {
+        full.slice([0..1, 0..planes, 0..g.kh, 0..g.kw])
+    };
+    cut.reshape([g.n, g.c, g.kh, g.kw])
+        .sum_dim(0)
+        .reshape([g.c, 1, g.kh, g.kw])
+}
+
+fn float<I: Backend>(t: FloatTensor<I>) -> Tensor<I, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl<I: Backend> Backward<I, 2> for DepthwiseBackward {
+    type State = (FloatTensor<I>, FloatTensor<I>, Window);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let gy = grads.consume::<I>(&ops.node);
+        let (x, w, g) = ops.state;
+        if let Some(node) = node_w {
+            let gw = depthwise_weight_grad::<I>(float(x.clone()), float(gy.clone()), &g);
+            grads.register::<I>(node.id, gw.into_primitive().tensor());
+        }
+        if let Some(node) = node_x {
+            let gx = I::conv2d_x_backward(x, w, gy, options(&g));
+            grads.register::<I>(node.id, gx);
+        }
+    }
+}
+
+/// Depthwise convolution on `Autodiff<I>` (no checkpointing) with the backward above.
+pub fn depthwise_autodiff<I: Backend>(
+    x: Tensor<Autodiff<I>, 4>,
+    w: Tensor<Autodiff<I>, 4>,
+    g: Window,
+) -> Tensor<Autodiff<I>, 4> {
+    let xa = x.into_primitive().tensor();
+    let wa = w.into_primitive().tensor();
+    let prep = DepthwiseBackward
+        .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
+        .compute_bound()
+        .stateful();
+    let y = I::conv2d(
+        xa.primitive.clone(),
+        wa.primitive.clone(),
+        None,
+        options(&g),
+    );
+    let out = match prep {
+        OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive, g), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Move `a` into type `T` when it *is* a `T` (same `TypeId`), else give it back.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
+    let mut slot = Some(a);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+        Some(t) => Ok(t.take().expect("filled above")),
+        None => Err(slot.expect("untouched")),
+    }
+}
+
+/// Run [`depthwise_autodiff`] when `B` is `Autodiff<I>` for this `I`; else give the inputs back.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn try_backend<B: Backend, I: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+    g: Window,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+        return Err((x, w));
+    }
+    let (Ok(x), Ok(w)) = (
+        cast::<_, Tensor<Autodiff<I>, 4>>(x),
+        cast::<_, Tensor<Autodiff<I>, 4>>(w),
+    ) else {
+        unreachable!("types compared by TypeId above")
+    };
+    match cast(depthwise_autodiff::<I>(x, w, g)) {
+        Ok(y) => Ok(y),
+        Err(_) => unreachable!("types compared by TypeId above"),
+    }
+}
+
+/// Whether [`depthwise`] takes this module's backward on backend `B`: `Autodiff<Wgpu>` and
+/// `Autodiff<Cuda>` (the types `--device wgpu|cuda` use) when those features are on.
+pub fn is_gpu_autodiff<B: Backend>() -> bool {
+    #[allow(unused_mut)]
+    let mut yes = false;
+    #[cfg(feature = "wgpu")]
+    {
+        yes |= TypeId::of::<B>() == TypeId::of::<Autodiff<burn::backend::Wgpu>>();
+    }
+    #[cfg(feature = "cuda")]
+    {
+        yes |= TypeId::of::<B>() == TypeId::of::<Autodiff<burn::backend::Cuda>>();
+    }
+    yes
+}
+
+/// Depthwise convolution with the batched weight gradient on the GPU autodiff backends;
+/// `Err` gives the inputs back on every other backend.
+#[allow(unused_mut)]
+pub(crate) fn depthwise<B: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+    g: Window,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    let mut inputs = (x, w);
+    #[cfg(feature = "wgpu")]
+    {
+        match try_backend::<B, burn::backend::Wgpu>(inputs.0, inputs.1, g) {
+            Ok(y) => return Ok(y),
+            Err(back) => inputs = back,
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        match try_backend::<B, burn::backend::Cuda>(inputs.0, inputs.1, g) {
+            Ok(y) => return Ok(y),
+            Err(back) => inputs = back,
+        }
+    }
+    let _ = g;
+    Err(inputs)
+}
