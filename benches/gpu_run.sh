@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# GPU measurements for docs/performance.md: config A (batch 64, 8 cells, C=16) first and second
-# order, ours on `--device cuda` and `--device wgpu`, PyTorch on CUDA in the same run, with the
-# GPU's peak memory use sampled by nvidia-smi during each run.
+# GPU measurements and checks for docs/performance.md, in one call of at most 8 minutes: the
+# flex-vs-CUDA equivalence tests, then config A (batch 64, 8 cells, C=16) first and second order,
+# ours on `--device cuda` and `--device wgpu`, PyTorch on CUDA in the same run, with the GPU's peak
+# memory use sampled by nvidia-smi during each run and kernel launches counted by our binary.
+# Every run writes its own files under $OUT as it goes, so a timeout keeps what finished.
 #
-# The GPU machine has no Rust toolchain and no network, so the bench binary is built elsewhere
+# The GPU machine has no Rust toolchain and no network, so the binaries are built elsewhere
 # (same x86-64 target) and carried:
 #
-#   CUDARC_CUDA_VERSION=13000 cargo build --release --example bench_step --features cuda,wgpu
+#   export CUDARC_CUDA_VERSION=13000
+#   cargo build --release --example bench_step --features cuda,wgpu
+#   cargo test --release --no-run --features cuda,wgpu --test it   # prints the binary's path
 #   mkdir -p .gpu && strip -o .gpu/bench_step target/release/examples/bench_step
+#   strip -o .gpu/it target/release/deps/it-<hash>
 #   cp ../shared/bench/torch_darts_step.py .gpu/
 #
 # (CUDARC_CUDA_VERSION must match the machine's driver; without nvcc at build time cudarc falls
 # back to its newest CUDA version.) For wgpu, a Vulkan loader: `apt-get download libvulkan1`
 # into .gl/ (unpacked here when present). Results go to $OUT (default /tmp/darts-gpu).
+#
+# Dry run on a machine without a GPU (checks the script and the CPU parts):
+#   DRY=1 OUT=/tmp/gpu-dry bash benches/gpu_run.sh
 set -u
 OUT=${OUT:-/tmp/darts-gpu}
 mkdir -p "$OUT"
@@ -21,6 +29,11 @@ export DARTS_TORCH_SCRIPT=${DARTS_TORCH_SCRIPT:-.gpu/torch_darts_step.py}
 PY=${PY:-python3}
 A="--batch 64 --layers 8 --channels 16"
 
+if [ -n "${DRY:-}" ]; then
+    # No GPU: stand-ins for nvidia-smi and the device runs, so the plumbing can be checked.
+    nvidia-smi() { echo 0; }
+    RUNS=${RUNS:-"tests_cuda ours_cpu_smoke"}
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 
 # NVRTC (Burn's CUDA backend compiles its kernels at run time) and the Vulkan loader.
@@ -64,15 +77,20 @@ run() {
 }
 
 # RUNS picks and orders the runs; LIMIT_<name> overrides a run's time limit in seconds.
-RUNS=${RUNS:-"torch_cuda_1st ours_cuda_1st torch_cuda_2nd ours_cuda_2nd ours_wgpu_1st"}
+RUNS=${RUNS:-"tests_cuda torch_cuda_1st ours_cuda_1st torch_cuda_2nd ours_cuda_2nd ours_wgpu_1st"}
+TESTS=${TESTS:-.gpu/it}
 for r in $RUNS; do
     lim_var="LIMIT_$r"
     case $r in
-    torch_cuda_1st) run $r ${!lim_var:-120} $PY benches/torch_cuda_step.py -- --order 1 $A --steps 10 --warmup 2 --json ;;
-    torch_cuda_2nd) run $r ${!lim_var:-120} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
-    ours_cuda_1st) run $r ${!lim_var:-150} "$BIN" --device cuda --order 1 $A --steps 3 --warmup 1 --fwd-steps 3 --json ;;
-    ours_cuda_2nd) run $r ${!lim_var:-130} "$BIN" --device cuda --order 2 $A --steps 2 --warmup 1 --fwd-steps 1 --json ;;
-    ours_wgpu_1st) run $r ${!lim_var:-100} "$BIN" --device wgpu --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json ;;
+    torch_cuda_1st) run $r ${!lim_var:-50} $PY benches/torch_cuda_step.py -- --order 1 $A --steps 10 --warmup 2 --json ;;
+    torch_cuda_2nd) run $r ${!lim_var:-50} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
+    # The flex-vs-CUDA equivalence checks (supernet fwd+bwd, both architect orders, strided 1x1).
+    tests_cuda) run $r ${!lim_var:-90} "$TESTS" --ignored cuda:: --test-threads 1 ;;
+    ours_cuda_1st) run $r ${!lim_var:-100} "$BIN" --device cuda --order 1 $A --steps 3 --warmup 1 --fwd-steps 3 --json --count-launches /tmp/launches_cuda_1st.log ;;
+    ours_cuda_2nd) run $r ${!lim_var:-100} "$BIN" --device cuda --order 2 $A --steps 2 --warmup 1 --fwd-steps 1 --json ;;
+    ours_wgpu_1st) run $r ${!lim_var:-70} "$BIN" --device wgpu --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json ;;
+    # Dry run only: the same binary on the CPU, tiny config.
+    ours_cpu_smoke) run $r ${!lim_var:-120} "$BIN" --device cpu --order 1 --batch 2 --layers 3 --channels 4 --steps 1 --warmup 0 --fwd-steps 1 --json ;;
     *) echo "unknown run $r" ;;
     esac
 done

@@ -56,6 +56,7 @@ type Log = darts::launches::LaunchLog;
 /// Without a CubeCL backend there is nothing to count.
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 #[derive(Clone, Debug)]
+#[allow(dead_code)]
 struct Log;
 
 /// (launches, reservations, pages) so far.

@@ -4,7 +4,7 @@ mod architect;
 mod cifar_data;
 mod cifar_end_to_end;
 mod common;
+mod gpu_equivalence;
 mod nb201;
 mod ptb;
 mod search_space;
-mod wgpu_equivalence;

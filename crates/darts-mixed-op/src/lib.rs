@@ -159,11 +159,63 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
         }
     }
 
+    /// The weighted sum over the stacked outputs, `Σ_k (w_sel ⊙ [y_1; …; y_k])` (a `[k, numel]`
+    /// stack, one broadcast multiply, one reduction): on the GPU backends a handful of kernel
+    /// launches instead of a multiply, an add and the slice of `w` per candidate, forward and
+    /// backward. `None` when fewer than two candidates are not `none`.
+    fn forward_stacked<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        w: Tensor<B, 1>,
+    ) -> Option<Tensor<B, D>>
+    where
+        O: CandidateOp<B, D>,
+    {
+        let live: Vec<usize> = (0..self.ops.len())
+            .filter(|&k| !self.ops[k].is_zero())
+            .collect();
+        if live.len() < 2 {
+            return None;
+        }
+        let mut shape = None;
+        let rows: Vec<Tensor<B, 2>> = live
+            .iter()
+            .map(|&k| {
+                let y = self.ops[k].forward(x.clone());
+                let dims = y.dims();
+                shape = Some(dims);
+                y.reshape([1, dims.iter().product::<usize>()])
+            })
+            .collect();
+        let shape = shape.expect("two or more candidates");
+        let contiguous = live.windows(2).all(|p| p[1] == p[0] + 1);
+        let w_live = if contiguous {
+            w.slice(live[0]..live[live.len() - 1] + 1)
+        } else {
+            let idx: Vec<i64> = live.iter().map(|&k| k as i64).collect();
+            let device = w.device();
+            w.select(
+                0,
+                Tensor::<B, 1, burn::tensor::Int>::from_data(
+                    burn::tensor::TensorData::new(idx, [live.len()]),
+                    &device,
+                ),
+            )
+        };
+        let y = (Tensor::cat(rows, 0) * w_live.reshape([live.len(), 1])).sum_dim(0);
+        Some(y.reshape(shape))
+    }
+
     /// Apply with op weights `w` (`[ops]`).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 1>) -> Tensor<B, D>
     where
         O: CandidateOp<B, D>,
     {
+        if darts_ops::kernels::gpu::is_gpu::<B>() {
+            if let Some(y) = self.forward_stacked(x.clone(), w.clone()) {
+                return y;
+            }
+        }
         let mut out: Option<Tensor<B, D>> = None;
         for (k, op) in self.ops.iter().enumerate() {
             if op.is_zero() {

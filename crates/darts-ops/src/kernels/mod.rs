@@ -8,6 +8,8 @@
 //! * On `Autodiff<Wgpu>` and `Autodiff<Cuda>` (features `wgpu`, `cuda`) the depthwise
 //!   convolution takes the backward of [`gpu`]: the weight gradient as one grouped convolution
 //!   over the batch-folded planes instead of Burn's loop over the channels.
+//! * On the same GPU types, training-mode BatchNorm ([`crate::BatchNorm2d`]) is one custom op
+//!   with a closed-form backward ([`gpu::normalize_autodiff`]).
 //! * The 1×1 convolution is one batched matrix product on every backend (its backward is two
 //!   more), never Burn's general convolution, whose weight gradient is a serial fallback on the
 //!   GPU backends.
@@ -330,6 +332,52 @@ mod tests {
             close(ours.0, theirs.0, 1e-5, &format!("{what} out"));
             close(ours.1, theirs.1, 1e-5, &format!("{what} dx"));
             close(ours.2, theirs.2, 1e-5, &format!("{what} dw"));
+        }
+    }
+
+    /// The GPU backends' fused training-mode BatchNorm core (`gpu::normalize_autodiff`, run
+    /// here on `Flex`) against the composed `BatchNorm2d` forward and backward, and its batch
+    /// statistics.
+    #[test]
+    fn gpu_normalize_agrees_with_the_composed_batch_norm() {
+        let dev = Default::default();
+        for [n, c, h, w] in [[4, 3, 5, 6], [6, 7, 1, 1], [3, 2, 8, 4]] {
+            let x0 = Tensor::<Ad, 4>::random([n, c, h, w], Distribution::Normal(1.0, 2.0), &dev);
+            let up = Tensor::<Ad, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev)
+                .detach();
+            let bn = crate::BatchNorm2d::<Ad>::new(c, false, &dev);
+            let run = |ours: bool| {
+                let x = x0.clone().detach().require_grad();
+                let (y, stats) = if ours {
+                    let (y, m, v) = gpu::normalize_autodiff::<Flex>(x.clone(), 1e-5);
+                    (y, Some((m.into_data(), v.into_data())))
+                } else {
+                    (bn.forward(x.clone()), None)
+                };
+                let grads = (y.clone() * up.clone()).sum().backward();
+                (y.into_data(), x.grad(&grads).unwrap().into_data(), stats)
+            };
+            let (ours, theirs) = (run(true), run(false));
+            let what = format!("{n}x{c}x{h}x{w}");
+            close(ours.0, theirs.0, 1e-5, &format!("{what} out"));
+            close(ours.1, theirs.1, 1e-4, &format!("{what} dx"));
+            // The batch statistics, against their definition.
+            let xs: Vec<f32> = x0.clone().into_data().to_vec().unwrap();
+            let (m, v) = ours.2.unwrap();
+            let (m, v): (Vec<f32>, Vec<f32>) = (m.to_vec().unwrap(), v.to_vec().unwrap());
+            for ch in 0..c {
+                let vals: Vec<f64> = (0..n)
+                    .flat_map(|i| (0..h * w).map(move |k| (i * c + ch) * h * w + k))
+                    .map(|j| xs[j] as f64)
+                    .collect();
+                let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+                let var = vals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+                assert!((m[ch] as f64 - mean).abs() < 1e-5, "{what} mean");
+                assert!(
+                    (v[ch] as f64 - var).abs() < 1e-4 * var.max(1.0),
+                    "{what} var"
+                );
+            }
         }
     }
 

@@ -1,10 +1,13 @@
-//! The same tiny conv + BN network (stem conv, BN, a separable conv with depthwise convs, a
-//! dilated conv, global pooling, linear), with the same weights and input, on flex (CPU) and on
-//! wgpu: outputs and every gradient agree within 1e-4. Runs with `--features wgpu`; on a machine
-//! without a GPU it uses a software Vulkan driver (mesa lavapipe), which `.ci/run` installs.
-#![cfg(feature = "wgpu")]
+//! The same networks with the same weights and inputs on flex (CPU) and on a GPU backend:
+//! a tiny conv + BN network (outputs and every gradient within 1e-4), a whole search supernet
+//! forward and backward (every weight and α gradient within 1e-3), the first- and second-order
+//! architecture gradients (within 1e-3), and the strided 1×1 convolution. Each check runs on
+//! wgpu with `--features wgpu` (on a machine without a GPU through Mesa's software Vulkan
+//! driver, lavapipe, which `scripts/test.sh` installs) and on CUDA with `--features cuda` and
+//! `--ignored` (benches/gpu_run.sh, on a lent GPU).
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
-use burn::backend::{Autodiff, Flex, Wgpu};
+use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor, TensorData};
@@ -80,8 +83,7 @@ fn run<B: AutodiffBackend>(
     (y.into_data(), v.1)
 }
 
-#[test]
-fn flex_and_wgpu_agree_on_outputs_and_gradients() {
+fn check_small_network<G: AutodiffBackend>(gpu: &G::Device) {
     let dev = Default::default();
     let reference = Tiny::<Flex>::new(&dev);
     struct Collect(Vec<TensorData>);
@@ -96,7 +98,7 @@ fn flex_and_wgpu_agree_on_outputs_and_gradients() {
         Tensor::<Flex, 4>::random([4, 3, 12, 12], Distribution::Normal(0.0, 1.0), &dev).into_data();
 
     let (y_cpu, g_cpu) = run::<Autodiff<Flex>>(&c.0, &x, &dev);
-    let (y_gpu, g_gpu) = run::<Autodiff<Wgpu>>(&c.0, &x, &Default::default());
+    let (y_gpu, g_gpu) = run::<G>(&c.0, &x, gpu);
     assert_eq!(g_cpu.len(), g_gpu.len());
     assert!(
         g_cpu.len() >= 10,
@@ -203,8 +205,7 @@ fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
 /// A whole search supernet forward and backward (every weight and α) agrees between flex and
 /// wgpu — the GPU path of the depthwise convolutions, 1×1 convolutions as matrix products,
 /// pooling and BatchNorm against the CPU kernels.
-#[test]
-fn flex_and_wgpu_agree_on_a_search_supernet_forward_and_backward() {
+fn check_search_supernet<G: AutodiffBackend>(gpu: &G::Device) {
     use darts::bilevel::ArchModel;
     let dev = Default::default();
     let w = fixed_weights(&supernet::<Autodiff<Flex>>(None, &dev), 2);
@@ -225,7 +226,7 @@ fn flex_and_wgpu_agree_on_a_search_supernet_forward_and_backward() {
         (l, v.1.iter().map(|d| d.to_vec::<f32>().unwrap()).collect())
     }
     let (l_cpu, g_cpu) = pass::<Autodiff<Flex>>(&w, &x, &dev);
-    let (l_gpu, g_gpu) = pass::<Autodiff<Wgpu>>(&w, &x, &Default::default());
+    let (l_gpu, g_gpu) = pass::<G>(&w, &x, gpu);
     assert!(
         (l_cpu - l_gpu).abs() <= 1e-4 * l_cpu.abs().max(1.0),
         "{l_cpu} vs {l_gpu}"
@@ -244,8 +245,7 @@ fn flex_and_wgpu_agree_on_a_search_supernet_forward_and_backward() {
 /// BatchNorm over enough values: at batch 2 on 8×8 images the last reduction cell normalises
 /// 1×1 maps over two values, which amplifies rounding so much that the two backends' α
 /// gradients at w ± εu differed by 16% (and by 1e-6 here).
-#[test]
-fn flex_and_wgpu_agree_on_first_and_second_order_architect_steps() {
+fn check_architect_steps<G: AutodiffBackend>(gpu: &G::Device) {
     use darts::bilevel::{ArchModel, Architect, ArchitectConfig, Order, Sgd};
     let dev = Default::default();
     let w = fixed_weights(&supernet::<Autodiff<Flex>>(None, &dev), 3);
@@ -276,10 +276,10 @@ fn flex_and_wgpu_agree_on_first_and_second_order_architect_steps() {
     }
     for order in [Order::First, Order::Second] {
         let cpu = dalpha::<Autodiff<Flex>>(order, &w, &train, &val, &dev);
-        let gpu = dalpha::<Autodiff<Wgpu>>(order, &w, &train, &val, &Default::default());
+        let on_gpu = dalpha::<G>(order, &w, &train, &val, gpu);
         let diff: f32 = cpu
             .iter()
-            .zip(&gpu)
+            .zip(&on_gpu)
             .map(|(a, b)| (a - b) * (a - b))
             .sum::<f32>();
         let norm: f32 = cpu.iter().map(|a| a * a).sum::<f32>();
@@ -292,8 +292,7 @@ fn flex_and_wgpu_agree_on_first_and_second_order_architect_steps() {
 /// A strided 1×1 convolution (FactorizedReduce, the reduction cells' skip_connect and
 /// preprocessing) on wgpu: its input gradient agrees with flex. Burn 0.21's own CubeCL op gets it
 /// wrong (every element off); `Conv2d` subsamples and takes the 1×1 matrix product instead.
-#[test]
-fn strided_pointwise_conv_gradients_agree_on_wgpu() {
+fn check_strided_pointwise_conv<G: AutodiffBackend>(gpu: &G::Device) {
     let dev = Default::default();
     for hw in [8, 7] {
         let x = fixed_data(&[2, 4, hw, hw], 11, 1.5);
@@ -322,7 +321,7 @@ fn strided_pointwise_conv_gradients_agree_on_wgpu() {
             ]
         }
         let a = pass::<Autodiff<Flex>>(&w, &x, &dev);
-        let b = pass::<Autodiff<Wgpu>>(&w, &x, &Default::default());
+        let b = pass::<G>(&w, &x, gpu);
         for (i, what) in ["output", "input gradient", "weight gradient"]
             .iter()
             .enumerate()
@@ -330,5 +329,64 @@ fn strided_pointwise_conv_gradients_agree_on_wgpu() {
             let worst = worst_relative(&a[i], &b[i]);
             assert!(worst < 1e-5, "{hw}x{hw} {what}: {worst}");
         }
+    }
+}
+
+/// The checks above on `--device wgpu` (in CI: Mesa's software Vulkan driver).
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use burn::backend::{Autodiff, Wgpu};
+    type G = Autodiff<Wgpu>;
+
+    #[test]
+    fn small_network_agrees_with_flex() {
+        super::check_small_network::<G>(&Default::default());
+    }
+
+    #[test]
+    fn search_supernet_agrees_with_flex() {
+        super::check_search_supernet::<G>(&Default::default());
+    }
+
+    #[test]
+    fn architect_steps_agrees_with_flex() {
+        super::check_architect_steps::<G>(&Default::default());
+    }
+
+    #[test]
+    fn strided_pointwise_conv_agrees_with_flex() {
+        super::check_strided_pointwise_conv::<G>(&Default::default());
+    }
+}
+
+/// The same checks on `--device cuda`: compiled with `--features cuda`, run on a machine with an
+/// NVIDIA GPU with `--ignored` (benches/gpu_run.sh does).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::backend::{Autodiff, Cuda};
+    type G = Autodiff<Cuda>;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn small_network_agrees_with_flex() {
+        super::check_small_network::<G>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn search_supernet_agrees_with_flex() {
+        super::check_search_supernet::<G>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn architect_steps_agrees_with_flex() {
+        super::check_architect_steps::<G>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn strided_pointwise_conv_agrees_with_flex() {
+        super::check_strided_pointwise_conv::<G>(&Default::default());
     }
 }
