@@ -86,9 +86,9 @@ for r in $RUNS; do
     torch_cuda_2nd) run $r ${!lim_var:-50} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
     # The flex-vs-CUDA equivalence checks (supernet fwd+bwd, both architect orders, strided 1x1).
     tests_cuda) run $r ${!lim_var:-90} "$TESTS" --ignored cuda:: --test-threads 1 ;;
-    ours_cuda_1st) run $r ${!lim_var:-100} "$BIN" --device cuda --order 1 $A --steps 3 --warmup 1 --fwd-steps 3 --json --count-launches /tmp/launches_cuda_1st.log ;;
+    ours_cuda_1st) run $r ${!lim_var:-120} "$BIN" --device cuda --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json --count-launches /tmp/launches_cuda_1st.log ;;
     ours_cuda_2nd) run $r ${!lim_var:-100} "$BIN" --device cuda --order 2 $A --steps 2 --warmup 1 --fwd-steps 1 --json ;;
-    ours_wgpu_1st) run $r ${!lim_var:-70} "$BIN" --device wgpu --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json ;;
+    ours_wgpu_1st) run $r ${!lim_var:-60} "$BIN" --device wgpu --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json ;;
     # Dry run only: the same binary on the CPU, tiny config.
     ours_cpu_smoke) run $r ${!lim_var:-120} "$BIN" --device cpu --order 1 --batch 2 --layers 3 --channels 4 --steps 1 --warmup 0 --fwd-steps 1 --json ;;
     *) echo "unknown run $r" ;;

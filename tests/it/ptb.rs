@@ -278,18 +278,7 @@ fn token_batch(cfg: &RnnConfig, t: usize, n: usize, seed: u64) -> TokenBatch<B> 
 /// not.
 #[test]
 fn recurrent_unrolled_gradient_matches_numerical_derivative() {
-    let cfg = RnnConfig {
-        vocab: 11,
-        ninp: 4,
-        nhid: 4,
-        steps: 3,
-        ..RnnConfig::search(11)
-    };
-    let dev = Default::default();
-    let net: Search = seeded(21, || {
-        cfg.init_search::<B, _, _>(&RnnSpace::default(), Softmax, &dev)
-            .unwrap()
-    });
+    let (net, _, train, val) = tiny_recurrent();
     let arch = ArchitectConfig {
         order: Order::Second,
         virtual_grad_clip: Some(1e3),
@@ -308,9 +297,7 @@ fn recurrent_unrolled_gradient_matches_numerical_derivative() {
         weight_decay: 5e-7,
         grad_clip: Some(0.25),
     };
-    let mut search = Bilevel::new(to_f64(net), w, arch);
-    let train = token_batch(&cfg, 4, 3, 1);
-    let val = token_batch(&cfg, 4, 3, 2);
+    let mut search = Bilevel::new(net, w, arch);
     let xi = 2.0;
     search.step(&train, &val, xi);
     let a0 = alpha_vec(&search.model);

@@ -381,25 +381,21 @@ mod tests {
         }
     }
 
-    /// The batched-matmul 1×1 convolution every non-Flex backend takes, against Burn's conv.
-    #[test]
-    fn pointwise_matmul_agrees_with_burns_conv_forward_and_backward() {
+    /// A 1×1 convolution `[3, 4, 5, 6]` → 7 channels, `ours` against Burn's `conv2d`: output
+    /// and both gradients.
+    fn check_pointwise(ours: impl Fn(Tensor<Ad, 4>, Tensor<Ad, 4>) -> Tensor<Ad, 4>, what: &str) {
         let dev = Default::default();
         let x0 = Tensor::<Ad, 4>::random([3, 4, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
         let w0 = Tensor::<Ad, 4>::random([7, 4, 1, 1], Distribution::Normal(0.0, 1.0), &dev);
         let up = Tensor::<Ad, 4>::random([3, 7, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
-        let run = |ours: bool| {
+        let run = |mine: bool| {
             let x = x0.clone().detach().require_grad();
             let w = w0.clone().detach().require_grad();
-            let y = if ours {
-                pointwise_matmul(x.clone(), w.clone(), [3, 4, 5, 6], 7)
+            let y = if mine {
+                ours(x.clone(), w.clone())
             } else {
-                conv2d(
-                    x.clone(),
-                    w.clone(),
-                    None,
-                    ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-                )
+                let opts = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+                conv2d(x.clone(), w.clone(), None, opts)
             };
             let grads = (y.clone() * up.clone().detach()).sum().backward();
             (
@@ -408,10 +404,16 @@ mod tests {
                 w.grad(&grads).unwrap().into_data(),
             )
         };
-        let (ours, theirs) = (run(true), run(false));
-        close(ours.0, theirs.0, 1e-5, "out");
-        close(ours.1, theirs.1, 1e-5, "dx");
-        close(ours.2, theirs.2, 1e-5, "dw");
+        let (a, b) = (run(true), run(false));
+        close(a.0, b.0, 1e-5, &format!("{what} out"));
+        close(a.1, b.1, 1e-5, &format!("{what} dx"));
+        close(a.2, b.2, 1e-5, &format!("{what} dw"));
+    }
+
+    /// The batched-matmul 1×1 convolution every non-Flex backend takes, against Burn's conv.
+    #[test]
+    fn pointwise_matmul_agrees_with_burns_conv_forward_and_backward() {
+        check_pointwise(|x, w| pointwise_matmul(x, w, [3, 4, 5, 6], 7), "matmul");
     }
 
     #[test]
@@ -453,34 +455,7 @@ mod tests {
 
     #[test]
     fn pointwise_on_flex_agrees_with_burns_conv_forward_and_backward() {
-        let dev = Default::default();
-        let x0 = Tensor::<Ad, 4>::random([3, 4, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
-        let w0 = Tensor::<Ad, 4>::random([7, 4, 1, 1], Distribution::Normal(0.0, 1.0), &dev);
-        let up = Tensor::<Ad, 4>::random([3, 7, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
-        let run = |ours: bool| {
-            let x = x0.clone().detach().require_grad();
-            let w = w0.clone().detach().require_grad();
-            let y = if ours {
-                pointwise_conv2d(x.clone(), w.clone())
-            } else {
-                conv2d(
-                    x.clone(),
-                    w.clone(),
-                    None,
-                    ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-                )
-            };
-            let grads = (y.clone() * up.clone().detach()).sum().backward();
-            (
-                y.into_data(),
-                x.grad(&grads).unwrap().into_data(),
-                w.grad(&grads).unwrap().into_data(),
-            )
-        };
-        let (a, b) = (run(true), run(false));
-        close(a.0, b.0, 1e-5, "1x1 out");
-        close(a.1, b.1, 1e-5, "1x1 dx");
-        close(a.2, b.2, 1e-5, "1x1 dw");
+        check_pointwise(pointwise_conv2d, "1x1");
     }
 
     #[test]
