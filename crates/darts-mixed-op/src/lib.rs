@@ -177,17 +177,13 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
         if live.len() < 2 {
             return None;
         }
-        let mut shape = None;
-        let rows: Vec<Tensor<B, 2>> = live
+        let ys: Vec<Tensor<B, D>> = live
             .iter()
-            .map(|&k| {
-                let y = self.ops[k].forward(x.clone());
-                let dims = y.dims();
-                shape = Some(dims);
-                y.reshape([1, dims.iter().product::<usize>()])
-            })
+            .map(|&k| self.ops[k].forward(x.clone()))
             .collect();
-        let shape = shape.expect("two or more candidates");
+        let shape = ys[0].dims();
+        let numel = shape.iter().product::<usize>();
+        let rows: Vec<Tensor<B, 2>> = ys.into_iter().map(|y| y.reshape([1, numel])).collect();
         let contiguous = live.windows(2).all(|p| p[1] == p[0] + 1);
         let w_live = if contiguous {
             w.slice(live[0]..live[live.len() - 1] + 1)

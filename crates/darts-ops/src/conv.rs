@@ -98,7 +98,7 @@ impl<B: Backend> Conv2d<B> {
             // A strided 1×1 convolution (FactorizedReduce) is a 1×1 convolution of the
             // subsampled input. Besides being one matrix product, this avoids Burn 0.21's CubeCL
             // input gradient of a strided 1×1 convolution, which is wrong (checked in
-            // tests/it/wgpu_equivalence.rs).
+            // tests/it/gpu_equivalence.rs).
             let x = if self.stride == [1, 1] {
                 x
             } else {

@@ -3,6 +3,7 @@
 //! the caller *is* `Flex` or `Autodiff<Flex>`, which is checked by `TypeId`; any other backend
 //! gets `Err` back with its inputs and takes Burn's own operation.
 
+use super::cast;
 use super::cpu::{self, Pooling, Real, Window};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensorOps;
@@ -13,18 +14,9 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
-
-/// Move `a` into type `T` when it *is* a `T` (same `TypeId`), else give it back.
-fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
-    let mut slot = Some(a);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
-        Some(t) => Ok(t.take().expect("filled above")),
-        None => Err(slot.expect("untouched")),
-    }
-}
 
 /// `a` as `T`, where the caller has checked by `TypeId` that `A` is `T`.
 fn same<A: 'static, T: 'static>(a: A) -> T {

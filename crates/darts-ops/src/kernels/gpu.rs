@@ -24,6 +24,7 @@
 //! Entered only when the caller's generic backend *is* one of the types listed in
 //! `depthwise` (checked by `TypeId`); everything else keeps Burn's operation.
 
+use super::cast;
 use super::cpu::Window;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
@@ -33,7 +34,7 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 fn options(g: &Window) -> ConvOptions<2> {
     ConvOptions::new(g.stride, g.pad, g.dil, g.c)
@@ -113,16 +114,6 @@ pub fn depthwise_autodiff<I: Backend>(
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
-}
-
-/// Move `a` into type `T` when it *is* a `T` (same `TypeId`), else give it back.
-#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
-    let mut slot = Some(a);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
-        Some(t) => Ok(t.take().expect("filled above")),
-        None => Err(slot.expect("untouched")),
-    }
 }
 
 /// Run [`depthwise_autodiff`] when `B` is `Autodiff<I>` for this `I`; else give the inputs back.

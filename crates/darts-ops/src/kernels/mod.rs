@@ -28,6 +28,20 @@ use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{backend::Backend, Tensor};
 
+/// Move `a` into type `T` when it *is* a `T` (same `TypeId`), else give it back: how the
+/// generic entry points hand a `Tensor<B, _>` to the backend-specific paths (`flex`, `gpu`).
+#[cfg_attr(
+    not(any(feature = "flex", feature = "wgpu", feature = "cuda")),
+    allow(dead_code)
+)]
+fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
+    let mut slot = Some(a);
+    match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<T>>() {
+        Some(t) => Ok(t.take().expect("filled above")),
+        None => Err(slot.expect("untouched")),
+    }
+}
+
 /// `DARTS_KERNELS=burn` in the environment (read once): every entry point here takes Burn's
 /// own operation on every backend, as before these kernels existed — for before/after
 /// measurements and for ruling the kernels out when something looks wrong.
