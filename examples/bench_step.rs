@@ -51,80 +51,9 @@ struct Args {
     count_launches: Option<std::path::PathBuf>,
 }
 
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-type Log = darts::launches::LaunchLog;
-/// Without a CubeCL backend there is nothing to count.
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-#[derive(Clone, Debug)]
-#[allow(dead_code)]
-struct Log;
-
-/// (launches, reservations, pages) so far.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn counts(log: &Option<Log>) -> Option<[u64; 3]> {
-    let c = log.as_ref()?.counts().ok()?;
-    Some([c.launches, c.reservations, c.pages])
-}
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-fn counts(_: &Option<Log>) -> Option<[u64; 3]> {
-    None
-}
-
-fn enable_log(args: &Args, spec: &DeviceSpec) -> Option<Log> {
-    let path = args.count_launches.as_ref()?;
-    if matches!(spec, DeviceSpec::Cpu) {
-        eprintln!("--count-launches: the cpu backend launches no kernels; ignored");
-        return None;
-    }
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    {
-        match darts::launches::LaunchLog::enable(path) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("--count-launches: {e}");
-                None
-            }
-        }
-    }
-    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-    {
-        let _ = path;
-        None
-    }
-}
-
-fn diff(a: Option<[u64; 3]>, b: Option<[u64; 3]>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) => format!(
-            "{{\"launches\": {}, \"reservations\": {}, \"pages\": {}}}",
-            b[0] - a[0],
-            b[1] - a[1],
-            b[2] - a[2]
-        ),
-        _ => "null".into(),
-    }
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
+#[path = "support/bench.rs"]
+mod support;
+use support::{counts, diff, enable_log, median, peak_rss_mb, print_result, Log};
 
 /// Multiply-accumulate count of one supernet forward, for an analytic FLOP estimate
 /// (forward + backward ≈ 3 × forward; 1 MAC = 2 FLOPs).
@@ -306,18 +235,9 @@ fn main() {
         }
     };
     let json = args.json;
-    let log = enable_log(&args, &spec);
+    let log = enable_log(args.count_launches.as_deref(), &spec);
     match dispatch(&spec, Bench(args, log)) {
-        Ok(line) => {
-            if json {
-                println!("{line}");
-            } else {
-                let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
-                for (k, x) in v.as_object().expect("object") {
-                    println!("{k:>22}: {x}");
-                }
-            }
-        }
+        Ok(line) => print_result(&line, json),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);

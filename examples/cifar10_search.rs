@@ -12,10 +12,13 @@
 //! ```
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use darts::cifar::{run_search, RunOptions, SearchConfig};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use std::path::PathBuf;
+
+#[path = "support/cli.rs"]
+mod cli;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Preset {
@@ -73,6 +76,10 @@ struct Args {
     grad_clip: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Undo a step whose loss or gradient norm is NaN or infinite and go on, instead of
+    /// stopping the search with an error.
+    #[arg(long)]
+    skip_non_finite_steps: bool,
     /// Use only the first N training images.
     #[arg(long)]
     limit_images: Option<usize>,
@@ -82,6 +89,10 @@ struct Args {
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start a new run in the output directory even if it holds an earlier run (that run's
+    /// checkpoint, metrics, plots and genotypes are removed first).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
@@ -114,7 +125,8 @@ impl BackendTask for Task {
 }
 
 fn main() {
-    let a = Args::parse();
+    let matches = Args::command().get_matches();
+    let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-sample");
     let downloaded = a.download.as_ref().map(|dir| download(dir));
     let a = Args {
@@ -160,9 +172,12 @@ fn main() {
         c.limit_images = a.limit_images;
     }
     c.unrolled = a.unrolled;
+    c.skip_non_finite_steps = a.skip_non_finite_steps;
     let opts = RunOptions {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),
+        overwrite: a.overwrite,
+        given: cli::given(&matches, &[]),
         stop_after: None,
         progress: !a.quiet,
     };

@@ -8,11 +8,14 @@
 //! With no `--data`, a quick run on the shipped sample (4 cells of 8 channels, 1 epoch).
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use darts::cifar::{run_train, RunOptions, TrainConfig};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::genotype::{catalog, parse_conv_any};
 use std::path::PathBuf;
+
+#[path = "support/cli.rs"]
+mod cli;
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a DARTS genotype from scratch on CIFAR-10")]
@@ -67,6 +70,10 @@ struct Args {
     /// Continue the run in this directory.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start a new run in the output directory even if it holds an earlier run (that run's
+    /// checkpoint, metrics, plots and genotypes are removed first).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -86,7 +93,8 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
-    let a = Args::parse();
+    let matches = Args::command().get_matches();
+    let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (genotype, source) = match &a.genotype {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -132,6 +140,11 @@ fn main() {
     let opts = RunOptions {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),
+        overwrite: a.overwrite,
+        given: cli::given(
+            &matches,
+            &[("arch", "genotype"), ("cutout_length", "cutout")],
+        ),
         stop_after: None,
         progress: !a.quiet,
     };

@@ -358,25 +358,34 @@ struct Args {
     /// cpu | wgpu[:N] | cuda[:N]
     #[arg(long, default_value = "cpu")]
     device: String,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = positive)]
     channels: usize,
     /// Cells per stage (5 in the benchmark).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     cells: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = positive)]
     batch_size: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = positive)]
     epochs: usize,
-    #[arg(long, default_value_t = 320)]
+    #[arg(long, default_value_t = 320, value_parser = positive)]
     limit_images: usize,
     /// Stop each epoch after N steps.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     max_steps: Option<usize>,
     /// Second-order architecture gradient.
     #[arg(long)]
     unrolled: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// A count that must be at least 1 (clap reports the flag and the value otherwise).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 struct Task(Nb201Search);

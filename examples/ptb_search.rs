@@ -12,11 +12,14 @@
 //! ```
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use darts::cifar::{RunError, RunOptions};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::ptb::{run_ptb_search, PtbSearchConfig, PtbSearchSummary};
 use std::path::PathBuf;
+
+#[path = "support/cli.rs"]
+mod cli;
 
 #[derive(Parser, Debug)]
 #[command(about = "Recurrent DARTS cell search on Penn Treebank")]
@@ -92,6 +95,10 @@ struct Args {
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start a new run in the output directory even if it holds an earlier run (that run's
+    /// checkpoint, metrics, plots and genotypes are removed first).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -111,7 +118,8 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
-    let a = Args::parse();
+    let matches = Args::command().get_matches();
+    let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let quick = a.data.is_none();
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/ptb-sample");
     let mut c = PtbSearchConfig {
@@ -153,6 +161,8 @@ fn main() {
     let opts = RunOptions {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),
+        overwrite: a.overwrite,
+        given: cli::given(&matches, &[]),
         stop_after: None,
         progress: !a.quiet,
     };

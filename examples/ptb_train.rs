@@ -9,12 +9,15 @@
 //! With no `--data`, a quick run on the shipped sample (64 units, 2 epochs).
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use darts::cifar::{RunError, RunOptions};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::genotype::{catalog, parse_recurrent_any};
 use darts::ptb::{run_ptb_train, PtbTrainConfig, PtbTrainSummary};
 use std::path::PathBuf;
+
+#[path = "support/cli.rs"]
+mod cli;
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a recurrent DARTS genotype from scratch on Penn Treebank")]
@@ -62,6 +65,10 @@ struct Args {
     /// Continue the run in this directory.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start a new run in the output directory even if it holds an earlier run (that run's
+    /// checkpoint, metrics, plots and genotypes are removed first).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -81,7 +88,8 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
-    let a = Args::parse();
+    let matches = Args::command().get_matches();
+    let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (genotype, source) = match &a.genotype {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -124,6 +132,8 @@ fn main() {
     let opts = RunOptions {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),
+        overwrite: a.overwrite,
+        given: cli::given(&matches, &[("arch", "genotype")]),
         stop_after: None,
         progress: !a.quiet,
     };

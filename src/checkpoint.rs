@@ -1,5 +1,10 @@
 //! Checkpoints: a JSON header and raw little-endian f32 tensors in one file, written atomically
-//! (temporary file, fsync, rename), so a crash never leaves a half-written checkpoint.
+//! (temporary file, fsync, rename), so a crash never leaves a half-written checkpoint, and closed
+//! by a CRC-32 of everything before it, so a damaged file is an error instead of silently wrong
+//! weights. Every length and shape in a file is checked before it is used.
+//!
+//! Layout: `DARTSCK2`, header length (u64 LE), JSON header, the tensors' f32 LE values in header
+//! order, CRC-32 (u32 LE). Files of the first layout (`DARTSCK1`, no checksum) still load.
 //!
 //! Module tensors are stored in the module's visit order (weights, α, BN running statistics), so
 //! a checkpoint loads into a freshly built module of the same configuration; optimiser state is
@@ -26,7 +31,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"DARTSCK1";
+const MAGIC: &[u8; 8] = b"DARTSCK2";
+/// The first layout, without the trailing checksum (read only).
+const MAGIC_V1: &[u8; 8] = b"DARTSCK1";
 
 /// Errors reading or applying a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -112,17 +119,23 @@ impl Checkpoint {
         let h = serde_json::to_vec(&header).expect("header serialises");
         let tmp = path.with_extension("tmp");
         {
+            let mut crc = crc32fast::Hasher::new();
             let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
-            f.write_all(MAGIC).map_err(err)?;
-            f.write_all(&(h.len() as u64).to_le_bytes()).map_err(err)?;
-            f.write_all(&h).map_err(err)?;
+            let mut put = |bytes: &[u8]| {
+                crc.update(bytes);
+                f.write_all(bytes)
+            };
+            put(MAGIC).map_err(err)?;
+            put(&(h.len() as u64).to_le_bytes()).map_err(err)?;
+            put(&h).map_err(err)?;
             for (_, _, v) in &self.tensors {
                 let mut bytes = Vec::with_capacity(v.len() * 4);
                 for x in v {
                     bytes.extend_from_slice(&x.to_le_bytes());
                 }
-                f.write_all(&bytes).map_err(err)?;
+                put(&bytes).map_err(err)?;
             }
+            f.write_all(&crc.finalize().to_le_bytes()).map_err(err)?;
             let f = f.into_inner().map_err(|e| err(e.into_error()))?;
             f.sync_all().map_err(err)?;
         }
@@ -136,33 +149,69 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         })?;
-        let bad = |what: &str| CheckpointError::Format {
+        Self::parse(&bytes).map_err(|what| CheckpointError::Format {
             path: path.to_path_buf(),
-            what: what.to_string(),
-        };
-        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            what,
+        })
+    }
+
+    /// Parse a checkpoint file's bytes. Never panics: every length, shape and offset in the
+    /// file is checked against the file's size first.
+    fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let bad = |what: &str| what.to_string();
+        let magic = bytes
+            .get(..8)
+            .ok_or_else(|| bad("shorter than its magic"))?;
+        let body = if magic == MAGIC {
+            let split = bytes
+                .len()
+                .checked_sub(4)
+                .filter(|&n| n >= 16)
+                .ok_or_else(|| bad("truncated"))?;
+            let (body, tail) = bytes.split_at(split);
+            let stored = u32::from_le_bytes(tail.try_into().map_err(|_| bad("truncated"))?);
+            let actual = crc32fast::hash(body);
+            if stored != actual {
+                return Err(format!(
+                    "checksum mismatch (stored {stored:08x}, computed {actual:08x}): the file was changed or damaged after it was written"
+                ));
+            }
+            body
+        } else if magic == MAGIC_V1 {
+            bytes
+        } else {
             return Err(bad("missing magic"));
-        }
-        let hl = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
-        let body = bytes
-            .get(16..16 + hl)
-            .ok_or_else(|| bad("truncated header"))?;
-        let header: Header = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
-        let mut off = 16 + hl;
-        let mut tensors = Vec::new();
+        };
+        let hl = body
+            .get(8..16)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| bad("truncated header length"))?;
+        let end = usize::try_from(hl)
+            .ok()
+            .and_then(|hl| hl.checked_add(16))
+            .filter(|&end| end <= body.len())
+            .ok_or_else(|| bad("header length beyond the end of the file"))?;
+        let header: Header =
+            serde_json::from_slice(&body[16..end]).map_err(|e| format!("header: {e}"))?;
+        let mut off = end;
+        let mut tensors = Vec::with_capacity(header.tensors.len().min(1 << 16));
         for (name, shape) in header.tensors {
-            let n: usize = shape.iter().product();
-            let raw = bytes
-                .get(off..off + 4 * n)
-                .ok_or_else(|| bad("truncated data"))?;
-            let v = raw
+            let len = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .and_then(|n| n.checked_mul(4))
+                .filter(|&len| len <= body.len() - off)
+                .ok_or_else(|| {
+                    format!("tensor {name:?} of shape {shape:?} does not fit in the file")
+                })?;
+            let v = body[off..off + len]
                 .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect();
-            off += 4 * n;
+            off += len;
             tensors.push((name, shape, v));
         }
-        if off != bytes.len() {
+        if off != body.len() {
             return Err(bad("trailing bytes"));
         }
         Ok(Self {

@@ -12,9 +12,10 @@ use crate::report;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
-use darts_bilevel::params::{gradients, set_values, values};
+use darts_bilevel::params::values;
 use darts_bilevel::{
-    clip_grad_norm, ArchitectConfig, Bilevel, CosineLr, Order, SearchEvent, Sgd, WeightConfig,
+    weight_step, ArchitectConfig, Bilevel, CosineLr, NonFinitePolicy, Order, SearchEvent, Sgd,
+    WeightConfig,
 };
 use darts_cell::batch::{correct, cross_entropy};
 use darts_cell::{EvalNetworkConfig, ImageBatch, SearchNetwork, SearchNetworkConfig};
@@ -22,7 +23,7 @@ use darts_data::cifar::{search_split, Augment, Cifar10, CifarError, HostBatch, L
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, Genotype};
 use darts_mixed_op::{DartsSpace, Softmax};
-use darts_ops::{record_bn_updates, DartsOp};
+use darts_ops::DartsOp;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,66 @@ pub enum RunError {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A step produced NaN or infinite values; nothing of that epoch was written.
+    #[error("the {run} diverged at epoch {epoch}, step {step}: the {what} is not finite. Nothing of epoch {epoch} was written; the checkpoint of the last finished epoch is kept{hint}")]
+    Diverged {
+        /// Which run (search, training).
+        run: &'static str,
+        /// Epoch (1-based, as on the console).
+        epoch: usize,
+        /// Step within the epoch (1-based).
+        step: usize,
+        /// What was not finite.
+        what: String,
+        /// What the user can do.
+        hint: &'static str,
+    },
+    /// The output directory already holds another run.
+    #[error("{path} already holds a run ({found}): pass --resume {path} to continue it, --overwrite to replace it, or choose another --out")]
+    OutputExists {
+        /// The directory.
+        path: PathBuf,
+        /// Some of what is in it.
+        found: String,
+    },
+    /// Another process is running in the output directory.
+    #[error("{path} is in use by another run (it holds the lock {path}/.lock); wait for it to finish or choose another --out")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `--resume` was given flags that would change what the run is.
+    #[error("cannot resume {path} with different settings: {conflicts}. Only {mutable} may change on resume; start a new run (another --out, or --overwrite) to change the rest")]
+    ResumeConflict {
+        /// The directory.
+        path: PathBuf,
+        /// Each conflicting flag with both values.
+        conflicts: String,
+        /// The flags that may change.
+        mutable: String,
+    },
+    /// `--resume` found nothing to resume.
+    #[error("nothing to resume in {path}: {why}")]
+    NoCheckpoint {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing.
+        why: String,
+    },
+}
+
+/// Check one configuration value; the message names the flag.
+pub(crate) fn check(
+    ok: bool,
+    flag: &str,
+    rule: &str,
+    value: impl std::fmt::Display,
+) -> Result<(), RunError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(RunError::Config(format!("--{flag} {value}: {rule}")))
+    }
 }
 
 /// Seeding a backend sets a process-wide generator (on CPU), so seeding and initialising happen
@@ -82,29 +143,179 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<(), RunError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Create the output directory and, when resuming, read the checkpoint with the configuration
-/// and history stored in it (which then replace `config`).
+/// The run directory's lock, held (an OS file lock on `.lock`) while the run lives.
+#[derive(Debug)]
+pub(crate) struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Files a run writes, which `--overwrite` removes (anything else in the directory is left).
+fn is_run_output(name: &str) -> bool {
+    matches!(
+        name,
+        "checkpoint.bin" | "metrics.jsonl" | "config.json" | "genotypes"
+    ) || [".tmp", ".part", ".svg", ".dot", ".py", ".json"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+fn remove_stale(dir: &Path) -> Result<(), RunError> {
+    for d in [dir.to_path_buf(), dir.join("genotypes")] {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") || name.ends_with(".part") {
+                std::fs::remove_file(e.path()).map_err(|source| RunError::Io {
+                    path: e.path(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Open the output directory: lock it, and either read the checkpoint to resume (its
+/// configuration and history then replace `config`) or start a new run, refusing a directory
+/// that holds another run unless `opts.overwrite` (which removes the earlier run's files first).
+/// Leftover temporary files of an interrupted write are removed either way.
+///
+/// On resume, the settings in [`RunOptions::given`] are compared with the checkpoint's: those
+/// in `mutable` (e.g. `epochs`, to extend a run) take the new value, any other that differs is a
+/// [`RunError::ResumeConflict`] naming it.
 pub(crate) fn open_run<C, H>(
     config: &C,
     opts: &RunOptions,
-) -> Result<(C, Vec<H>, Option<Checkpoint>), RunError>
+    kind: &str,
+    mutable: &[&str],
+) -> Result<(C, Vec<H>, Option<Checkpoint>, RunLock), RunError>
 where
-    C: Clone + serde::de::DeserializeOwned,
+    C: Clone + Serialize + serde::de::DeserializeOwned,
     H: serde::de::DeserializeOwned,
 {
-    std::fs::create_dir_all(&opts.out).map_err(|source| RunError::Io {
-        path: opts.out.clone(),
-        source,
-    })?;
-    if !opts.resume {
-        return Ok((config.clone(), Vec::new(), None));
+    let dir = &opts.out;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RunError::Io { path, source }
+    };
+    if opts.resume {
+        if !dir.join("checkpoint.bin").is_file() {
+            let why = if dir.is_dir() {
+                "no checkpoint.bin (a run killed before its first epoch ended has none: start it again without --resume, with --overwrite)"
+            } else {
+                "no such directory"
+            };
+            return Err(RunError::NoCheckpoint {
+                path: dir.clone(),
+                why: why.into(),
+            });
+        }
+    } else {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let c = Checkpoint::read(opts.out.join("checkpoint.bin"))?;
-    let cfg = serde_json::from_value(c.meta["config"].clone())
-        .map_err(|e| RunError::Config(format!("checkpoint config: {e}")))?;
-    let history = serde_json::from_value(c.meta["history"].clone())
-        .map_err(|e| RunError::Config(format!("checkpoint history: {e}")))?;
-    Ok((cfg, history, Some(c)))
+    let lock_path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(RunError::Locked { path: dir.clone() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+    }
+    let lock = RunLock { _file: file };
+    if !opts.resume {
+        let mut found: Vec<String> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
+            .collect();
+        found.sort();
+        if !found.is_empty() && !opts.overwrite {
+            let shown = found.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+            let more = found.len().saturating_sub(4);
+            return Err(RunError::OutputExists {
+                path: dir.clone(),
+                found: if more > 0 {
+                    format!("{shown} and {more} more")
+                } else {
+                    shown
+                },
+            });
+        }
+        for name in found.iter().filter(|n| is_run_output(n)) {
+            let p = dir.join(name);
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(io(&p))?;
+        }
+        return Ok((config.clone(), Vec::new(), None, lock));
+    }
+    remove_stale(dir)?;
+    let c = Checkpoint::read(dir.join("checkpoint.bin"))?;
+    let found = c.meta["kind"].as_str().unwrap_or("unknown");
+    if found != kind {
+        return Err(RunError::Config(format!(
+            "{} holds a {found} run, which a {kind} run cannot resume",
+            dir.display()
+        )));
+    }
+    let mut stored = c.meta["config"].clone();
+    let wanted = serde_json::to_value(config).expect("configurations serialise");
+    let mut conflicts = Vec::new();
+    for key in &opts.given {
+        let (Some(new), Some(old)) = (wanted.get(key), stored.get(key)) else {
+            continue;
+        };
+        if new == old {
+            continue;
+        }
+        if mutable.contains(&key.as_str()) {
+            if opts.progress {
+                eprintln!("resuming with {key} = {new} (was {old})");
+            }
+            stored[key] = new.clone();
+        } else {
+            conflicts.push(format!(
+                "--{} {new} (the run has {old})",
+                key.replace('_', "-")
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(RunError::ResumeConflict {
+            path: dir.clone(),
+            conflicts: conflicts.join(", "),
+            mutable: mutable
+                .iter()
+                .map(|k| format!("--{}", k.replace('_', "-")))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let cfg = serde_json::from_value(stored).map_err(|e| {
+        RunError::Config(format!(
+            "the checkpoint in {} is of a {kind} run, and its configuration does not fit this one: {e}",
+            dir.display()
+        ))
+    })?;
+    let history = serde_json::from_value(c.meta["history"].clone()).map_err(|e| {
+        RunError::Config(format!(
+            "the metrics history in the {kind} checkpoint {} cannot be read: {e}",
+            dir.join("checkpoint.bin").display()
+        ))
+    })?;
+    Ok((cfg, history, Some(c), lock))
 }
 
 /// Write one JSON object per line, atomically.
@@ -180,6 +391,95 @@ pub struct SearchConfig {
     pub grad_clip: f64,
     /// Seed (initialisation, data order, augmentation).
     pub seed: u64,
+    /// Undo a step whose loss or gradient norm is not finite and go on (instead of stopping the
+    /// run with an error).
+    #[serde(default)]
+    pub skip_non_finite_steps: bool,
+}
+
+impl SearchConfig {
+    /// Check every value; the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (a search of no epochs derives nothing)",
+            self.epochs,
+        )?;
+        check(
+            self.init_channels > 0,
+            "init-channels",
+            "must be at least 1",
+            self.init_channels,
+        )?;
+        check(
+            self.layers >= 3,
+            "layers",
+            "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)",
+            self.layers,
+        )?;
+        check(self.nodes > 0, "nodes", "must be at least 1", self.nodes)?;
+        check(
+            self.limit_images != Some(0),
+            "limit-images",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            self.lr_min.is_finite() && self.lr_min >= 0.0 && self.lr_min <= self.lr,
+            "lr-min",
+            "must be between 0 and --lr",
+            self.lr_min,
+        )?;
+        check(
+            (0.0..1.0).contains(&self.momentum),
+            "momentum",
+            "must be in [0, 1)",
+            self.momentum,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.train_portion > 0.0 && self.train_portion < 1.0,
+            "train-portion",
+            "must be strictly between 0 and 1",
+            self.train_portion,
+        )?;
+        check(
+            self.arch_lr.is_finite() && self.arch_lr >= 0.0,
+            "arch-lr",
+            "must be 0 or positive",
+            self.arch_lr,
+        )?;
+        check(
+            self.arch_weight_decay.is_finite() && self.arch_weight_decay >= 0.0,
+            "arch-weight-decay",
+            "must be 0 or positive",
+            self.arch_weight_decay,
+        )?;
+        check(
+            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
+            "grad-clip",
+            "must be 0 (off) or positive",
+            self.grad_clip,
+        )
+    }
 }
 
 impl Default for SearchConfig {
@@ -202,6 +502,7 @@ impl Default for SearchConfig {
             arch_weight_decay: 1e-3,
             grad_clip: 5.0,
             seed: 2,
+            skip_non_finite_steps: false,
         }
     }
 }
@@ -212,28 +513,40 @@ pub struct SearchEpoch {
     /// Epoch (0-based).
     pub epoch: usize,
     /// Weight learning rate.
+    #[serde(with = "crate::nonfinite")]
     pub lr: f64,
     /// Mean training loss.
+    #[serde(with = "crate::nonfinite")]
     pub train_loss: f64,
     /// Training accuracy.
+    #[serde(with = "crate::nonfinite")]
     pub train_acc: f64,
     /// Mean validation loss seen by the architecture steps (training-mode BN).
+    #[serde(with = "crate::nonfinite")]
     pub arch_val_loss: f64,
     /// Validation loss in evaluation mode (running BN statistics).
+    #[serde(with = "crate::nonfinite")]
     pub val_loss: f64,
     /// Validation accuracy in evaluation mode.
+    #[serde(with = "crate::nonfinite")]
     pub val_acc: f64,
     /// Steps taken.
     pub steps: usize,
+    /// Steps undone because they were not finite (`skip_non_finite_steps`).
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Wall time of the epoch (s).
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
     /// Derived genotype.
     pub genotype: Genotype,
     /// The same, in Python notation.
     pub genotype_python: String,
     /// softmax(α) of the normal cell, `[edge][op]`.
+    #[serde(with = "crate::nonfinite::table")]
     pub alphas_normal: Vec<Vec<f64>>,
     /// softmax(α) of the reduction cell.
+    #[serde(with = "crate::nonfinite::table")]
     pub alphas_reduce: Vec<Vec<f64>>,
 }
 
@@ -259,6 +572,12 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Continue from `out/checkpoint.bin` (the configuration stored there is used).
     pub resume: bool,
+    /// Start a new run in `out` even if it holds an earlier run (whose files are removed).
+    pub overwrite: bool,
+    /// Configuration fields the user set explicitly (e.g. from the command line). On resume
+    /// they are checked against the checkpoint's configuration: the few that may change (the
+    /// number of epochs) are taken, any other that differs is an error.
+    pub given: Vec<String>,
     /// Stop after this many epochs in total (simulates an interruption; the checkpoint stays).
     pub stop_after: Option<usize>,
     /// Show progress bars.
@@ -377,12 +696,16 @@ pub fn run_search<B: AutodiffBackend>(
 ) -> Result<SearchSummary, RunError> {
     let out = &opts.out;
     let ckpt_path = out.join("checkpoint.bin");
-    let (cfg, mut history, ckpt) = open_run::<SearchConfig, SearchEpoch>(config, opts)?;
-    if cfg.batch_size == 0 || cfg.layers < 3 || cfg.nodes == 0 || cfg.init_channels == 0 {
-        return Err(RunError::Config(
-            "batch size, nodes and channels must be positive and layers at least 3".into(),
-        ));
+    if !opts.resume {
+        config.validate()?;
     }
+    let (cfg, mut history, ckpt, _lock) = open_run::<SearchConfig, SearchEpoch>(
+        config,
+        opts,
+        "cifar10_search",
+        &["epochs", "skip_non_finite_steps"],
+    )?;
+    cfg.validate()?;
     write(
         &out.join("config.json"),
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
@@ -438,6 +761,9 @@ pub fn run_search<B: AutodiffBackend>(
             ..Default::default()
         },
     );
+    if cfg.skip_non_finite_steps {
+        search.on_non_finite = NonFinitePolicy::SkipStep;
+    }
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;
     }
@@ -470,6 +796,16 @@ pub fn run_search<B: AutodiffBackend>(
             ));
         });
         pb.finish_and_clear();
+        if let Some(bad) = &stats.non_finite {
+            return Err(RunError::Diverged {
+                run: "search",
+                epoch: epoch + 1,
+                step: bad.step + 1,
+                what: bad.what.clone(),
+                hint:
+                    "; lower --lr or --arch-lr, or pass --skip-non-finite-steps to undo such steps",
+            });
+        }
         let model = search.model.valid();
         let (val_loss, val_acc) =
             evaluate::<B::InnerBackend, _>(&infer, device, |x| model.forward(x));
@@ -484,6 +820,7 @@ pub fn run_search<B: AutodiffBackend>(
             val_loss,
             val_acc,
             steps: stats.steps,
+            skipped_steps: stats.skipped,
             seconds: t0.elapsed().as_secs_f64(),
             genotype_python: python::to_python(&genotype),
             genotype,
@@ -504,6 +841,9 @@ pub fn run_search<B: AutodiffBackend>(
             );
         }
         history.push(rec);
+        // The epoch's outputs first, then the checkpoint that commits the epoch: a kill in
+        // between repeats the epoch on resume, which writes the same outputs again.
+        write_search_outputs(out, &history, &op_names)?;
         let mut c = Checkpoint::new(serde_json::json!({
             "kind": "cifar10_search",
             "epoch": epoch,
@@ -512,7 +852,6 @@ pub fn run_search<B: AutodiffBackend>(
         }));
         checkpoint::save_bilevel(&mut c, &search);
         c.write_atomic(&ckpt_path)?;
-        write_search_outputs(out, &history, &op_names)?;
     }
     let genotype = search.model.genotype();
     if !stopped_early {
@@ -581,24 +920,119 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+impl TrainConfig {
+    /// Check every value (and the genotype); the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        self.genotype.validate().map_err(|e| RunError::Genotype {
+            source_name: self.genotype_source.clone(),
+            error: e.to_string(),
+        })?;
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (nothing would be trained)",
+            self.epochs,
+        )?;
+        check(
+            self.init_channels > 0,
+            "init-channels",
+            "must be at least 1",
+            self.init_channels,
+        )?;
+        check(
+            self.layers >= 3,
+            "layers",
+            "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)",
+            self.layers,
+        )?;
+        check(
+            self.limit_images != Some(0),
+            "limit-images",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_test != Some(0),
+            "limit-test",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            (0.0..1.0).contains(&self.momentum),
+            "momentum",
+            "must be in [0, 1)",
+            self.momentum,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.auxiliary_weight.is_finite() && self.auxiliary_weight >= 0.0,
+            "auxiliary-weight",
+            "must be 0 or positive",
+            self.auxiliary_weight,
+        )?;
+        check(
+            self.cutout != Some(0),
+            "cutout",
+            "must be at least 1 (or off)",
+            0,
+        )?;
+        check(
+            (0.0..1.0).contains(&self.drop_path_prob),
+            "drop-path-prob",
+            "must be in [0, 1) (it is the probability of dropping a path)",
+            self.drop_path_prob,
+        )?;
+        check(
+            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
+            "grad-clip",
+            "must be 0 (off) or positive",
+            self.grad_clip,
+        )
+    }
+}
+
 /// One epoch of training from scratch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainEpoch {
     /// Epoch.
     pub epoch: usize,
     /// Learning rate.
+    #[serde(with = "crate::nonfinite")]
     pub lr: f64,
     /// Drop-path probability used.
+    #[serde(with = "crate::nonfinite")]
     pub drop_path_prob: f64,
     /// Training loss (including the auxiliary term).
+    #[serde(with = "crate::nonfinite")]
     pub train_loss: f64,
     /// Training accuracy.
+    #[serde(with = "crate::nonfinite")]
     pub train_acc: f64,
     /// Test loss.
+    #[serde(with = "crate::nonfinite")]
     pub test_loss: f64,
     /// Test accuracy.
+    #[serde(with = "crate::nonfinite")]
     pub test_acc: f64,
     /// Wall time (s).
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
 }
 
@@ -621,7 +1055,12 @@ pub fn run_train<B: AutodiffBackend>(
 ) -> Result<TrainSummary, RunError> {
     let out = &opts.out;
     let ckpt_path = out.join("checkpoint.bin");
-    let (cfg, mut history, ckpt) = open_run::<TrainConfig, TrainEpoch>(config, opts)?;
+    if !opts.resume {
+        config.validate()?;
+    }
+    let (cfg, mut history, ckpt, _lock) =
+        open_run::<TrainConfig, TrainEpoch>(config, opts, "cifar10_train", &["epochs"])?;
+    cfg.validate()?;
     write(
         &out.join("config.json"),
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
@@ -691,23 +1130,28 @@ pub fn run_train<B: AutodiffBackend>(
         let (mut loss_sum, mut ok, mut seen) = (0.0, 0.0, 0.0);
         for h in train.epoch(epoch, 0) {
             let b = to_batch::<B>(&h, device);
-            let ((loss, c, grads), bn) = record_bn_updates(|| {
-                darts_bilevel::join_parameter_graphs(&model);
-                let (loss, c) = model.loss(&b, dp, cfg.auxiliary_weight);
-                let l = loss.clone().detach();
-                (l, c, loss.backward())
+            let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
+            let (next, st) = weight_step(model, &mut sgd, lr, clip, |m| {
+                m.loss(&b, dp, cfg.auxiliary_weight)
             });
-            let mut g = gradients(&model, &grads);
-            if cfg.grad_clip > 0.0 {
-                clip_grad_norm(&mut g, cfg.grad_clip);
-            }
-            let ids: Vec<_> = g.keys().copied().collect();
-            let w = values(&model, &ids);
-            let new = sgd.step(lr, &w, &g);
-            model = bn.apply(set_values(model, &new));
+            model = next;
             let m = h.len() as f64;
-            let l: f64 = loss.into_scalar().elem();
-            let c: f64 = c.into_scalar().elem();
+            let l: f64 = st.loss.into_scalar().elem();
+            if !l.is_finite() || st.grad_norm.is_some_and(|g| !g.is_finite()) {
+                return Err(RunError::Diverged {
+                    run: "training",
+                    epoch: epoch + 1,
+                    step: (seen / cfg.batch_size as f64) as usize + 1,
+                    what: if l.is_finite() {
+                        "gradient norm"
+                    } else {
+                        "training loss"
+                    }
+                    .into(),
+                    hint: "; lower --lr",
+                });
+            }
+            let c: f64 = st.aux.into_scalar().elem();
             loss_sum += l * m;
             ok += c;
             seen += m;
@@ -746,14 +1190,6 @@ pub fn run_train<B: AutodiffBackend>(
             );
         }
         history.push(rec);
-        let mut c = Checkpoint::new(serde_json::json!({
-            "kind": "cifar10_train",
-            "epoch": epoch,
-            "config": cfg,
-            "history": history,
-        }));
-        checkpoint::save_model_sgd(&mut c, &model, &sgd);
-        c.write_atomic(&ckpt_path)?;
         write_jsonl(&out.join("metrics.jsonl"), &history)?;
         let series = |f: &dyn Fn(&TrainEpoch) -> f64| -> Vec<(f64, f64)> {
             history.iter().map(|e| (e.epoch as f64, f(e))).collect()
@@ -780,6 +1216,15 @@ pub fn run_train<B: AutodiffBackend>(
                 ],
             ),
         )?;
+        // Outputs first, then the checkpoint that commits the epoch (see run_search).
+        let mut c = Checkpoint::new(serde_json::json!({
+            "kind": "cifar10_train",
+            "epoch": epoch,
+            "config": cfg,
+            "history": history,
+        }));
+        checkpoint::save_model_sgd(&mut c, &model, &sgd);
+        c.write_atomic(&ckpt_path)?;
     }
     let test_acc = history.last().map_or(0.0, |e| e.test_acc);
     Ok(TrainSummary {

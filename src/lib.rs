@@ -39,6 +39,7 @@ pub mod launches;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
+pub mod nonfinite;
 pub mod ptb;
 pub mod report;
 

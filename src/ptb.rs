@@ -10,7 +10,9 @@
 //! exactly the steps an uninterrupted one takes.
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::cifar::{open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK};
+use crate::cifar::{
+    check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+};
 use crate::report;
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -112,6 +114,80 @@ impl Default for PtbSearchConfig {
 }
 
 impl PtbSearchConfig {
+    /// Check every value; the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.eval_batch_size > 0,
+            "eval-batch-size",
+            "must be at least 1",
+            self.eval_batch_size,
+        )?;
+        check(self.bptt > 0, "bptt", "must be at least 1", self.bptt)?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (a search of no epochs derives nothing)",
+            self.epochs,
+        )?;
+        check(
+            self.max_steps_per_epoch != Some(0),
+            "max-steps",
+            "must be at least 1 (an epoch of no steps trains nothing)",
+            0,
+        )?;
+        check(
+            self.limit_train_tokens != Some(0),
+            "limit-train-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_valid_tokens != Some(0),
+            "limit-valid-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(self.emsize > 0, "emsize", "must be at least 1", self.emsize)?;
+        check(self.nhid > 0, "nhid", "must be at least 1", self.nhid)?;
+        check(self.nodes > 0, "nodes", "must be at least 1", self.nodes)?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.clip.is_finite() && self.clip >= 0.0,
+            "clip",
+            "must be 0 (off) or positive",
+            self.clip,
+        )?;
+        check(
+            self.arch_lr.is_finite() && self.arch_lr >= 0.0,
+            "arch-lr",
+            "must be 0 or positive",
+            self.arch_lr,
+        )?;
+        check(
+            self.arch_weight_decay.is_finite() && self.arch_weight_decay >= 0.0,
+            "arch-weight-decay",
+            "must be 0 or positive",
+            self.arch_weight_decay,
+        )
+    }
+
     /// The architect's configuration for this search, as the recurrent reference sets it up
     /// (`rnn/architect.py:30`: `torch.optim.Adam(..., lr=arch_lr, weight_decay=arch_wdecay)`,
     /// so Adam's default betas (0.9, 0.999) and ε 1e-8, not the convolutional architect's
@@ -141,26 +217,33 @@ pub struct PtbSearchEpoch {
     /// Epoch (0-based).
     pub epoch: usize,
     /// Mean training cross-entropy (dropout on).
+    #[serde(with = "crate::nonfinite")]
     pub train_loss: f64,
     /// Its perplexity.
+    #[serde(with = "crate::nonfinite")]
     pub train_ppl: f64,
     /// Mean validation cross-entropy seen by the architecture steps (dropout on).
+    #[serde(with = "crate::nonfinite")]
     pub arch_val_loss: f64,
     /// Validation cross-entropy in evaluation mode.
+    #[serde(with = "crate::nonfinite")]
     pub val_loss: f64,
     /// Validation perplexity in evaluation mode.
+    #[serde(with = "crate::nonfinite")]
     pub val_ppl: f64,
     /// Steps taken.
     pub steps: usize,
     /// Training tokens seen.
     pub tokens: usize,
     /// Wall time (s).
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
     /// Derived genotype.
     pub genotype: RecurrentGenotype,
     /// The same, in Python notation.
     pub genotype_python: String,
     /// softmax(α), `[edge][op]`.
+    #[serde(with = "crate::nonfinite::table")]
     pub alphas: Vec<Vec<f64>>,
 }
 
@@ -253,6 +336,16 @@ fn write_rnn_genotype(out: &Path, g: &RecurrentGenotype) -> Result<(), RunError>
     write(&out.join("recurrent.dot"), &graph.to_dot())
 }
 
+fn diverged(epoch: usize, step: usize, what: &str) -> RunError {
+    RunError::Diverged {
+        run: "search",
+        epoch: epoch + 1,
+        step: step + 1,
+        what: what.to_string(),
+        hint: "; lower --lr or --arch-lr",
+    }
+}
+
 /// Run (or resume) a recurrent cell search on `device`.
 pub fn run_ptb_search<B: AutodiffBackend>(
     config: &PtbSearchConfig,
@@ -261,12 +354,12 @@ pub fn run_ptb_search<B: AutodiffBackend>(
 ) -> Result<PtbSearchSummary, RunError> {
     let out = &opts.out;
     let ckpt_path = out.join("checkpoint.bin");
-    let (cfg, mut history, ckpt) = open_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts)?;
-    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 || cfg.bptt == 0 || cfg.epochs == 0 {
-        return Err(RunError::Config(
-            "batch sizes, bptt and epochs must be positive".into(),
-        ));
+    if !opts.resume {
+        config.validate()?;
     }
+    let (cfg, mut history, ckpt, _lock) =
+        open_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts, "ptb_search", &["epochs"])?;
+    cfg.validate()?;
     write(
         &out.join("config.json"),
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
@@ -365,6 +458,9 @@ pub fn run_ptb_search<B: AutodiffBackend>(
                 device,
             );
             let o = search.step_with_state(&tb, &vb, lr);
+            if let Some(what) = o.stats.non_finite() {
+                return Err(diverged(epoch, step, what));
+            }
             h_train = o.train_state[0].clone();
             h_val = o.val_state[0].clone();
             tl += o.stats.train_loss * o.stats.train_size as f64;
@@ -379,6 +475,13 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             ));
         }
         pb.finish_and_clear();
+        if !search.alphas_finite() {
+            return Err(diverged(
+                epoch,
+                windows.len() - 1,
+                "architecture parameters α",
+            ));
+        }
         let model = search.model.valid();
         let val_loss =
             evaluate_lm::<B::InnerBackend, _>(&val_data, cfg.bptt, cfg.nhid, device, |x, h| {
@@ -417,6 +520,9 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             );
         }
         history.push(rec);
+        // Outputs first, then the checkpoint that commits the epoch (a kill in between repeats
+        // the epoch on resume, which writes the same outputs again).
+        write_search_outputs(out, &history, &op_names)?;
         let mut c = Checkpoint::new(serde_json::json!({
             "kind": "ptb_search",
             "epoch": epoch,
@@ -425,7 +531,6 @@ pub fn run_ptb_search<B: AutodiffBackend>(
         }));
         checkpoint::save_bilevel(&mut c, &search);
         c.write_atomic(&ckpt_path)?;
-        write_search_outputs(out, &history, &op_names)?;
     }
     let genotype = search.model.genotype();
     write_rnn_genotype(out, &genotype)?;
@@ -542,6 +647,85 @@ pub struct PtbTrainConfig {
 }
 
 impl PtbTrainConfig {
+    /// Check every value (and the genotype); the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        self.genotype.validate().map_err(|e| RunError::Genotype {
+            source_name: self.genotype_source.clone(),
+            error: e.to_string(),
+        })?;
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.eval_batch_size > 0,
+            "eval-batch-size",
+            "must be at least 1",
+            self.eval_batch_size,
+        )?;
+        check(
+            self.test_batch_size > 0,
+            "test-batch-size",
+            "must be at least 1",
+            self.test_batch_size,
+        )?;
+        check(self.bptt > 0, "bptt", "must be at least 1", self.bptt)?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (nothing would be trained)",
+            self.epochs,
+        )?;
+        check(
+            self.max_steps_per_epoch != Some(0),
+            "max-steps",
+            "must be at least 1 (an epoch of no steps trains nothing)",
+            0,
+        )?;
+        check(
+            self.limit_train_tokens != Some(0),
+            "limit-train-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_valid_tokens != Some(0),
+            "limit-valid-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_test_tokens != Some(0),
+            "limit-test-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(self.emsize > 0, "emsize", "must be at least 1", self.emsize)?;
+        check(self.nhid > 0, "nhid", "must be at least 1", self.nhid)?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.clip.is_finite() && self.clip >= 0.0,
+            "clip",
+            "must be 0 (off) or positive",
+            self.clip,
+        )
+    }
+}
+
+impl PtbTrainConfig {
     /// Reference defaults for `genotype`.
     pub fn new(genotype: RecurrentGenotype, source: impl Into<String>) -> Self {
         Self {
@@ -578,18 +762,23 @@ pub struct PtbTrainEpoch {
     /// Epoch.
     pub epoch: usize,
     /// Training cross-entropy (dropout on).
+    #[serde(with = "crate::nonfinite")]
     pub train_loss: f64,
     /// Its perplexity.
+    #[serde(with = "crate::nonfinite")]
     pub train_ppl: f64,
     /// Validation cross-entropy (averaged weights once averaging is on).
+    #[serde(with = "crate::nonfinite")]
     pub val_loss: f64,
     /// Validation perplexity.
+    #[serde(with = "crate::nonfinite")]
     pub val_ppl: f64,
     /// Whether averaged SGD was on during this epoch.
     pub averaged: bool,
     /// Steps.
     pub steps: usize,
     /// Wall time (s).
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
 }
 
@@ -622,13 +811,12 @@ pub fn run_ptb_train<B: AutodiffBackend>(
 ) -> Result<PtbTrainSummary, RunError> {
     let out = &opts.out;
     let ckpt_path = out.join("checkpoint.bin");
-    let (cfg, mut history, ckpt) = open_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts)?;
-    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 || cfg.test_batch_size == 0 || cfg.bptt == 0
-    {
-        return Err(RunError::Config(
-            "batch sizes and bptt must be positive".into(),
-        ));
+    if !opts.resume {
+        config.validate()?;
     }
+    let (cfg, mut history, ckpt, _lock) =
+        open_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts, "ptb_train", &["epochs"])?;
+    cfg.validate()?;
     write(
         &out.join("config.json"),
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
@@ -746,6 +934,15 @@ pub fn run_ptb_train<B: AutodiffBackend>(
                 .convert::<f64>()
                 .to_vec::<f64>()
                 .expect("f64")[0];
+            if !raw.is_finite() {
+                return Err(RunError::Diverged {
+                    run: "training",
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    what: "training loss".into(),
+                    hint: "; lower --lr",
+                });
+            }
             let grads = loss.backward();
             let mut g = gradients(&model, &grads);
             if cfg.clip > 0.0 {
@@ -857,7 +1054,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
                 c.push(format!("best/{}", pos[id]), vec![v.len()], v);
             }
         }
-        c.write_atomic(&ckpt_path)?;
+        // Outputs first, then the checkpoint that commits the epoch.
         write_jsonl(&out.join("metrics.jsonl"), &history)?;
         let series = |f: &dyn Fn(&PtbTrainEpoch) -> f64| -> Vec<(f64, f64)> {
             history.iter().map(|e| (e.epoch as f64, f(e))).collect()
@@ -873,6 +1070,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
                 ],
             ),
         )?;
+        c.write_atomic(&ckpt_path)?;
     }
     let (best_val, best_w) = match best {
         Some((v, w)) => (v, Some(w)),

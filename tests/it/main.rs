@@ -7,4 +7,5 @@ mod common;
 mod gpu_equivalence;
 mod nb201;
 mod ptb;
+mod robustness;
 mod search_space;

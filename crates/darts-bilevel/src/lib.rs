@@ -15,4 +15,7 @@ pub use architect::{
     ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order, ReferenceQuirks,
 };
 pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
-pub use search::{Bilevel, EpochStats, SearchEvent, StepOutcome, StepStats, WeightConfig};
+pub use search::{
+    weight_step, Bilevel, EpochStats, NonFinitePolicy, NonFiniteStep, SearchEvent, StepOutcome,
+    StepStats, WeightConfig, WeightStep,
+};

@@ -1,10 +1,12 @@
 //! The bilevel search loop: per step, an architecture step on a validation batch, then a weight
 //! step on a training batch (Algorithm 1 of the paper).
 
-use crate::architect::{train_gradients, ArchModel, Architect, ArchitectConfig};
+use crate::architect::{
+    join_parameter_graphs, train_gradients, ArchModel, Architect, ArchitectConfig,
+};
 use crate::optim::{clip_grad_norm, CosineLr, Sgd};
-use crate::params::{set_values, values};
-use burn::module::ParamId;
+use crate::params::{gradients, set_values, values};
+use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use darts_ops::record_bn_updates;
@@ -62,6 +64,47 @@ pub struct StepStats {
     pub lr: f64,
 }
 
+impl StepStats {
+    /// The first quantity of the step that is NaN or infinite (training loss, validation loss,
+    /// weight-gradient norm, finite-difference ε), or `None` when all are finite. A non-finite
+    /// gradient anywhere makes the global norm non-finite, so this covers every gradient.
+    pub fn non_finite(&self) -> Option<&'static str> {
+        if !self.train_loss.is_finite() {
+            Some("training loss")
+        } else if !self.val_loss.is_finite() {
+            Some("validation loss")
+        } else if !self.grad_norm.is_finite() {
+            Some("weight-gradient norm")
+        } else if self.eps.is_some_and(|e| !e.is_finite()) {
+            Some("finite-difference step ε (norm of ∇w′ L_val)")
+        } else {
+            None
+        }
+    }
+}
+
+/// What [`Bilevel::run_epoch`] does when a step's loss, gradient norm or α is NaN or infinite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NonFinitePolicy {
+    /// End the epoch at that step and report it in [`EpochStats::non_finite`]; the model and
+    /// optimiser state are those after the bad step (the caller keeps its last checkpoint).
+    #[default]
+    Stop,
+    /// Undo the step (weights, α and both optimisers' state as before it) and go on with the
+    /// next batch, counting it in [`EpochStats::skipped`], as mixed-precision trainers skip
+    /// overflowing steps. An epoch in which every step was skipped ends as with `Stop`.
+    SkipStep,
+}
+
+/// A step whose results were not finite.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NonFiniteStep {
+    /// Step within the epoch (0-based).
+    pub step: usize,
+    /// What was not finite.
+    pub what: String,
+}
+
 /// What [`Bilevel::step_with_state`] returns.
 #[derive(Clone, Debug)]
 pub struct StepOutcome<B: AutodiffBackend> {
@@ -71,6 +114,72 @@ pub struct StepOutcome<B: AutodiffBackend> {
     pub train_state: Vec<Tensor<B::InnerBackend, 2>>,
     /// Recurrent state after the architecture-step pass on the validation batch.
     pub val_state: Vec<Tensor<B::InnerBackend, 2>>,
+}
+
+/// What [`weight_step`] reports besides the updated model.
+#[derive(Clone, Debug)]
+pub struct WeightStep<B: AutodiffBackend, A> {
+    /// The loss before the update (detached; reading it synchronises the device).
+    pub loss: Tensor<B::InnerBackend, 1>,
+    /// Whatever the forward closure returned next to the loss (a correct count, a state).
+    pub aux: A,
+    /// Global gradient norm before clipping (`None` when clipping is off).
+    pub grad_norm: Option<f64>,
+}
+
+/// One SGD step on the weights of `model`: the parameter graphs are joined
+/// ([`join_parameter_graphs`]), `forward` computes the loss, its gradients are clipped to the
+/// global norm `grad_clip` (when given), `sgd` updates every parameter that received a gradient
+/// and the BatchNorm running statistics of the forward are committed. Returns the updated model.
+///
+/// ```
+/// use burn::backend::{Autodiff, Flex};
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::tensor::Tensor;
+/// use darts_bilevel::{weight_step, Sgd};
+/// type B = Autodiff<Flex>;
+/// let dev = Default::default();
+/// let lin: Linear<B> = LinearConfig::new(3, 1).init(&dev);
+/// let x = Tensor::<B, 2>::ones([4, 3], &dev);
+/// let mut sgd = Sgd::new(0.9, 3e-4);
+/// let (lin, out) = weight_step(lin, &mut sgd, 0.1, Some(5.0), |m| {
+///     (m.forward(x.clone()).powi_scalar(2).mean(), ())
+/// });
+/// assert!(out.grad_norm.unwrap() > 0.0);
+/// assert_eq!(lin.num_params(), 4);
+/// ```
+pub fn weight_step<B, M, A>(
+    model: M,
+    sgd: &mut Sgd<B::InnerBackend>,
+    lr: f64,
+    grad_clip: Option<f64>,
+    forward: impl FnOnce(&M) -> (Tensor<B, 1>, A),
+) -> (M, WeightStep<B, A>)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
+    let ((loss, aux, grads), bn) = record_bn_updates(|| {
+        join_parameter_graphs(&model);
+        let (loss, aux) = forward(&model);
+        let reported = loss.clone().detach().inner();
+        (reported, aux, loss.backward())
+    });
+    let mut g = gradients(&model, &grads);
+    let grad_norm = grad_clip.map(|max| clip_grad_norm(&mut g, max));
+    let ids: Vec<ParamId> = g.keys().copied().collect();
+    let w = values(&model, &ids);
+    let new = sgd.step(lr, &w, &g);
+    let model = bn.apply(set_values(model, &new));
+    (
+        model,
+        WeightStep {
+            loss,
+            aux,
+            grad_norm,
+        },
+    )
 }
 
 /// Events emitted by [`Bilevel::run_epoch`].
@@ -102,6 +211,10 @@ pub struct EpochStats {
     pub val_acc: Option<f64>,
     /// Learning rate of the epoch.
     pub lr: f64,
+    /// Steps undone under [`NonFinitePolicy::SkipStep`].
+    pub skipped: usize,
+    /// The step that ended the epoch early because it was not finite.
+    pub non_finite: Option<NonFiniteStep>,
 }
 
 #[derive(Default)]
@@ -137,6 +250,8 @@ pub struct Bilevel<B: AutodiffBackend, M: ArchModel<B>> {
     pub architect: Architect<B>,
     /// Weight-optimiser settings.
     pub weights: WeightConfig,
+    /// What [`Bilevel::run_epoch`] does with a non-finite step.
+    pub on_non_finite: NonFinitePolicy,
 }
 
 impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
@@ -147,6 +262,7 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             w_opt: Sgd::new(weights.momentum, weights.weight_decay),
             architect: Architect::new(arch),
             weights,
+            on_non_finite: NonFinitePolicy::Stop,
         }
     }
 
@@ -190,8 +306,23 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         }
     }
 
+    /// Whether every architecture parameter is finite (reads α back from the device).
+    pub fn alphas_finite(&self) -> bool {
+        let ids = self.model.arch_param_ids();
+        values(&self.model, &ids).values().all(|t| {
+            t.clone()
+                .into_data()
+                .convert::<f64>()
+                .iter::<f64>()
+                .all(f64::is_finite)
+        })
+    }
+
     /// One epoch: a step for each training batch, pairing it with the next validation batch
-    /// (the validation stream should cycle; the epoch ends early if it runs dry).
+    /// (the validation stream should cycle; the epoch ends early if it runs dry). A step whose
+    /// loss or gradient norm is not finite is handled by [`Bilevel::on_non_finite`]; α is
+    /// checked once at the end of the epoch (a non-finite α makes the next step's losses
+    /// non-finite, so within the epoch the step checks catch it).
     pub fn run_epoch(
         &mut self,
         epoch: usize,
@@ -201,10 +332,23 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
     ) -> EpochStats {
         let lr = self.weights.lr.at(epoch);
         let (mut tm, mut vm) = (Meter::default(), Meter::default());
-        let mut steps = 0;
+        let (mut steps, mut skipped, mut non_finite) = (0, 0, None);
         for (step, t) in train.into_iter().enumerate() {
             let Some(v) = val.next() else { break };
+            let backup = (self.on_non_finite == NonFinitePolicy::SkipStep).then(|| self.clone());
             let stats = self.step(&t, &v, lr);
+            if let Some(what) = stats.non_finite() {
+                if let Some(before) = backup {
+                    *self = before;
+                    skipped += 1;
+                    continue;
+                }
+                non_finite = Some(NonFiniteStep {
+                    step,
+                    what: what.to_string(),
+                });
+                break;
+            }
             tm.add(stats.train_loss, stats.train_correct, stats.train_size);
             vm.add(stats.val_loss, stats.val_correct, stats.val_size);
             on_event(SearchEvent::Step {
@@ -213,6 +357,18 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
                 stats: &stats,
             });
             steps += 1;
+        }
+        if non_finite.is_none() && steps == 0 && skipped > 0 {
+            non_finite = Some(NonFiniteStep {
+                step: skipped - 1,
+                what: format!("every step of the epoch ({skipped}, all skipped)"),
+            });
+        }
+        if non_finite.is_none() && steps > 0 && !self.alphas_finite() {
+            non_finite = Some(NonFiniteStep {
+                step: steps + skipped - 1,
+                what: "architecture parameters α".into(),
+            });
         }
         let (train_loss, train_acc) = tm.mean();
         let (val_loss, val_acc) = vm.mean();
@@ -223,6 +379,8 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             val_loss,
             val_acc,
             lr,
+            skipped,
+            non_finite,
         }
     }
 }

@@ -109,6 +109,12 @@ pub enum GenotypeError {
         /// Number of states.
         states: usize,
     },
+    /// The cell concatenates no state, so it would have no output.
+    #[error("{cell} cell: the concat list is empty (the cell's output is the concatenation of the states it lists)")]
+    EmptyConcat {
+        /// Which cell.
+        cell: &'static str,
+    },
     /// An operation name is not known to the search space.
     #[error("{cell} cell, gene {gene}: unknown operation `{op}` (known: {known})")]
     UnknownOp {
@@ -145,6 +151,9 @@ fn validate_conv_cell(
                 max: node + 2,
             });
         }
+    }
+    if concat.is_empty() {
+        return Err(GenotypeError::EmptyConcat { cell });
     }
     let states = genes.len() / 2 + 2;
     for &index in concat {
@@ -213,6 +222,9 @@ impl RecurrentGenotype {
                     max: g + 1,
                 });
             }
+        }
+        if self.concat.is_empty() {
+            return Err(GenotypeError::EmptyConcat { cell: "recurrent" });
         }
         let states = self.recurrent.len() + 1;
         for &index in &self.concat {

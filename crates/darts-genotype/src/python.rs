@@ -46,9 +46,17 @@ enum Value {
     Ints(Vec<usize>),
 }
 
+/// Most items a list or `range` may hold: far more than any genotype (a cell of 1,000 nodes
+/// has 2,000 genes), small enough that a hostile `range(0, 10**18)` is an error, not an
+/// allocation.
+pub const MAX_ITEMS: usize = 1 << 16;
+/// Deepest nesting of lists and `list(...)` calls (a genotype needs two: genes grouped per node).
+pub const MAX_DEPTH: usize = 16;
+
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -176,6 +184,30 @@ impl<'a> Parser<'a> {
 
     /// A `[...]` list of genes (possibly nested per node) or of integers.
     fn list(&mut self) -> Result<Value, ParseError> {
+        self.nested(Self::list_inner)
+    }
+
+    /// Run `f` one nesting level deeper, refusing to go past [`MAX_DEPTH`] (so a hostile input
+    /// cannot overflow the stack).
+    fn nested(
+        &mut self,
+        f: fn(&mut Self) -> Result<Value, ParseError>,
+    ) -> Result<Value, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error_at(self.pos, format!("lists nested more than {MAX_DEPTH} deep")));
+        }
+        self.depth += 1;
+        let out = f(self);
+        self.depth -= 1;
+        out
+    }
+
+    fn too_many(&self, at: usize) -> ParseError {
+        self.error_at(at, format!("more than {MAX_ITEMS} items"))
+    }
+
+    fn list_inner(&mut self) -> Result<Value, ParseError> {
+        let at = self.pos;
         self.expect('[')?;
         let mut genes = Vec::new();
         let mut ints = Vec::new();
@@ -211,6 +243,9 @@ impl<'a> Parser<'a> {
                     ints.push(self.int()?);
                 }
                 _ => return Err(self.expected("a gene `('op', input)`, an integer or `]`")),
+            }
+            if genes.len() + ints.len() > MAX_ITEMS {
+                return Err(self.too_many(at));
             }
             if !self.eat(',') {
                 self.expect(']')?;
@@ -248,11 +283,14 @@ impl<'a> Parser<'a> {
                             Some(b) => (a, b),
                             None => (0, a),
                         };
+                        if b.saturating_sub(a) > MAX_ITEMS {
+                            return Err(self.too_many(at));
+                        }
                         Ok(Value::Ints((a..b).collect()))
                     }
                     "list" => {
                         self.expect('(')?;
-                        let v = self.value()?;
+                        let v = self.nested(Self::value)?;
                         self.expect(')')?;
                         Ok(v)
                     }
@@ -357,7 +395,11 @@ fn finish(p: &Parser, fields: &[(usize, String, Value)], known: &str) -> Result<
 /// Parse a convolutional genotype (`normal`, `normal_concat`, `reduce`, `reduce_concat`).
 /// The structure is validated too (two genes per node, inputs from earlier states).
 pub fn parse_conv(text: &str) -> Result<Genotype, ParseError> {
-    let mut p = Parser { src: text, pos: 0 };
+    let mut p = Parser {
+        src: text,
+        pos: 0,
+        depth: 0,
+    };
     let mut f = p.fields()?;
     let g = Genotype {
         normal: genes(take(&p, &mut f, "normal", true)?),
@@ -373,7 +415,11 @@ pub fn parse_conv(text: &str) -> Result<Genotype, ParseError> {
 
 /// Parse a recurrent genotype (`recurrent`, `concat`).
 pub fn parse_recurrent(text: &str) -> Result<RecurrentGenotype, ParseError> {
-    let mut p = Parser { src: text, pos: 0 };
+    let mut p = Parser {
+        src: text,
+        pos: 0,
+        depth: 0,
+    };
     let mut f = p.fields()?;
     let g = RecurrentGenotype {
         recurrent: genes(take(&p, &mut f, "recurrent", true)?),

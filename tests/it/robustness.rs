@@ -1,0 +1,606 @@
+//! Failure behaviour (issue #19): non-finite metrics and steps, run directories (refusal, lock,
+//! overwrite, resume settings), checkpoint integrity, validation of settings, and parsers and
+//! readers that never panic on hostile input.
+
+use crate::common::{alpha_vec, batch, seeded, B};
+use burn::module::Module;
+use darts::bilevel::{ArchitectConfig, Bilevel, NonFinitePolicy, WeightConfig};
+use darts::checkpoint::Checkpoint;
+use darts::cifar::{
+    run_search, run_train, RunError, RunOptions, SearchConfig, SearchEpoch, TrainConfig,
+};
+use darts::genotype::{catalog, parse_conv_any, parse_recurrent_any, python, Gene, Genotype};
+use darts::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("darts-robust-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn tiny_search(data: &Path, epochs: usize) -> SearchConfig {
+    SearchConfig {
+        data: data.to_path_buf(),
+        limit_images: Some(32),
+        batch_size: 8,
+        epochs,
+        init_channels: 2,
+        layers: 3,
+        nodes: 2,
+        seed: 5,
+        ..Default::default()
+    }
+}
+
+fn opts(out: &Path) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+fn resume(out: &Path, given: &[&str]) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        resume: true,
+        given: given.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------- 1: non-finite metrics
+
+#[test]
+fn non_finite_metrics_round_trip_through_json() {
+    let rec = SearchEpoch {
+        epoch: 0,
+        lr: 0.025,
+        train_loss: f64::NAN,
+        train_acc: 0.5,
+        arch_val_loss: f64::INFINITY,
+        val_loss: f64::NEG_INFINITY,
+        val_acc: 0.25,
+        steps: 3,
+        skipped_steps: 1,
+        seconds: 1.5,
+        genotype: catalog::conv("DARTS_V2").unwrap(),
+        genotype_python: String::new(),
+        alphas_normal: vec![vec![0.5, f64::NAN]],
+        alphas_reduce: vec![vec![1.0]],
+    };
+    // The drivers store the history through `serde_json::json!` (a `Value`), as here.
+    let v = serde_json::json!({ "history": [rec] });
+    let back: Vec<SearchEpoch> = serde_json::from_value(v["history"].clone()).unwrap();
+    assert!(back[0].train_loss.is_nan());
+    assert_eq!(back[0].arch_val_loss, f64::INFINITY);
+    assert_eq!(back[0].val_loss, f64::NEG_INFINITY);
+    assert!(back[0].alphas_normal[0][1].is_nan());
+    assert_eq!(back[0].lr, 0.025);
+    // Files written before this fix hold `null` there: they read as NaN.
+    let mut old = serde_json::to_value(&back[0]).unwrap();
+    old["train_loss"] = serde_json::Value::Null;
+    let old: SearchEpoch = serde_json::from_value(old).unwrap();
+    assert!(old.train_loss.is_nan());
+}
+
+#[test]
+fn a_nan_in_the_checkpoint_history_does_not_block_resume() {
+    let Some(data) = crate::common::real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    let out = tmp("nan-history");
+    let cfg = tiny_search(&data, 2);
+    let mut o = opts(&out);
+    o.stop_after = Some(1);
+    run_search::<B>(&cfg, &o, &Default::default()).unwrap();
+    // What the earlier version wrote for a NaN metric: `null`.
+    let path = out.join("checkpoint.bin");
+    let mut c = Checkpoint::read(&path).unwrap();
+    c.meta["history"][0]["val_loss"] = serde_json::Value::Null;
+    c.write_atomic(&path).unwrap();
+    let s = run_search::<B>(&cfg, &resume(&out, &[]), &Default::default()).unwrap();
+    assert_eq!(s.history.len(), 2);
+    assert!(s.history[0].val_loss.is_nan());
+    // And the NaN is written so that it reads back (not as `null`).
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(metrics
+        .lines()
+        .next()
+        .unwrap()
+        .contains("\"val_loss\":\"NaN\""));
+    std::fs::remove_dir_all(&out).ok();
+}
+
+// ---------------------------------------------------------------- 2: divergence
+
+#[test]
+fn a_diverging_search_stops_with_a_clear_error_and_writes_no_genotype() {
+    let Some(data) = crate::common::real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    let out = tmp("diverge");
+    let cfg = SearchConfig {
+        arch_lr: 1e300, // inf in f32: α is not finite after the first architecture step
+        ..tiny_search(&data, 1)
+    };
+    let e = run_search::<B>(&cfg, &opts(&out), &Default::default()).unwrap_err();
+    match &e {
+        RunError::Diverged { epoch, step, .. } => assert_eq!((*epoch, *step), (1, 1), "{e}"),
+        other => panic!("expected a divergence error, got {other}"),
+    }
+    assert!(e.to_string().contains("epoch 1, step 1"), "{e}");
+    assert!(!out.join("genotype.json").exists());
+    assert!(!out.join("checkpoint.bin").exists());
+    // Skipping every step is a divergence too.
+    let out2 = tmp("diverge-skip");
+    let skip = SearchConfig {
+        skip_non_finite_steps: true,
+        ..cfg
+    };
+    let e = run_search::<B>(&skip, &opts(&out2), &Default::default()).unwrap_err();
+    assert!(e.to_string().contains("every step"), "{e}");
+    assert!(!out2.join("genotype.json").exists());
+    std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(&out2).ok();
+}
+
+#[test]
+fn skip_policy_undoes_exactly_the_bad_step() {
+    let dev = Default::default();
+    let net = || {
+        seeded(11, || {
+            SearchNetworkConfig {
+                channels: 2,
+                layers: 3,
+                steps: 2,
+                multiplier: 2,
+                ..Default::default()
+            }
+            .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev)
+        })
+    };
+    let mk = |model| {
+        let mut s = Bilevel::new(
+            model,
+            WeightConfig::darts_cifar(2),
+            ArchitectConfig::default(),
+        );
+        s.on_non_finite = NonFinitePolicy::SkipStep;
+        s
+    };
+    let (t1, t3) = (batch(2, 8, 0.0), batch(2, 8, 0.3));
+    let (v1, v2, v3) = (batch(2, 8, 0.1), batch(2, 8, 0.2), batch(2, 8, 0.4));
+    let mut poisoned = batch(2, 8, 0.5);
+    poisoned.images = poisoned.images.clone() * f32::NAN;
+    // With the poisoned batch in the middle: skipped, and the state is as if it never came.
+    let mut a = mk(net());
+    let sa = a.run_epoch(
+        0,
+        vec![t1.clone(), poisoned, t3.clone()],
+        &mut vec![v1.clone(), v2, v3.clone()].into_iter(),
+        |_| {},
+    );
+    assert_eq!((sa.steps, sa.skipped), (2, 1));
+    assert!(sa.non_finite.is_none());
+    let mut b = mk(net());
+    let sb = b.run_epoch(0, vec![t1, t3], &mut vec![v1, v3].into_iter(), |_| {});
+    assert_eq!((sb.steps, sb.skipped), (2, 0));
+    assert_eq!(alpha_vec(&a.model), alpha_vec(&b.model));
+    let w = |m: &SearchNetwork<B, DartsOp<B>>| {
+        darts::checkpoint::module_tensors::<B, _>(&m.clone().no_grad())
+            .into_iter()
+            .flat_map(|t| t.2)
+            .collect::<Vec<f32>>()
+    };
+    assert_eq!(w(&a.model), w(&b.model));
+    assert_eq!(sa.train_loss, sb.train_loss);
+}
+
+// ---------------------------------------------------------------- 3, 4, 6, 7: run directories
+
+#[test]
+fn run_directories_refuse_reuse_lock_overwrite_and_resume_with_settings() {
+    let Some(data) = crate::common::real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    let out = tmp("rundir");
+    let cfg = tiny_search(&data, 1);
+    run_search::<B>(&cfg, &opts(&out), &Default::default()).unwrap();
+    assert!(out.join("genotype.json").exists());
+    // 3: a second plain run refuses the directory and leaves it untouched.
+    let before = std::fs::read(out.join("checkpoint.bin")).unwrap();
+    let e = run_search::<B>(&cfg, &opts(&out), &Default::default()).unwrap_err();
+    assert!(matches!(e, RunError::OutputExists { .. }), "{e}");
+    assert!(e.to_string().contains("--overwrite"), "{e}");
+    assert_eq!(std::fs::read(out.join("checkpoint.bin")).unwrap(), before);
+    // 7: resume with a longer schedule extends the run; a structural flag is refused.
+    let longer = SearchConfig {
+        epochs: 2,
+        ..cfg.clone()
+    };
+    let s = run_search::<B>(&longer, &resume(&out, &["epochs"]), &Default::default()).unwrap();
+    assert_eq!(s.history.len(), 2);
+    assert!(out.join("genotypes/epoch_001.json").exists());
+    let wider = SearchConfig {
+        init_channels: 4,
+        ..longer.clone()
+    };
+    let e = run_search::<B>(
+        &wider,
+        &resume(&out, &["init_channels", "epochs"]),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, RunError::ResumeConflict { .. }), "{e}");
+    assert!(
+        e.to_string().contains("--init-channels 4 (the run has 2)"),
+        "{e}"
+    );
+    // A flag given with the value the run already has is fine.
+    run_search::<B>(
+        &longer,
+        &resume(&out, &["init_channels"]),
+        &Default::default(),
+    )
+    .unwrap();
+    // 4: a second run while the first holds the lock fails.
+    let lock = std::fs::File::open(out.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let e = run_search::<B>(&longer, &resume(&out, &[]), &Default::default()).unwrap_err();
+    assert!(matches!(e, RunError::Locked { .. }), "{e}");
+    lock.unlock().unwrap();
+    drop(lock);
+    // 6: stale temporary files of an interrupted write go on start.
+    std::fs::write(out.join("checkpoint.tmp"), b"half").unwrap();
+    std::fs::write(out.join("genotypes/epoch_000.json.part"), b"half").unwrap();
+    run_search::<B>(&longer, &resume(&out, &[]), &Default::default()).unwrap();
+    assert!(!out.join("checkpoint.tmp").exists());
+    assert!(!out.join("genotypes/epoch_000.json.part").exists());
+    // 3: --overwrite starts afresh and removes the old run's per-epoch genotypes.
+    let mut o = opts(&out);
+    o.overwrite = true;
+    let s = run_search::<B>(&cfg, &o, &Default::default()).unwrap();
+    assert_eq!(s.history.len(), 1);
+    assert!(!out.join("genotypes/epoch_001.json").exists());
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn resume_needs_a_checkpoint_of_the_same_kind_and_creates_nothing() {
+    let Some(data) = crate::common::real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    let missing = tmp("missing");
+    let e = run_search::<B>(
+        &tiny_search(&data, 1),
+        &resume(&missing, &[]),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, RunError::NoCheckpoint { .. }), "{e}");
+    assert!(!missing.exists(), "--resume created {}", missing.display());
+    let out = tmp("kind");
+    run_search::<B>(&tiny_search(&data, 1), &opts(&out), &Default::default()).unwrap();
+    let train = TrainConfig {
+        data: data.clone(),
+        genotype: catalog::conv("DARTS_V2").unwrap(),
+        genotype_source: "DARTS_V2".into(),
+        limit_images: Some(16),
+        limit_test: Some(16),
+        batch_size: 8,
+        lr: 0.025,
+        momentum: 0.9,
+        weight_decay: 3e-4,
+        epochs: 1,
+        init_channels: 4,
+        layers: 3,
+        auxiliary: false,
+        auxiliary_weight: 0.4,
+        cutout: None,
+        drop_path_prob: 0.0,
+        grad_clip: 5.0,
+        seed: 1,
+    };
+    let e = run_train::<B>(&train, &resume(&out, &[]), &Default::default()).unwrap_err();
+    assert!(e.to_string().contains("holds a cifar10_search run"), "{e}");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+// ---------------------------------------------------------------- 8, 9, 12, 13: validation
+
+#[test]
+fn bad_settings_are_errors_naming_the_flag_before_anything_is_written() {
+    let data = PathBuf::from("/nonexistent");
+    let cases: Vec<(SearchConfig, &str)> = vec![
+        (
+            SearchConfig {
+                epochs: 0,
+                ..tiny_search(&data, 1)
+            },
+            "--epochs 0",
+        ),
+        (
+            SearchConfig {
+                batch_size: 0,
+                ..tiny_search(&data, 1)
+            },
+            "--batch-size 0",
+        ),
+        (
+            SearchConfig {
+                lr: -1.0,
+                ..tiny_search(&data, 1)
+            },
+            "--lr -1",
+        ),
+        (
+            SearchConfig {
+                init_channels: 0,
+                ..tiny_search(&data, 1)
+            },
+            "--init-channels 0",
+        ),
+        (
+            SearchConfig {
+                train_portion: 1.0,
+                ..tiny_search(&data, 1)
+            },
+            "--train-portion 1",
+        ),
+        (
+            SearchConfig {
+                momentum: f64::NAN,
+                ..tiny_search(&data, 1)
+            },
+            "--momentum NaN",
+        ),
+    ];
+    for (cfg, flag) in cases {
+        let out = tmp("bad-settings");
+        let e = run_search::<B>(&cfg, &opts(&out), &Default::default()).unwrap_err();
+        assert!(e.to_string().contains(flag), "{flag}: {e}");
+        assert!(!out.exists(), "{flag}: the output directory was created");
+    }
+    let train = |f: &dyn Fn(&mut TrainConfig)| {
+        let mut c = TrainConfig {
+            data: data.clone(),
+            genotype: catalog::conv("DARTS_V2").unwrap(),
+            genotype_source: "DARTS_V2".into(),
+            limit_images: None,
+            limit_test: None,
+            batch_size: 8,
+            lr: 0.025,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            epochs: 1,
+            init_channels: 4,
+            layers: 3,
+            auxiliary: false,
+            auxiliary_weight: 0.4,
+            cutout: None,
+            drop_path_prob: 0.0,
+            grad_clip: 5.0,
+            seed: 1,
+        };
+        f(&mut c);
+        c
+    };
+    for (cfg, flag) in [
+        (train(&|c| c.init_channels = 0), "--init-channels 0"),
+        (train(&|c| c.drop_path_prob = 4.0), "--drop-path-prob 4"),
+        (train(&|c| c.epochs = 0), "--epochs 0"),
+        (train(&|c| c.batch_size = 0), "--batch-size 0"),
+        (
+            train(&|c| c.genotype.normal_concat.clear()),
+            "concat list is empty",
+        ),
+    ] {
+        let out = tmp("bad-train");
+        let e = run_train::<B>(&cfg, &opts(&out), &Default::default()).unwrap_err();
+        assert!(e.to_string().contains(flag), "{flag}: {e}");
+        assert!(!out.exists(), "{flag}: the output directory was created");
+    }
+}
+
+#[test]
+fn an_empty_concat_is_invalid() {
+    let mut g = catalog::conv("DARTS_V2").unwrap();
+    g.reduce_concat.clear();
+    assert!(g
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("reduce cell"));
+    let mut r = catalog::recurrent("DARTS_V2").unwrap();
+    r.concat.clear();
+    assert!(r.validate().is_err());
+    assert!(parse_recurrent_any(&python::recurrent_to_python(&r)).is_err());
+}
+
+// ---------------------------------------------------------------- 5, 14: checkpoints
+
+fn sample_checkpoint() -> Checkpoint {
+    let mut c = Checkpoint::new(serde_json::json!({"kind": "test", "epoch": 1, "history": []}));
+    c.push("w", vec![2, 3], (0..6).map(|i| i as f32).collect());
+    c.push("alpha", vec![14, 8], vec![0.125; 112]);
+    c
+}
+
+#[test]
+fn a_changed_byte_anywhere_in_a_checkpoint_is_an_error() {
+    let dir = tmp("ckpt-crc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.bin");
+    sample_checkpoint().write_atomic(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    assert_eq!(
+        Checkpoint::read(&path).unwrap().get("alpha").unwrap().2[5],
+        0.125
+    );
+    let n = good.len();
+    for at in [20, n / 2, n - 100, n - 5, n - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        let e = Checkpoint::read(&path).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "byte {at}: {e}");
+    }
+    // The first layout (no checksum) still loads.
+    let mut v1 = good[..n - 4].to_vec();
+    v1[..8].copy_from_slice(b"DARTSCK1");
+    std::fs::write(&path, &v1).unwrap();
+    assert_eq!(Checkpoint::read(&path).unwrap().get("w").unwrap().2[5], 5.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Seeded mutations of a valid file (bit flips, byte runs, truncation, extension, a forged
+/// header length), with the checksum recomputed half the time so the parser behind it is
+/// reached: reading must return, never panic or abort.
+#[test]
+fn checkpoint_reader_survives_thousands_of_mutated_files() {
+    let dir = tmp("ckpt-fuzz");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.bin");
+    sample_checkpoint().write_atomic(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let mut rng = StdRng::seed_from_u64(19);
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..3000 {
+        let mut b = good[..good.len() - 4].to_vec();
+        match rng.random_range(0..6) {
+            0 => {
+                for _ in 0..rng.random_range(1..8) {
+                    let i = rng.random_range(0..b.len());
+                    b[i] ^= 1 << rng.random_range(0..8);
+                }
+            }
+            1 => {
+                let i = rng.random_range(8..16);
+                b[i] = rng.random();
+            }
+            2 => b.truncate(rng.random_range(0..b.len())),
+            3 => b.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
+            4 => {
+                // A shape in the header made huge.
+                let s = String::from_utf8_lossy(&b).into_owned();
+                let s = s.replacen("[14,8]", "[18446744073709551615,2]", 1);
+                b = s.into_bytes();
+            }
+            _ => {
+                let i = rng.random_range(16..b.len());
+                let v: u8 = rng.random();
+                for x in &mut b[i..(i + 16).min(good.len() - 4)] {
+                    *x = v;
+                }
+            }
+        }
+        if rng.random_bool(0.5) {
+            let crc = crc32(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+        }
+        std::fs::write(&path, &b).unwrap();
+        match Checkpoint::read(&path) {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    assert!(err > 2000, "{ok} accepted, {err} rejected");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// CRC-32 (IEEE), bitwise: the checkpoint's checksum, written out here independently.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+// ---------------------------------------------------------------- 11: genotype parsers
+
+#[test]
+fn genotype_parser_bounds_ranges_and_nesting() {
+    for src in [
+        "Genotype(normal=[], normal_concat=range(0, 18446744073709551615), reduce=[], reduce_concat=[])",
+        "Genotype(normal=[], normal_concat=range(0, 1000000000000), reduce=[], reduce_concat=[])",
+        "Genotype(normal=[], normal_concat=range(2, 400000000), reduce=[], reduce_concat=[])",
+    ] {
+        let t0 = std::time::Instant::now();
+        let e = python::parse_conv(src).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        assert!(t0.elapsed().as_secs() < 2);
+    }
+    let deep = format!("Genotype(normal={}", "[".repeat(200_000));
+    let e = python::parse_conv(&deep).unwrap_err();
+    assert!(e.to_string().contains("nested"), "{e}");
+    let deep_list = format!(
+        "Genotype(normal={}[]{}",
+        "list(".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    assert!(python::parse_conv(&deep_list).is_err());
+}
+
+#[test]
+fn genotype_parsers_survive_thousands_of_mutated_inputs() {
+    let conv: Vec<String> = catalog::conv_names()
+        .iter()
+        .map(|n| python::to_python(&catalog::conv(n).unwrap()))
+        .collect();
+    let rec: Vec<String> = catalog::recurrent_names()
+        .iter()
+        .map(|n| python::recurrent_to_python(&catalog::recurrent(n).unwrap()))
+        .collect();
+    let json = catalog::conv("DARTS_V2").unwrap().to_json();
+    let alphabet: Vec<char> = "()[],'\"=0123456789 \n#_abcrangelistGenotype{}:-\u{e9}"
+        .chars()
+        .collect();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut parsed = 0;
+    for k in 0..4000 {
+        let base = match k % 3 {
+            0 => &conv[k % conv.len()],
+            1 => &rec[k % rec.len()],
+            _ => &json,
+        };
+        let mut s: Vec<char> = base.chars().collect();
+        for _ in 0..rng.random_range(1..6) {
+            let i = rng.random_range(0..=s.len());
+            match rng.random_range(0..3) {
+                0 if i < s.len() => {
+                    s.remove(i);
+                }
+                1 => s.insert(i, alphabet[rng.random_range(0..alphabet.len())]),
+                _ if i < s.len() => s[i] = alphabet[rng.random_range(0..alphabet.len())],
+                _ => {}
+            }
+        }
+        let s: String = s.into_iter().collect();
+        if parse_conv_any(&s).is_ok() {
+            parsed += 1;
+        }
+        let _ = parse_recurrent_any(&s);
+    }
+    assert!(parsed < 4000);
+    // The parsers still read the unmutated texts.
+    assert!(conv.iter().all(|s| python::parse_conv(s).is_ok()));
+    let g: Genotype = parse_conv_any(&json).unwrap();
+    assert_eq!(
+        g.normal[0],
+        Gene {
+            op: "sep_conv_3x3".into(),
+            input: 0
+        }
+    );
+}
