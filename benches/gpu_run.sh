@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # GPU measurements and checks for docs/performance.md, in one call of at most 8 minutes: the
 # flex-vs-CUDA equivalence tests, then config A (batch 64, 8 cells, C=16) first and second order,
-# ours on `--device cuda` and `--device wgpu`, PyTorch on CUDA in the same run, with the GPU's peak
-# memory use sampled by nvidia-smi during each run and kernel launches counted by our binary.
+# and the derived-network training step (DARTS_V2, C=36, 20 cells, batch 96, auxiliary head, drop
+# path, cutout), ours on `--device cuda` (and the search on `--device wgpu`), PyTorch on CUDA in
+# the same run, with the GPU's peak memory use sampled by nvidia-smi during each run and kernel
+# launches counted by our binaries.
 # Every run writes its own files under $OUT as it goes, so a timeout keeps what finished.
 #
 # The GPU machine has no Rust toolchain and no network, so the binaries are built elsewhere
 # (same x86-64 target) and carried:
 #
 #   export CUDARC_CUDA_VERSION=13000
-#   cargo build --release --example bench_step --features cuda,wgpu
+#   cargo build --release --example bench_step --example bench_train_step --features cuda,wgpu
 #   cargo test --release --no-run --features cuda,wgpu --test it   # prints the binary's path
 #   mkdir -p .gpu && strip -o .gpu/bench_step target/release/examples/bench_step
+#   strip -o .gpu/bench_train_step target/release/examples/bench_train_step
 #   strip -o .gpu/it target/release/deps/it-<hash>
 #   cp ../shared/bench/torch_darts_step.py .gpu/
 #
@@ -25,6 +28,7 @@ set -u
 OUT=${OUT:-/tmp/darts-gpu}
 mkdir -p "$OUT"
 BIN=${BIN:-.gpu/bench_step}
+TRAIN_BIN=${TRAIN_BIN:-.gpu/bench_train_step}
 export DARTS_TORCH_SCRIPT=${DARTS_TORCH_SCRIPT:-.gpu/torch_darts_step.py}
 PY=${PY:-python3}
 A="--batch 64 --layers 8 --channels 16"
@@ -32,7 +36,7 @@ A="--batch 64 --layers 8 --channels 16"
 if [ -n "${DRY:-}" ]; then
     # No GPU: stand-ins for nvidia-smi and the device runs, so the plumbing can be checked.
     nvidia-smi() { echo 0; }
-    RUNS=${RUNS:-"tests_cuda ours_cpu_smoke"}
+    RUNS=${RUNS:-"tests_cuda ours_cpu_smoke ours_cpu_train_smoke"}
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 
@@ -77,20 +81,25 @@ run() {
 }
 
 # RUNS picks and orders the runs; LIMIT_<name> overrides a run's time limit in seconds.
-RUNS=${RUNS:-"tests_cuda torch_cuda_1st ours_cuda_1st torch_cuda_2nd ours_cuda_2nd ours_wgpu_1st"}
+# Default limits add up to 480 s; the runs stop well before them when things go as expected.
+RUNS=${RUNS:-"tests_cuda torch_cuda_1st ours_cuda_1st torch_cuda_train ours_cuda_train torch_cuda_2nd ours_cuda_2nd ours_wgpu_1st"}
 TESTS=${TESTS:-.gpu/it}
 for r in $RUNS; do
     lim_var="LIMIT_$r"
     case $r in
-    torch_cuda_1st) run $r ${!lim_var:-50} $PY benches/torch_cuda_step.py -- --order 1 $A --steps 10 --warmup 2 --json ;;
-    torch_cuda_2nd) run $r ${!lim_var:-50} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
+    torch_cuda_1st) run $r ${!lim_var:-40} $PY benches/torch_cuda_step.py -- --order 1 $A --steps 10 --warmup 2 --json ;;
+    torch_cuda_2nd) run $r ${!lim_var:-40} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
+    # The derived network's training step (its own script: the network is NetworkCIFAR).
+    torch_cuda_train) run $r ${!lim_var:-30} $PY benches/torch_train_step.py --device cuda --steps 10 --warmup 3 --json ;;
     # The flex-vs-CUDA equivalence checks (supernet fwd+bwd, both architect orders, strided 1x1).
-    tests_cuda) run $r ${!lim_var:-90} "$TESTS" --ignored cuda:: --test-threads 1 ;;
-    ours_cuda_1st) run $r ${!lim_var:-120} "$BIN" --device cuda --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json --count-launches /tmp/launches_cuda_1st.log ;;
-    ours_cuda_2nd) run $r ${!lim_var:-100} "$BIN" --device cuda --order 2 $A --steps 2 --warmup 1 --fwd-steps 1 --json ;;
-    ours_wgpu_1st) run $r ${!lim_var:-60} "$BIN" --device wgpu --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json ;;
-    # Dry run only: the same binary on the CPU, tiny config.
+    tests_cuda) run $r ${!lim_var:-80} "$TESTS" --ignored cuda:: --test-threads 1 ;;
+    ours_cuda_1st) run $r ${!lim_var:-100} "$BIN" --device cuda --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json --count-launches /tmp/launches_cuda_1st.log ;;
+    ours_cuda_2nd) run $r ${!lim_var:-80} "$BIN" --device cuda --order 2 $A --steps 2 --warmup 1 --fwd-steps 1 --json ;;
+    ours_cuda_train) run $r ${!lim_var:-80} "$TRAIN_BIN" --device cuda --steps 3 --warmup 2 --json --count-launches /tmp/launches_cuda_train.log ;;
+    ours_wgpu_1st) run $r ${!lim_var:-30} "$BIN" --device wgpu --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json ;;
+    # Dry run only: the same binaries on the CPU, tiny configs.
     ours_cpu_smoke) run $r ${!lim_var:-120} "$BIN" --device cpu --order 1 --batch 2 --layers 3 --channels 4 --steps 1 --warmup 0 --fwd-steps 1 --json ;;
+    ours_cpu_train_smoke) run $r ${!lim_var:-120} "$TRAIN_BIN" --device cpu --batch 4 --layers 3 --channels 4 --steps 1 --warmup 0 --json ;;
     *) echo "unknown run $r" ;;
     esac
 done

@@ -68,14 +68,29 @@ fn load(name: &str, recurrent: bool) -> Result<G, String> {
             .join(", ")
         )
     })?;
+    // The structure is checked by the parsers; the operation names against what this library
+    // can build (a genotype naming an unknown op could be shown but not trained).
     if recurrent {
-        parse_recurrent_any(&text)
-            .map(G::Rec)
-            .map_err(|e| format!("{name}: {e}"))
+        let g = parse_recurrent_any(&text).map_err(|e| format!("{name}: {e}"))?;
+        let known: Vec<&str> = darts::ops::RnnPrimitive::DARTS.map(|p| p.name()).to_vec();
+        if let Some((i, gene)) = g
+            .recurrent
+            .iter()
+            .enumerate()
+            .find(|(_, gene)| !known.contains(&gene.op.as_str()))
+        {
+            return Err(format!(
+                "{name}: gene {i}: unknown operation `{}` (known: {})",
+                gene.op,
+                known.join(", ")
+            ));
+        }
+        Ok(G::Rec(g))
     } else {
-        parse_conv_any(&text)
-            .map(G::Conv)
-            .map_err(|e| format!("{name}: {e}"))
+        let g = parse_conv_any(&text).map_err(|e| format!("{name}: {e}"))?;
+        let known = darts::ops::Primitive::ALL.map(|p| p.name());
+        g.validate_ops(&known).map_err(|e| format!("{name}: {e}"))?;
+        Ok(G::Conv(g))
     }
 }
 

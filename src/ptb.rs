@@ -24,7 +24,7 @@ use darts_bilevel::{
 use darts_cell::rnn::{nll, RnnConfig, RnnDropout, RnnMasks, TokenBatch};
 use darts_cell::{RnnEvalModel, RnnSearchModel};
 use darts_data::cifar::derive_seed;
-use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
+use darts_data::ptb::{Batchified, Corpus, PtbError, SeqLen, SeqLenMode};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, RecurrentGenotype};
 use darts_mixed_op::{RnnSpace, Softmax};
@@ -336,6 +336,16 @@ fn write_rnn_genotype(out: &Path, g: &RecurrentGenotype) -> Result<(), RunError>
     write(&out.join("recurrent.dot"), &graph.to_dot())
 }
 
+/// Lay a split out in `n` columns; a split too short for that names the split and the flag.
+fn batchify(ids: &[u32], n: usize, split: &str, flag: &str) -> Result<Batchified, RunError> {
+    Batchified::new(ids, n).map_err(|e| match e {
+        PtbError::TooShort { tokens, .. } => RunError::Config(format!(
+            "the {split} split has {tokens} tokens, too few for {flag} {n} (each of the {n} columns needs at least 2 tokens): lower {flag} or use more of the split"
+        )),
+        e => e.into(),
+    })
+}
+
 fn diverged(epoch: usize, step: usize, what: &str) -> RunError {
     RunError::Diverged {
         run: "search",
@@ -366,9 +376,9 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     )?;
     let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
     let vocab = corpus.dictionary.len();
-    let train_data = Batchified::new(&corpus.train.ids, cfg.batch_size)?;
-    let search_data = Batchified::new(&corpus.valid.ids, cfg.batch_size)?;
-    let val_data = Batchified::new(&corpus.valid.ids, cfg.eval_batch_size)?;
+    let train_data = batchify(&corpus.train.ids, cfg.batch_size, "training", "--batch-size")?;
+    let search_data = batchify(&corpus.valid.ids, cfg.batch_size, "validation (architecture steps)", "--batch-size")?;
+    let val_data = batchify(&corpus.valid.ids, cfg.eval_batch_size, "validation", "--eval-batch-size")?;
     let rnn = RnnConfig {
         vocab,
         ninp: cfg.emsize,
@@ -826,9 +836,9 @@ pub fn run_ptb_train<B: AutodiffBackend>(
         corpus.test.ids.truncate(n);
     }
     let vocab = corpus.dictionary.len();
-    let train_data = Batchified::new(&corpus.train.ids, cfg.batch_size)?;
-    let val_data = Batchified::new(&corpus.valid.ids, cfg.eval_batch_size)?;
-    let test_data = Batchified::new(&corpus.test.ids, cfg.test_batch_size)?;
+    let train_data = batchify(&corpus.train.ids, cfg.batch_size, "training", "--batch-size")?;
+    let val_data = batchify(&corpus.valid.ids, cfg.eval_batch_size, "validation", "--eval-batch-size")?;
+    let test_data = batchify(&corpus.test.ids, cfg.test_batch_size, "test", "--test-batch-size")?;
     let rnn = RnnConfig {
         vocab,
         ninp: cfg.emsize,
