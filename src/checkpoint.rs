@@ -139,6 +139,7 @@ impl Checkpoint {
             let f = f.into_inner().map_err(|e| err(e.into_error()))?;
             f.sync_all().map_err(err)?;
         }
+        crate::cifar::failpoint("checkpoint_before_rename");
         std::fs::rename(&tmp, path).map_err(err)
     }
 
@@ -316,11 +317,23 @@ pub fn save_model_sgd<B: AutodiffBackend, M: Module<B>>(
     for (i, (_, shape, v)) in tensors.into_iter().enumerate() {
         ckpt.push(format!("model/{i}"), shape, v);
     }
-    for (id, buf) in &sgd.buffers {
+    for (pos, buf) in by_position(&index, &sgd.buffers) {
         let v = flat(buf);
-        ckpt.push(format!("sgd/{}", index[id]), vec![v.len()], v);
+        ckpt.push(format!("sgd/{pos}"), vec![v.len()], v);
     }
     index
+}
+
+/// The entries of a map keyed by parameter id, in the parameters' visit order. Parameter ids
+/// are random per process, so a map's own order would make two identical runs write their
+/// checkpoints in different orders.
+pub fn by_position<'a, T>(
+    index: &BTreeMap<ParamId, usize>,
+    map: &'a BTreeMap<ParamId, T>,
+) -> Vec<(usize, &'a T)> {
+    let mut v: Vec<(usize, &T)> = map.iter().map(|(id, t)| (index[id], t)).collect();
+    v.sort_by_key(|e| e.0);
+    v
 }
 
 /// Restore what [`save_model_sgd`] saved; returns the model and the parameter ids by position.
@@ -357,20 +370,11 @@ fn id_at(ids: &[ParamId], s: &str) -> Result<ParamId, CheckpointError> {
 
 /// Save a [`Bilevel`] (model, SGD momentum buffers, Adam state on α) into `ckpt`.
 pub fn save_bilevel<B: AutodiffBackend, M: ArchModel<B>>(ckpt: &mut Checkpoint, s: &Bilevel<B, M>) {
-    let tensors = module_tensors(&s.model);
-    let index: BTreeMap<ParamId, usize> =
-        tensors.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
-    for (i, (_, shape, v)) in tensors.into_iter().enumerate() {
-        ckpt.push(format!("model/{i}"), shape, v);
-    }
-    for (id, buf) in &s.w_opt.buffers {
-        let v = flat(buf);
-        ckpt.push(format!("sgd/{}", index[id]), vec![v.len()], v);
-    }
-    for (id, (t, m, v)) in &s.architect.adam.state {
+    let index = save_model_sgd(ckpt, &s.model, &s.w_opt);
+    for (pos, (t, m, v)) in by_position(&index, &s.architect.adam.state) {
         let (m, v) = (flat(m), flat(v));
-        ckpt.push(format!("adam_m/{}/{}", index[id], t), vec![m.len()], m);
-        ckpt.push(format!("adam_v/{}", index[id]), vec![v.len()], v);
+        ckpt.push(format!("adam_m/{pos}/{t}"), vec![m.len()], m);
+        ckpt.push(format!("adam_v/{pos}"), vec![v.len()], v);
     }
 }
 

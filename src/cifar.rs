@@ -318,6 +318,45 @@ where
     Ok((cfg, history, Some(c), lock))
 }
 
+/// Append the wall time of an epoch to `timing.jsonl` (a log: an epoch repeated after a kill
+/// appears twice). Kept apart from `metrics.jsonl` so that the metrics and the checkpoint of a
+/// run depend on its configuration only.
+pub(crate) fn append_timing(dir: &Path, epoch: usize, seconds: f64) -> Result<(), RunError> {
+    use std::io::Write as _;
+    let path = dir.join("timing.jsonl");
+    let io = |source| RunError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    writeln!(f, "{{\"epoch\": {epoch}, \"seconds\": {seconds:.3}}}").map_err(io)
+}
+
+/// Fault injection for the kill tests: when the environment variable `DARTS_FAILPOINT` is
+/// `NAME:K`, the process aborts (as a `kill -9` would stop it: no destructors, no flushing) the
+/// K-th time it reaches the point `NAME`. Without the variable this is one relaxed atomic load.
+pub(crate) fn failpoint(name: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+    let target = TARGET.get_or_init(|| {
+        let v = std::env::var("DARTS_FAILPOINT").ok()?;
+        let (n, k) = v.rsplit_once(':')?;
+        Some((n.to_string(), k.parse().ok()?))
+    });
+    if let Some((n, k)) = target {
+        if n == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *k {
+            eprintln!("DARTS_FAILPOINT: aborting at {name} (hit {k})");
+            std::process::abort();
+        }
+    }
+}
+
 /// Write one JSON object per line, atomically.
 pub(crate) fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), RunError> {
     let mut jsonl = String::new();
@@ -535,8 +574,10 @@ pub struct SearchEpoch {
     /// Steps undone because they were not finite (`skip_non_finite_steps`).
     #[serde(default)]
     pub skipped_steps: usize,
-    /// Wall time of the epoch (s).
-    #[serde(with = "crate::nonfinite")]
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
     pub seconds: f64,
     /// Derived genotype.
     pub genotype: Genotype,
@@ -844,6 +885,8 @@ pub fn run_search<B: AutodiffBackend>(
         // The epoch's outputs first, then the checkpoint that commits the epoch: a kill in
         // between repeats the epoch on resume, which writes the same outputs again.
         write_search_outputs(out, &history, &op_names)?;
+        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
+        failpoint("epoch_outputs_written");
         let mut c = Checkpoint::new(serde_json::json!({
             "kind": "cifar10_search",
             "epoch": epoch,
@@ -852,6 +895,7 @@ pub fn run_search<B: AutodiffBackend>(
         }));
         checkpoint::save_bilevel(&mut c, &search);
         c.write_atomic(&ckpt_path)?;
+        failpoint("checkpoint_committed");
     }
     let genotype = search.model.genotype();
     if !stopped_early {
@@ -1031,8 +1075,10 @@ pub struct TrainEpoch {
     /// Test accuracy.
     #[serde(with = "crate::nonfinite")]
     pub test_acc: f64,
-    /// Wall time (s).
-    #[serde(with = "crate::nonfinite")]
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
     pub seconds: f64,
 }
 
@@ -1216,6 +1262,7 @@ pub fn run_train<B: AutodiffBackend>(
                 ],
             ),
         )?;
+        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
         // Outputs first, then the checkpoint that commits the epoch (see run_search).
         let mut c = Checkpoint::new(serde_json::json!({
             "kind": "cifar10_train",

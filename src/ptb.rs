@@ -11,7 +11,7 @@
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::cifar::{
-    check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
 };
 use crate::report;
 use burn::module::{AutodiffModule, ParamId};
@@ -235,8 +235,10 @@ pub struct PtbSearchEpoch {
     pub steps: usize,
     /// Training tokens seen.
     pub tokens: usize,
-    /// Wall time (s).
-    #[serde(with = "crate::nonfinite")]
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
     pub seconds: f64,
     /// Derived genotype.
     pub genotype: RecurrentGenotype,
@@ -376,9 +378,24 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     )?;
     let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
     let vocab = corpus.dictionary.len();
-    let train_data = batchify(&corpus.train.ids, cfg.batch_size, "training", "--batch-size")?;
-    let search_data = batchify(&corpus.valid.ids, cfg.batch_size, "validation (architecture steps)", "--batch-size")?;
-    let val_data = batchify(&corpus.valid.ids, cfg.eval_batch_size, "validation", "--eval-batch-size")?;
+    let train_data = batchify(
+        &corpus.train.ids,
+        cfg.batch_size,
+        "training",
+        "--batch-size",
+    )?;
+    let search_data = batchify(
+        &corpus.valid.ids,
+        cfg.batch_size,
+        "validation (architecture steps)",
+        "--batch-size",
+    )?;
+    let val_data = batchify(
+        &corpus.valid.ids,
+        cfg.eval_batch_size,
+        "validation",
+        "--eval-batch-size",
+    )?;
     let rnn = RnnConfig {
         vocab,
         ninp: cfg.emsize,
@@ -533,6 +550,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
         // Outputs first, then the checkpoint that commits the epoch (a kill in between repeats
         // the epoch on resume, which writes the same outputs again).
         write_search_outputs(out, &history, &op_names)?;
+        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
         let mut c = Checkpoint::new(serde_json::json!({
             "kind": "ptb_search",
             "epoch": epoch,
@@ -787,8 +805,10 @@ pub struct PtbTrainEpoch {
     pub averaged: bool,
     /// Steps.
     pub steps: usize,
-    /// Wall time (s).
-    #[serde(with = "crate::nonfinite")]
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
     pub seconds: f64,
 }
 
@@ -836,9 +856,24 @@ pub fn run_ptb_train<B: AutodiffBackend>(
         corpus.test.ids.truncate(n);
     }
     let vocab = corpus.dictionary.len();
-    let train_data = batchify(&corpus.train.ids, cfg.batch_size, "training", "--batch-size")?;
-    let val_data = batchify(&corpus.valid.ids, cfg.eval_batch_size, "validation", "--eval-batch-size")?;
-    let test_data = batchify(&corpus.test.ids, cfg.test_batch_size, "test", "--test-batch-size")?;
+    let train_data = batchify(
+        &corpus.train.ids,
+        cfg.batch_size,
+        "training",
+        "--batch-size",
+    )?;
+    let val_data = batchify(
+        &corpus.valid.ids,
+        cfg.eval_batch_size,
+        "validation",
+        "--eval-batch-size",
+    )?;
+    let test_data = batchify(
+        &corpus.test.ids,
+        cfg.test_batch_size,
+        "test",
+        "--test-batch-size",
+    )?;
     let rnn = RnnConfig {
         vocab,
         ninp: cfg.emsize,
@@ -1039,33 +1074,24 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             "asgd_steps": avg.as_ref().map(|a| a.steps),
             "best_val": best.as_ref().map(|b| b.0),
         }));
-        checkpoint::save_model_sgd(&mut c, &model, &sgd);
-        let pos: BTreeMap<ParamId, usize> =
-            all_ids.iter().enumerate().map(|(k, id)| (*id, k)).collect();
-        if let Some(a) = &avg {
-            for (id, t) in &a.ax {
+        let pos = checkpoint::save_model_sgd(&mut c, &model, &sgd);
+        let empty = BTreeMap::new();
+        let ax = avg.as_ref().map_or(&empty, |a| &a.ax);
+        let best_w = best.as_ref().map_or(&empty, |b| &b.1);
+        for (prefix, map) in [("ax", ax), ("best", best_w)] {
+            for (k, t) in checkpoint::by_position(&pos, map) {
                 let v: Vec<f32> = t
                     .clone()
                     .into_data()
                     .convert::<f32>()
                     .to_vec()
                     .expect("f32");
-                c.push(format!("ax/{}", pos[id]), vec![v.len()], v);
-            }
-        }
-        if let Some((_, b)) = &best {
-            for (id, t) in b {
-                let v: Vec<f32> = t
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec()
-                    .expect("f32");
-                c.push(format!("best/{}", pos[id]), vec![v.len()], v);
+                c.push(format!("{prefix}/{k}"), vec![v.len()], v);
             }
         }
         // Outputs first, then the checkpoint that commits the epoch.
         write_jsonl(&out.join("metrics.jsonl"), &history)?;
+        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
         let series = |f: &dyn Fn(&PtbTrainEpoch) -> f64| -> Vec<(f64, f64)> {
             history.iter().map(|e| (e.epoch as f64, f(e))).collect()
         };

@@ -604,3 +604,110 @@ fn genotype_parsers_survive_thousands_of_mutated_inputs() {
         }
     );
 }
+
+// ---------------------------------------------------------------- 6, 10: kills and resume
+
+/// The child of `killed_runs_resume_to_the_same_directory`: a search into `DARTS_CHILD_OUT`,
+/// which `DARTS_FAILPOINT` aborts at a chosen point. Not a test of its own.
+#[test]
+#[ignore = "run as a child process by killed_runs_resume_to_the_same_directory"]
+fn child_search_run() {
+    let (Ok(out), Some(data)) = (
+        std::env::var("DARTS_CHILD_OUT"),
+        crate::common::real_data("cifar-10-batches-bin"),
+    ) else {
+        return;
+    };
+    run_search::<B>(
+        &tiny_search(&data, 2),
+        &opts(Path::new(&out)),
+        &Default::default(),
+    )
+    .unwrap();
+}
+
+/// Every file of a run directory except the timing log and the lock, by relative path.
+fn run_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if rel != "timing.jsonl" && rel != ".lock" {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A search killed (abort, as `kill -9`) at each point of an epoch's commit — after the
+/// epoch's outputs, between the checkpoint's fsync and its rename, right after the rename — and
+/// resumed ends with a run directory equal to an uninterrupted run's byte for byte: checkpoint,
+/// metrics (floats included), per-epoch genotypes, plots, final genotype.
+#[test]
+fn killed_runs_resume_to_the_same_directory() {
+    let Some(data) = crate::common::real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    let cfg = tiny_search(&data, 2);
+    let reference = tmp("kill-ref");
+    run_search::<B>(&cfg, &opts(&reference), &Default::default()).unwrap();
+    let want = run_files(&reference);
+    assert!(want.contains_key("genotypes/epoch_001.json") && want.contains_key("genotype.json"));
+    let exe = std::env::current_exe().unwrap();
+    for point in [
+        "epoch_outputs_written:1",
+        "checkpoint_before_rename:1",
+        "checkpoint_committed:1",
+        "epoch_outputs_written:2",
+        "checkpoint_before_rename:2",
+        "checkpoint_committed:2",
+    ] {
+        let out = tmp(&format!("kill-{}", point.replace(':', "-")));
+        let status = std::process::Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "robustness::child_search_run",
+                "--test-threads",
+                "1",
+            ])
+            .env("DARTS_FAILPOINT", point)
+            .env("DARTS_CHILD_OUT", &out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "{point}: the child was not killed");
+        let o = if out.join("checkpoint.bin").exists() {
+            resume(&out, &[])
+        } else {
+            // Killed before the first checkpoint: nothing to resume, start again.
+            RunOptions {
+                overwrite: true,
+                ..opts(&out)
+            }
+        };
+        run_search::<B>(&cfg, &o, &Default::default()).unwrap();
+        let got = run_files(&out);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{point}: different files"
+        );
+        for (k, v) in &want {
+            assert!(
+                got[k] == *v,
+                "{point}: {k} differs from the uninterrupted run's"
+            );
+        }
+        std::fs::remove_dir_all(&out).ok();
+    }
+    std::fs::remove_dir_all(&reference).ok();
+}
