@@ -1183,7 +1183,7 @@ pub fn run_train<B: AutodiffBackend>(
             model = next;
             let m = h.len() as f64;
             let l: f64 = st.loss.into_scalar().elem();
-            if !l.is_finite() || st.grad_norm.is_some_and(|g| !g.is_finite()) {
+            if !l.is_finite() || !st.grad_norm.is_finite() {
                 return Err(RunError::Diverged {
                     run: "training",
                     epoch: epoch + 1,

@@ -17,9 +17,9 @@ use crate::report;
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use darts_bilevel::params::{gradients, set_values, values, FlatParams};
+use darts_bilevel::params::{set_values, values, FlatParams};
 use darts_bilevel::{
-    clip_grad_norm, ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, Sgd, WeightConfig,
+    weight_step, ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, Sgd, WeightConfig,
 };
 use darts_cell::rnn::{nll, RnnConfig, RnnDropout, RnnMasks, TokenBatch};
 use darts_cell::{RnnEvalModel, RnnSearchModel};
@@ -971,8 +971,13 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             let (x, y) = train_data.window(i, t);
             let masks = rnn.masks(n, derive_seed(cfg.seed, epoch, 5000 + step as u64), device);
             let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
-            darts_bilevel::join_parameter_graphs(&model);
-            let (loss, raw, h) = model.losses(&b);
+            let clip = (cfg.clip > 0.0).then_some(cfg.clip);
+            let (next, st) = weight_step(model, &mut sgd, lr, clip, |m| {
+                let (loss, raw, h) = m.losses(&b);
+                (loss, (raw, h))
+            });
+            model = next;
+            let (raw, h) = st.aux;
             hidden = h.detach().inner();
             let raw: f64 = raw
                 .into_data()
@@ -988,19 +993,10 @@ pub fn run_ptb_train<B: AutodiffBackend>(
                     hint: "; lower --lr",
                 });
             }
-            let grads = loss.backward();
-            let mut g = gradients(&model, &grads);
-            if cfg.clip > 0.0 {
-                clip_grad_norm(&mut g, cfg.clip);
-            }
-            let ids: Vec<ParamId> = g.keys().copied().collect();
-            let w = values(&model, &ids);
-            let new = sgd.step(lr, &w, &g);
-            model = set_values(model, &new);
             if let Some(a) = avg.as_mut() {
                 a.steps += 1;
                 let mu = 1.0 / a.steps as f64;
-                for (id, v) in new {
+                for (id, v) in st.updated {
                     let next = match a.ax.remove(&id) {
                         Some(m) => m.clone() + (v - m) * mu,
                         None => v,

@@ -16,6 +16,6 @@ pub use architect::{
 };
 pub use optim::{clip_grad_norm, Adam, CosineLr, Sgd};
 pub use search::{
-    weight_step, Bilevel, EpochStats, NonFinitePolicy, NonFiniteStep, SearchEvent, StepOutcome,
-    StepStats, WeightConfig, WeightStep,
+    weight_step, weight_step_except, Bilevel, EpochStats, NonFinitePolicy, NonFiniteStep,
+    SearchEvent, StepOutcome, StepStats, WeightConfig, WeightStep,
 };

@@ -1,11 +1,9 @@
 //! The bilevel search loop: per step, an architecture step on a validation batch, then a weight
 //! step on a training batch (Algorithm 1 of the paper).
 
-use crate::architect::{
-    join_parameter_graphs, train_gradients, ArchModel, Architect, ArchitectConfig,
-};
+use crate::architect::{join_parameter_graphs, ArchModel, Architect, ArchitectConfig};
 use crate::optim::{clip_grad_norm, CosineLr, Sgd};
-use crate::params::{gradients, set_values, values};
+use crate::params::{gradients, set_values, values, FlatParams};
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -123,14 +121,18 @@ pub struct WeightStep<B: AutodiffBackend, A> {
     pub loss: Tensor<B::InnerBackend, 1>,
     /// Whatever the forward closure returned next to the loss (a correct count, a state).
     pub aux: A,
-    /// Global gradient norm before clipping (`None` when clipping is off).
-    pub grad_norm: Option<f64>,
+    /// Global norm of the weight gradients before clipping.
+    pub grad_norm: f64,
+    /// The new values of the parameters that were updated, flattened (for weight averaging).
+    pub updated: FlatParams<B>,
 }
 
 /// One SGD step on the weights of `model`: the parameter graphs are joined
 /// ([`join_parameter_graphs`]), `forward` computes the loss, its gradients are clipped to the
 /// global norm `grad_clip` (when given), `sgd` updates every parameter that received a gradient
 /// and the BatchNorm running statistics of the forward are committed. Returns the updated model.
+/// This is the weight step of every loop in the library: the search ([`Bilevel::step`]), and
+/// training a derived CNN or RNN from scratch.
 ///
 /// ```
 /// use burn::backend::{Autodiff, Flex};
@@ -146,7 +148,8 @@ pub struct WeightStep<B: AutodiffBackend, A> {
 /// let (lin, out) = weight_step(lin, &mut sgd, 0.1, Some(5.0), |m| {
 ///     (m.forward(x.clone()).powi_scalar(2).mean(), ())
 /// });
-/// assert!(out.grad_norm.unwrap() > 0.0);
+/// assert!(out.grad_norm > 0.0);
+/// assert_eq!(out.updated.len(), 2); // weight and bias
 /// assert_eq!(lin.num_params(), 4);
 /// ```
 pub fn weight_step<B, M, A>(
@@ -160,6 +163,23 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
 {
+    weight_step_except(model, sgd, lr, grad_clip, &[], forward)
+}
+
+/// [`weight_step`] leaving the parameters in `frozen` alone: their gradients are neither
+/// clipped with the others nor applied (the search's weight step freezes α this way).
+pub fn weight_step_except<B, M, A>(
+    model: M,
+    sgd: &mut Sgd<B::InnerBackend>,
+    lr: f64,
+    grad_clip: Option<f64>,
+    frozen: &[ParamId],
+    forward: impl FnOnce(&M) -> (Tensor<B, 1>, A),
+) -> (M, WeightStep<B, A>)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
     let ((loss, aux, grads), bn) = record_bn_updates(|| {
         join_parameter_graphs(&model);
         let (loss, aux) = forward(&model);
@@ -167,19 +187,34 @@ where
         (reported, aux, loss.backward())
     });
     let mut g = gradients(&model, &grads);
-    let grad_norm = grad_clip.map(|max| clip_grad_norm(&mut g, max));
+    for id in frozen {
+        g.remove(id);
+    }
+    let grad_norm = match grad_clip {
+        Some(max) => clip_grad_norm(&mut g, max),
+        None => crate::params::global_norm(&g.values().collect::<Vec<_>>()),
+    };
     let ids: Vec<ParamId> = g.keys().copied().collect();
     let w = values(&model, &ids);
-    let new = sgd.step(lr, &w, &g);
-    let model = bn.apply(set_values(model, &new));
+    let updated = sgd.step(lr, &w, &g);
+    let model = bn.apply(set_values(model, &updated));
     (
         model,
         WeightStep {
             loss,
             aux,
             grad_norm,
+            updated,
         },
     )
+}
+
+/// The value of a one-element tensor.
+fn scalar<B: AutodiffBackend>(t: Tensor<B::InnerBackend, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("f64 data")[0]
 }
 
 /// Events emitted by [`Bilevel::run_epoch`].
@@ -279,29 +314,36 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         let (model, ag) = self
             .architect
             .step(self.model.clone(), &self.w_opt, train, val, lr);
-        let (g, bn) = record_bn_updates(|| train_gradients(&model, train));
-        let mut gw = g.weights;
-        let grad_norm = match self.weights.grad_clip {
-            Some(max) => clip_grad_norm(&mut gw, max),
-            None => crate::params::global_norm(&gw.values().collect::<Vec<_>>()),
-        };
-        let ids: Vec<ParamId> = gw.keys().copied().collect();
-        let w = values(&model, &ids);
-        let new = self.w_opt.step(lr, &w, &gw);
-        self.model = bn.apply(set_values(model, &new));
+        let arch = model.arch_param_ids();
+        let (model, w) = weight_step_except(
+            model,
+            &mut self.w_opt,
+            lr,
+            self.weights.grad_clip,
+            &arch,
+            |m| {
+                let out = m.forward_train(train);
+                let reported = out.raw_loss.map(|l| l.detach());
+                let correct = out.correct.map(|c| c.detach());
+                (out.loss, (reported, correct, out.size, out.state))
+            },
+        );
+        self.model = model;
+        let (reported, correct, size, state) = w.aux;
+        let train_loss = scalar::<B>(reported.map_or(w.loss, |l| l.inner()));
         StepOutcome {
             stats: StepStats {
-                train_loss: g.loss,
-                train_correct: g.correct,
-                train_size: g.size,
+                train_loss,
+                train_correct: correct.map(|c| scalar::<B>(c.inner())),
+                train_size: size,
                 val_loss: ag.val_loss,
                 val_correct: ag.val_correct,
                 val_size: ag.val_size,
-                grad_norm,
+                grad_norm: w.grad_norm,
                 eps: ag.eps,
                 lr,
             },
-            train_state: g.state,
+            train_state: state,
             val_state: ag.val_state,
         }
     }
