@@ -139,7 +139,7 @@ impl Checkpoint {
             let f = f.into_inner().map_err(|e| err(e.into_error()))?;
             f.sync_all().map_err(err)?;
         }
-        crate::cifar::failpoint("checkpoint_before_rename");
+        crate::run::failpoint("checkpoint_before_rename");
         std::fs::rename(&tmp, path).map_err(err)
     }
 
@@ -231,7 +231,7 @@ pub fn module_tensors<B: Backend, M: Module<B>>(
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
             let t = p.val();
             let shape = t.dims().to_vec();
-            let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+            let v = darts_ops::to_f32s(&t);
             self.0.push((p.id, shape, v));
         }
     }
@@ -298,11 +298,7 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(
 }
 
 fn flat<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32")
+    darts_ops::to_f32s(t)
 }
 
 /// Save `model` (visit order) and the SGD momentum buffers of `sgd` into `ckpt`.

@@ -32,7 +32,6 @@ pub use darts_mixed_op as mixed_op;
 pub use darts_ops as ops;
 
 pub mod checkpoint;
-pub mod cifar;
 pub mod device;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod launches;
@@ -40,8 +39,13 @@ pub mod launches;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
 pub mod nonfinite;
-pub mod ptb;
 pub mod report;
+pub mod run;
+
+/// The CIFAR-10 drivers ([`run::cifar`]), at their earlier path.
+pub use run::cifar;
+/// The Penn Treebank drivers ([`run::ptb`]), at their earlier path.
+pub use run::ptb;
 
 /// The names most programs need.
 pub mod prelude {

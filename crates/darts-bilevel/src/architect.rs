@@ -193,8 +193,7 @@ fn split<B: AutodiffBackend>(
 }
 
 fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f64 {
-    let d = t.inner().into_data().convert::<f64>();
-    d.to_vec::<f64>().expect("f64 data")[0]
+    darts_ops::to_f64s(&t.inner())[0]
 }
 
 /// Gradients of a loss, split into weights and architecture, with what the pass reported.

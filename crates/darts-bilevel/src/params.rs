@@ -138,11 +138,7 @@ pub fn global_norm<B: Backend>(tensors: &[&Tensor<B, 1>]) -> f64 {
         .collect();
     // Summed on the host in ascending order: the result does not depend on the order of
     // `tensors` (parameter ids, and so map order, differ between a run and its resumption).
-    let mut parts = Tensor::cat(sq, 0)
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .expect("f64 data");
+    let mut parts = darts_ops::to_f64s(&Tensor::cat(sq, 0));
     parts.sort_by(f64::total_cmp);
     parts.iter().sum::<f64>().sqrt()
 }

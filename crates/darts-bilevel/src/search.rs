@@ -211,10 +211,7 @@ where
 
 /// The value of a one-element tensor.
 fn scalar<B: AutodiffBackend>(t: Tensor<B::InnerBackend, 1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .expect("f64 data")[0]
+    darts_ops::to_f64s(&t)[0]
 }
 
 /// Events emitted by [`Bilevel::run_epoch`].
@@ -351,13 +348,9 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
     /// Whether every architecture parameter is finite (reads α back from the device).
     pub fn alphas_finite(&self) -> bool {
         let ids = self.model.arch_param_ids();
-        values(&self.model, &ids).values().all(|t| {
-            t.clone()
-                .into_data()
-                .convert::<f64>()
-                .iter::<f64>()
-                .all(f64::is_finite)
-        })
+        values(&self.model, &ids)
+            .values()
+            .all(|t| darts_ops::to_f64s(t).into_iter().all(f64::is_finite))
     }
 
     /// One epoch: a step for each training batch, pairing it with the next validation batch

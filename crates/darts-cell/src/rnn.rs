@@ -614,13 +614,7 @@ impl<B: Backend, O: CandidateOp<B, 2>, R: Relaxation> RnnSearchModel<B, O, R> {
     pub fn arch_weights(&self) -> Vec<Vec<f32>> {
         let a = self.alphas.val();
         let [_, n] = a.dims();
-        let v: Vec<f32> = self
-            .relaxation
-            .weights(a)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 data");
+        let v = darts_ops::to_f32s(&self.relaxation.weights(a));
         v.chunks(n).map(|c| c.to_vec()).collect()
     }
 

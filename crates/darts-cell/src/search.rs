@@ -330,13 +330,7 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
     pub fn arch_weights(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let to_rows = |a: Tensor<B, 2>| -> Vec<Vec<f32>> {
             let [_, n] = a.dims();
-            let v: Vec<f32> = self
-                .relaxation
-                .weights(a)
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .expect("f32 data");
+            let v = darts_ops::to_f32s(&self.relaxation.weights(a));
             v.chunks(n).map(|c| c.to_vec()).collect()
         };
         (

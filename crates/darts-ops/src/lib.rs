@@ -43,3 +43,25 @@ pub enum OpError {
     #[error("invalid configuration: {0}")]
     Config(String),
 }
+
+/// A tensor's values on the host as `f32`, whatever its element type (reads the device).
+pub fn to_f32s<B: burn::tensor::backend::Backend, const D: usize>(
+    t: &burn::tensor::Tensor<B, D>,
+) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32")
+}
+
+/// A tensor's values on the host as `f64`, whatever its element type (reads the device).
+pub fn to_f64s<B: burn::tensor::backend::Backend, const D: usize>(
+    t: &burn::tensor::Tensor<B, D>,
+) -> Vec<f64> {
+    t.clone()
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("converted to f64")
+}

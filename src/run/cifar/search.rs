@@ -1,0 +1,542 @@
+//! Architecture search on CIFAR-10 (reference `cnn/train_search.py`).
+
+use super::{evaluate, f64s, load_train, to_batch, Net};
+use crate::checkpoint::{self, Checkpoint};
+use crate::report;
+use crate::run::{
+    append_timing, check, failpoint, open_run, progress, write, write_jsonl, RunError, RunOptions,
+    SEED_LOCK,
+};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use darts_bilevel::params::values;
+use darts_bilevel::{
+    ArchitectConfig, Bilevel, CosineLr, NonFinitePolicy, Order, SearchEvent, WeightConfig,
+};
+use darts_cell::SearchNetworkConfig;
+use darts_data::cifar::{search_split, Augment, Loader};
+use darts_genotype::diagram::CellGraph;
+use darts_genotype::{python, Genotype};
+use darts_mixed_op::{DartsSpace, Softmax};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Configuration of an architecture search (reference `train_search.py` defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchConfig {
+    /// Directory with `data_batch_N.bin`.
+    pub data: PathBuf,
+    /// Use only the first N training images (None = all).
+    pub limit_images: Option<usize>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Initial weight learning rate.
+    pub lr: f64,
+    /// Final weight learning rate.
+    pub lr_min: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// SGD weight decay.
+    pub weight_decay: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Initial channels.
+    pub init_channels: usize,
+    /// Cells.
+    pub layers: usize,
+    /// Intermediate nodes per cell.
+    pub nodes: usize,
+    /// Fraction of the training set that trains the weights (the rest drives α).
+    pub train_portion: f64,
+    /// Second-order (unrolled) architecture gradient.
+    pub unrolled: bool,
+    /// Adam learning rate for α.
+    pub arch_lr: f64,
+    /// Adam weight decay for α.
+    pub arch_weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    /// Seed (initialisation, data order, augmentation).
+    pub seed: u64,
+    /// Undo a step whose loss or gradient norm is not finite and go on (instead of stopping the
+    /// run with an error).
+    #[serde(default)]
+    pub skip_non_finite_steps: bool,
+}
+
+impl SearchConfig {
+    /// Check every value; the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (a search of no epochs derives nothing)",
+            self.epochs,
+        )?;
+        check(
+            self.init_channels > 0,
+            "init-channels",
+            "must be at least 1",
+            self.init_channels,
+        )?;
+        check(
+            self.layers >= 3,
+            "layers",
+            "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)",
+            self.layers,
+        )?;
+        check(self.nodes > 0, "nodes", "must be at least 1", self.nodes)?;
+        check(
+            self.limit_images != Some(0),
+            "limit-images",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            self.lr_min.is_finite() && self.lr_min >= 0.0 && self.lr_min <= self.lr,
+            "lr-min",
+            "must be between 0 and --lr",
+            self.lr_min,
+        )?;
+        check(
+            (0.0..1.0).contains(&self.momentum),
+            "momentum",
+            "must be in [0, 1)",
+            self.momentum,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.train_portion > 0.0 && self.train_portion < 1.0,
+            "train-portion",
+            "must be strictly between 0 and 1",
+            self.train_portion,
+        )?;
+        check(
+            self.arch_lr.is_finite() && self.arch_lr >= 0.0,
+            "arch-lr",
+            "must be 0 or positive",
+            self.arch_lr,
+        )?;
+        check(
+            self.arch_weight_decay.is_finite() && self.arch_weight_decay >= 0.0,
+            "arch-weight-decay",
+            "must be 0 or positive",
+            self.arch_weight_decay,
+        )?;
+        check(
+            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
+            "grad-clip",
+            "must be 0 (off) or positive",
+            self.grad_clip,
+        )
+    }
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("data/cifar10-sample"),
+            limit_images: None,
+            batch_size: 64,
+            lr: 0.025,
+            lr_min: 0.001,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            epochs: 50,
+            init_channels: 16,
+            layers: 8,
+            nodes: 4,
+            train_portion: 0.5,
+            unrolled: false,
+            arch_lr: 3e-4,
+            arch_weight_decay: 1e-3,
+            grad_clip: 5.0,
+            seed: 2,
+            skip_non_finite_steps: false,
+        }
+    }
+}
+
+/// One epoch of a search, as written to `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchEpoch {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Weight learning rate.
+    #[serde(with = "crate::nonfinite")]
+    pub lr: f64,
+    /// Mean training loss.
+    #[serde(with = "crate::nonfinite")]
+    pub train_loss: f64,
+    /// Training accuracy.
+    #[serde(with = "crate::nonfinite")]
+    pub train_acc: f64,
+    /// Mean validation loss seen by the architecture steps (training-mode BN).
+    #[serde(with = "crate::nonfinite")]
+    pub arch_val_loss: f64,
+    /// Validation loss in evaluation mode (running BN statistics).
+    #[serde(with = "crate::nonfinite")]
+    pub val_loss: f64,
+    /// Validation accuracy in evaluation mode.
+    #[serde(with = "crate::nonfinite")]
+    pub val_acc: f64,
+    /// Steps taken.
+    pub steps: usize,
+    /// Steps undone because they were not finite (`skip_non_finite_steps`).
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
+    pub seconds: f64,
+    /// Derived genotype.
+    pub genotype: Genotype,
+    /// The same, in Python notation.
+    pub genotype_python: String,
+    /// softmax(α) of the normal cell, `[edge][op]`.
+    #[serde(with = "crate::nonfinite::table")]
+    pub alphas_normal: Vec<Vec<f64>>,
+    /// softmax(α) of the reduction cell.
+    #[serde(with = "crate::nonfinite::table")]
+    pub alphas_reduce: Vec<Vec<f64>>,
+}
+
+/// The result of [`run_search`].
+#[derive(Clone, Debug)]
+pub struct SearchSummary {
+    /// All epochs so far (including those before a resume).
+    pub history: Vec<SearchEpoch>,
+    /// Final genotype.
+    pub genotype: Genotype,
+    /// Raw α values (normal then reduce), for exact comparisons.
+    pub alphas: Vec<f32>,
+    /// Number of supernet weights.
+    pub params: usize,
+    /// Whether the run stopped early (`stop_after`).
+    pub stopped_early: bool,
+}
+
+fn write_search_outputs(
+    out: &Path,
+    history: &[SearchEpoch],
+    op_names: &[String],
+) -> Result<(), RunError> {
+    write_jsonl(&out.join("metrics.jsonl"), history)?;
+    let series = |f: &dyn Fn(&SearchEpoch) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+    };
+    write(
+        &out.join("loss.svg"),
+        &report::line_chart(
+            "loss",
+            "epoch",
+            &[
+                ("train".into(), series(&|e| e.train_loss)),
+                ("val (arch steps)".into(), series(&|e| e.arch_val_loss)),
+                ("val (eval mode)".into(), series(&|e| e.val_loss)),
+            ],
+        ),
+    )?;
+    write(
+        &out.join("accuracy.svg"),
+        &report::line_chart(
+            "accuracy",
+            "epoch",
+            &[
+                ("train".into(), series(&|e| e.train_acc)),
+                ("val (eval mode)".into(), series(&|e| e.val_acc)),
+            ],
+        ),
+    )?;
+    let hn: Vec<_> = history.iter().map(|e| e.alphas_normal.clone()).collect();
+    let hr: Vec<_> = history.iter().map(|e| e.alphas_reduce.clone()).collect();
+    write(
+        &out.join("alphas_normal.svg"),
+        &report::alpha_evolution("softmax(α), normal cell", &hn, op_names),
+    )?;
+    write(
+        &out.join("alphas_reduce.svg"),
+        &report::alpha_evolution("softmax(α), reduction cell", &hr, op_names),
+    )?;
+    if let Some(last) = history.last() {
+        let g = &last.genotype;
+        let e = last.epoch;
+        write(
+            &out.join(format!("genotypes/epoch_{e:03}.json")),
+            &g.to_json(),
+        )?;
+        write(
+            &out.join(format!("genotypes/epoch_{e:03}.py")),
+            &format!("{}\n", last.genotype_python),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_genotype_files(out: &Path, g: &Genotype) -> Result<(), RunError> {
+    write(&out.join("genotype.json"), &g.to_json())?;
+    write(
+        &out.join("genotype.py"),
+        &format!("{}\n", python::to_python(g)),
+    )?;
+    let n = CellGraph::conv(&g.normal, &g.normal_concat);
+    let r = CellGraph::conv(&g.reduce, &g.reduce_concat);
+    write(&out.join("normal.svg"), &n.to_svg())?;
+    write(&out.join("reduce.svg"), &r.to_svg())?;
+    write(&out.join("normal.dot"), &n.to_dot())?;
+    write(&out.join("reduce.dot"), &r.to_dot())
+}
+
+/// The three loaders of a search: weights (train part, augmented), architecture (val part,
+/// augmented) and evaluation (val part, plain).
+struct SearchLoaders {
+    train: Loader,
+    val: Loader,
+    infer: Loader,
+}
+
+impl SearchLoaders {
+    fn new(cfg: &SearchConfig) -> Result<Self, RunError> {
+        let data = load_train(&cfg.data, cfg.limit_images)?;
+        let (train_idx, val_idx) = search_split(data.len(), cfg.train_portion)?;
+        let augmented = |indices: Vec<usize>, stream: u64| {
+            let mut l = Loader::new(data.clone(), indices, cfg.batch_size);
+            l.shuffle = true;
+            l.augment = Augment::SEARCH;
+            l.seed = cfg.seed;
+            l.stream = stream;
+            l
+        };
+        Ok(Self {
+            train: augmented(train_idx, 1),
+            val: augmented(val_idx.clone(), 2),
+            infer: Loader::new(data.clone(), val_idx, cfg.batch_size),
+        })
+    }
+}
+
+/// The supernet (seeded) and the bilevel optimisation state of `cfg`.
+fn build_search<B: AutodiffBackend>(cfg: &SearchConfig, device: &B::Device) -> Bilevel<B, Net<B>> {
+    let net: Net<B> = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        SearchNetworkConfig {
+            channels: cfg.init_channels,
+            layers: cfg.layers,
+            steps: cfg.nodes,
+            multiplier: cfg.nodes,
+            ..Default::default()
+        }
+        .init::<B, _, _>(&DartsSpace::default(), Softmax, device)
+    };
+    let mut search = Bilevel::new(
+        net,
+        WeightConfig {
+            lr: CosineLr {
+                max: cfg.lr,
+                min: cfg.lr_min,
+                epochs: cfg.epochs,
+            },
+            momentum: cfg.momentum,
+            weight_decay: cfg.weight_decay,
+            grad_clip: (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
+        },
+        ArchitectConfig {
+            order: if cfg.unrolled {
+                Order::Second
+            } else {
+                Order::First
+            },
+            arch_lr: cfg.arch_lr,
+            arch_weight_decay: cfg.arch_weight_decay,
+            ..Default::default()
+        },
+    );
+    if cfg.skip_non_finite_steps {
+        search.on_non_finite = NonFinitePolicy::SkipStep;
+    }
+    search
+}
+
+/// One epoch of the search: the bilevel steps, then the evaluation-mode validation pass and the
+/// epoch's record (an error if a step diverged).
+fn search_epoch<B: AutodiffBackend>(
+    search: &mut Bilevel<B, Net<B>>,
+    loaders: &SearchLoaders,
+    cfg: &SearchConfig,
+    epoch: usize,
+    show: bool,
+    device: &B::Device,
+) -> Result<SearchEpoch, RunError> {
+    let t0 = Instant::now();
+    let pb = progress(
+        loaders.train.batches_per_epoch(),
+        format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        show,
+    );
+    let train_batches = loaders
+        .train
+        .epoch(epoch, 0)
+        .map(|h| to_batch::<B>(&h, device));
+    // The validation stream cycles through reshuffled passes of the val split.
+    let mut val_stream = (0..)
+        .flat_map(|k| loaders.val.epoch(epoch * 1000 + k, 0))
+        .map(|h| to_batch::<B>(&h, device));
+    let stats = search.run_epoch(epoch, train_batches, &mut val_stream, |ev| {
+        let SearchEvent::Step { stats, .. } = ev;
+        pb.inc(1);
+        pb.set_message(format!(
+            "loss {:.3} acc {:.1}% val {:.3}",
+            stats.train_loss,
+            100.0 * stats.train_correct.unwrap_or(0.0) / stats.train_size.max(1) as f64,
+            stats.val_loss
+        ));
+    });
+    pb.finish_and_clear();
+    if let Some(bad) = &stats.non_finite {
+        return Err(RunError::Diverged {
+            run: "search",
+            epoch: epoch + 1,
+            step: bad.step + 1,
+            what: bad.what.clone(),
+            hint: "; lower --lr or --arch-lr, or pass --skip-non-finite-steps to undo such steps",
+        });
+    }
+    let model = search.model.valid();
+    let (val_loss, val_acc) =
+        evaluate::<B::InnerBackend, _>(&loaders.infer, device, |x| model.forward(x));
+    let (an, ar) = search.model.arch_weights();
+    let genotype = search.model.genotype();
+    Ok(SearchEpoch {
+        epoch,
+        lr: stats.lr,
+        train_loss: stats.train_loss,
+        train_acc: stats.train_acc.unwrap_or(0.0),
+        arch_val_loss: stats.val_loss,
+        val_loss,
+        val_acc,
+        steps: stats.steps,
+        skipped_steps: stats.skipped,
+        seconds: t0.elapsed().as_secs_f64(),
+        genotype_python: python::to_python(&genotype),
+        genotype,
+        alphas_normal: f64s(an),
+        alphas_reduce: f64s(ar),
+    })
+}
+
+fn print_epoch(rec: &SearchEpoch) {
+    eprintln!(
+        "epoch {:>3}  lr {:.5}  train loss {:.4} acc {:5.1}%  val loss {:.4} acc {:5.1}%  {:.0}s\n  {}",
+        rec.epoch + 1,
+        rec.lr,
+        rec.train_loss,
+        100.0 * rec.train_acc,
+        rec.val_loss,
+        100.0 * rec.val_acc,
+        rec.seconds,
+        rec.genotype_python
+    );
+}
+
+/// Commit an epoch: its outputs first, then the checkpoint. A kill in between repeats the epoch
+/// on resume, which writes the same outputs again.
+fn commit_epoch<B: AutodiffBackend>(
+    out: &Path,
+    cfg: &SearchConfig,
+    history: &[SearchEpoch],
+    search: &Bilevel<B, Net<B>>,
+    op_names: &[String],
+) -> Result<(), RunError> {
+    let last = history.last().expect("an epoch to commit");
+    write_search_outputs(out, history, op_names)?;
+    append_timing(out, last.epoch, last.seconds)?;
+    failpoint("epoch_outputs_written");
+    let mut c = Checkpoint::new(serde_json::json!({
+        "kind": "cifar10_search",
+        "epoch": last.epoch,
+        "config": cfg,
+        "history": history,
+    }));
+    checkpoint::save_bilevel(&mut c, search);
+    c.write_atomic(out.join("checkpoint.bin"))?;
+    failpoint("checkpoint_committed");
+    Ok(())
+}
+
+/// Run (or resume) an architecture search on `device`.
+pub fn run_search<B: AutodiffBackend>(
+    config: &SearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<SearchSummary, RunError> {
+    let out = &opts.out;
+    if !opts.resume {
+        config.validate()?;
+    }
+    let (cfg, mut history, ckpt, _lock) = open_run::<SearchConfig, SearchEpoch>(
+        config,
+        opts,
+        "cifar10_search",
+        &["epochs", "skip_non_finite_steps"],
+    )?;
+    cfg.validate()?;
+    write(
+        &out.join("config.json"),
+        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
+    )?;
+    let loaders = SearchLoaders::new(&cfg)?;
+    let mut search = build_search::<B>(&cfg, device);
+    let params = search.model.num_weights();
+    let op_names = search.model.op_names.clone();
+    if let Some(c) = &ckpt {
+        checkpoint::load_bilevel(c, &mut search)?;
+    }
+    let start = history.len();
+    let stopped_early = opts.stop_after.is_some_and(|n| n.max(start) < cfg.epochs);
+    let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+    for epoch in start..end {
+        let rec = search_epoch(&mut search, &loaders, &cfg, epoch, opts.progress, device)?;
+        if opts.progress {
+            print_epoch(&rec);
+        }
+        history.push(rec);
+        commit_epoch(out, &cfg, &history, &search, &op_names)?;
+    }
+    let genotype = search.model.genotype();
+    if !stopped_early {
+        write_genotype_files(out, &genotype)?;
+    }
+    let ids = search.model.alpha_ids();
+    let alphas = values(&search.model, &ids);
+    let alphas = ids
+        .iter()
+        .flat_map(|id| darts_ops::to_f32s(&alphas[id]))
+        .collect();
+    Ok(SearchSummary {
+        history,
+        genotype,
+        alphas,
+        params,
+        stopped_early,
+    })
+}

@@ -1,0 +1,377 @@
+//! Training a derived network from scratch on CIFAR-10 (reference `cnn/train.py`).
+
+use super::{evaluate, load_train, to_batch};
+use crate::checkpoint::{self, Checkpoint};
+use crate::report;
+use crate::run::{
+    append_timing, check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use darts_bilevel::{weight_step, CosineLr, Sgd};
+use darts_cell::EvalNetworkConfig;
+use darts_data::cifar::{Augment, Cifar10, Loader};
+use darts_genotype::Genotype;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Configuration of training a genotype from scratch (reference `train.py` defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Directory with `data_batch_N.bin` and `test_batch.bin`.
+    pub data: PathBuf,
+    /// The genotype.
+    pub genotype: Genotype,
+    /// Its name or source, for the record.
+    pub genotype_source: String,
+    /// Use only the first N training images.
+    pub limit_images: Option<usize>,
+    /// Use only the first N test images.
+    pub limit_test: Option<usize>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Initial learning rate (cosine to 0).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// SGD weight decay.
+    pub weight_decay: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Initial channels.
+    pub init_channels: usize,
+    /// Cells.
+    pub layers: usize,
+    /// Auxiliary head.
+    pub auxiliary: bool,
+    /// Weight of the auxiliary loss.
+    pub auxiliary_weight: f64,
+    /// Cutout side (None = off).
+    pub cutout: Option<usize>,
+    /// Maximum drop-path probability (ramped linearly over the epochs).
+    pub drop_path_prob: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Check every value (and the genotype); the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        self.genotype.validate().map_err(|e| RunError::Genotype {
+            source_name: self.genotype_source.clone(),
+            error: e.to_string(),
+        })?;
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (nothing would be trained)",
+            self.epochs,
+        )?;
+        check(
+            self.init_channels > 0,
+            "init-channels",
+            "must be at least 1",
+            self.init_channels,
+        )?;
+        check(
+            self.layers >= 3,
+            "layers",
+            "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)",
+            self.layers,
+        )?;
+        check(
+            self.limit_images != Some(0),
+            "limit-images",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_test != Some(0),
+            "limit-test",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            (0.0..1.0).contains(&self.momentum),
+            "momentum",
+            "must be in [0, 1)",
+            self.momentum,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.auxiliary_weight.is_finite() && self.auxiliary_weight >= 0.0,
+            "auxiliary-weight",
+            "must be 0 or positive",
+            self.auxiliary_weight,
+        )?;
+        check(
+            self.cutout != Some(0),
+            "cutout",
+            "must be at least 1 (or off)",
+            0,
+        )?;
+        check(
+            (0.0..1.0).contains(&self.drop_path_prob),
+            "drop-path-prob",
+            "must be in [0, 1) (it is the probability of dropping a path)",
+            self.drop_path_prob,
+        )?;
+        check(
+            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
+            "grad-clip",
+            "must be 0 (off) or positive",
+            self.grad_clip,
+        )
+    }
+}
+
+/// One epoch of training from scratch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainEpoch {
+    /// Epoch.
+    pub epoch: usize,
+    /// Learning rate.
+    #[serde(with = "crate::nonfinite")]
+    pub lr: f64,
+    /// Drop-path probability used.
+    #[serde(with = "crate::nonfinite")]
+    pub drop_path_prob: f64,
+    /// Training loss (including the auxiliary term).
+    #[serde(with = "crate::nonfinite")]
+    pub train_loss: f64,
+    /// Training accuracy.
+    #[serde(with = "crate::nonfinite")]
+    pub train_acc: f64,
+    /// Test loss.
+    #[serde(with = "crate::nonfinite")]
+    pub test_loss: f64,
+    /// Test accuracy.
+    #[serde(with = "crate::nonfinite")]
+    pub test_acc: f64,
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
+    pub seconds: f64,
+}
+
+/// The result of [`run_train`].
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// Epochs so far.
+    pub history: Vec<TrainEpoch>,
+    /// Trainable weights without the auxiliary head.
+    pub params: usize,
+    /// Final test accuracy.
+    pub test_acc: f64,
+}
+
+/// Train (or resume training) a genotype from scratch and evaluate it on the test set.
+pub fn run_train<B: AutodiffBackend>(
+    config: &TrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, RunError> {
+    let out = &opts.out;
+    let ckpt_path = out.join("checkpoint.bin");
+    if !opts.resume {
+        config.validate()?;
+    }
+    let (cfg, mut history, ckpt, _lock) =
+        open_run::<TrainConfig, TrainEpoch>(config, opts, "cifar10_train", &["epochs"])?;
+    cfg.validate()?;
+    write(
+        &out.join("config.json"),
+        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
+    )?;
+    let data = load_train(&cfg.data, cfg.limit_images)?;
+    let mut test = Cifar10::load_test(&cfg.data)?;
+    if let Some(n) = cfg.limit_test {
+        if n < test.len() {
+            test = test.subset(&(0..n).collect::<Vec<_>>());
+        }
+    }
+    let n = data.len();
+    let mut train = Loader::new(data, (0..n).collect(), cfg.batch_size);
+    train.shuffle = true;
+    train.augment = Augment {
+        crop_padding: 4,
+        flip: true,
+        cutout: cfg.cutout,
+    };
+    train.seed = cfg.seed;
+    train.stream = 3;
+    let nt = test.len();
+    let test_loader = Loader::new(Arc::new(test), (0..nt).collect(), cfg.batch_size);
+
+    let mut model = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        EvalNetworkConfig {
+            channels: cfg.init_channels,
+            layers: cfg.layers,
+            auxiliary: cfg.auxiliary,
+            ..Default::default()
+        }
+        .init::<B>(&cfg.genotype, device)?
+    };
+    let params = model.num_weights();
+    let mut sgd = Sgd::<B::InnerBackend>::new(cfg.momentum, cfg.weight_decay);
+    if let Some(c) = &ckpt {
+        model = checkpoint::load_model_sgd(c, model, &mut sgd)?.0;
+    }
+    if opts.progress {
+        eprintln!(
+            "{}: {:.3}M parameters (auxiliary head {:.3}M)",
+            cfg.genotype_source,
+            params as f64 / 1e6,
+            model.auxiliary_weights() as f64 / 1e6
+        );
+    }
+    let schedule = CosineLr {
+        max: cfg.lr,
+        min: 0.0,
+        epochs: cfg.epochs,
+    };
+    let start = history.len();
+    for epoch in start..cfg.epochs {
+        if opts.stop_after.is_some_and(|n| epoch >= n) {
+            break;
+        }
+        let t0 = Instant::now();
+        let lr = schedule.at(epoch);
+        let dp = cfg.drop_path_prob * epoch as f64 / cfg.epochs as f64;
+        let pb = progress(
+            train.batches_per_epoch(),
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            opts.progress,
+        );
+        let (mut loss_sum, mut ok, mut seen) = (0.0, 0.0, 0.0);
+        for h in train.epoch(epoch, 0) {
+            let b = to_batch::<B>(&h, device);
+            let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
+            let (next, st) = weight_step(model, &mut sgd, lr, clip, |m| {
+                m.loss(&b, dp, cfg.auxiliary_weight)
+            });
+            model = next;
+            let m = h.len() as f64;
+            let l: f64 = st.loss.into_scalar().elem();
+            if !l.is_finite() || !st.grad_norm.is_finite() {
+                return Err(RunError::Diverged {
+                    run: "training",
+                    epoch: epoch + 1,
+                    step: (seen / cfg.batch_size as f64) as usize + 1,
+                    what: if l.is_finite() {
+                        "gradient norm"
+                    } else {
+                        "training loss"
+                    }
+                    .into(),
+                    hint: "; lower --lr",
+                });
+            }
+            let c: f64 = st.aux.into_scalar().elem();
+            loss_sum += l * m;
+            ok += c;
+            seen += m;
+            pb.inc(1);
+            pb.set_message(format!(
+                "loss {:.3} acc {:.1}%",
+                loss_sum / seen,
+                100.0 * ok / seen
+            ));
+        }
+        pb.finish_and_clear();
+        let inner = model.valid();
+        let (test_loss, test_acc) = evaluate::<B::InnerBackend, _>(&test_loader, device, |x| {
+            inner.forward(x, false, 0.0).logits
+        });
+        let rec = TrainEpoch {
+            epoch,
+            lr,
+            drop_path_prob: dp,
+            train_loss: loss_sum / seen.max(1.0),
+            train_acc: ok / seen.max(1.0),
+            test_loss,
+            test_acc,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if opts.progress {
+            eprintln!(
+                "epoch {:>3}  lr {:.5}  train loss {:.4} acc {:5.1}%  test loss {:.4} acc {:5.1}%  {:.0}s",
+                epoch + 1,
+                lr,
+                rec.train_loss,
+                100.0 * rec.train_acc,
+                rec.test_loss,
+                100.0 * rec.test_acc,
+                rec.seconds
+            );
+        }
+        history.push(rec);
+        write_jsonl(&out.join("metrics.jsonl"), &history)?;
+        let series = |f: &dyn Fn(&TrainEpoch) -> f64| -> Vec<(f64, f64)> {
+            history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+        };
+        write(
+            &out.join("loss.svg"),
+            &report::line_chart(
+                "loss",
+                "epoch",
+                &[
+                    ("train".into(), series(&|e| e.train_loss)),
+                    ("test".into(), series(&|e| e.test_loss)),
+                ],
+            ),
+        )?;
+        write(
+            &out.join("accuracy.svg"),
+            &report::line_chart(
+                "accuracy",
+                "epoch",
+                &[
+                    ("train".into(), series(&|e| e.train_acc)),
+                    ("test".into(), series(&|e| e.test_acc)),
+                ],
+            ),
+        )?;
+        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
+        // Outputs first, then the checkpoint that commits the epoch (see run_search).
+        let mut c = Checkpoint::new(serde_json::json!({
+            "kind": "cifar10_train",
+            "epoch": epoch,
+            "config": cfg,
+            "history": history,
+        }));
+        checkpoint::save_model_sgd(&mut c, &model, &sgd);
+        c.write_atomic(&ckpt_path)?;
+    }
+    let test_acc = history.last().map_or(0.0, |e| e.test_acc);
+    Ok(TrainSummary {
+        history,
+        params,
+        test_acc,
+    })
+}

@@ -1,0 +1,244 @@
+//! The run directory: opening (new, overwrite, resume), the lock, atomic text outputs, the
+//! timing log, and the fault-injection points of the kill tests.
+
+use super::{RunError, RunOptions};
+use crate::checkpoint::Checkpoint;
+use serde::Serialize;
+use std::path::Path;
+
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), RunError> {
+    let io = |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// The run directory's lock, held (an OS file lock on `.lock`) while the run lives.
+#[derive(Debug)]
+pub(crate) struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Files a run writes, which `--overwrite` removes (anything else in the directory is left).
+fn is_run_output(name: &str) -> bool {
+    matches!(
+        name,
+        "checkpoint.bin" | "metrics.jsonl" | "config.json" | "genotypes"
+    ) || [".tmp", ".part", ".svg", ".dot", ".py", ".json"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+fn remove_stale(dir: &Path) -> Result<(), RunError> {
+    for d in [dir.to_path_buf(), dir.join("genotypes")] {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") || name.ends_with(".part") {
+                std::fs::remove_file(e.path()).map_err(|source| RunError::Io {
+                    path: e.path(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Open the output directory: lock it, and either read the checkpoint to resume (its
+/// configuration and history then replace `config`) or start a new run, refusing a directory
+/// that holds another run unless `opts.overwrite` (which removes the earlier run's files first).
+/// Leftover temporary files of an interrupted write are removed either way.
+///
+/// On resume, the settings in [`RunOptions::given`] are compared with the checkpoint's: those
+/// in `mutable` (e.g. `epochs`, to extend a run) take the new value, any other that differs is a
+/// [`RunError::ResumeConflict`] naming it.
+pub(crate) fn open_run<C, H>(
+    config: &C,
+    opts: &RunOptions,
+    kind: &str,
+    mutable: &[&str],
+) -> Result<(C, Vec<H>, Option<Checkpoint>, RunLock), RunError>
+where
+    C: Clone + Serialize + serde::de::DeserializeOwned,
+    H: serde::de::DeserializeOwned,
+{
+    let dir = &opts.out;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RunError::Io { path, source }
+    };
+    if opts.resume {
+        if !dir.join("checkpoint.bin").is_file() {
+            let why = if dir.is_dir() {
+                "no checkpoint.bin (a run killed before its first epoch ended has none: start it again without --resume, with --overwrite)"
+            } else {
+                "no such directory"
+            };
+            return Err(RunError::NoCheckpoint {
+                path: dir.clone(),
+                why: why.into(),
+            });
+        }
+    } else {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let lock_path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(RunError::Locked { path: dir.clone() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+    }
+    let lock = RunLock { _file: file };
+    if !opts.resume {
+        let mut found: Vec<String> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
+            .collect();
+        found.sort();
+        if !found.is_empty() && !opts.overwrite {
+            let shown = found.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+            let more = found.len().saturating_sub(4);
+            return Err(RunError::OutputExists {
+                path: dir.clone(),
+                found: if more > 0 {
+                    format!("{shown} and {more} more")
+                } else {
+                    shown
+                },
+            });
+        }
+        for name in found.iter().filter(|n| is_run_output(n)) {
+            let p = dir.join(name);
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(io(&p))?;
+        }
+        return Ok((config.clone(), Vec::new(), None, lock));
+    }
+    remove_stale(dir)?;
+    let c = Checkpoint::read(dir.join("checkpoint.bin"))?;
+    let found = c.meta["kind"].as_str().unwrap_or("unknown");
+    if found != kind {
+        return Err(RunError::Config(format!(
+            "{} holds a {found} run, which a {kind} run cannot resume",
+            dir.display()
+        )));
+    }
+    let mut stored = c.meta["config"].clone();
+    let wanted = serde_json::to_value(config).expect("configurations serialise");
+    let mut conflicts = Vec::new();
+    for key in &opts.given {
+        let (Some(new), Some(old)) = (wanted.get(key), stored.get(key)) else {
+            continue;
+        };
+        if new == old {
+            continue;
+        }
+        if mutable.contains(&key.as_str()) {
+            if opts.progress {
+                eprintln!("resuming with {key} = {new} (was {old})");
+            }
+            stored[key] = new.clone();
+        } else {
+            conflicts.push(format!(
+                "--{} {new} (the run has {old})",
+                key.replace('_', "-")
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(RunError::ResumeConflict {
+            path: dir.clone(),
+            conflicts: conflicts.join(", "),
+            mutable: mutable
+                .iter()
+                .map(|k| format!("--{}", k.replace('_', "-")))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let cfg = serde_json::from_value(stored).map_err(|e| {
+        RunError::Config(format!(
+            "the checkpoint in {} is of a {kind} run, and its configuration does not fit this one: {e}",
+            dir.display()
+        ))
+    })?;
+    let history = serde_json::from_value(c.meta["history"].clone()).map_err(|e| {
+        RunError::Config(format!(
+            "the metrics history in the {kind} checkpoint {} cannot be read: {e}",
+            dir.join("checkpoint.bin").display()
+        ))
+    })?;
+    Ok((cfg, history, Some(c), lock))
+}
+
+/// Append the wall time of an epoch to `timing.jsonl` (a log: an epoch repeated after a kill
+/// appears twice). Kept apart from `metrics.jsonl` so that the metrics and the checkpoint of a
+/// run depend on its configuration only.
+pub(crate) fn append_timing(dir: &Path, epoch: usize, seconds: f64) -> Result<(), RunError> {
+    use std::io::Write as _;
+    let path = dir.join("timing.jsonl");
+    let io = |source| RunError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    writeln!(f, "{{\"epoch\": {epoch}, \"seconds\": {seconds:.3}}}").map_err(io)
+}
+
+/// Fault injection for the kill tests: when the environment variable `DARTS_FAILPOINT` is
+/// `NAME:K`, the process aborts (as a `kill -9` would stop it: no destructors, no flushing) the
+/// K-th time it reaches the point `NAME`. Without the variable this is one relaxed atomic load.
+pub(crate) fn failpoint(name: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+    let target = TARGET.get_or_init(|| {
+        let v = std::env::var("DARTS_FAILPOINT").ok()?;
+        let (n, k) = v.rsplit_once(':')?;
+        Some((n.to_string(), k.parse().ok()?))
+    });
+    if let Some((n, k)) = target {
+        if n == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *k {
+            eprintln!("DARTS_FAILPOINT: aborting at {name} (hit {k})");
+            std::process::abort();
+        }
+    }
+}
+
+/// Write one JSON object per line, atomically.
+pub(crate) fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), RunError> {
+    let mut jsonl = String::new();
+    for r in rows {
+        jsonl.push_str(&serde_json::to_string(r).expect("serialisable"));
+        jsonl.push('\n');
+    }
+    write(path, &jsonl)
+}

@@ -1,0 +1,158 @@
+//! Run drivers: the paper's protocols as library functions that the examples wrap, and what
+//! they share.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`cifar`] | CIFAR-10: architecture search ([`cifar::run_search`]) and training a derived network from scratch ([`cifar::run_train`]) |
+//! | [`ptb`] | Penn Treebank: recurrent cell search ([`ptb::run_ptb_search`]) and training a derived cell ([`ptb::run_ptb_train`]) |
+//! | this module | [`RunError`], [`RunOptions`], and the run directory: opening and locking it, resuming, atomic outputs, the timing log |
+//!
+//! Every driver writes into an output directory: `metrics.jsonl` (one JSON object per epoch),
+//! plots (SVG), `timing.jsonl`, an atomic `checkpoint.bin` after every epoch (resumable), and
+//! its own results (genotypes and cell diagrams for the searches).
+
+use crate::checkpoint::CheckpointError;
+use darts_data::cifar::CifarError;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+pub mod cifar;
+mod dir;
+pub mod ptb;
+
+pub(crate) use dir::{append_timing, failpoint, open_run, write, write_jsonl};
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Data loading failed.
+    #[error(transparent)]
+    Data(#[from] CifarError),
+    /// Penn Treebank loading failed.
+    #[error(transparent)]
+    Ptb(#[from] darts_data::ptb::PtbError),
+    /// Checkpoint I/O failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The genotype could not be read.
+    #[error("genotype {source_name}: {error}")]
+    Genotype {
+        /// Where it came from.
+        source_name: String,
+        /// What is wrong.
+        error: String,
+    },
+    /// Building the network failed.
+    #[error(transparent)]
+    Cell(#[from] darts_cell::CellError),
+    /// Writing an output failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A step produced NaN or infinite values; nothing of that epoch was written.
+    #[error("the {run} diverged at epoch {epoch}, step {step}: the {what} is not finite. Nothing of epoch {epoch} was written; the checkpoint of the last finished epoch is kept{hint}")]
+    Diverged {
+        /// Which run (search, training).
+        run: &'static str,
+        /// Epoch (1-based, as on the console).
+        epoch: usize,
+        /// Step within the epoch (1-based).
+        step: usize,
+        /// What was not finite.
+        what: String,
+        /// What the user can do.
+        hint: &'static str,
+    },
+    /// The output directory already holds another run.
+    #[error("{path} already holds a run ({found}): pass --resume {path} to continue it, --overwrite to replace it, or choose another --out")]
+    OutputExists {
+        /// The directory.
+        path: PathBuf,
+        /// Some of what is in it.
+        found: String,
+    },
+    /// Another process is running in the output directory.
+    #[error("{path} is in use by another run (it holds the lock {path}/.lock); wait for it to finish or choose another --out")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `--resume` was given flags that would change what the run is.
+    #[error("cannot resume {path} with different settings: {conflicts}. Only {mutable} may change on resume; start a new run (another --out, or --overwrite) to change the rest")]
+    ResumeConflict {
+        /// The directory.
+        path: PathBuf,
+        /// Each conflicting flag with both values.
+        conflicts: String,
+        /// The flags that may change.
+        mutable: String,
+    },
+    /// `--resume` found nothing to resume.
+    #[error("nothing to resume in {path}: {why}")]
+    NoCheckpoint {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing.
+        why: String,
+    },
+}
+
+/// Check one configuration value; the message names the flag.
+pub(crate) fn check(
+    ok: bool,
+    flag: &str,
+    rule: &str,
+    value: impl std::fmt::Display,
+) -> Result<(), RunError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(RunError::Config(format!("--{flag} {value}: {rule}")))
+    }
+}
+
+/// Seeding a backend sets a process-wide generator (on CPU), so seeding and initialising happen
+/// under this lock: runs in parallel threads of one process cannot interleave their draws.
+pub(crate) static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Options of a run that are not part of its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Output directory.
+    pub out: PathBuf,
+    /// Continue from `out/checkpoint.bin` (the configuration stored there is used).
+    pub resume: bool,
+    /// Start a new run in `out` even if it holds an earlier run (whose files are removed).
+    pub overwrite: bool,
+    /// Configuration fields the user set explicitly (e.g. from the command line). On resume
+    /// they are checked against the checkpoint's configuration: the few that may change (the
+    /// number of epochs) are taken, any other that differs is an error.
+    pub given: Vec<String>,
+    /// Stop after this many epochs in total (simulates an interruption; the checkpoint stays).
+    pub stop_after: Option<usize>,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+pub(crate) fn progress(len: usize, prefix: String, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix);
+    pb
+}

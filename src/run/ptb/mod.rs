@@ -1,0 +1,107 @@
+//! The Penn Treebank protocol of the paper (§3.3), as library functions that the examples
+//! `ptb_search` and `ptb_train` wrap: recurrent cell search (weights on the training split, α on
+//! the validation split) and training a derived recurrent cell from scratch (SGD switching to
+//! averaged SGD).
+//!
+//! Output conventions are those of [`crate::run`]: `metrics.jsonl`, SVG plots, per-epoch
+//! genotypes, an atomic `checkpoint.bin` after every epoch and `--resume`. Within an epoch every
+//! random choice (window lengths, dropout masks) is derived from `(seed, epoch, step)`, and the
+//! hidden state starts from zeros each epoch (as in the reference), so a resumed run takes
+//! exactly the steps an uninterrupted one takes.
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use darts_cell::rnn::nll;
+use darts_data::ptb::{Batchified, Corpus, PtbError};
+use std::path::Path;
+
+mod search;
+mod train;
+
+pub use super::{RunError, RunOptions};
+pub use search::{run_ptb_search, PtbSearchConfig, PtbSearchEpoch, PtbSearchSummary};
+pub use train::{run_ptb_train, PtbTrainConfig, PtbTrainEpoch, PtbTrainSummary};
+
+pub(super) fn load_corpus(
+    dir: &Path,
+    train_limit: Option<usize>,
+    valid_limit: Option<usize>,
+) -> Result<Corpus, RunError> {
+    let mut c = Corpus::load(dir)?;
+    if let Some(n) = train_limit {
+        c.train.ids.truncate(n);
+    }
+    if let Some(n) = valid_limit {
+        c.valid.ids.truncate(n);
+    }
+    Ok(c)
+}
+
+pub(super) fn zeros_inner<B: AutodiffBackend>(
+    n: usize,
+    h: usize,
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 2> {
+    Tensor::zeros([n, h], device)
+}
+
+pub(super) fn ids<B: Backend>(
+    v: &[u32],
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// Mean cross-entropy per token over `data` in windows of `bptt`, carrying the hidden state
+/// (evaluation mode: no dropout, no graph).
+pub fn evaluate_lm<B: Backend, F>(
+    data: &Batchified,
+    bptt: usize,
+    nhid: usize,
+    device: &B::Device,
+    forward: F,
+) -> f64
+where
+    F: Fn(Tensor<B, 2, Int>, Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>),
+{
+    let n = data.cols;
+    let mut hidden = Tensor::<B, 2>::zeros([n, nhid], device);
+    let (mut total, mut count) = (0.0, 0usize);
+    for (i, t) in data.eval_windows(bptt) {
+        let (x, y) = data.window(i, t);
+        let (logits, h) = forward(ids::<B>(&x, [t, n], device), hidden);
+        hidden = h;
+        let target: Tensor<B, 1, Int> = ids::<B>(&y, [1, t * n], device).reshape([t * n]);
+        let l = darts_ops::to_f64s(&nll(logits, target))[0];
+        total += l * (t * n) as f64;
+        count += t * n;
+    }
+    total / count.max(1) as f64
+}
+
+/// Lay a split out in `n` columns; a split too short for that names the split and the flag.
+pub(super) fn batchify(
+    ids: &[u32],
+    n: usize,
+    split: &str,
+    flag: &str,
+) -> Result<Batchified, RunError> {
+    Batchified::new(ids, n).map_err(|e| match e {
+        PtbError::TooShort { tokens, .. } => RunError::Config(format!(
+            "the {split} split has {tokens} tokens, too few for {flag} {n} (each of the {n} columns needs at least 2 tokens): lower {flag} or use more of the split"
+        )),
+        e => e.into(),
+    })
+}
+
+pub(super) fn diverged(epoch: usize, step: usize, what: &str) -> RunError {
+    RunError::Diverged {
+        run: "search",
+        epoch: epoch + 1,
+        step: step + 1,
+        what: what.to_string(),
+        hint: "; lower --lr or --arch-lr",
+    }
+}

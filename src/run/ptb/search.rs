@@ -1,0 +1,528 @@
+//! Recurrent cell search on Penn Treebank (reference `rnn/train_search.py`).
+
+use super::{batchify, diverged, evaluate_lm, load_corpus, zeros_inner};
+use crate::checkpoint::{self, Checkpoint};
+use crate::report;
+use crate::run::{
+    append_timing, check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use darts_bilevel::params::values;
+use darts_bilevel::{ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, WeightConfig};
+use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
+use darts_cell::RnnSearchModel;
+use darts_data::cifar::derive_seed;
+use darts_data::ptb::{SeqLen, SeqLenMode};
+use darts_genotype::diagram::CellGraph;
+use darts_genotype::{python, RecurrentGenotype};
+use darts_mixed_op::{RnnSpace, Softmax};
+use darts_ops::RnnOp;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Configuration of a recurrent search (reference `rnn/train_search.py` defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbSearchConfig {
+    /// Directory with `ptb.train.txt`, `ptb.valid.txt`, `ptb.test.txt`.
+    pub data: PathBuf,
+    /// Use only the first N training tokens (None = all).
+    pub limit_train_tokens: Option<usize>,
+    /// Use only the first N validation tokens (None = all).
+    pub limit_valid_tokens: Option<usize>,
+    /// Stop each epoch after this many steps (None = a full pass).
+    pub max_steps_per_epoch: Option<usize>,
+    /// Embedding size (= hidden size, tied weights).
+    pub emsize: usize,
+    /// Hidden units.
+    pub nhid: usize,
+    /// Intermediate nodes.
+    pub nodes: usize,
+    /// Batch size (columns of the training and search streams).
+    pub batch_size: usize,
+    /// Batch size of the evaluation pass.
+    pub eval_batch_size: usize,
+    /// Nominal window length.
+    pub bptt: usize,
+    /// SGD learning rate (constant; scaled per window by `len / bptt`).
+    pub lr: f64,
+    /// SGD weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (also applied in the virtual step).
+    pub clip: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Dropouts.
+    pub dropout: RnnDropout,
+    /// Temporal activation regularisation β.
+    pub tar: f64,
+    /// Activation regularisation α.
+    pub ar: f64,
+    /// Second-order architecture gradient.
+    pub unrolled: bool,
+    /// Adam learning rate for α.
+    pub arch_lr: f64,
+    /// Adam weight decay for α.
+    pub arch_weight_decay: f64,
+    /// Seed.
+    pub seed: u64,
+    /// The reference's quirks (off by default; see [`ReferenceQuirks`]).
+    #[serde(default)]
+    pub quirks: ReferenceQuirks,
+}
+
+impl Default for PtbSearchConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("data/ptb-sample"),
+            limit_train_tokens: None,
+            limit_valid_tokens: None,
+            max_steps_per_epoch: None,
+            emsize: 300,
+            nhid: 300,
+            nodes: 8,
+            batch_size: 256,
+            eval_batch_size: 10,
+            bptt: 35,
+            lr: 20.0,
+            weight_decay: 5e-7,
+            clip: 0.25,
+            epochs: 50,
+            dropout: RnnDropout::search(),
+            tar: 1e-3,
+            ar: 0.0,
+            unrolled: false,
+            arch_lr: 3e-3,
+            arch_weight_decay: 1e-3,
+            seed: 3,
+            quirks: ReferenceQuirks::default(),
+        }
+    }
+}
+
+impl PtbSearchConfig {
+    /// Check every value; the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.eval_batch_size > 0,
+            "eval-batch-size",
+            "must be at least 1",
+            self.eval_batch_size,
+        )?;
+        check(self.bptt > 0, "bptt", "must be at least 1", self.bptt)?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (a search of no epochs derives nothing)",
+            self.epochs,
+        )?;
+        check(
+            self.max_steps_per_epoch != Some(0),
+            "max-steps",
+            "must be at least 1 (an epoch of no steps trains nothing)",
+            0,
+        )?;
+        check(
+            self.limit_train_tokens != Some(0),
+            "limit-train-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_valid_tokens != Some(0),
+            "limit-valid-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(self.emsize > 0, "emsize", "must be at least 1", self.emsize)?;
+        check(self.nhid > 0, "nhid", "must be at least 1", self.nhid)?;
+        check(self.nodes > 0, "nodes", "must be at least 1", self.nodes)?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.clip.is_finite() && self.clip >= 0.0,
+            "clip",
+            "must be 0 (off) or positive",
+            self.clip,
+        )?;
+        check(
+            self.arch_lr.is_finite() && self.arch_lr >= 0.0,
+            "arch-lr",
+            "must be 0 or positive",
+            self.arch_lr,
+        )?;
+        check(
+            self.arch_weight_decay.is_finite() && self.arch_weight_decay >= 0.0,
+            "arch-weight-decay",
+            "must be 0 or positive",
+            self.arch_weight_decay,
+        )
+    }
+
+    /// The architect's configuration for this search, as the recurrent reference sets it up
+    /// (`rnn/architect.py:30`: `torch.optim.Adam(..., lr=arch_lr, weight_decay=arch_wdecay)`,
+    /// so Adam's default betas (0.9, 0.999) and ε 1e-8, not the convolutional architect's
+    /// (0.5, 0.999); the finite-difference radius r = 1e-2; the weight clip also in the virtual
+    /// step and on the Hessian-vector product's vector).
+    pub fn architect_config(&self) -> ArchitectConfig {
+        ArchitectConfig {
+            order: if self.unrolled {
+                Order::Second
+            } else {
+                Order::First
+            },
+            arch_lr: self.arch_lr,
+            arch_betas: (0.9, 0.999),
+            arch_eps: 1e-8,
+            arch_weight_decay: self.arch_weight_decay,
+            fd_r: 0.01,
+            virtual_grad_clip: (self.clip > 0.0).then_some(self.clip),
+            quirks: self.quirks,
+        }
+    }
+}
+
+/// One epoch of a recurrent search, as written to `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbSearchEpoch {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Mean training cross-entropy (dropout on).
+    #[serde(with = "crate::nonfinite")]
+    pub train_loss: f64,
+    /// Its perplexity.
+    #[serde(with = "crate::nonfinite")]
+    pub train_ppl: f64,
+    /// Mean validation cross-entropy seen by the architecture steps (dropout on).
+    #[serde(with = "crate::nonfinite")]
+    pub arch_val_loss: f64,
+    /// Validation cross-entropy in evaluation mode.
+    #[serde(with = "crate::nonfinite")]
+    pub val_loss: f64,
+    /// Validation perplexity in evaluation mode.
+    #[serde(with = "crate::nonfinite")]
+    pub val_ppl: f64,
+    /// Steps taken.
+    pub steps: usize,
+    /// Training tokens seen.
+    pub tokens: usize,
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
+    pub seconds: f64,
+    /// Derived genotype.
+    pub genotype: RecurrentGenotype,
+    /// The same, in Python notation.
+    pub genotype_python: String,
+    /// softmax(α), `[edge][op]`.
+    #[serde(with = "crate::nonfinite::table")]
+    pub alphas: Vec<Vec<f64>>,
+}
+
+/// The result of [`run_ptb_search`].
+#[derive(Clone, Debug)]
+pub struct PtbSearchSummary {
+    /// All epochs so far.
+    pub history: Vec<PtbSearchEpoch>,
+    /// Final genotype.
+    pub genotype: RecurrentGenotype,
+    /// Raw α values, for exact comparisons.
+    pub alphas: Vec<f32>,
+    /// Supernet weights.
+    pub params: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Words of the validation/test splits that were mapped to `<unk>`.
+    pub unknown: (usize, usize),
+}
+
+type SearchNet<B> = RnnSearchModel<B, RnnOp>;
+
+fn write_rnn_genotype(out: &Path, g: &RecurrentGenotype) -> Result<(), RunError> {
+    write(&out.join("genotype.json"), &g.to_json())?;
+    write(
+        &out.join("genotype.py"),
+        &format!("{}\n", python::recurrent_to_python(g)),
+    )?;
+    let graph = CellGraph::recurrent(g);
+    write(&out.join("recurrent.svg"), &graph.to_svg())?;
+    write(&out.join("recurrent.dot"), &graph.to_dot())
+}
+
+/// Run (or resume) a recurrent cell search on `device`.
+pub fn run_ptb_search<B: AutodiffBackend>(
+    config: &PtbSearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<PtbSearchSummary, RunError> {
+    let out = &opts.out;
+    let ckpt_path = out.join("checkpoint.bin");
+    if !opts.resume {
+        config.validate()?;
+    }
+    let (cfg, mut history, ckpt, _lock) =
+        open_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts, "ptb_search", &["epochs"])?;
+    cfg.validate()?;
+    write(
+        &out.join("config.json"),
+        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
+    )?;
+    let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
+    let vocab = corpus.dictionary.len();
+    let train_data = batchify(
+        &corpus.train.ids,
+        cfg.batch_size,
+        "training",
+        "--batch-size",
+    )?;
+    let search_data = batchify(
+        &corpus.valid.ids,
+        cfg.batch_size,
+        "validation (architecture steps)",
+        "--batch-size",
+    )?;
+    let val_data = batchify(
+        &corpus.valid.ids,
+        cfg.eval_batch_size,
+        "validation",
+        "--eval-batch-size",
+    )?;
+    let rnn = RnnConfig {
+        vocab,
+        ninp: cfg.emsize,
+        nhid: cfg.nhid,
+        steps: cfg.nodes,
+        dropout: cfg.dropout,
+        tar: cfg.tar,
+        ar: cfg.ar,
+    };
+    let net: SearchNet<B> = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        rnn.init_search::<B, _, _>(&RnnSpace::default(), Softmax, device)?
+    };
+    let params = net.num_weights();
+    let op_names = net.op_names.clone();
+    let mut search = Bilevel::new(
+        net,
+        WeightConfig {
+            lr: CosineLr {
+                max: cfg.lr,
+                min: cfg.lr,
+                epochs: cfg.epochs,
+            },
+            momentum: 0.0,
+            weight_decay: cfg.weight_decay,
+            grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
+        },
+        cfg.architect_config(),
+    );
+    if let Some(c) = &ckpt {
+        checkpoint::load_bilevel(c, &mut search)?;
+    }
+    if opts.progress {
+        eprintln!(
+            "PTB search: vocabulary {vocab}, {} training tokens, {} validation tokens ({} unknown), {:.2}M weights",
+            corpus.train.len(),
+            corpus.valid.len(),
+            corpus.valid.unknown,
+            params as f64 / 1e6
+        );
+    }
+    let n = cfg.batch_size;
+    let start = history.len();
+    for epoch in start..cfg.epochs {
+        if opts.stop_after.is_some_and(|s| epoch >= s) {
+            break;
+        }
+        let t0 = Instant::now();
+        let mut windows = SeqLen::new(
+            cfg.bptt,
+            SeqLenMode::Search,
+            derive_seed(cfg.seed, epoch, 11),
+        )
+        .epoch_windows(&train_data);
+        if let Some(m) = cfg.max_steps_per_epoch {
+            windows.truncate(m);
+        }
+        let pb = progress(
+            windows.len(),
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            opts.progress,
+        );
+        let mut h_train = zeros_inner::<B>(n, cfg.nhid, device);
+        let mut h_val = zeros_inner::<B>(n, cfg.nhid, device);
+        let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
+        for (step, &(i, t)) in windows.iter().enumerate() {
+            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
+            let (x, y) = train_data.window(i, t);
+            let vi = i % (search_data.rows - 1);
+            let (vx, vy) = search_data.window(vi, cfg.bptt);
+            let seed = derive_seed(cfg.seed, epoch, 1000 + 2 * step as u64);
+            let tb = TokenBatch::from_host(
+                &x,
+                &y,
+                n,
+                Tensor::from_inner(h_train.clone()),
+                rnn.masks(n, seed, device),
+                device,
+            );
+            let vb = TokenBatch::from_host(
+                &vx,
+                &vy,
+                n,
+                Tensor::from_inner(h_val.clone()),
+                rnn.masks(n, seed ^ 0x5555, device),
+                device,
+            );
+            let o = search.step_with_state(&tb, &vb, lr);
+            if let Some(what) = o.stats.non_finite() {
+                return Err(diverged(epoch, step, what));
+            }
+            h_train = o.train_state[0].clone();
+            h_val = o.val_state[0].clone();
+            tl += o.stats.train_loss * o.stats.train_size as f64;
+            tok += o.stats.train_size;
+            vl += o.stats.val_loss * o.stats.val_size as f64;
+            vtok += o.stats.val_size;
+            pb.inc(1);
+            pb.set_message(format!(
+                "ppl {:.1} val {:.1}",
+                (tl / tok as f64).exp(),
+                (vl / vtok as f64).exp()
+            ));
+        }
+        pb.finish_and_clear();
+        if !search.alphas_finite() {
+            return Err(diverged(
+                epoch,
+                windows.len() - 1,
+                "architecture parameters α",
+            ));
+        }
+        let model = search.model.valid();
+        let val_loss =
+            evaluate_lm::<B::InnerBackend, _>(&val_data, cfg.bptt, cfg.nhid, device, |x, h| {
+                let o = model.forward(x, h, &RnnMasks::none());
+                (o.logits, o.hidden)
+            });
+        let train_loss = tl / tok.max(1) as f64;
+        let genotype = search.model.genotype();
+        let rec = PtbSearchEpoch {
+            epoch,
+            train_loss,
+            train_ppl: train_loss.exp(),
+            arch_val_loss: vl / vtok.max(1) as f64,
+            val_loss,
+            val_ppl: val_loss.exp(),
+            steps: windows.len(),
+            tokens: tok,
+            seconds: t0.elapsed().as_secs_f64(),
+            genotype_python: python::recurrent_to_python(&genotype),
+            genotype,
+            alphas: search
+                .model
+                .arch_weights()
+                .into_iter()
+                .map(|r| r.into_iter().map(f64::from).collect())
+                .collect(),
+        };
+        if opts.progress {
+            eprintln!(
+                "epoch {:>3}  train ppl {:8.2}  val ppl {:8.2}  {:.0}s\n  {}",
+                epoch + 1,
+                rec.train_ppl,
+                rec.val_ppl,
+                rec.seconds,
+                rec.genotype_python
+            );
+        }
+        history.push(rec);
+        // Outputs first, then the checkpoint that commits the epoch (a kill in between repeats
+        // the epoch on resume, which writes the same outputs again).
+        write_search_outputs(out, &history, &op_names)?;
+        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
+        let mut c = Checkpoint::new(serde_json::json!({
+            "kind": "ptb_search",
+            "epoch": epoch,
+            "config": cfg,
+            "history": history,
+        }));
+        checkpoint::save_bilevel(&mut c, &search);
+        c.write_atomic(&ckpt_path)?;
+    }
+    let genotype = search.model.genotype();
+    write_rnn_genotype(out, &genotype)?;
+    let id = search.model.alphas.id;
+    let alphas = darts_ops::to_f32s(&values(&search.model, &[id])[&id]);
+    Ok(PtbSearchSummary {
+        history,
+        genotype,
+        alphas,
+        params,
+        vocab,
+        unknown: (corpus.valid.unknown, corpus.test.unknown),
+    })
+}
+
+fn write_search_outputs(
+    out: &Path,
+    history: &[PtbSearchEpoch],
+    op_names: &[String],
+) -> Result<(), RunError> {
+    write_jsonl(&out.join("metrics.jsonl"), history)?;
+    let series = |f: &dyn Fn(&PtbSearchEpoch) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+    };
+    write(
+        &out.join("perplexity.svg"),
+        &report::line_chart(
+            "perplexity",
+            "epoch",
+            &[
+                ("train (dropout)".into(), series(&|e| e.train_ppl)),
+                (
+                    "val (arch steps, dropout)".into(),
+                    series(&|e| e.arch_val_loss.exp()),
+                ),
+                ("val (eval mode)".into(), series(&|e| e.val_ppl)),
+            ],
+        ),
+    )?;
+    let h: Vec<_> = history.iter().map(|e| e.alphas.clone()).collect();
+    write(
+        &out.join("alphas.svg"),
+        &report::alpha_evolution("softmax(α), recurrent cell", &h, op_names),
+    )?;
+    if let Some(last) = history.last() {
+        let e = last.epoch;
+        write(
+            &out.join(format!("genotypes/epoch_{e:03}.json")),
+            &last.genotype.to_json(),
+        )?;
+        write(
+            &out.join(format!("genotypes/epoch_{e:03}.py")),
+            &format!("{}\n", last.genotype_python),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,535 @@
+//! Training a derived recurrent cell from scratch on Penn Treebank (reference `rnn/train.py`).
+
+use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
+use crate::checkpoint::{self, Checkpoint};
+use crate::report;
+use crate::run::{
+    append_timing, check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+};
+use burn::module::{AutodiffModule, ParamId};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use darts_bilevel::params::{set_values, values, FlatParams};
+use darts_bilevel::{weight_step, Sgd};
+use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
+use darts_cell::RnnEvalModel;
+use darts_data::cifar::derive_seed;
+use darts_data::ptb::{SeqLen, SeqLenMode};
+use darts_genotype::RecurrentGenotype;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Configuration of training a recurrent genotype from scratch (reference `rnn/train.py`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbTrainConfig {
+    /// Directory with the three PTB files.
+    pub data: PathBuf,
+    /// The genotype.
+    pub genotype: RecurrentGenotype,
+    /// Its name or source.
+    pub genotype_source: String,
+    /// Use only the first N training tokens.
+    pub limit_train_tokens: Option<usize>,
+    /// Use only the first N validation tokens.
+    pub limit_valid_tokens: Option<usize>,
+    /// Use only the first N test tokens.
+    pub limit_test_tokens: Option<usize>,
+    /// Stop each epoch after this many steps.
+    pub max_steps_per_epoch: Option<usize>,
+    /// Embedding size (= hidden size).
+    pub emsize: usize,
+    /// Hidden units.
+    pub nhid: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Validation batch size.
+    pub eval_batch_size: usize,
+    /// Test batch size.
+    pub test_batch_size: usize,
+    /// Nominal window length.
+    pub bptt: usize,
+    /// Maximum excess of a window over `bptt`.
+    pub max_seq_len_delta: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Dropouts.
+    pub dropout: RnnDropout,
+    /// Temporal activation regularisation β.
+    pub tar: f64,
+    /// Activation regularisation α.
+    pub ar: f64,
+    /// Switch to averaged SGD when validation has not improved on the best of all but the
+    /// last `nonmono` epochs.
+    pub nonmono: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl PtbTrainConfig {
+    /// Check every value (and the genotype); the error names the flag.
+    pub fn validate(&self) -> Result<(), RunError> {
+        self.genotype.validate().map_err(|e| RunError::Genotype {
+            source_name: self.genotype_source.clone(),
+            error: e.to_string(),
+        })?;
+        check(
+            self.batch_size > 0,
+            "batch-size",
+            "must be at least 1",
+            self.batch_size,
+        )?;
+        check(
+            self.eval_batch_size > 0,
+            "eval-batch-size",
+            "must be at least 1",
+            self.eval_batch_size,
+        )?;
+        check(
+            self.test_batch_size > 0,
+            "test-batch-size",
+            "must be at least 1",
+            self.test_batch_size,
+        )?;
+        check(self.bptt > 0, "bptt", "must be at least 1", self.bptt)?;
+        check(
+            self.epochs > 0,
+            "epochs",
+            "must be at least 1 (nothing would be trained)",
+            self.epochs,
+        )?;
+        check(
+            self.max_steps_per_epoch != Some(0),
+            "max-steps",
+            "must be at least 1 (an epoch of no steps trains nothing)",
+            0,
+        )?;
+        check(
+            self.limit_train_tokens != Some(0),
+            "limit-train-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_valid_tokens != Some(0),
+            "limit-valid-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(
+            self.limit_test_tokens != Some(0),
+            "limit-test-tokens",
+            "must be at least 1",
+            0,
+        )?;
+        check(self.emsize > 0, "emsize", "must be at least 1", self.emsize)?;
+        check(self.nhid > 0, "nhid", "must be at least 1", self.nhid)?;
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+            self.lr,
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight-decay",
+            "must be 0 or positive",
+            self.weight_decay,
+        )?;
+        check(
+            self.clip.is_finite() && self.clip >= 0.0,
+            "clip",
+            "must be 0 (off) or positive",
+            self.clip,
+        )
+    }
+}
+
+impl PtbTrainConfig {
+    /// Reference defaults for `genotype`.
+    pub fn new(genotype: RecurrentGenotype, source: impl Into<String>) -> Self {
+        Self {
+            data: PathBuf::from("data/ptb-sample"),
+            genotype,
+            genotype_source: source.into(),
+            limit_train_tokens: None,
+            limit_valid_tokens: None,
+            limit_test_tokens: None,
+            max_steps_per_epoch: None,
+            emsize: 850,
+            nhid: 850,
+            batch_size: 64,
+            eval_batch_size: 10,
+            test_batch_size: 1,
+            bptt: 35,
+            max_seq_len_delta: 20,
+            lr: 20.0,
+            weight_decay: 8e-7,
+            clip: 0.25,
+            epochs: 8000,
+            dropout: RnnDropout::eval(),
+            tar: 1e-3,
+            ar: 0.0,
+            nonmono: 5,
+            seed: 1267,
+        }
+    }
+}
+
+/// One epoch of training a recurrent cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbTrainEpoch {
+    /// Epoch.
+    pub epoch: usize,
+    /// Training cross-entropy (dropout on).
+    #[serde(with = "crate::nonfinite")]
+    pub train_loss: f64,
+    /// Its perplexity.
+    #[serde(with = "crate::nonfinite")]
+    pub train_ppl: f64,
+    /// Validation cross-entropy (averaged weights once averaging is on).
+    #[serde(with = "crate::nonfinite")]
+    pub val_loss: f64,
+    /// Validation perplexity.
+    #[serde(with = "crate::nonfinite")]
+    pub val_ppl: f64,
+    /// Whether averaged SGD was on during this epoch.
+    pub averaged: bool,
+    /// Steps.
+    pub steps: usize,
+    /// Wall time of the epoch (s). Not written to `metrics.jsonl` or the checkpoint (it would
+    /// make two identical runs' directories differ); `timing.jsonl` logs it. 0 for epochs
+    /// read back from a checkpoint.
+    #[serde(skip)]
+    pub seconds: f64,
+}
+
+/// The result of [`run_ptb_train`].
+#[derive(Clone, Debug)]
+pub struct PtbTrainSummary {
+    /// Epochs so far.
+    pub history: Vec<PtbTrainEpoch>,
+    /// Weights of the model.
+    pub params: usize,
+    /// Best validation perplexity.
+    pub best_val_ppl: f64,
+    /// Test perplexity of the best weights.
+    pub test_ppl: f64,
+}
+
+/// Averaged SGD state (`torch.optim.ASGD` with `t0 = 0`, `lambd = 0`, as the reference uses it:
+/// plain SGD steps, and `ax` the running mean of the weights since the switch).
+#[derive(Clone, Debug)]
+struct Averaging<B: Backend> {
+    steps: u64,
+    ax: BTreeMap<ParamId, Tensor<B, 1>>,
+}
+
+/// Train (or resume training) a recurrent genotype and report validation and test perplexity.
+pub fn run_ptb_train<B: AutodiffBackend>(
+    config: &PtbTrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<PtbTrainSummary, RunError> {
+    let out = &opts.out;
+    let ckpt_path = out.join("checkpoint.bin");
+    if !opts.resume {
+        config.validate()?;
+    }
+    let (cfg, mut history, ckpt, _lock) =
+        open_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts, "ptb_train", &["epochs"])?;
+    cfg.validate()?;
+    write(
+        &out.join("config.json"),
+        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
+    )?;
+    let mut corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
+    if let Some(n) = cfg.limit_test_tokens {
+        corpus.test.ids.truncate(n);
+    }
+    let vocab = corpus.dictionary.len();
+    let train_data = batchify(
+        &corpus.train.ids,
+        cfg.batch_size,
+        "training",
+        "--batch-size",
+    )?;
+    let val_data = batchify(
+        &corpus.valid.ids,
+        cfg.eval_batch_size,
+        "validation",
+        "--eval-batch-size",
+    )?;
+    let test_data = batchify(
+        &corpus.test.ids,
+        cfg.test_batch_size,
+        "test",
+        "--test-batch-size",
+    )?;
+    let rnn = RnnConfig {
+        vocab,
+        ninp: cfg.emsize,
+        nhid: cfg.nhid,
+        steps: cfg.genotype.recurrent.len(),
+        dropout: cfg.dropout,
+        tar: cfg.tar,
+        ar: cfg.ar,
+    };
+    let mut model: RnnEvalModel<B> = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        rnn.init_eval::<B>(&cfg.genotype, device)?
+    };
+    let params = model.num_weights();
+    let mut sgd = Sgd::<B::InnerBackend>::new(0.0, cfg.weight_decay);
+    let all_ids = darts_bilevel::params::all_ids(&model);
+    let mut avg: Option<Averaging<B::InnerBackend>> = None;
+    let mut best_vals: Vec<f64> = Vec::new();
+    let mut best: Option<(f64, FlatParams<B>)> = None;
+    if let Some(c) = &ckpt {
+        model = checkpoint::load_model_sgd(c, model, &mut sgd)?.0;
+        let meta = &c.meta;
+        best_vals = serde_json::from_value(meta["best_vals"].clone()).unwrap_or_default();
+        if let Some(steps) = meta["asgd_steps"].as_u64() {
+            let mut ax = BTreeMap::new();
+            for (k, id) in all_ids.iter().enumerate() {
+                if let Some((_, _, v)) = c.get(&format!("ax/{k}")) {
+                    ax.insert(
+                        *id,
+                        Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
+                    );
+                }
+            }
+            avg = Some(Averaging { steps, ax });
+        }
+        let mut b = BTreeMap::new();
+        for (k, id) in all_ids.iter().enumerate() {
+            if let Some((_, _, v)) = c.get(&format!("best/{k}")) {
+                b.insert(
+                    *id,
+                    Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
+                );
+            }
+        }
+        if let Some(v) = meta["best_val"].as_f64() {
+            if !b.is_empty() {
+                best = Some((v, b));
+            }
+        }
+    }
+    if opts.progress {
+        eprintln!(
+            "{}: {:.3}M parameters, vocabulary {vocab}, {} training tokens",
+            cfg.genotype_source,
+            params as f64 / 1e6,
+            corpus.train.len()
+        );
+    }
+    let n = cfg.batch_size;
+    let eval_weights =
+        |model: &RnnEvalModel<B>, avg: &Option<Averaging<B::InnerBackend>>| -> RnnEvalModel<B> {
+            match avg {
+                Some(a) if !a.ax.is_empty() => set_values(model.clone(), &a.ax),
+                _ => model.clone(),
+            }
+        };
+    let start = history.len();
+    for epoch in start..cfg.epochs {
+        if opts.stop_after.is_some_and(|s| epoch >= s) {
+            break;
+        }
+        let t0 = Instant::now();
+        let mut windows = SeqLen::new(
+            cfg.bptt,
+            SeqLenMode::Train {
+                max_delta: cfg.max_seq_len_delta,
+            },
+            derive_seed(cfg.seed, epoch, 21),
+        )
+        .epoch_windows(&train_data);
+        if let Some(m) = cfg.max_steps_per_epoch {
+            windows.truncate(m);
+        }
+        let averaged = avg.is_some();
+        let pb = progress(
+            windows.len(),
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            opts.progress,
+        );
+        let mut hidden = zeros_inner::<B>(n, cfg.nhid, device);
+        let (mut tl, mut tok) = (0.0, 0usize);
+        for (step, &(i, t)) in windows.iter().enumerate() {
+            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
+            let (x, y) = train_data.window(i, t);
+            let masks = rnn.masks(n, derive_seed(cfg.seed, epoch, 5000 + step as u64), device);
+            let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
+            let clip = (cfg.clip > 0.0).then_some(cfg.clip);
+            let (next, st) = weight_step(model, &mut sgd, lr, clip, |m| {
+                let (loss, raw, h) = m.losses(&b);
+                (loss, (raw, h))
+            });
+            model = next;
+            let (raw, h) = st.aux;
+            hidden = h.detach().inner();
+            let raw = darts_ops::to_f64s(&raw)[0];
+            if !raw.is_finite() {
+                return Err(RunError::Diverged {
+                    run: "training",
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    what: "training loss".into(),
+                    hint: "; lower --lr",
+                });
+            }
+            if let Some(a) = avg.as_mut() {
+                a.steps += 1;
+                let mu = 1.0 / a.steps as f64;
+                for (id, v) in st.updated {
+                    let next = match a.ax.remove(&id) {
+                        Some(m) => m.clone() + (v - m) * mu,
+                        None => v,
+                    };
+                    a.ax.insert(id, next);
+                }
+            }
+            tl += raw * (t * n) as f64;
+            tok += t * n;
+            pb.inc(1);
+            pb.set_message(format!("ppl {:.1}", (tl / tok as f64).exp()));
+        }
+        pb.finish_and_clear();
+        let evaluated = eval_weights(&model, &avg);
+        let inner = evaluated.valid();
+        let val_loss =
+            evaluate_lm::<B::InnerBackend, _>(&val_data, cfg.bptt, cfg.nhid, device, |x, h| {
+                let o = inner.forward(x, h, &RnnMasks::none());
+                (o.logits, o.hidden)
+            });
+        if best.as_ref().is_none_or(|(b, _)| val_loss < *b) {
+            best = Some((val_loss, values(&evaluated, &all_ids)));
+        }
+        if avg.is_none() {
+            let nm = cfg.nonmono;
+            if best_vals.len() > nm {
+                let older = best_vals[..best_vals.len() - nm]
+                    .iter()
+                    .cloned()
+                    .fold(f64::INFINITY, f64::min);
+                if val_loss > older {
+                    if opts.progress {
+                        eprintln!("switching to averaged SGD");
+                    }
+                    avg = Some(Averaging {
+                        steps: 0,
+                        ax: BTreeMap::new(),
+                    });
+                }
+            }
+            best_vals.push(val_loss);
+        }
+        let train_loss = tl / tok.max(1) as f64;
+        let rec = PtbTrainEpoch {
+            epoch,
+            train_loss,
+            train_ppl: train_loss.exp(),
+            val_loss,
+            val_ppl: val_loss.exp(),
+            averaged,
+            steps: windows.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if opts.progress {
+            eprintln!(
+                "epoch {:>4}  train ppl {:8.2}  val ppl {:8.2}{}  {:.0}s",
+                epoch + 1,
+                rec.train_ppl,
+                rec.val_ppl,
+                if averaged { " (averaged)" } else { "" },
+                rec.seconds
+            );
+        }
+        history.push(rec);
+        let mut c = Checkpoint::new(serde_json::json!({
+            "kind": "ptb_train",
+            "epoch": epoch,
+            "config": cfg,
+            "history": history,
+            "best_vals": best_vals,
+            "asgd_steps": avg.as_ref().map(|a| a.steps),
+            "best_val": best.as_ref().map(|b| b.0),
+        }));
+        let pos = checkpoint::save_model_sgd(&mut c, &model, &sgd);
+        let empty = BTreeMap::new();
+        let ax = avg.as_ref().map_or(&empty, |a| &a.ax);
+        let best_w = best.as_ref().map_or(&empty, |b| &b.1);
+        for (prefix, map) in [("ax", ax), ("best", best_w)] {
+            for (k, t) in checkpoint::by_position(&pos, map) {
+                let v = darts_ops::to_f32s(t);
+                c.push(format!("{prefix}/{k}"), vec![v.len()], v);
+            }
+        }
+        // Outputs first, then the checkpoint that commits the epoch.
+        write_jsonl(&out.join("metrics.jsonl"), &history)?;
+        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
+        let series = |f: &dyn Fn(&PtbTrainEpoch) -> f64| -> Vec<(f64, f64)> {
+            history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+        };
+        write(
+            &out.join("perplexity.svg"),
+            &report::line_chart(
+                "perplexity",
+                "epoch",
+                &[
+                    ("train (dropout)".into(), series(&|e| e.train_ppl)),
+                    ("valid".into(), series(&|e| e.val_ppl)),
+                ],
+            ),
+        )?;
+        c.write_atomic(&ckpt_path)?;
+    }
+    let (best_val, best_w) = match best {
+        Some((v, w)) => (v, Some(w)),
+        None => (f64::NAN, None),
+    };
+    let final_model = match best_w {
+        Some(w) => set_values(model, &w),
+        None => model,
+    };
+    let inner = final_model.valid();
+    let test_loss =
+        evaluate_lm::<B::InnerBackend, _>(&test_data, cfg.bptt, cfg.nhid, device, |x, h| {
+            let o = inner.forward(x, h, &RnnMasks::none());
+            (o.logits, o.hidden)
+        });
+    let summary = serde_json::json!({
+        "genotype": cfg.genotype_source,
+        "params": params,
+        "best_val_ppl": best_val.exp(),
+        "test_ppl": test_loss.exp(),
+        "epochs": history.len(),
+    });
+    write(
+        &out.join("result.json"),
+        &serde_json::to_string_pretty(&summary).expect("serialisable"),
+    )?;
+    if opts.progress {
+        eprintln!(
+            "best valid perplexity {:.2}, test perplexity {:.2}",
+            best_val.exp(),
+            test_loss.exp()
+        );
+    }
+    Ok(PtbTrainSummary {
+        history,
+        params,
+        best_val_ppl: best_val.exp(),
+        test_ppl: test_loss.exp(),
+    })
+}
