@@ -22,7 +22,16 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<(), RunError> {
 /// The run directory's lock, held (an OS file lock on `.lock`) while the run lives.
 #[derive(Debug)]
 pub(crate) struct RunLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+}
+
+impl Drop for RunLock {
+    /// Unlock explicitly rather than by closing: a child process forked meanwhile (by the
+    /// program, for any reason) holds a copy of the descriptor until it execs, and closing ours
+    /// alone would leave the lock taken until then.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 /// Files a run writes, which `--overwrite` removes (anything else in the directory is left).
@@ -105,7 +114,7 @@ where
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
     }
-    let lock = RunLock { _file: file };
+    let lock = RunLock { file };
     if !opts.resume {
         let mut found: Vec<String> = std::fs::read_dir(dir)
             .map_err(io(dir))?

@@ -10,11 +10,11 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use darts_bilevel::{weight_step, CosineLr, Sgd};
-use darts_cell::EvalNetworkConfig;
+use darts_cell::{EvalNetwork, EvalNetworkConfig};
 use darts_data::cifar::{Augment, Cifar10, Loader};
 use darts_genotype::Genotype;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -188,24 +188,8 @@ pub struct TrainSummary {
     pub test_acc: f64,
 }
 
-/// Train (or resume training) a genotype from scratch and evaluate it on the test set.
-pub fn run_train<B: AutodiffBackend>(
-    config: &TrainConfig,
-    opts: &RunOptions,
-    device: &B::Device,
-) -> Result<TrainSummary, RunError> {
-    let out = &opts.out;
-    let ckpt_path = out.join("checkpoint.bin");
-    if !opts.resume {
-        config.validate()?;
-    }
-    let (cfg, mut history, ckpt, _lock) =
-        open_run::<TrainConfig, TrainEpoch>(config, opts, "cifar10_train", &["epochs"])?;
-    cfg.validate()?;
-    write(
-        &out.join("config.json"),
-        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
-    )?;
+/// The training loader (crop, flip, optional cutout; shuffled) and the test loader.
+fn train_loaders(cfg: &TrainConfig) -> Result<(Loader, Loader), RunError> {
     let data = load_train(&cfg.data, cfg.limit_images)?;
     let mut test = Cifar10::load_test(&cfg.data)?;
     if let Some(n) = cfg.limit_test {
@@ -225,7 +209,127 @@ pub fn run_train<B: AutodiffBackend>(
     train.stream = 3;
     let nt = test.len();
     let test_loader = Loader::new(Arc::new(test), (0..nt).collect(), cfg.batch_size);
+    Ok((train, test_loader))
+}
 
+/// The training pass of one epoch: a weight step per batch (an error if one diverges). Returns
+/// the model and (mean loss, accuracy).
+#[allow(clippy::too_many_arguments)]
+fn train_pass<B: AutodiffBackend>(
+    mut model: EvalNetwork<B>,
+    sgd: &mut Sgd<B::InnerBackend>,
+    train: &Loader,
+    cfg: &TrainConfig,
+    epoch: usize,
+    (lr, drop_prob): (f64, f64),
+    show: bool,
+    device: &B::Device,
+) -> Result<(EvalNetwork<B>, f64, f64), RunError> {
+    let pb = progress(
+        train.batches_per_epoch(),
+        format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        show,
+    );
+    let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
+    let (mut loss_sum, mut ok, mut seen) = (0.0, 0.0, 0.0);
+    for (step, h) in train.epoch(epoch, 0).enumerate() {
+        let b = to_batch::<B>(&h, device);
+        let (next, st) = weight_step(model, sgd, lr, clip, |m| {
+            m.loss(&b, drop_prob, cfg.auxiliary_weight)
+        });
+        model = next;
+        let l: f64 = st.loss.into_scalar().elem();
+        if !l.is_finite() || !st.grad_norm.is_finite() {
+            let what = if l.is_finite() {
+                "gradient norm"
+            } else {
+                "training loss"
+            };
+            return Err(RunError::Diverged {
+                run: "training",
+                epoch: epoch + 1,
+                step: step + 1,
+                what: what.into(),
+                hint: "; lower --lr",
+            });
+        }
+        let m = h.len() as f64;
+        let c: f64 = st.aux.into_scalar().elem();
+        loss_sum += l * m;
+        ok += c;
+        seen += m;
+        pb.inc(1);
+        pb.set_message(format!(
+            "loss {:.3} acc {:.1}%",
+            loss_sum / seen,
+            100.0 * ok / seen
+        ));
+    }
+    pb.finish_and_clear();
+    Ok((model, loss_sum / seen.max(1.0), ok / seen.max(1.0)))
+}
+
+/// Commit an epoch: metrics and plots first, then the checkpoint (see the search's commit).
+fn commit_epoch<B: AutodiffBackend>(
+    out: &Path,
+    cfg: &TrainConfig,
+    history: &[TrainEpoch],
+    model: &EvalNetwork<B>,
+    sgd: &Sgd<B::InnerBackend>,
+) -> Result<(), RunError> {
+    let last = history.last().expect("an epoch to commit");
+    write_jsonl(&out.join("metrics.jsonl"), history)?;
+    let series = |f: &dyn Fn(&TrainEpoch) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+    };
+    let chart = |what: &str, train: fn(&TrainEpoch) -> f64, test: fn(&TrainEpoch) -> f64| {
+        report::line_chart(
+            what,
+            "epoch",
+            &[
+                ("train".into(), series(&train)),
+                ("test".into(), series(&test)),
+            ],
+        )
+    };
+    write(
+        &out.join("loss.svg"),
+        &chart("loss", |e| e.train_loss, |e| e.test_loss),
+    )?;
+    write(
+        &out.join("accuracy.svg"),
+        &chart("accuracy", |e| e.train_acc, |e| e.test_acc),
+    )?;
+    append_timing(out, last.epoch, last.seconds)?;
+    let mut c = Checkpoint::new(serde_json::json!({
+        "kind": "cifar10_train",
+        "epoch": last.epoch,
+        "config": cfg,
+        "history": history,
+    }));
+    checkpoint::save_model_sgd(&mut c, model, sgd);
+    c.write_atomic(out.join("checkpoint.bin"))?;
+    Ok(())
+}
+
+/// Train (or resume training) a genotype from scratch and evaluate it on the test set.
+pub fn run_train<B: AutodiffBackend>(
+    config: &TrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, RunError> {
+    let out = &opts.out;
+    if !opts.resume {
+        config.validate()?;
+    }
+    let (cfg, mut history, ckpt, _lock) =
+        open_run::<TrainConfig, TrainEpoch>(config, opts, "cifar10_train", &["epochs"])?;
+    cfg.validate()?;
+    write(
+        &out.join("config.json"),
+        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
+    )?;
+    let (train, test_loader) = train_loaders(&cfg)?;
     let mut model = {
         let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(device, cfg.seed);
@@ -255,55 +359,22 @@ pub fn run_train<B: AutodiffBackend>(
         min: 0.0,
         epochs: cfg.epochs,
     };
-    let start = history.len();
-    for epoch in start..cfg.epochs {
-        if opts.stop_after.is_some_and(|n| epoch >= n) {
-            break;
-        }
+    let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+    for epoch in history.len()..end {
         let t0 = Instant::now();
         let lr = schedule.at(epoch);
         let dp = cfg.drop_path_prob * epoch as f64 / cfg.epochs as f64;
-        let pb = progress(
-            train.batches_per_epoch(),
-            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        let (next, train_loss, train_acc) = train_pass(
+            model,
+            &mut sgd,
+            &train,
+            &cfg,
+            epoch,
+            (lr, dp),
             opts.progress,
-        );
-        let (mut loss_sum, mut ok, mut seen) = (0.0, 0.0, 0.0);
-        for h in train.epoch(epoch, 0) {
-            let b = to_batch::<B>(&h, device);
-            let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
-            let (next, st) = weight_step(model, &mut sgd, lr, clip, |m| {
-                m.loss(&b, dp, cfg.auxiliary_weight)
-            });
-            model = next;
-            let m = h.len() as f64;
-            let l: f64 = st.loss.into_scalar().elem();
-            if !l.is_finite() || !st.grad_norm.is_finite() {
-                return Err(RunError::Diverged {
-                    run: "training",
-                    epoch: epoch + 1,
-                    step: (seen / cfg.batch_size as f64) as usize + 1,
-                    what: if l.is_finite() {
-                        "gradient norm"
-                    } else {
-                        "training loss"
-                    }
-                    .into(),
-                    hint: "; lower --lr",
-                });
-            }
-            let c: f64 = st.aux.into_scalar().elem();
-            loss_sum += l * m;
-            ok += c;
-            seen += m;
-            pb.inc(1);
-            pb.set_message(format!(
-                "loss {:.3} acc {:.1}%",
-                loss_sum / seen,
-                100.0 * ok / seen
-            ));
-        }
-        pb.finish_and_clear();
+            device,
+        )?;
+        model = next;
         let inner = model.valid();
         let (test_loss, test_acc) = evaluate::<B::InnerBackend, _>(&test_loader, device, |x| {
             inner.forward(x, false, 0.0).logits
@@ -312,8 +383,8 @@ pub fn run_train<B: AutodiffBackend>(
             epoch,
             lr,
             drop_path_prob: dp,
-            train_loss: loss_sum / seen.max(1.0),
-            train_acc: ok / seen.max(1.0),
+            train_loss,
+            train_acc,
             test_loss,
             test_acc,
             seconds: t0.elapsed().as_secs_f64(),
@@ -331,42 +402,7 @@ pub fn run_train<B: AutodiffBackend>(
             );
         }
         history.push(rec);
-        write_jsonl(&out.join("metrics.jsonl"), &history)?;
-        let series = |f: &dyn Fn(&TrainEpoch) -> f64| -> Vec<(f64, f64)> {
-            history.iter().map(|e| (e.epoch as f64, f(e))).collect()
-        };
-        write(
-            &out.join("loss.svg"),
-            &report::line_chart(
-                "loss",
-                "epoch",
-                &[
-                    ("train".into(), series(&|e| e.train_loss)),
-                    ("test".into(), series(&|e| e.test_loss)),
-                ],
-            ),
-        )?;
-        write(
-            &out.join("accuracy.svg"),
-            &report::line_chart(
-                "accuracy",
-                "epoch",
-                &[
-                    ("train".into(), series(&|e| e.train_acc)),
-                    ("test".into(), series(&|e| e.test_acc)),
-                ],
-            ),
-        )?;
-        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
-        // Outputs first, then the checkpoint that commits the epoch (see run_search).
-        let mut c = Checkpoint::new(serde_json::json!({
-            "kind": "cifar10_train",
-            "epoch": epoch,
-            "config": cfg,
-            "history": history,
-        }));
-        checkpoint::save_model_sgd(&mut c, &model, &sgd);
-        c.write_atomic(&ckpt_path)?;
+        commit_epoch(out, &cfg, &history, &model, &sgd)?;
     }
     let test_acc = history.last().map_or(0.0, |e| e.test_acc);
     Ok(TrainSummary {

@@ -14,7 +14,7 @@ use darts_bilevel::{ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, 
 use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
 use darts_cell::RnnSearchModel;
 use darts_data::cifar::derive_seed;
-use darts_data::ptb::{SeqLen, SeqLenMode};
+use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, RecurrentGenotype};
 use darts_mixed_op::{RnnSpace, Softmax};
@@ -268,6 +268,156 @@ fn write_rnn_genotype(out: &Path, g: &RecurrentGenotype) -> Result<(), RunError>
     write(&out.join("recurrent.dot"), &graph.to_dot())
 }
 
+/// The token streams of a search: the training split in `batch_size` columns (weights), the
+/// validation split in `batch_size` columns (α) and in `eval_batch_size` columns (evaluation).
+struct SearchStreams {
+    train: Batchified,
+    search: Batchified,
+    val: Batchified,
+}
+
+impl SearchStreams {
+    fn new(cfg: &PtbSearchConfig, corpus: &Corpus) -> Result<Self, RunError> {
+        let (n, valid) = (cfg.batch_size, &corpus.valid.ids);
+        Ok(Self {
+            train: batchify(&corpus.train.ids, n, "training", "--batch-size")?,
+            search: batchify(valid, n, "validation (architecture steps)", "--batch-size")?,
+            val: batchify(
+                valid,
+                cfg.eval_batch_size,
+                "validation",
+                "--eval-batch-size",
+            )?,
+        })
+    }
+}
+
+/// The recurrent supernet (seeded) and its bilevel state: plain SGD at a constant rate (scaled
+/// per window by the caller), the architect as the recurrent reference sets it up.
+fn build_search<B: AutodiffBackend>(
+    cfg: &PtbSearchConfig,
+    rnn: &RnnConfig,
+    device: &B::Device,
+) -> Result<Bilevel<B, SearchNet<B>>, RunError> {
+    let net: SearchNet<B> = {
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        rnn.init_search::<B, _, _>(&RnnSpace::default(), Softmax, device)?
+    };
+    let weights = WeightConfig {
+        lr: CosineLr {
+            max: cfg.lr,
+            min: cfg.lr,
+            epochs: cfg.epochs,
+        },
+        momentum: 0.0,
+        weight_decay: cfg.weight_decay,
+        grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
+    };
+    Ok(Bilevel::new(net, weights, cfg.architect_config()))
+}
+
+/// What one epoch's steps measured: token-weighted mean losses and counts.
+struct PassStats {
+    train_loss: f64,
+    arch_val_loss: f64,
+    tokens: usize,
+    steps: usize,
+}
+
+/// The steps of one epoch: windows of the training stream (weights) paired with windows of the
+/// validation stream (α), hidden states carried from window to window and reset each epoch.
+fn search_pass<B: AutodiffBackend>(
+    search: &mut Bilevel<B, SearchNet<B>>,
+    data: &SearchStreams,
+    (cfg, rnn): (&PtbSearchConfig, &RnnConfig),
+    epoch: usize,
+    show: bool,
+    device: &B::Device,
+) -> Result<PassStats, RunError> {
+    let mut windows = SeqLen::new(
+        cfg.bptt,
+        SeqLenMode::Search,
+        derive_seed(cfg.seed, epoch, 11),
+    )
+    .epoch_windows(&data.train);
+    if let Some(m) = cfg.max_steps_per_epoch {
+        windows.truncate(m);
+    }
+    let pb = progress(
+        windows.len(),
+        format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        show,
+    );
+    let n = cfg.batch_size;
+    let mut h_train = zeros_inner::<B>(n, cfg.nhid, device);
+    let mut h_val = zeros_inner::<B>(n, cfg.nhid, device);
+    let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
+    for (step, &(i, t)) in windows.iter().enumerate() {
+        let lr = cfg.lr * t as f64 / cfg.bptt as f64;
+        let (x, y) = data.train.window(i, t);
+        let vi = i % (data.search.rows - 1);
+        let (vx, vy) = data.search.window(vi, cfg.bptt);
+        let seed = derive_seed(cfg.seed, epoch, 1000 + 2 * step as u64);
+        let batch = |x: &[u32], y: &[u32], h: &Tensor<B::InnerBackend, 2>, seed: u64| {
+            let h = Tensor::from_inner(h.clone());
+            TokenBatch::from_host(x, y, n, h, rnn.masks(n, seed, device), device)
+        };
+        let tb = batch(&x, &y, &h_train, seed);
+        let vb = batch(&vx, &vy, &h_val, seed ^ 0x5555);
+        let o = search.step_with_state(&tb, &vb, lr);
+        if let Some(what) = o.stats.non_finite() {
+            return Err(diverged(epoch, step, what));
+        }
+        h_train = o.train_state[0].clone();
+        h_val = o.val_state[0].clone();
+        tl += o.stats.train_loss * o.stats.train_size as f64;
+        tok += o.stats.train_size;
+        vl += o.stats.val_loss * o.stats.val_size as f64;
+        vtok += o.stats.val_size;
+        pb.inc(1);
+        pb.set_message(format!(
+            "ppl {:.1} val {:.1}",
+            (tl / tok as f64).exp(),
+            (vl / vtok as f64).exp()
+        ));
+    }
+    pb.finish_and_clear();
+    if !search.alphas_finite() {
+        let what = "architecture parameters α";
+        return Err(diverged(epoch, windows.len() - 1, what));
+    }
+    Ok(PassStats {
+        train_loss: tl / tok.max(1) as f64,
+        arch_val_loss: vl / vtok.max(1) as f64,
+        tokens: tok,
+        steps: windows.len(),
+    })
+}
+
+/// Commit an epoch: outputs first, then the checkpoint (a kill in between repeats the epoch on
+/// resume, which writes the same outputs again).
+fn commit_epoch<B: AutodiffBackend>(
+    out: &Path,
+    cfg: &PtbSearchConfig,
+    history: &[PtbSearchEpoch],
+    search: &Bilevel<B, SearchNet<B>>,
+    op_names: &[String],
+) -> Result<(), RunError> {
+    let last = history.last().expect("an epoch to commit");
+    write_search_outputs(out, history, op_names)?;
+    append_timing(out, last.epoch, last.seconds)?;
+    let mut c = Checkpoint::new(serde_json::json!({
+        "kind": "ptb_search",
+        "epoch": last.epoch,
+        "config": cfg,
+        "history": history,
+    }));
+    checkpoint::save_bilevel(&mut c, search);
+    c.write_atomic(out.join("checkpoint.bin"))?;
+    Ok(())
+}
+
 /// Run (or resume) a recurrent cell search on `device`.
 pub fn run_ptb_search<B: AutodiffBackend>(
     config: &PtbSearchConfig,
@@ -275,7 +425,6 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<PtbSearchSummary, RunError> {
     let out = &opts.out;
-    let ckpt_path = out.join("checkpoint.bin");
     if !opts.resume {
         config.validate()?;
     }
@@ -288,24 +437,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     )?;
     let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
     let vocab = corpus.dictionary.len();
-    let train_data = batchify(
-        &corpus.train.ids,
-        cfg.batch_size,
-        "training",
-        "--batch-size",
-    )?;
-    let search_data = batchify(
-        &corpus.valid.ids,
-        cfg.batch_size,
-        "validation (architecture steps)",
-        "--batch-size",
-    )?;
-    let val_data = batchify(
-        &corpus.valid.ids,
-        cfg.eval_batch_size,
-        "validation",
-        "--eval-batch-size",
-    )?;
+    let data = SearchStreams::new(&cfg, &corpus)?;
     let rnn = RnnConfig {
         vocab,
         ninp: cfg.emsize,
@@ -315,27 +447,9 @@ pub fn run_ptb_search<B: AutodiffBackend>(
         tar: cfg.tar,
         ar: cfg.ar,
     };
-    let net: SearchNet<B> = {
-        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        B::seed(device, cfg.seed);
-        rnn.init_search::<B, _, _>(&RnnSpace::default(), Softmax, device)?
-    };
-    let params = net.num_weights();
-    let op_names = net.op_names.clone();
-    let mut search = Bilevel::new(
-        net,
-        WeightConfig {
-            lr: CosineLr {
-                max: cfg.lr,
-                min: cfg.lr,
-                epochs: cfg.epochs,
-            },
-            momentum: 0.0,
-            weight_decay: cfg.weight_decay,
-            grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
-        },
-        cfg.architect_config(),
-    );
+    let mut search = build_search::<B>(&cfg, &rnn, device)?;
+    let params = search.model.num_weights();
+    let op_names = search.model.op_names.clone();
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;
     }
@@ -348,94 +462,33 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             params as f64 / 1e6
         );
     }
-    let n = cfg.batch_size;
-    let start = history.len();
-    for epoch in start..cfg.epochs {
-        if opts.stop_after.is_some_and(|s| epoch >= s) {
-            break;
-        }
+    let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+    for epoch in history.len()..end {
         let t0 = Instant::now();
-        let mut windows = SeqLen::new(
-            cfg.bptt,
-            SeqLenMode::Search,
-            derive_seed(cfg.seed, epoch, 11),
-        )
-        .epoch_windows(&train_data);
-        if let Some(m) = cfg.max_steps_per_epoch {
-            windows.truncate(m);
-        }
-        let pb = progress(
-            windows.len(),
-            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        let pass = search_pass(
+            &mut search,
+            &data,
+            (&cfg, &rnn),
+            epoch,
             opts.progress,
-        );
-        let mut h_train = zeros_inner::<B>(n, cfg.nhid, device);
-        let mut h_val = zeros_inner::<B>(n, cfg.nhid, device);
-        let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
-        for (step, &(i, t)) in windows.iter().enumerate() {
-            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
-            let (x, y) = train_data.window(i, t);
-            let vi = i % (search_data.rows - 1);
-            let (vx, vy) = search_data.window(vi, cfg.bptt);
-            let seed = derive_seed(cfg.seed, epoch, 1000 + 2 * step as u64);
-            let tb = TokenBatch::from_host(
-                &x,
-                &y,
-                n,
-                Tensor::from_inner(h_train.clone()),
-                rnn.masks(n, seed, device),
-                device,
-            );
-            let vb = TokenBatch::from_host(
-                &vx,
-                &vy,
-                n,
-                Tensor::from_inner(h_val.clone()),
-                rnn.masks(n, seed ^ 0x5555, device),
-                device,
-            );
-            let o = search.step_with_state(&tb, &vb, lr);
-            if let Some(what) = o.stats.non_finite() {
-                return Err(diverged(epoch, step, what));
-            }
-            h_train = o.train_state[0].clone();
-            h_val = o.val_state[0].clone();
-            tl += o.stats.train_loss * o.stats.train_size as f64;
-            tok += o.stats.train_size;
-            vl += o.stats.val_loss * o.stats.val_size as f64;
-            vtok += o.stats.val_size;
-            pb.inc(1);
-            pb.set_message(format!(
-                "ppl {:.1} val {:.1}",
-                (tl / tok as f64).exp(),
-                (vl / vtok as f64).exp()
-            ));
-        }
-        pb.finish_and_clear();
-        if !search.alphas_finite() {
-            return Err(diverged(
-                epoch,
-                windows.len() - 1,
-                "architecture parameters α",
-            ));
-        }
+            device,
+        )?;
         let model = search.model.valid();
         let val_loss =
-            evaluate_lm::<B::InnerBackend, _>(&val_data, cfg.bptt, cfg.nhid, device, |x, h| {
+            evaluate_lm::<B::InnerBackend, _>(&data.val, cfg.bptt, cfg.nhid, device, |x, h| {
                 let o = model.forward(x, h, &RnnMasks::none());
                 (o.logits, o.hidden)
             });
-        let train_loss = tl / tok.max(1) as f64;
         let genotype = search.model.genotype();
         let rec = PtbSearchEpoch {
             epoch,
-            train_loss,
-            train_ppl: train_loss.exp(),
-            arch_val_loss: vl / vtok.max(1) as f64,
+            train_loss: pass.train_loss,
+            train_ppl: pass.train_loss.exp(),
+            arch_val_loss: pass.arch_val_loss,
             val_loss,
             val_ppl: val_loss.exp(),
-            steps: windows.len(),
-            tokens: tok,
+            steps: pass.steps,
+            tokens: pass.tokens,
             seconds: t0.elapsed().as_secs_f64(),
             genotype_python: python::recurrent_to_python(&genotype),
             genotype,
@@ -457,18 +510,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             );
         }
         history.push(rec);
-        // Outputs first, then the checkpoint that commits the epoch (a kill in between repeats
-        // the epoch on resume, which writes the same outputs again).
-        write_search_outputs(out, &history, &op_names)?;
-        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
-        let mut c = Checkpoint::new(serde_json::json!({
-            "kind": "ptb_search",
-            "epoch": epoch,
-            "config": cfg,
-            "history": history,
-        }));
-        checkpoint::save_bilevel(&mut c, &search);
-        c.write_atomic(&ckpt_path)?;
+        commit_epoch(out, &cfg, &history, &search, &op_names)?;
     }
     let genotype = search.model.genotype();
     write_rnn_genotype(out, &genotype)?;
