@@ -3,7 +3,8 @@
 //! Burn's own optimisers differ from PyTorch in ways that change DARTS results (momentum
 //! dampening default 0.1, Adam epsilon 1e-5, per-tensor gradient clipping), and the unrolled
 //! architecture step needs to read the SGD momentum buffers. These are small, explicit
-//! re-implementations of `torch.optim.SGD`, `torch.optim.Adam`,
+//! re-implementations of `torch.optim.SGD`, `torch.optim.Adam`, `torch.optim.ASGD` (as the
+//! recurrent reference uses it),
 //! `torch.nn.utils.clip_grad_norm_` and `CosineAnnealingLR`.
 
 use crate::params::global_norm;
@@ -68,6 +69,75 @@ impl<B: Backend> Sgd<B> {
             return None;
         }
         self.buffers.get(id).map(|b| b.clone() * self.momentum)
+    }
+}
+
+/// Averaged SGD as the recurrent reference trains its derived cells: `torch.optim.ASGD` with
+/// `t0 = 0` and `lambd = 0`, created when validation stops improving. Its steps are plain SGD
+/// steps (the inner [`Sgd`], no momentum); once averaging has started, [`Asgd::accumulate`]
+/// keeps the running mean `ax` of the weights after each step, which is what gets evaluated.
+#[derive(Clone, Debug)]
+pub struct Asgd<B: Backend> {
+    sgd: Sgd<B>,
+    averaging: Option<(u64, BTreeMap<ParamId, Tensor<B, 1>>)>,
+}
+
+impl<B: Backend> Asgd<B> {
+    /// Plain SGD with `weight_decay`, not averaging yet.
+    pub fn new(weight_decay: f64) -> Self {
+        Self {
+            sgd: Sgd::new(0.0, weight_decay),
+            averaging: None,
+        }
+    }
+
+    /// The SGD that takes the steps (for [`crate::weight_step`]).
+    pub fn sgd(&mut self) -> &mut Sgd<B> {
+        &mut self.sgd
+    }
+
+    /// Start averaging (the reference's switch to `torch.optim.ASGD`).
+    pub fn start_averaging(&mut self) {
+        self.averaging.get_or_insert((0, BTreeMap::new()));
+    }
+
+    /// Whether averaging has started.
+    pub fn is_averaging(&self) -> bool {
+        self.averaging.is_some()
+    }
+
+    /// Steps averaged so far (`None` before the switch).
+    pub fn averaged_steps(&self) -> Option<u64> {
+        self.averaging.as_ref().map(|a| a.0)
+    }
+
+    /// After a step: fold the new weights into the running mean, `ax ← ax + (w − ax)/k`.
+    pub fn accumulate(&mut self, updated: BTreeMap<ParamId, Tensor<B, 1>>) {
+        let Some((steps, ax)) = self.averaging.as_mut() else {
+            return;
+        };
+        *steps += 1;
+        let mu = 1.0 / *steps as f64;
+        for (id, v) in updated {
+            let next = match ax.remove(&id) {
+                Some(m) => m.clone() + (v - m) * mu,
+                None => v,
+            };
+            ax.insert(id, next);
+        }
+    }
+
+    /// The running mean of the weights, once averaging has started and taken a step.
+    pub fn averaged(&self) -> Option<&BTreeMap<ParamId, Tensor<B, 1>>> {
+        self.averaging
+            .as_ref()
+            .map(|a| &a.1)
+            .filter(|ax| !ax.is_empty())
+    }
+
+    /// Restore the averaging state (from a checkpoint).
+    pub fn restore_averaging(&mut self, steps: u64, ax: BTreeMap<ParamId, Tensor<B, 1>>) {
+        self.averaging = Some((steps, ax));
     }
 }
 

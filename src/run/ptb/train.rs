@@ -10,15 +10,15 @@ use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use darts_bilevel::params::{set_values, values, FlatParams};
-use darts_bilevel::{weight_step, Sgd};
+use darts_bilevel::{weight_step, Asgd};
 use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
 use darts_cell::RnnEvalModel;
 use darts_data::cifar::derive_seed;
-use darts_data::ptb::{SeqLen, SeqLenMode};
+use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
 use darts_genotype::RecurrentGenotype;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Configuration of training a recurrent genotype from scratch (reference `rnn/train.py`).
@@ -224,12 +224,247 @@ pub struct PtbTrainSummary {
     pub test_ppl: f64,
 }
 
-/// Averaged SGD state (`torch.optim.ASGD` with `t0 = 0`, `lambd = 0`, as the reference uses it:
-/// plain SGD steps, and `ax` the running mean of the weights since the switch).
-#[derive(Clone, Debug)]
-struct Averaging<B: Backend> {
-    steps: u64,
-    ax: BTreeMap<ParamId, Tensor<B, 1>>,
+/// The token streams of training: the training split in `batch_size` columns, validation and
+/// test in their own widths.
+struct TrainStreams {
+    train: Batchified,
+    val: Batchified,
+    test: Batchified,
+}
+
+impl TrainStreams {
+    fn new(cfg: &PtbTrainConfig, corpus: &Corpus) -> Result<Self, RunError> {
+        Ok(Self {
+            train: batchify(
+                &corpus.train.ids,
+                cfg.batch_size,
+                "training",
+                "--batch-size",
+            )?,
+            val: batchify(
+                &corpus.valid.ids,
+                cfg.eval_batch_size,
+                "validation",
+                "--eval-batch-size",
+            )?,
+            test: batchify(
+                &corpus.test.ids,
+                cfg.test_batch_size,
+                "test",
+                "--test-batch-size",
+            )?,
+        })
+    }
+}
+
+/// Everything a training run carries from epoch to epoch: the model, the optimiser (SGD, then
+/// averaged SGD), the validation losses that decide the switch, and the best weights so far.
+struct Trainer<B: AutodiffBackend> {
+    model: RnnEvalModel<B>,
+    opt: Asgd<B::InnerBackend>,
+    all_ids: Vec<ParamId>,
+    val_losses: Vec<f64>,
+    best: Option<(f64, FlatParams<B>)>,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    fn new(model: RnnEvalModel<B>, weight_decay: f64) -> Self {
+        Self {
+            all_ids: darts_bilevel::params::all_ids(&model),
+            model,
+            opt: Asgd::new(weight_decay),
+            val_losses: Vec::new(),
+            best: None,
+        }
+    }
+
+    /// Per-position tensors `prefix/k` of a checkpoint, keyed by this model's parameter ids.
+    fn by_position(&self, c: &Checkpoint, prefix: &str, device: &B::Device) -> FlatParams<B> {
+        let mut out = BTreeMap::new();
+        for (k, id) in self.all_ids.iter().enumerate() {
+            if let Some((_, _, v)) = c.get(&format!("{prefix}/{k}")) {
+                let t = Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device);
+                out.insert(*id, t);
+            }
+        }
+        out
+    }
+
+    fn load(&mut self, c: &Checkpoint, device: &B::Device) -> Result<(), RunError> {
+        self.model = checkpoint::load_model_sgd(c, self.model.clone(), self.opt.sgd())?.0;
+        let meta = &c.meta;
+        self.val_losses = serde_json::from_value(meta["best_vals"].clone()).unwrap_or_default();
+        if let Some(steps) = meta["asgd_steps"].as_u64() {
+            let ax = self.by_position(c, "ax", device);
+            self.opt.restore_averaging(steps, ax);
+        }
+        let b = self.by_position(c, "best", device);
+        if let Some(v) = meta["best_val"].as_f64() {
+            if !b.is_empty() {
+                self.best = Some((v, b));
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, c: &mut Checkpoint) {
+        c.meta["best_vals"] = serde_json::json!(self.val_losses);
+        c.meta["asgd_steps"] = serde_json::json!(self.opt.averaged_steps());
+        c.meta["best_val"] = serde_json::json!(self.best.as_ref().map(|b| b.0));
+        let pos = checkpoint::save_model_sgd(c, &self.model, self.opt.sgd());
+        let empty = BTreeMap::new();
+        let ax = self.opt.averaged().unwrap_or(&empty);
+        let best_w = self.best.as_ref().map_or(&empty, |b| &b.1);
+        for (prefix, map) in [("ax", ax), ("best", best_w)] {
+            for (k, t) in checkpoint::by_position(&pos, map) {
+                let v = darts_ops::to_f32s(t);
+                c.push(format!("{prefix}/{k}"), vec![v.len()], v);
+            }
+        }
+    }
+
+    /// The weights to evaluate: the running average once averaging has started, else the
+    /// current ones.
+    fn eval_model(&self) -> RnnEvalModel<B> {
+        match self.opt.averaged() {
+            Some(ax) => set_values(self.model.clone(), ax),
+            None => self.model.clone(),
+        }
+    }
+
+    /// The steps of one epoch; returns (mean training loss, steps).
+    fn pass(
+        &mut self,
+        data: &TrainStreams,
+        (cfg, rnn): (&PtbTrainConfig, &RnnConfig),
+        epoch: usize,
+        show: bool,
+        device: &B::Device,
+    ) -> Result<(f64, usize), RunError> {
+        let mode = SeqLenMode::Train {
+            max_delta: cfg.max_seq_len_delta,
+        };
+        let mut windows = SeqLen::new(cfg.bptt, mode, derive_seed(cfg.seed, epoch, 21))
+            .epoch_windows(&data.train);
+        if let Some(m) = cfg.max_steps_per_epoch {
+            windows.truncate(m);
+        }
+        let pb = progress(
+            windows.len(),
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            show,
+        );
+        let n = cfg.batch_size;
+        let clip = (cfg.clip > 0.0).then_some(cfg.clip);
+        let mut hidden = zeros_inner::<B>(n, cfg.nhid, device);
+        let (mut tl, mut tok) = (0.0, 0usize);
+        for (step, &(i, t)) in windows.iter().enumerate() {
+            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
+            let (x, y) = data.train.window(i, t);
+            let masks = rnn.masks(n, derive_seed(cfg.seed, epoch, 5000 + step as u64), device);
+            let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
+            let (next, st) = weight_step(self.model.clone(), self.opt.sgd(), lr, clip, |m| {
+                let (loss, raw, h) = m.losses(&b);
+                (loss, (raw, h))
+            });
+            self.model = next;
+            let (raw, h) = st.aux;
+            hidden = h.detach().inner();
+            let raw = darts_ops::to_f64s(&raw)[0];
+            if !raw.is_finite() {
+                return Err(RunError::Diverged {
+                    run: "training",
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    what: "training loss".into(),
+                    hint: "; lower --lr",
+                });
+            }
+            self.opt.accumulate(st.updated);
+            tl += raw * (t * n) as f64;
+            tok += t * n;
+            pb.inc(1);
+            pb.set_message(format!("ppl {:.1}", (tl / tok as f64).exp()));
+        }
+        pb.finish_and_clear();
+        Ok((tl / tok.max(1) as f64, windows.len()))
+    }
+
+    /// After an epoch's validation: keep the best weights, and switch to averaging when the
+    /// validation loss is worse than the best of all but the last `nonmono` epochs.
+    fn end_epoch(
+        &mut self,
+        evaluated: &RnnEvalModel<B>,
+        val_loss: f64,
+        nonmono: usize,
+        show: bool,
+    ) {
+        if self.best.as_ref().is_none_or(|(b, _)| val_loss < *b) {
+            self.best = Some((val_loss, values(evaluated, &self.all_ids)));
+        }
+        if self.opt.is_averaging() {
+            return;
+        }
+        let seen = &self.val_losses;
+        if seen.len() > nonmono {
+            let older = seen[..seen.len() - nonmono]
+                .iter()
+                .cloned()
+                .fold(f64::INFINITY, f64::min);
+            if val_loss > older {
+                if show {
+                    eprintln!("switching to averaged SGD");
+                }
+                self.opt.start_averaging();
+            }
+        }
+        self.val_losses.push(val_loss);
+    }
+}
+
+/// Commit an epoch: metrics and plot first, then the checkpoint.
+fn commit_epoch<B: AutodiffBackend>(
+    out: &Path,
+    cfg: &PtbTrainConfig,
+    history: &[PtbTrainEpoch],
+    trainer: &mut Trainer<B>,
+) -> Result<(), RunError> {
+    let last = history.last().expect("an epoch to commit");
+    write_jsonl(&out.join("metrics.jsonl"), history)?;
+    append_timing(out, last.epoch, last.seconds)?;
+    let series = |f: &dyn Fn(&PtbTrainEpoch) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
+    };
+    let chart = report::line_chart(
+        "perplexity",
+        "epoch",
+        &[
+            ("train (dropout)".into(), series(&|e| e.train_ppl)),
+            ("valid".into(), series(&|e| e.val_ppl)),
+        ],
+    );
+    write(&out.join("perplexity.svg"), &chart)?;
+    let mut c = Checkpoint::new(serde_json::json!({
+        "kind": "ptb_train",
+        "epoch": last.epoch,
+        "config": cfg,
+        "history": history,
+    }));
+    trainer.save(&mut c);
+    c.write_atomic(out.join("checkpoint.bin"))?;
+    Ok(())
+}
+
+fn lm_loss<B: Backend>(
+    model: &RnnEvalModel<B>,
+    data: &Batchified,
+    cfg: &PtbTrainConfig,
+    device: &B::Device,
+) -> f64 {
+    evaluate_lm::<B, _>(data, cfg.bptt, cfg.nhid, device, |x, h| {
+        let o = model.forward(x, h, &RnnMasks::none());
+        (o.logits, o.hidden)
+    })
 }
 
 /// Train (or resume training) a recurrent genotype and report validation and test perplexity.
@@ -239,7 +474,6 @@ pub fn run_ptb_train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<PtbTrainSummary, RunError> {
     let out = &opts.out;
-    let ckpt_path = out.join("checkpoint.bin");
     if !opts.resume {
         config.validate()?;
     }
@@ -255,24 +489,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
         corpus.test.ids.truncate(n);
     }
     let vocab = corpus.dictionary.len();
-    let train_data = batchify(
-        &corpus.train.ids,
-        cfg.batch_size,
-        "training",
-        "--batch-size",
-    )?;
-    let val_data = batchify(
-        &corpus.valid.ids,
-        cfg.eval_batch_size,
-        "validation",
-        "--eval-batch-size",
-    )?;
-    let test_data = batchify(
-        &corpus.test.ids,
-        cfg.test_batch_size,
-        "test",
-        "--test-batch-size",
-    )?;
+    let data = TrainStreams::new(&cfg, &corpus)?;
     let rnn = RnnConfig {
         vocab,
         ninp: cfg.emsize,
@@ -282,47 +499,15 @@ pub fn run_ptb_train<B: AutodiffBackend>(
         tar: cfg.tar,
         ar: cfg.ar,
     };
-    let mut model: RnnEvalModel<B> = {
+    let model: RnnEvalModel<B> = {
         let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(device, cfg.seed);
         rnn.init_eval::<B>(&cfg.genotype, device)?
     };
     let params = model.num_weights();
-    let mut sgd = Sgd::<B::InnerBackend>::new(0.0, cfg.weight_decay);
-    let all_ids = darts_bilevel::params::all_ids(&model);
-    let mut avg: Option<Averaging<B::InnerBackend>> = None;
-    let mut best_vals: Vec<f64> = Vec::new();
-    let mut best: Option<(f64, FlatParams<B>)> = None;
+    let mut trainer = Trainer::new(model, cfg.weight_decay);
     if let Some(c) = &ckpt {
-        model = checkpoint::load_model_sgd(c, model, &mut sgd)?.0;
-        let meta = &c.meta;
-        best_vals = serde_json::from_value(meta["best_vals"].clone()).unwrap_or_default();
-        if let Some(steps) = meta["asgd_steps"].as_u64() {
-            let mut ax = BTreeMap::new();
-            for (k, id) in all_ids.iter().enumerate() {
-                if let Some((_, _, v)) = c.get(&format!("ax/{k}")) {
-                    ax.insert(
-                        *id,
-                        Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
-                    );
-                }
-            }
-            avg = Some(Averaging { steps, ax });
-        }
-        let mut b = BTreeMap::new();
-        for (k, id) in all_ids.iter().enumerate() {
-            if let Some((_, _, v)) = c.get(&format!("best/{k}")) {
-                b.insert(
-                    *id,
-                    Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
-                );
-            }
-        }
-        if let Some(v) = meta["best_val"].as_f64() {
-            if !b.is_empty() {
-                best = Some((v, b));
-            }
-        }
+        trainer.load(c, device)?;
     }
     if opts.progress {
         eprintln!(
@@ -332,109 +517,15 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             corpus.train.len()
         );
     }
-    let n = cfg.batch_size;
-    let eval_weights =
-        |model: &RnnEvalModel<B>, avg: &Option<Averaging<B::InnerBackend>>| -> RnnEvalModel<B> {
-            match avg {
-                Some(a) if !a.ax.is_empty() => set_values(model.clone(), &a.ax),
-                _ => model.clone(),
-            }
-        };
-    let start = history.len();
-    for epoch in start..cfg.epochs {
-        if opts.stop_after.is_some_and(|s| epoch >= s) {
-            break;
-        }
+    let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+    for epoch in history.len()..end {
         let t0 = Instant::now();
-        let mut windows = SeqLen::new(
-            cfg.bptt,
-            SeqLenMode::Train {
-                max_delta: cfg.max_seq_len_delta,
-            },
-            derive_seed(cfg.seed, epoch, 21),
-        )
-        .epoch_windows(&train_data);
-        if let Some(m) = cfg.max_steps_per_epoch {
-            windows.truncate(m);
-        }
-        let averaged = avg.is_some();
-        let pb = progress(
-            windows.len(),
-            format!("epoch {}/{}", epoch + 1, cfg.epochs),
-            opts.progress,
-        );
-        let mut hidden = zeros_inner::<B>(n, cfg.nhid, device);
-        let (mut tl, mut tok) = (0.0, 0usize);
-        for (step, &(i, t)) in windows.iter().enumerate() {
-            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
-            let (x, y) = train_data.window(i, t);
-            let masks = rnn.masks(n, derive_seed(cfg.seed, epoch, 5000 + step as u64), device);
-            let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
-            let clip = (cfg.clip > 0.0).then_some(cfg.clip);
-            let (next, st) = weight_step(model, &mut sgd, lr, clip, |m| {
-                let (loss, raw, h) = m.losses(&b);
-                (loss, (raw, h))
-            });
-            model = next;
-            let (raw, h) = st.aux;
-            hidden = h.detach().inner();
-            let raw = darts_ops::to_f64s(&raw)[0];
-            if !raw.is_finite() {
-                return Err(RunError::Diverged {
-                    run: "training",
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    what: "training loss".into(),
-                    hint: "; lower --lr",
-                });
-            }
-            if let Some(a) = avg.as_mut() {
-                a.steps += 1;
-                let mu = 1.0 / a.steps as f64;
-                for (id, v) in st.updated {
-                    let next = match a.ax.remove(&id) {
-                        Some(m) => m.clone() + (v - m) * mu,
-                        None => v,
-                    };
-                    a.ax.insert(id, next);
-                }
-            }
-            tl += raw * (t * n) as f64;
-            tok += t * n;
-            pb.inc(1);
-            pb.set_message(format!("ppl {:.1}", (tl / tok as f64).exp()));
-        }
-        pb.finish_and_clear();
-        let evaluated = eval_weights(&model, &avg);
-        let inner = evaluated.valid();
-        let val_loss =
-            evaluate_lm::<B::InnerBackend, _>(&val_data, cfg.bptt, cfg.nhid, device, |x, h| {
-                let o = inner.forward(x, h, &RnnMasks::none());
-                (o.logits, o.hidden)
-            });
-        if best.as_ref().is_none_or(|(b, _)| val_loss < *b) {
-            best = Some((val_loss, values(&evaluated, &all_ids)));
-        }
-        if avg.is_none() {
-            let nm = cfg.nonmono;
-            if best_vals.len() > nm {
-                let older = best_vals[..best_vals.len() - nm]
-                    .iter()
-                    .cloned()
-                    .fold(f64::INFINITY, f64::min);
-                if val_loss > older {
-                    if opts.progress {
-                        eprintln!("switching to averaged SGD");
-                    }
-                    avg = Some(Averaging {
-                        steps: 0,
-                        ax: BTreeMap::new(),
-                    });
-                }
-            }
-            best_vals.push(val_loss);
-        }
-        let train_loss = tl / tok.max(1) as f64;
+        let averaged = trainer.opt.is_averaging();
+        let (train_loss, steps) =
+            trainer.pass(&data, (&cfg, &rnn), epoch, opts.progress, device)?;
+        let evaluated = trainer.eval_model();
+        let val_loss = lm_loss(&evaluated.valid(), &data.val, &cfg, device);
+        trainer.end_epoch(&evaluated, val_loss, cfg.nonmono, opts.progress);
         let rec = PtbTrainEpoch {
             epoch,
             train_loss,
@@ -442,7 +533,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             val_loss,
             val_ppl: val_loss.exp(),
             averaged,
-            steps: windows.len(),
+            steps,
             seconds: t0.elapsed().as_secs_f64(),
         };
         if opts.progress {
@@ -456,58 +547,13 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             );
         }
         history.push(rec);
-        let mut c = Checkpoint::new(serde_json::json!({
-            "kind": "ptb_train",
-            "epoch": epoch,
-            "config": cfg,
-            "history": history,
-            "best_vals": best_vals,
-            "asgd_steps": avg.as_ref().map(|a| a.steps),
-            "best_val": best.as_ref().map(|b| b.0),
-        }));
-        let pos = checkpoint::save_model_sgd(&mut c, &model, &sgd);
-        let empty = BTreeMap::new();
-        let ax = avg.as_ref().map_or(&empty, |a| &a.ax);
-        let best_w = best.as_ref().map_or(&empty, |b| &b.1);
-        for (prefix, map) in [("ax", ax), ("best", best_w)] {
-            for (k, t) in checkpoint::by_position(&pos, map) {
-                let v = darts_ops::to_f32s(t);
-                c.push(format!("{prefix}/{k}"), vec![v.len()], v);
-            }
-        }
-        // Outputs first, then the checkpoint that commits the epoch.
-        write_jsonl(&out.join("metrics.jsonl"), &history)?;
-        append_timing(out, epoch, history.last().map_or(0.0, |e| e.seconds))?;
-        let series = |f: &dyn Fn(&PtbTrainEpoch) -> f64| -> Vec<(f64, f64)> {
-            history.iter().map(|e| (e.epoch as f64, f(e))).collect()
-        };
-        write(
-            &out.join("perplexity.svg"),
-            &report::line_chart(
-                "perplexity",
-                "epoch",
-                &[
-                    ("train (dropout)".into(), series(&|e| e.train_ppl)),
-                    ("valid".into(), series(&|e| e.val_ppl)),
-                ],
-            ),
-        )?;
-        c.write_atomic(&ckpt_path)?;
+        commit_epoch(out, &cfg, &history, &mut trainer)?;
     }
-    let (best_val, best_w) = match best {
-        Some((v, w)) => (v, Some(w)),
-        None => (f64::NAN, None),
+    let (best_val, final_model) = match trainer.best.take() {
+        Some((v, w)) => (v, set_values(trainer.model, &w)),
+        None => (f64::NAN, trainer.model),
     };
-    let final_model = match best_w {
-        Some(w) => set_values(model, &w),
-        None => model,
-    };
-    let inner = final_model.valid();
-    let test_loss =
-        evaluate_lm::<B::InnerBackend, _>(&test_data, cfg.bptt, cfg.nhid, device, |x, h| {
-            let o = inner.forward(x, h, &RnnMasks::none());
-            (o.logits, o.hidden)
-        });
+    let test_loss = lm_loss(&final_model.valid(), &data.test, &cfg, device);
     let summary = serde_json::json!({
         "genotype": cfg.genotype_source,
         "params": params,
