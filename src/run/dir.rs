@@ -81,71 +81,24 @@ where
     H: serde::de::DeserializeOwned,
 {
     let dir = &opts.out;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RunError::Io { path, source }
-    };
-    if opts.resume {
-        if !dir.join("checkpoint.bin").is_file() {
-            let why = if dir.is_dir() {
-                "no checkpoint.bin (a run killed before its first epoch ended has none: start it again without --resume, with --overwrite)"
-            } else {
-                "no such directory"
-            };
-            return Err(RunError::NoCheckpoint {
-                path: dir.clone(),
-                why: why.into(),
-            });
-        }
-    } else {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    let lock_path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io(&lock_path))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(RunError::Locked { path: dir.clone() })
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
-    }
-    let lock = RunLock { file };
     if !opts.resume {
-        let mut found: Vec<String> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".lock")
-            .collect();
-        found.sort();
-        if !found.is_empty() && !opts.overwrite {
-            let shown = found.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
-            let more = found.len().saturating_sub(4);
-            return Err(RunError::OutputExists {
-                path: dir.clone(),
-                found: if more > 0 {
-                    format!("{shown} and {more} more")
-                } else {
-                    shown
-                },
-            });
-        }
-        for name in found.iter().filter(|n| is_run_output(n)) {
-            let p = dir.join(name);
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            r.map_err(io(&p))?;
-        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock = lock(dir)?;
+        clear_for_new_run(dir, opts.overwrite)?;
         return Ok((config.clone(), Vec::new(), None, lock));
     }
+    if !dir.join("checkpoint.bin").is_file() {
+        let why = if dir.is_dir() {
+            "no checkpoint.bin (a run killed before its first epoch ended has none: start it again without --resume, with --overwrite)"
+        } else {
+            "no such directory"
+        };
+        return Err(RunError::NoCheckpoint {
+            path: dir.clone(),
+            why: why.into(),
+        });
+    }
+    let lock = lock(dir)?;
     remove_stale(dir)?;
     let c = Checkpoint::read(dir.join("checkpoint.bin"))?;
     let found = c.meta["kind"].as_str().unwrap_or("unknown");
@@ -155,7 +108,88 @@ where
             dir.display()
         )));
     }
-    let mut stored = c.meta["config"].clone();
+    let stored = resume_config(&c.meta["config"], config, opts, mutable)?;
+    let cfg = serde_json::from_value(stored).map_err(|e| {
+        RunError::Config(format!(
+            "the checkpoint in {} is of a {kind} run, and its configuration does not fit this one: {e}",
+            dir.display()
+        ))
+    })?;
+    let history = serde_json::from_value(c.meta["history"].clone()).map_err(|e| {
+        RunError::Config(format!(
+            "the metrics history in the {kind} checkpoint {} cannot be read: {e}",
+            dir.join("checkpoint.bin").display()
+        ))
+    })?;
+    Ok((cfg, history, Some(c), lock))
+}
+
+/// An I/O error about `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.to_path_buf();
+    move |source| RunError::Io { path, source }
+}
+
+/// Take the directory's lock (`.lock`), or say that another run holds it.
+fn lock(dir: &Path) -> Result<RunLock, RunError> {
+    let lock_path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(RunLock { file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&lock_path)(e)),
+    }
+}
+
+/// A new run needs an empty directory; with `overwrite`, an earlier run's files are removed.
+fn clear_for_new_run(dir: &Path, overwrite: bool) -> Result<(), RunError> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
+        .collect();
+    found.sort();
+    if !found.is_empty() && !overwrite {
+        let shown = found.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+        let more = found.len().saturating_sub(4);
+        return Err(RunError::OutputExists {
+            path: dir.to_path_buf(),
+            found: if more > 0 {
+                format!("{shown} and {more} more")
+            } else {
+                shown
+            },
+        });
+    }
+    for name in found.iter().filter(|n| is_run_output(n)) {
+        let p = dir.join(name);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(io(&p))?;
+    }
+    Ok(())
+}
+
+/// The checkpoint's configuration with the settings the user gave on resume applied: those in
+/// `mutable` replace the stored values, any other that differs is a conflict.
+fn resume_config<C: Serialize>(
+    stored: &serde_json::Value,
+    config: &C,
+    opts: &RunOptions,
+    mutable: &[&str],
+) -> Result<serde_json::Value, RunError> {
+    let mut stored = stored.clone();
     let wanted = serde_json::to_value(config).expect("configurations serialise");
     let mut conflicts = Vec::new();
     for key in &opts.given {
@@ -171,36 +205,22 @@ where
             }
             stored[key] = new.clone();
         } else {
-            conflicts.push(format!(
-                "--{} {new} (the run has {old})",
-                key.replace('_', "-")
-            ));
+            let flag = key.replace('_', "-");
+            conflicts.push(format!("--{flag} {new} (the run has {old})"));
         }
     }
-    if !conflicts.is_empty() {
-        return Err(RunError::ResumeConflict {
-            path: dir.clone(),
-            conflicts: conflicts.join(", "),
-            mutable: mutable
-                .iter()
-                .map(|k| format!("--{}", k.replace('_', "-")))
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+    if conflicts.is_empty() {
+        return Ok(stored);
     }
-    let cfg = serde_json::from_value(stored).map_err(|e| {
-        RunError::Config(format!(
-            "the checkpoint in {} is of a {kind} run, and its configuration does not fit this one: {e}",
-            dir.display()
-        ))
-    })?;
-    let history = serde_json::from_value(c.meta["history"].clone()).map_err(|e| {
-        RunError::Config(format!(
-            "the metrics history in the {kind} checkpoint {} cannot be read: {e}",
-            dir.join("checkpoint.bin").display()
-        ))
-    })?;
-    Ok((cfg, history, Some(c), lock))
+    let flags: Vec<String> = mutable
+        .iter()
+        .map(|k| format!("--{}", k.replace('_', "-")))
+        .collect();
+    Err(RunError::ResumeConflict {
+        path: opts.out.clone(),
+        conflicts: conflicts.join(", "),
+        mutable: flags.join(", "),
+    })
 }
 
 /// Append the wall time of an epoch to `timing.jsonl` (a log: an epoch repeated after a kill

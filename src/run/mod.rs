@@ -118,6 +118,36 @@ pub(crate) fn check(
     }
 }
 
+/// A count that must be at least 1.
+pub(crate) fn count(flag: &str, v: usize) -> Result<(), RunError> {
+    check(v > 0, flag, "must be at least 1", v)
+}
+
+/// An optional limit that, when given, must be at least 1.
+pub(crate) fn limit(flag: &str, v: Option<usize>) -> Result<(), RunError> {
+    check(v != Some(0), flag, "must be at least 1", 0)
+}
+
+/// A finite number greater than 0.
+pub(crate) fn positive(flag: &str, x: f64) -> Result<(), RunError> {
+    check(
+        x.is_finite() && x > 0.0,
+        flag,
+        "must be a positive number",
+        x,
+    )
+}
+
+/// A finite number, 0 or greater (0 turns the feature off where that applies).
+pub(crate) fn non_negative(flag: &str, x: f64) -> Result<(), RunError> {
+    check(x.is_finite() && x >= 0.0, flag, "must be 0 or positive", x)
+}
+
+/// A probability-like factor in [0, 1).
+pub(crate) fn below_one(flag: &str, x: f64) -> Result<(), RunError> {
+    check((0.0..1.0).contains(&x), flag, "must be in [0, 1)", x)
+}
+
 /// Seeding a backend sets a process-wide generator (on CPU), so seeding and initialising happen
 /// under this lock: runs in parallel threads of one process cannot interleave their draws.
 pub(crate) static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -20,6 +20,9 @@ mod search;
 mod train;
 
 pub use super::{RunError, RunOptions};
+
+/// Why a network needs at least 3 cells.
+const LAYERS_RULE: &str = "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)";
 pub use search::{run_search, SearchConfig, SearchEpoch, SearchSummary};
 pub use train::{run_train, TrainConfig, TrainEpoch, TrainSummary};
 

@@ -1,11 +1,11 @@
 //! Architecture search on CIFAR-10 (reference `cnn/train_search.py`).
 
-use super::{evaluate, f64s, load_train, to_batch, Net};
+use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, failpoint, open_run, progress, write, write_jsonl, RunError, RunOptions,
-    SEED_LOCK,
+    append_timing, below_one, check, count, failpoint, limit, non_negative, open_run, positive,
+    progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -68,85 +68,34 @@ pub struct SearchConfig {
 impl SearchConfig {
     /// Check every value; the error names the flag.
     pub fn validate(&self) -> Result<(), RunError> {
+        let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
+        count("batch-size", self.batch_size)?;
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        count("init-channels", self.init_channels)?;
+        check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
+        count("nodes", self.nodes)?;
+        limit("limit-images", self.limit_images)?;
+        positive("lr", self.lr)?;
+        let lr_min_ok = self.lr_min.is_finite() && (0.0..=self.lr).contains(&self.lr_min);
         check(
-            self.batch_size > 0,
-            "batch-size",
-            "must be at least 1",
-            self.batch_size,
-        )?;
-        check(
-            self.epochs > 0,
-            "epochs",
-            "must be at least 1 (a search of no epochs derives nothing)",
-            self.epochs,
-        )?;
-        check(
-            self.init_channels > 0,
-            "init-channels",
-            "must be at least 1",
-            self.init_channels,
-        )?;
-        check(
-            self.layers >= 3,
-            "layers",
-            "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)",
-            self.layers,
-        )?;
-        check(self.nodes > 0, "nodes", "must be at least 1", self.nodes)?;
-        check(
-            self.limit_images != Some(0),
-            "limit-images",
-            "must be at least 1",
-            0,
-        )?;
-        check(
-            self.lr.is_finite() && self.lr > 0.0,
-            "lr",
-            "must be a positive number",
-            self.lr,
-        )?;
-        check(
-            self.lr_min.is_finite() && self.lr_min >= 0.0 && self.lr_min <= self.lr,
+            lr_min_ok,
             "lr-min",
             "must be between 0 and --lr",
             self.lr_min,
         )?;
+        below_one("momentum", self.momentum)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        let portion_ok = self.train_portion > 0.0 && self.train_portion < 1.0;
+        let portion_rule = "must be strictly between 0 and 1";
         check(
-            (0.0..1.0).contains(&self.momentum),
-            "momentum",
-            "must be in [0, 1)",
-            self.momentum,
-        )?;
-        check(
-            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-            "weight-decay",
-            "must be 0 or positive",
-            self.weight_decay,
-        )?;
-        check(
-            self.train_portion > 0.0 && self.train_portion < 1.0,
+            portion_ok,
             "train-portion",
-            "must be strictly between 0 and 1",
+            portion_rule,
             self.train_portion,
         )?;
-        check(
-            self.arch_lr.is_finite() && self.arch_lr >= 0.0,
-            "arch-lr",
-            "must be 0 or positive",
-            self.arch_lr,
-        )?;
-        check(
-            self.arch_weight_decay.is_finite() && self.arch_weight_decay >= 0.0,
-            "arch-weight-decay",
-            "must be 0 or positive",
-            self.arch_weight_decay,
-        )?;
-        check(
-            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
-            "grad-clip",
-            "must be 0 (off) or positive",
-            self.grad_clip,
-        )
+        non_negative("arch-lr", self.arch_lr)?;
+        non_negative("arch-weight-decay", self.arch_weight_decay)?;
+        non_negative("grad-clip", self.grad_clip)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Training a derived network from scratch on CIFAR-10 (reference `cnn/train.py`).
 
-use super::{evaluate, load_train, to_batch};
+use super::{evaluate, load_train, to_batch, LAYERS_RULE};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, below_one, check, count, limit, non_negative, open_run, positive, progress,
+    write, write_jsonl, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -66,84 +67,22 @@ impl TrainConfig {
             source_name: self.genotype_source.clone(),
             error: e.to_string(),
         })?;
-        check(
-            self.batch_size > 0,
-            "batch-size",
-            "must be at least 1",
-            self.batch_size,
-        )?;
-        check(
-            self.epochs > 0,
-            "epochs",
-            "must be at least 1 (nothing would be trained)",
-            self.epochs,
-        )?;
-        check(
-            self.init_channels > 0,
-            "init-channels",
-            "must be at least 1",
-            self.init_channels,
-        )?;
-        check(
-            self.layers >= 3,
-            "layers",
-            "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)",
-            self.layers,
-        )?;
-        check(
-            self.limit_images != Some(0),
-            "limit-images",
-            "must be at least 1",
-            0,
-        )?;
-        check(
-            self.limit_test != Some(0),
-            "limit-test",
-            "must be at least 1",
-            0,
-        )?;
-        check(
-            self.lr.is_finite() && self.lr > 0.0,
-            "lr",
-            "must be a positive number",
-            self.lr,
-        )?;
-        check(
-            (0.0..1.0).contains(&self.momentum),
-            "momentum",
-            "must be in [0, 1)",
-            self.momentum,
-        )?;
-        check(
-            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-            "weight-decay",
-            "must be 0 or positive",
-            self.weight_decay,
-        )?;
-        check(
-            self.auxiliary_weight.is_finite() && self.auxiliary_weight >= 0.0,
-            "auxiliary-weight",
-            "must be 0 or positive",
-            self.auxiliary_weight,
-        )?;
-        check(
-            self.cutout != Some(0),
-            "cutout",
-            "must be at least 1 (or off)",
-            0,
-        )?;
-        check(
-            (0.0..1.0).contains(&self.drop_path_prob),
-            "drop-path-prob",
-            "must be in [0, 1) (it is the probability of dropping a path)",
-            self.drop_path_prob,
-        )?;
-        check(
-            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
-            "grad-clip",
-            "must be 0 (off) or positive",
-            self.grad_clip,
-        )
+        count("batch-size", self.batch_size)?;
+        let no_epochs = "must be at least 1 (nothing would be trained)";
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        count("init-channels", self.init_channels)?;
+        check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
+        limit("limit-images", self.limit_images)?;
+        limit("limit-test", self.limit_test)?;
+        positive("lr", self.lr)?;
+        below_one("momentum", self.momentum)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        non_negative("auxiliary-weight", self.auxiliary_weight)?;
+        limit("cutout", self.cutout)?;
+        let p = self.drop_path_prob;
+        let p_rule = "must be in [0, 1) (it is the probability of dropping a path)";
+        check((0.0..1.0).contains(&p), "drop-path-prob", p_rule, p)?;
+        non_negative("grad-clip", self.grad_clip)
     }
 }
 
@@ -312,6 +251,35 @@ fn commit_epoch<B: AutodiffBackend>(
     Ok(())
 }
 
+/// The derived network of `cfg` (seeded).
+fn build_model<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &B::Device,
+) -> Result<EvalNetwork<B>, RunError> {
+    let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    B::seed(device, cfg.seed);
+    let net = EvalNetworkConfig {
+        channels: cfg.init_channels,
+        layers: cfg.layers,
+        auxiliary: cfg.auxiliary,
+        ..Default::default()
+    };
+    Ok(net.init::<B>(&cfg.genotype, device)?)
+}
+
+fn print_epoch(rec: &TrainEpoch) {
+    eprintln!(
+        "epoch {:>3}  lr {:.5}  train loss {:.4} acc {:5.1}%  test loss {:.4} acc {:5.1}%  {:.0}s",
+        rec.epoch + 1,
+        rec.lr,
+        rec.train_loss,
+        100.0 * rec.train_acc,
+        rec.test_loss,
+        100.0 * rec.test_acc,
+        rec.seconds
+    );
+}
+
 /// Train (or resume training) a genotype from scratch and evaluate it on the test set.
 pub fn run_train<B: AutodiffBackend>(
     config: &TrainConfig,
@@ -330,17 +298,7 @@ pub fn run_train<B: AutodiffBackend>(
         &serde_json::to_string_pretty(&cfg).expect("serialisable"),
     )?;
     let (train, test_loader) = train_loaders(&cfg)?;
-    let mut model = {
-        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        B::seed(device, cfg.seed);
-        EvalNetworkConfig {
-            channels: cfg.init_channels,
-            layers: cfg.layers,
-            auxiliary: cfg.auxiliary,
-            ..Default::default()
-        }
-        .init::<B>(&cfg.genotype, device)?
-    };
+    let mut model = build_model::<B>(&cfg, device)?;
     let params = model.num_weights();
     let mut sgd = Sgd::<B::InnerBackend>::new(cfg.momentum, cfg.weight_decay);
     if let Some(c) = &ckpt {
@@ -390,16 +348,7 @@ pub fn run_train<B: AutodiffBackend>(
             seconds: t0.elapsed().as_secs_f64(),
         };
         if opts.progress {
-            eprintln!(
-                "epoch {:>3}  lr {:.5}  train loss {:.4} acc {:5.1}%  test loss {:.4} acc {:5.1}%  {:.0}s",
-                epoch + 1,
-                lr,
-                rec.train_loss,
-                100.0 * rec.train_acc,
-                rec.test_loss,
-                100.0 * rec.test_acc,
-                rec.seconds
-            );
+            print_epoch(&rec);
         }
         history.push(rec);
         commit_epoch(out, &cfg, &history, &model, &sgd)?;

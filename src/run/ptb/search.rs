@@ -4,7 +4,8 @@ use super::{batchify, diverged, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, check, count, limit, non_negative, open_run, positive, progress, write,
+    write_jsonl, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -103,78 +104,43 @@ impl Default for PtbSearchConfig {
 }
 
 impl PtbSearchConfig {
+    /// The recurrent supernet's configuration for a vocabulary of `vocab` words.
+    pub fn rnn_config(&self, vocab: usize) -> RnnConfig {
+        RnnConfig {
+            vocab,
+            ninp: self.emsize,
+            nhid: self.nhid,
+            steps: self.nodes,
+            dropout: self.dropout,
+            tar: self.tar,
+            ar: self.ar,
+        }
+    }
+
     /// Check every value; the error names the flag.
     pub fn validate(&self) -> Result<(), RunError> {
-        check(
-            self.batch_size > 0,
-            "batch-size",
-            "must be at least 1",
-            self.batch_size,
-        )?;
-        check(
-            self.eval_batch_size > 0,
-            "eval-batch-size",
-            "must be at least 1",
-            self.eval_batch_size,
-        )?;
-        check(self.bptt > 0, "bptt", "must be at least 1", self.bptt)?;
-        check(
-            self.epochs > 0,
-            "epochs",
-            "must be at least 1 (a search of no epochs derives nothing)",
-            self.epochs,
-        )?;
+        count("batch-size", self.batch_size)?;
+        count("eval-batch-size", self.eval_batch_size)?;
+        count("bptt", self.bptt)?;
+        let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
         check(
             self.max_steps_per_epoch != Some(0),
             "max-steps",
-            "must be at least 1 (an epoch of no steps trains nothing)",
+            no_steps,
             0,
         )?;
-        check(
-            self.limit_train_tokens != Some(0),
-            "limit-train-tokens",
-            "must be at least 1",
-            0,
-        )?;
-        check(
-            self.limit_valid_tokens != Some(0),
-            "limit-valid-tokens",
-            "must be at least 1",
-            0,
-        )?;
-        check(self.emsize > 0, "emsize", "must be at least 1", self.emsize)?;
-        check(self.nhid > 0, "nhid", "must be at least 1", self.nhid)?;
-        check(self.nodes > 0, "nodes", "must be at least 1", self.nodes)?;
-        check(
-            self.lr.is_finite() && self.lr > 0.0,
-            "lr",
-            "must be a positive number",
-            self.lr,
-        )?;
-        check(
-            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-            "weight-decay",
-            "must be 0 or positive",
-            self.weight_decay,
-        )?;
-        check(
-            self.clip.is_finite() && self.clip >= 0.0,
-            "clip",
-            "must be 0 (off) or positive",
-            self.clip,
-        )?;
-        check(
-            self.arch_lr.is_finite() && self.arch_lr >= 0.0,
-            "arch-lr",
-            "must be 0 or positive",
-            self.arch_lr,
-        )?;
-        check(
-            self.arch_weight_decay.is_finite() && self.arch_weight_decay >= 0.0,
-            "arch-weight-decay",
-            "must be 0 or positive",
-            self.arch_weight_decay,
-        )
+        limit("limit-train-tokens", self.limit_train_tokens)?;
+        limit("limit-valid-tokens", self.limit_valid_tokens)?;
+        count("emsize", self.emsize)?;
+        count("nhid", self.nhid)?;
+        count("nodes", self.nodes)?;
+        positive("lr", self.lr)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        non_negative("clip", self.clip)?;
+        non_negative("arch-lr", self.arch_lr)?;
+        non_negative("arch-weight-decay", self.arch_weight_decay)
     }
 
     /// The architect's configuration for this search, as the recurrent reference sets it up
@@ -418,6 +384,17 @@ fn commit_epoch<B: AutodiffBackend>(
     Ok(())
 }
 
+fn print_epoch(rec: &PtbSearchEpoch) {
+    eprintln!(
+        "epoch {:>3}  train ppl {:8.2}  val ppl {:8.2}  {:.0}s\n  {}",
+        rec.epoch + 1,
+        rec.train_ppl,
+        rec.val_ppl,
+        rec.seconds,
+        rec.genotype_python
+    );
+}
+
 /// Run (or resume) a recurrent cell search on `device`.
 pub fn run_ptb_search<B: AutodiffBackend>(
     config: &PtbSearchConfig,
@@ -438,15 +415,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
     let vocab = corpus.dictionary.len();
     let data = SearchStreams::new(&cfg, &corpus)?;
-    let rnn = RnnConfig {
-        vocab,
-        ninp: cfg.emsize,
-        nhid: cfg.nhid,
-        steps: cfg.nodes,
-        dropout: cfg.dropout,
-        tar: cfg.tar,
-        ar: cfg.ar,
-    };
+    let rnn = cfg.rnn_config(vocab);
     let mut search = build_search::<B>(&cfg, &rnn, device)?;
     let params = search.model.num_weights();
     let op_names = search.model.op_names.clone();
@@ -454,13 +423,9 @@ pub fn run_ptb_search<B: AutodiffBackend>(
         checkpoint::load_bilevel(c, &mut search)?;
     }
     if opts.progress {
-        eprintln!(
-            "PTB search: vocabulary {vocab}, {} training tokens, {} validation tokens ({} unknown), {:.2}M weights",
-            corpus.train.len(),
-            corpus.valid.len(),
-            corpus.valid.unknown,
-            params as f64 / 1e6
-        );
+        let (t, v, u) = (corpus.train.len(), corpus.valid.len(), corpus.valid.unknown);
+        let m = params as f64 / 1e6;
+        eprintln!("PTB search: vocabulary {vocab}, {t} training tokens, {v} validation tokens ({u} unknown), {m:.2}M weights");
     }
     let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
     for epoch in history.len()..end {
@@ -500,14 +465,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
                 .collect(),
         };
         if opts.progress {
-            eprintln!(
-                "epoch {:>3}  train ppl {:8.2}  val ppl {:8.2}  {:.0}s\n  {}",
-                epoch + 1,
-                rec.train_ppl,
-                rec.val_ppl,
-                rec.seconds,
-                rec.genotype_python
-            );
+            print_epoch(&rec);
         }
         history.push(rec);
         commit_epoch(out, &cfg, &history, &search, &op_names)?;

@@ -4,7 +4,8 @@ use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, open_run, progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, check, count, limit, non_negative, open_run, positive, progress, write,
+    write_jsonl, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -80,75 +81,27 @@ impl PtbTrainConfig {
             source_name: self.genotype_source.clone(),
             error: e.to_string(),
         })?;
-        check(
-            self.batch_size > 0,
-            "batch-size",
-            "must be at least 1",
-            self.batch_size,
-        )?;
-        check(
-            self.eval_batch_size > 0,
-            "eval-batch-size",
-            "must be at least 1",
-            self.eval_batch_size,
-        )?;
-        check(
-            self.test_batch_size > 0,
-            "test-batch-size",
-            "must be at least 1",
-            self.test_batch_size,
-        )?;
-        check(self.bptt > 0, "bptt", "must be at least 1", self.bptt)?;
-        check(
-            self.epochs > 0,
-            "epochs",
-            "must be at least 1 (nothing would be trained)",
-            self.epochs,
-        )?;
+        count("batch-size", self.batch_size)?;
+        count("eval-batch-size", self.eval_batch_size)?;
+        count("test-batch-size", self.test_batch_size)?;
+        count("bptt", self.bptt)?;
+        let no_epochs = "must be at least 1 (nothing would be trained)";
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
         check(
             self.max_steps_per_epoch != Some(0),
             "max-steps",
-            "must be at least 1 (an epoch of no steps trains nothing)",
+            no_steps,
             0,
         )?;
-        check(
-            self.limit_train_tokens != Some(0),
-            "limit-train-tokens",
-            "must be at least 1",
-            0,
-        )?;
-        check(
-            self.limit_valid_tokens != Some(0),
-            "limit-valid-tokens",
-            "must be at least 1",
-            0,
-        )?;
-        check(
-            self.limit_test_tokens != Some(0),
-            "limit-test-tokens",
-            "must be at least 1",
-            0,
-        )?;
-        check(self.emsize > 0, "emsize", "must be at least 1", self.emsize)?;
-        check(self.nhid > 0, "nhid", "must be at least 1", self.nhid)?;
-        check(
-            self.lr.is_finite() && self.lr > 0.0,
-            "lr",
-            "must be a positive number",
-            self.lr,
-        )?;
-        check(
-            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-            "weight-decay",
-            "must be 0 or positive",
-            self.weight_decay,
-        )?;
-        check(
-            self.clip.is_finite() && self.clip >= 0.0,
-            "clip",
-            "must be 0 (off) or positive",
-            self.clip,
-        )
+        limit("limit-train-tokens", self.limit_train_tokens)?;
+        limit("limit-valid-tokens", self.limit_valid_tokens)?;
+        limit("limit-test-tokens", self.limit_test_tokens)?;
+        count("emsize", self.emsize)?;
+        count("nhid", self.nhid)?;
+        positive("lr", self.lr)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        non_negative("clip", self.clip)
     }
 }
 
@@ -537,23 +490,33 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             seconds: t0.elapsed().as_secs_f64(),
         };
         if opts.progress {
+            let avg = if averaged { " (averaged)" } else { "" };
+            let (t, v, sec) = (rec.train_ppl, rec.val_ppl, rec.seconds);
             eprintln!(
-                "epoch {:>4}  train ppl {:8.2}  val ppl {:8.2}{}  {:.0}s",
-                epoch + 1,
-                rec.train_ppl,
-                rec.val_ppl,
-                if averaged { " (averaged)" } else { "" },
-                rec.seconds
+                "epoch {:>4}  train ppl {t:8.2}  val ppl {v:8.2}{avg}  {sec:.0}s",
+                epoch + 1
             );
         }
         history.push(rec);
         commit_epoch(out, &cfg, &history, &mut trainer)?;
     }
+    finish(trainer, history, &data, &cfg, params, (opts, device))
+}
+
+/// After the last epoch: the test perplexity of the best weights, `result.json`, the summary.
+fn finish<B: AutodiffBackend>(
+    mut trainer: Trainer<B>,
+    history: Vec<PtbTrainEpoch>,
+    data: &TrainStreams,
+    cfg: &PtbTrainConfig,
+    params: usize,
+    (opts, device): (&RunOptions, &B::Device),
+) -> Result<PtbTrainSummary, RunError> {
     let (best_val, final_model) = match trainer.best.take() {
         Some((v, w)) => (v, set_values(trainer.model, &w)),
         None => (f64::NAN, trainer.model),
     };
-    let test_loss = lm_loss(&final_model.valid(), &data.test, &cfg, device);
+    let test_loss = lm_loss(&final_model.valid(), &data.test, cfg, device);
     let summary = serde_json::json!({
         "genotype": cfg.genotype_source,
         "params": params,
@@ -562,7 +525,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
         "epochs": history.len(),
     });
     write(
-        &out.join("result.json"),
+        &opts.out.join("result.json"),
         &serde_json::to_string_pretty(&summary).expect("serialisable"),
     )?;
     if opts.progress {
