@@ -62,6 +62,38 @@ fn remove_stale(dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// A run's configuration as the run directory sees it: what kind of run it is, which settings
+/// may change on resume, and its own validation.
+pub trait RunConfig: Clone + Serialize + serde::de::DeserializeOwned {
+    /// The checkpoint's `kind`.
+    const KIND: &'static str;
+    /// Settings that may change on resume.
+    const MUTABLE: &'static [&'static str];
+    /// Check every value; an error names the flag and the value.
+    fn validate(&self) -> Result<(), RunError>;
+}
+
+/// What [`start_run`] hands a driver: the configuration in force, the history so far, the
+/// checkpoint to resume from and the directory's lock.
+pub(crate) type Started<C, H> = (C, Vec<H>, Option<Checkpoint>, RunLock);
+
+/// The start of every driver: validate the configuration (before anything is created), open
+/// the run directory ([`open_run`]), validate the configuration in force, and write it to
+/// `config.json`.
+pub(crate) fn start_run<C: RunConfig, H: serde::de::DeserializeOwned>(
+    config: &C,
+    opts: &RunOptions,
+) -> Result<Started<C, H>, RunError> {
+    if !opts.resume {
+        config.validate()?;
+    }
+    let started = open_run::<C, H>(config, opts, C::KIND, C::MUTABLE)?;
+    started.0.validate()?;
+    let json = serde_json::to_string_pretty(&started.0).expect("configurations serialise");
+    write(&opts.out.join("config.json"), &json)?;
+    Ok(started)
+}
+
 /// Open the output directory: lock it, and either read the checkpoint to resume (its
 /// configuration and history then replace `config`) or start a new run, refusing a directory
 /// that holds another run unless `opts.overwrite` (which removes the earlier run's files first).
@@ -70,12 +102,12 @@ fn remove_stale(dir: &Path) -> Result<(), RunError> {
 /// On resume, the settings in [`RunOptions::given`] are compared with the checkpoint's: those
 /// in `mutable` (e.g. `epochs`, to extend a run) take the new value, any other that differs is a
 /// [`RunError::ResumeConflict`] naming it.
-pub(crate) fn open_run<C, H>(
+fn open_run<C, H>(
     config: &C,
     opts: &RunOptions,
     kind: &str,
     mutable: &[&str],
-) -> Result<(C, Vec<H>, Option<Checkpoint>, RunLock), RunError>
+) -> Result<Started<C, H>, RunError>
 where
     C: Clone + Serialize + serde::de::DeserializeOwned,
     H: serde::de::DeserializeOwned,

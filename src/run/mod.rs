@@ -20,7 +20,8 @@ pub mod cifar;
 mod dir;
 pub mod ptb;
 
-pub(crate) use dir::{append_timing, failpoint, open_run, write, write_jsonl};
+pub use dir::RunConfig;
+pub(crate) use dir::{append_timing, failpoint, start_run, write, write_jsonl};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]

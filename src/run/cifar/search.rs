@@ -4,8 +4,8 @@ use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, below_one, check, count, failpoint, limit, non_negative, open_run, positive,
-    progress, write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, below_one, check, count, failpoint, limit, non_negative, positive, progress,
+    start_run, write, write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -63,40 +63,6 @@ pub struct SearchConfig {
     /// run with an error).
     #[serde(default)]
     pub skip_non_finite_steps: bool,
-}
-
-impl SearchConfig {
-    /// Check every value; the error names the flag.
-    pub fn validate(&self) -> Result<(), RunError> {
-        let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
-        count("batch-size", self.batch_size)?;
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        count("init-channels", self.init_channels)?;
-        check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
-        count("nodes", self.nodes)?;
-        limit("limit-images", self.limit_images)?;
-        positive("lr", self.lr)?;
-        let lr_min_ok = self.lr_min.is_finite() && (0.0..=self.lr).contains(&self.lr_min);
-        check(
-            lr_min_ok,
-            "lr-min",
-            "must be between 0 and --lr",
-            self.lr_min,
-        )?;
-        below_one("momentum", self.momentum)?;
-        non_negative("weight-decay", self.weight_decay)?;
-        let portion_ok = self.train_portion > 0.0 && self.train_portion < 1.0;
-        let portion_rule = "must be strictly between 0 and 1";
-        check(
-            portion_ok,
-            "train-portion",
-            portion_rule,
-            self.train_portion,
-        )?;
-        non_negative("arch-lr", self.arch_lr)?;
-        non_negative("arch-weight-decay", self.arch_weight_decay)?;
-        non_negative("grad-clip", self.grad_clip)
-    }
 }
 
 impl Default for SearchConfig {
@@ -432,6 +398,41 @@ fn commit_epoch<B: AutodiffBackend>(
     Ok(())
 }
 
+impl RunConfig for SearchConfig {
+    const KIND: &'static str = "cifar10_search";
+    const MUTABLE: &'static [&'static str] = &["epochs", "skip_non_finite_steps"];
+    fn validate(&self) -> Result<(), RunError> {
+        let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
+        count("batch-size", self.batch_size)?;
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        count("init-channels", self.init_channels)?;
+        check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
+        count("nodes", self.nodes)?;
+        limit("limit-images", self.limit_images)?;
+        positive("lr", self.lr)?;
+        let lr_min_ok = self.lr_min.is_finite() && (0.0..=self.lr).contains(&self.lr_min);
+        check(
+            lr_min_ok,
+            "lr-min",
+            "must be between 0 and --lr",
+            self.lr_min,
+        )?;
+        below_one("momentum", self.momentum)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        let portion_ok = self.train_portion > 0.0 && self.train_portion < 1.0;
+        let portion_rule = "must be strictly between 0 and 1";
+        check(
+            portion_ok,
+            "train-portion",
+            portion_rule,
+            self.train_portion,
+        )?;
+        non_negative("arch-lr", self.arch_lr)?;
+        non_negative("arch-weight-decay", self.arch_weight_decay)?;
+        non_negative("grad-clip", self.grad_clip)
+    }
+}
+
 /// Run (or resume) an architecture search on `device`.
 pub fn run_search<B: AutodiffBackend>(
     config: &SearchConfig,
@@ -439,20 +440,7 @@ pub fn run_search<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<SearchSummary, RunError> {
     let out = &opts.out;
-    if !opts.resume {
-        config.validate()?;
-    }
-    let (cfg, mut history, ckpt, _lock) = open_run::<SearchConfig, SearchEpoch>(
-        config,
-        opts,
-        "cifar10_search",
-        &["epochs", "skip_non_finite_steps"],
-    )?;
-    cfg.validate()?;
-    write(
-        &out.join("config.json"),
-        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
-    )?;
+    let (cfg, mut history, ckpt, _lock) = start_run::<SearchConfig, SearchEpoch>(config, opts)?;
     let loaders = SearchLoaders::new(&cfg)?;
     let mut search = build_search::<B>(&cfg, device);
     let params = search.model.num_weights();

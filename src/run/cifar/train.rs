@@ -4,8 +4,8 @@ use super::{evaluate, load_train, to_batch, LAYERS_RULE};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, below_one, check, count, limit, non_negative, open_run, positive, progress,
-    write, write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, below_one, check, count, limit, non_negative, positive, progress, start_run,
+    write, write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -58,32 +58,6 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     /// Seed.
     pub seed: u64,
-}
-
-impl TrainConfig {
-    /// Check every value (and the genotype); the error names the flag.
-    pub fn validate(&self) -> Result<(), RunError> {
-        self.genotype.validate().map_err(|e| RunError::Genotype {
-            source_name: self.genotype_source.clone(),
-            error: e.to_string(),
-        })?;
-        count("batch-size", self.batch_size)?;
-        let no_epochs = "must be at least 1 (nothing would be trained)";
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        count("init-channels", self.init_channels)?;
-        check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
-        limit("limit-images", self.limit_images)?;
-        limit("limit-test", self.limit_test)?;
-        positive("lr", self.lr)?;
-        below_one("momentum", self.momentum)?;
-        non_negative("weight-decay", self.weight_decay)?;
-        non_negative("auxiliary-weight", self.auxiliary_weight)?;
-        limit("cutout", self.cutout)?;
-        let p = self.drop_path_prob;
-        let p_rule = "must be in [0, 1) (it is the probability of dropping a path)";
-        check((0.0..1.0).contains(&p), "drop-path-prob", p_rule, p)?;
-        non_negative("grad-clip", self.grad_clip)
-    }
 }
 
 /// One epoch of training from scratch.
@@ -280,6 +254,33 @@ fn print_epoch(rec: &TrainEpoch) {
     );
 }
 
+impl RunConfig for TrainConfig {
+    const KIND: &'static str = "cifar10_train";
+    const MUTABLE: &'static [&'static str] = &["epochs"];
+    fn validate(&self) -> Result<(), RunError> {
+        self.genotype.validate().map_err(|e| RunError::Genotype {
+            source_name: self.genotype_source.clone(),
+            error: e.to_string(),
+        })?;
+        count("batch-size", self.batch_size)?;
+        let no_epochs = "must be at least 1 (nothing would be trained)";
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        count("init-channels", self.init_channels)?;
+        check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
+        limit("limit-images", self.limit_images)?;
+        limit("limit-test", self.limit_test)?;
+        positive("lr", self.lr)?;
+        below_one("momentum", self.momentum)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        non_negative("auxiliary-weight", self.auxiliary_weight)?;
+        limit("cutout", self.cutout)?;
+        let p = self.drop_path_prob;
+        let p_rule = "must be in [0, 1) (it is the probability of dropping a path)";
+        check((0.0..1.0).contains(&p), "drop-path-prob", p_rule, p)?;
+        non_negative("grad-clip", self.grad_clip)
+    }
+}
+
 /// Train (or resume training) a genotype from scratch and evaluate it on the test set.
 pub fn run_train<B: AutodiffBackend>(
     config: &TrainConfig,
@@ -287,16 +288,7 @@ pub fn run_train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainSummary, RunError> {
     let out = &opts.out;
-    if !opts.resume {
-        config.validate()?;
-    }
-    let (cfg, mut history, ckpt, _lock) =
-        open_run::<TrainConfig, TrainEpoch>(config, opts, "cifar10_train", &["epochs"])?;
-    cfg.validate()?;
-    write(
-        &out.join("config.json"),
-        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
-    )?;
+    let (cfg, mut history, ckpt, _lock) = start_run::<TrainConfig, TrainEpoch>(config, opts)?;
     let (train, test_loader) = train_loaders(&cfg)?;
     let mut model = build_model::<B>(&cfg, device)?;
     let params = model.num_weights();

@@ -4,8 +4,8 @@ use super::{batchify, diverged, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, count, limit, non_negative, open_run, positive, progress, write,
-    write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, check, count, limit, non_negative, positive, progress, start_run, write,
+    write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -115,32 +115,6 @@ impl PtbSearchConfig {
             tar: self.tar,
             ar: self.ar,
         }
-    }
-
-    /// Check every value; the error names the flag.
-    pub fn validate(&self) -> Result<(), RunError> {
-        count("batch-size", self.batch_size)?;
-        count("eval-batch-size", self.eval_batch_size)?;
-        count("bptt", self.bptt)?;
-        let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
-        check(
-            self.max_steps_per_epoch != Some(0),
-            "max-steps",
-            no_steps,
-            0,
-        )?;
-        limit("limit-train-tokens", self.limit_train_tokens)?;
-        limit("limit-valid-tokens", self.limit_valid_tokens)?;
-        count("emsize", self.emsize)?;
-        count("nhid", self.nhid)?;
-        count("nodes", self.nodes)?;
-        positive("lr", self.lr)?;
-        non_negative("weight-decay", self.weight_decay)?;
-        non_negative("clip", self.clip)?;
-        non_negative("arch-lr", self.arch_lr)?;
-        non_negative("arch-weight-decay", self.arch_weight_decay)
     }
 
     /// The architect's configuration for this search, as the recurrent reference sets it up
@@ -395,6 +369,35 @@ fn print_epoch(rec: &PtbSearchEpoch) {
     );
 }
 
+impl RunConfig for PtbSearchConfig {
+    const KIND: &'static str = "ptb_search";
+    const MUTABLE: &'static [&'static str] = &["epochs"];
+    fn validate(&self) -> Result<(), RunError> {
+        count("batch-size", self.batch_size)?;
+        count("eval-batch-size", self.eval_batch_size)?;
+        count("bptt", self.bptt)?;
+        let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
+        check(
+            self.max_steps_per_epoch != Some(0),
+            "max-steps",
+            no_steps,
+            0,
+        )?;
+        limit("limit-train-tokens", self.limit_train_tokens)?;
+        limit("limit-valid-tokens", self.limit_valid_tokens)?;
+        count("emsize", self.emsize)?;
+        count("nhid", self.nhid)?;
+        count("nodes", self.nodes)?;
+        positive("lr", self.lr)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        non_negative("clip", self.clip)?;
+        non_negative("arch-lr", self.arch_lr)?;
+        non_negative("arch-weight-decay", self.arch_weight_decay)
+    }
+}
+
 /// Run (or resume) a recurrent cell search on `device`.
 pub fn run_ptb_search<B: AutodiffBackend>(
     config: &PtbSearchConfig,
@@ -402,16 +405,8 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<PtbSearchSummary, RunError> {
     let out = &opts.out;
-    if !opts.resume {
-        config.validate()?;
-    }
     let (cfg, mut history, ckpt, _lock) =
-        open_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts, "ptb_search", &["epochs"])?;
-    cfg.validate()?;
-    write(
-        &out.join("config.json"),
-        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
-    )?;
+        start_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts)?;
     let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
     let vocab = corpus.dictionary.len();
     let data = SearchStreams::new(&cfg, &corpus)?;

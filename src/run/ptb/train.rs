@@ -4,8 +4,8 @@ use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, count, limit, non_negative, open_run, positive, progress, write,
-    write_jsonl, RunError, RunOptions, SEED_LOCK,
+    append_timing, check, count, limit, non_negative, positive, progress, start_run, write,
+    write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
 };
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -72,37 +72,6 @@ pub struct PtbTrainConfig {
     pub nonmono: usize,
     /// Seed.
     pub seed: u64,
-}
-
-impl PtbTrainConfig {
-    /// Check every value (and the genotype); the error names the flag.
-    pub fn validate(&self) -> Result<(), RunError> {
-        self.genotype.validate().map_err(|e| RunError::Genotype {
-            source_name: self.genotype_source.clone(),
-            error: e.to_string(),
-        })?;
-        count("batch-size", self.batch_size)?;
-        count("eval-batch-size", self.eval_batch_size)?;
-        count("test-batch-size", self.test_batch_size)?;
-        count("bptt", self.bptt)?;
-        let no_epochs = "must be at least 1 (nothing would be trained)";
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
-        check(
-            self.max_steps_per_epoch != Some(0),
-            "max-steps",
-            no_steps,
-            0,
-        )?;
-        limit("limit-train-tokens", self.limit_train_tokens)?;
-        limit("limit-valid-tokens", self.limit_valid_tokens)?;
-        limit("limit-test-tokens", self.limit_test_tokens)?;
-        count("emsize", self.emsize)?;
-        count("nhid", self.nhid)?;
-        positive("lr", self.lr)?;
-        non_negative("weight-decay", self.weight_decay)?;
-        non_negative("clip", self.clip)
-    }
 }
 
 impl PtbTrainConfig {
@@ -420,6 +389,38 @@ fn lm_loss<B: Backend>(
     })
 }
 
+impl RunConfig for PtbTrainConfig {
+    const KIND: &'static str = "ptb_train";
+    const MUTABLE: &'static [&'static str] = &["epochs"];
+    fn validate(&self) -> Result<(), RunError> {
+        self.genotype.validate().map_err(|e| RunError::Genotype {
+            source_name: self.genotype_source.clone(),
+            error: e.to_string(),
+        })?;
+        count("batch-size", self.batch_size)?;
+        count("eval-batch-size", self.eval_batch_size)?;
+        count("test-batch-size", self.test_batch_size)?;
+        count("bptt", self.bptt)?;
+        let no_epochs = "must be at least 1 (nothing would be trained)";
+        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
+        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
+        check(
+            self.max_steps_per_epoch != Some(0),
+            "max-steps",
+            no_steps,
+            0,
+        )?;
+        limit("limit-train-tokens", self.limit_train_tokens)?;
+        limit("limit-valid-tokens", self.limit_valid_tokens)?;
+        limit("limit-test-tokens", self.limit_test_tokens)?;
+        count("emsize", self.emsize)?;
+        count("nhid", self.nhid)?;
+        positive("lr", self.lr)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        non_negative("clip", self.clip)
+    }
+}
+
 /// Train (or resume training) a recurrent genotype and report validation and test perplexity.
 pub fn run_ptb_train<B: AutodiffBackend>(
     config: &PtbTrainConfig,
@@ -427,16 +428,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<PtbTrainSummary, RunError> {
     let out = &opts.out;
-    if !opts.resume {
-        config.validate()?;
-    }
-    let (cfg, mut history, ckpt, _lock) =
-        open_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts, "ptb_train", &["epochs"])?;
-    cfg.validate()?;
-    write(
-        &out.join("config.json"),
-        &serde_json::to_string_pretty(&cfg).expect("serialisable"),
-    )?;
+    let (cfg, mut history, ckpt, _lock) = start_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts)?;
     let mut corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
     if let Some(n) = cfg.limit_test_tokens {
         corpus.test.ids.truncate(n);
