@@ -13,12 +13,20 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
-use darts::cifar::{run_search, RunOptions, SearchConfig};
+use darts::cifar::{run_search, RunOptions, SearchConfig, ValSampling};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use std::path::PathBuf;
 
 #[path = "support/cli.rs"]
 mod cli;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum ValSamplingArg {
+    /// A fresh random validation batch each step (the reference).
+    Redraw,
+    /// Shuffled passes over the validation split.
+    Cycle,
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Preset {
@@ -80,6 +88,10 @@ struct Args {
     /// stopping the search with an error.
     #[arg(long)]
     skip_non_finite_steps: bool,
+    /// How the architecture steps draw validation batches: redraw (a fresh random batch each
+    /// step, as the reference) or cycle (shuffled passes over the validation split).
+    #[arg(long, value_enum)]
+    val_sampling: Option<ValSamplingArg>,
     /// Use only the first N training images.
     #[arg(long)]
     limit_images: Option<usize>,
@@ -173,6 +185,12 @@ fn main() {
     }
     c.unrolled = a.unrolled;
     c.skip_non_finite_steps = a.skip_non_finite_steps;
+    if let Some(v) = a.val_sampling {
+        c.val_sampling = match v {
+            ValSamplingArg::Redraw => ValSampling::Redraw,
+            ValSamplingArg::Cycle => ValSampling::Cycle,
+        };
+    }
     let opts = RunOptions {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),

@@ -3,7 +3,7 @@
 //! ends with exactly the α of an uninterrupted run.
 
 use crate::common::B;
-use darts::cifar::{run_search, run_train, RunOptions, SearchConfig, TrainConfig};
+use darts::cifar::{run_search, run_train, RunOptions, SearchConfig, TrainConfig, ValSampling};
 use darts::genotype::{catalog, parse_conv_any, python};
 use std::path::{Path, PathBuf};
 
@@ -191,52 +191,71 @@ fn tiny_train_from_scratch_reports_accuracy_and_resumes() {
 /// kernels take their AVX2/AVX-512 paths); on a CPU without those the floating-point sums differ
 /// in the last bits, so there the values are compared to 1e-5 instead. When a change is meant
 /// to alter the numbers, print the new bits with `DARTS_PRINT_PIN=1` and update them here.
+///
+/// Both validation samplings are pinned: `Cycle` (the behaviour before the setting existed, so
+/// its bits are those pinned before the tidy-up) and `Redraw` (the reference's, the default).
 #[test]
 fn short_search_alpha_bits_are_pinned() {
     let Some(data) = crate::common::real_data("cifar-10-batches-bin") else {
         return;
     };
-    let out = tmp("pin");
-    let s = run_search::<B>(
-        &tiny_search(&data),
-        &RunOptions {
+    for (sampling, pinned) in [
+        (ValSampling::Cycle, PINNED),
+        (ValSampling::Redraw, PINNED_REDRAW),
+    ] {
+        let out = tmp(&format!("pin-{sampling:?}"));
+        let cfg = SearchConfig {
+            val_sampling: sampling,
+            ..tiny_search(&data)
+        };
+        let opts = RunOptions {
             out: out.clone(),
             ..Default::default()
-        },
-        &Default::default(),
-    )
-    .unwrap();
-    std::fs::remove_dir_all(&out).ok();
-    let bits: Vec<u32> = s.alphas.iter().map(|a| a.to_bits()).collect();
-    if std::env::var("DARTS_PRINT_PIN").is_ok() {
-        println!("PIN {bits:#010x?}");
-    }
-    assert_eq!(bits.len(), PINNED.len());
-    let same_cpu = cfg!(target_arch = "x86_64") && {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx2")
+        };
+        let s = run_search::<B>(&cfg, &opts, &Default::default()).unwrap();
+        std::fs::remove_dir_all(&out).ok();
+        let bits: Vec<u32> = s.alphas.iter().map(|a| a.to_bits()).collect();
+        if std::env::var("DARTS_PRINT_PIN").is_ok() {
+            println!("PIN {sampling:?} {bits:#010x?}");
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
-    if same_cpu {
-        assert_eq!(bits, PINNED, "the short search's α changed");
-    } else {
-        for (a, p) in s.alphas.iter().zip(PINNED) {
-            assert!(
-                (a - f32::from_bits(*p)).abs() < 1e-5,
-                "{a} vs {}",
-                f32::from_bits(*p)
-            );
+        assert_eq!(bits.len(), pinned.len());
+        if same_cpu_as_ci() {
+            assert_eq!(bits, pinned, "the short search's α changed ({sampling:?})");
+        } else {
+            for (a, p) in s.alphas.iter().zip(pinned) {
+                let p = f32::from_bits(*p);
+                assert!((a - p).abs() < 1e-5, "{sampling:?}: {a} vs {p}");
+            }
         }
     }
 }
 
-/// α (normal then reduce) after `tiny_search`, as f32 bits.
+fn same_cpu_as_ci() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// α (normal then reduce) after `tiny_search` with `ValSampling::Redraw`, as f32 bits.
+const PINNED_REDRAW: &[u32] = &[
+    0xbacbe8cd, 0x3b0a9be1, 0x3a9fbc8a, 0x3a8f1f54, 0x399e533a, 0xbac7686b, 0xba27da4d, 0x3acc6afc,
+    0x394e67e9, 0xb9ddede4, 0x3a487f0c, 0x39d6b155, 0xb6a7ee20, 0x3b1a245e, 0x39d74546, 0x3a83cf20,
+    0x39ed02ca, 0xbb0d3e92, 0xbb742165, 0xbad14968, 0x3a4e7fcb, 0x3aca00ae, 0x3b141fa5, 0x3b1b16de,
+    0xba6a1c84, 0x3ac2d508, 0x3b1faa00, 0x3b20627b, 0x3931fc49, 0x3b06a827, 0xbb685a59, 0xba80b650,
+    0x38f630f7, 0xba89079c, 0xba86c819, 0x3abe6df4, 0x391b45ee, 0x3ad54b40, 0xba068204, 0x3a80ffdb,
+    0xba4e8d07, 0xba78b6aa, 0x3abad2a8, 0xba188352, 0xba625617, 0x3af79934, 0x39a61a6e, 0x38119ff2,
+    0x3b0b79d4, 0xbad1625e, 0x3903093c, 0x3b1618c5, 0xb9cc3525, 0xbaa2d8af, 0x3a247731, 0x3aa36ac7,
+    0x3a8248d2, 0x38e46072, 0x3ac99618, 0xba8eeb94, 0x3a58deca, 0xb9f52b1c, 0x39da404b, 0x394ea47e,
+    0xb72b1fa0, 0xb973d996, 0xba71ad52, 0xb988ecce, 0x3a0c07d9, 0xb9952482, 0xba540ed8, 0x3aaca7d3,
+    0x3a0f88ff, 0xb943cce4, 0xba5626a5, 0x39cdfdf8, 0x3b01e6cf, 0xba4380bb, 0xba852668, 0x3b40875c,
+];
+
 const PINNED: &[u32] = &[
     0xba404bf2, 0x3aaa6e4f, 0x38e0df72, 0x38f7f5b3, 0x3a2cc237, 0xba7057df, 0x3a46e90a, 0x3af7f5da,
     0xba1ff412, 0x3a3fbada, 0x3ab7ef42, 0xb739d8d8, 0x3a5f541e, 0x3b196459, 0xba1c45f1, 0x3a56ca2c,
@@ -249,3 +268,15 @@ const PINNED: &[u32] = &[
     0xb9d24e0e, 0x39aab15e, 0xba3db8c6, 0xba577e40, 0x39c83b42, 0x3b3cae72, 0xba47c457, 0xba72d5b0,
     0xbafebd3a, 0x3ae9c2d0, 0xb9cfb1a0, 0xba8331de, 0x3b152f9e, 0xba20e511, 0xb9035585, 0x3ababf2a,
 ];
+
+/// A configuration stored before the validation-sampling setting existed (a checkpoint of an
+/// earlier version) resumes with the sampling it ran with; a new one gets the reference's.
+#[test]
+fn val_sampling_defaults_to_the_reference_and_old_configurations_keep_theirs() {
+    assert_eq!(SearchConfig::default().val_sampling, ValSampling::Redraw);
+    let mut v = serde_json::to_value(SearchConfig::default()).unwrap();
+    assert_eq!(v["val_sampling"], "redraw");
+    v.as_object_mut().unwrap().remove("val_sampling");
+    let old: SearchConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(old.val_sampling, ValSampling::Cycle);
+}

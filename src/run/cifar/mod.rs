@@ -23,7 +23,7 @@ pub use super::{RunError, RunOptions};
 
 /// Why a network needs at least 3 cells.
 const LAYERS_RULE: &str = "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)";
-pub use search::{run_search, SearchConfig, SearchEpoch, SearchSummary};
+pub use search::{run_search, SearchConfig, SearchEpoch, SearchSummary, ValSampling};
 pub use train::{run_train, TrainConfig, TrainEpoch, TrainSummary};
 
 pub(super) fn load_train(data: &Path, limit: Option<usize>) -> Result<Arc<Cifar10>, RunError> {

@@ -13,7 +13,7 @@ use darts_bilevel::params::values;
 use darts_bilevel::{
     ArchitectConfig, Bilevel, CosineLr, NonFinitePolicy, Order, SearchEvent, WeightConfig,
 };
-use darts_cell::SearchNetworkConfig;
+use darts_cell::{ImageBatch, SearchNetworkConfig};
 use darts_data::cifar::{search_split, Augment, Loader};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, Genotype};
@@ -63,6 +63,31 @@ pub struct SearchConfig {
     /// run with an error).
     #[serde(default)]
     pub skip_non_finite_steps: bool,
+    /// How the architecture steps draw their validation batches. [`ValSampling::Redraw`] (the
+    /// reference's behaviour) is the default; configurations stored before this setting existed
+    /// read as [`ValSampling::Cycle`], the behaviour they ran with.
+    #[serde(default = "ValSampling::before_setting")]
+    pub val_sampling: ValSampling,
+}
+
+/// How the architecture steps of a search draw their validation batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValSampling {
+    /// Every step draws a fresh random batch of the validation split, independently of the
+    /// others (the reference's `next(iter(valid_queue))` on a `SubsetRandomSampler`: the first
+    /// batch of a new random permutation each step). Seeded by (seed, epoch, step).
+    #[default]
+    Redraw,
+    /// The steps walk through shuffled passes of the validation split, each image once per pass
+    /// (this library's behaviour before the setting existed).
+    Cycle,
+}
+
+impl ValSampling {
+    fn before_setting() -> Self {
+        ValSampling::Cycle
+    }
 }
 
 impl Default for SearchConfig {
@@ -86,6 +111,7 @@ impl Default for SearchConfig {
             grad_clip: 5.0,
             seed: 2,
             skip_non_finite_steps: false,
+            val_sampling: ValSampling::Redraw,
         }
     }
 }
@@ -312,10 +338,21 @@ fn search_epoch<B: AutodiffBackend>(
         .train
         .epoch(epoch, 0)
         .map(|h| to_batch::<B>(&h, device));
-    // The validation stream cycles through reshuffled passes of the val split.
-    let mut val_stream = (0..)
-        .flat_map(|k| loaders.val.epoch(epoch * 1000 + k, 0))
-        .map(|h| to_batch::<B>(&h, device));
+    let val = &loaders.val;
+    let mut val_stream: Box<dyn Iterator<Item = ImageBatch<B>>> = match cfg.val_sampling {
+        // The first batch of a fresh permutation each step. The key keeps the draws of
+        // different (epoch, step) pairs apart from each other and from the cycling passes.
+        ValSampling::Redraw => Box::new((0..).map(move |step: usize| {
+            let key = (1 << 40) + epoch * (1 << 20) + step;
+            to_batch::<B>(&val.batch(key, 0, &val.order(key)), device)
+        })),
+        // Reshuffled passes of the val split, one after the other.
+        ValSampling::Cycle => Box::new(
+            (0..)
+                .flat_map(move |k| val.epoch(epoch * 1000 + k, 0))
+                .map(|h| to_batch::<B>(&h, device)),
+        ),
+    };
     let stats = search.run_epoch(epoch, train_batches, &mut val_stream, |ev| {
         let SearchEvent::Step { stats, .. } = ev;
         pb.inc(1);
