@@ -127,7 +127,7 @@ fn main() {
         cpu::pool_backward(&xs, &xs, &g3, Pooling::AvgExcludePad).len()
     });
     for p in Primitive::DARTS {
-        let op = p.build::<B>(c, 1, false, true, &dev);
+        let op = p.build::<B>(c, 1, darts::ops::OpOptions::SEARCH, &dev);
         time(p.name(), || op.forward(x.clone()));
     }
 }

@@ -11,7 +11,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor, TensorData};
-use darts::ops::cnn::{DilConv, SepConv};
+use darts::ops::cnn::{ConvSpec, DilConv, SepConv};
 use darts::ops::conv::Conv2dConfig;
 use darts::ops::{BatchNorm2d, Conv2d, Linear};
 
@@ -29,8 +29,8 @@ impl<B: Backend> Tiny<B> {
         Self {
             stem: Conv2dConfig::new(3, 8, 3, 1, 1).init(device),
             bn: BatchNorm2d::new(8, true, device),
-            sep: SepConv::new(8, 8, 3, 2, 1, true, device),
-            dil: DilConv::new(8, 8, 5, 1, 4, 2, false, device),
+            sep: SepConv::new(ConvSpec::new(8, 3).stride(2).padding(1), true, device),
+            dil: DilConv::new(ConvSpec::new(8, 5).padding(4).dilation(2), false, device),
             fc: Linear::new(8, 5, device),
         }
     }

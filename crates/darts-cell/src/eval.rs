@@ -4,6 +4,7 @@
 use crate::batch::{correct, cross_entropy, ImageBatch};
 use crate::search::Preprocess;
 use crate::CellError;
+use crate::CellShape;
 use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
@@ -51,18 +52,20 @@ pub struct EvalCell<B: Backend, O: Module<B> = DartsOp<B>> {
 
 impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
     /// Build from a cell's genes, each op built by `space` from its name.
-    #[allow(clippy::too_many_arguments)]
     pub fn new<S: OpSet<B, 4, Op = O>>(
         space: &S,
         genes: &[Gene],
         concat: &[usize],
-        c_prev_prev: usize,
-        c_prev: usize,
-        c: usize,
-        reduction: bool,
-        reduction_prev: bool,
+        shape: CellShape,
         device: &B::Device,
     ) -> Result<Self, CellError> {
+        let CellShape {
+            c_prev_prev,
+            c_prev,
+            c,
+            reduction,
+            reduction_prev,
+        } = shape;
         let names = space.names();
         let mut ops = Vec::with_capacity(genes.len());
         for g in genes {
@@ -231,11 +234,13 @@ impl EvalNetworkConfig {
                 space,
                 genes,
                 concat,
-                c_pp,
-                c_p,
-                c_cur,
-                reduction,
-                reduction_prev,
+                CellShape {
+                    c_prev_prev: c_pp,
+                    c_prev: c_p,
+                    c: c_cur,
+                    reduction,
+                    reduction_prev,
+                },
                 device,
             )?;
             reduction_prev = reduction;

@@ -19,6 +19,22 @@ pub use eval::{EvalNetwork, EvalNetworkConfig};
 pub use rnn::{RnnConfig, RnnEvalModel, RnnSearchModel, TokenBatch};
 pub use search::{SearchNetwork, SearchNetworkConfig};
 
+/// Where a cell sits in its network: the channels of its two inputs and its own, and whether it
+/// and the cell before it reduce the resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CellShape {
+    /// Channels of the output of the cell two back (`s0`).
+    pub c_prev_prev: usize,
+    /// Channels of the output of the previous cell (`s1`).
+    pub c_prev: usize,
+    /// Channels of each node of this cell.
+    pub c: usize,
+    /// Whether this cell halves the resolution (its input edges have stride 2).
+    pub reduction: bool,
+    /// Whether the previous cell did (then `s0` is factorized-reduced to match).
+    pub reduction_prev: bool,
+}
+
 /// Errors building networks.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {

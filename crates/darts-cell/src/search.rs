@@ -60,6 +60,7 @@
 //! ```
 
 use crate::batch::{correct, cross_entropy, ImageBatch};
+use crate::CellShape;
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
@@ -90,7 +91,7 @@ impl<B: Backend> Preprocess<B> {
         }
     }
 
-    /// Apply.
+    /// The preprocessed input: factorized reduction or ReLU-conv-BN, as built.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
             Preprocess::Reduce(f) => f.forward(x),
@@ -119,18 +120,20 @@ pub struct SearchCell<B: Backend, O: Module<B>> {
 
 impl<B: Backend, O: CandidateOp<B, 4>> SearchCell<B, O> {
     /// Build a cell.
-    #[allow(clippy::too_many_arguments)]
     pub fn new<S: OpSet<B, 4, Op = O>>(
         space: &S,
         steps: usize,
         multiplier: usize,
-        c_prev_prev: usize,
-        c_prev: usize,
-        c: usize,
-        reduction: bool,
-        reduction_prev: bool,
+        shape: CellShape,
         device: &B::Device,
     ) -> Self {
+        let CellShape {
+            c_prev_prev,
+            c_prev,
+            c,
+            reduction,
+            reduction_prev,
+        } = shape;
         let mut edges = Vec::new();
         for i in 0..steps {
             for j in 0..2 + i {
@@ -237,11 +240,13 @@ impl SearchNetworkConfig {
                 space,
                 self.steps,
                 self.multiplier,
-                c_pp,
-                c_p,
-                c_cur,
-                reduction,
-                reduction_prev,
+                CellShape {
+                    c_prev_prev: c_pp,
+                    c_prev: c_p,
+                    c: c_cur,
+                    reduction,
+                    reduction_prev,
+                },
                 device,
             ));
             reduction_prev = reduction;

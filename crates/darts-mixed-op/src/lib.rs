@@ -51,7 +51,7 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{backend::Backend, Tensor};
-use darts_ops::{DartsOp, Primitive, RnnOp, RnnPrimitive};
+use darts_ops::{DartsOp, OpOptions, Primitive, RnnOp, RnnPrimitive};
 use std::fmt::Debug;
 
 /// One candidate operation of a search space.
@@ -303,13 +303,11 @@ impl<B: Backend> OpSet<B, 4> for DartsSpace {
     }
 
     fn build(&self, index: usize, edge: &EdgeSpec, device: &B::Device) -> DartsOp<B> {
-        self.primitives[index].build(
-            edge.channels,
-            edge.stride,
-            self.affine,
-            self.bn_after_pool,
-            device,
-        )
+        let opts = OpOptions {
+            affine: self.affine,
+            bn_after_pool: self.bn_after_pool,
+        };
+        self.primitives[index].build(edge.channels, edge.stride, opts, device)
     }
 }
 

@@ -44,9 +44,60 @@ impl<B: Backend> ReLUConvBN<B> {
         }
     }
 
-    /// Apply.
+    /// `BN(conv(ReLU(x)))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.bn.forward(self.conv.forward(relu(x)))
+    }
+}
+
+/// The geometry of a convolution block: channels in and out, kernel side, stride, padding and
+/// dilation (the arguments of PyTorch's `nn.Conv2d` that the DARTS ops vary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Dilation.
+    pub dilation: usize,
+}
+
+impl ConvSpec {
+    /// A `kernel × kernel` convolution on `c` channels (in = out), stride 1, no padding or
+    /// dilation.
+    pub fn new(c: usize, kernel: usize) -> Self {
+        Self {
+            c_in: c,
+            c_out: c,
+            kernel,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        }
+    }
+
+    /// With stride `s`.
+    pub fn stride(self, s: usize) -> Self {
+        Self { stride: s, ..self }
+    }
+
+    /// With padding `p`.
+    pub fn padding(self, p: usize) -> Self {
+        Self { padding: p, ..self }
+    }
+
+    /// With dilation `d`.
+    pub fn dilation(self, d: usize) -> Self {
+        Self {
+            dilation: d,
+            ..self
+        }
     }
 }
 
@@ -62,20 +113,18 @@ pub struct DilConv<B: Backend> {
 }
 
 impl<B: Backend> DilConv<B> {
-    /// A new block.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-        dilation: usize,
-        affine: bool,
-        device: &B::Device,
-    ) -> Self {
+    /// A new block of the geometry `spec` (its `c_in` groups in the depthwise convolution).
+    pub fn new(spec: ConvSpec, affine: bool, device: &B::Device) -> Self {
+        let ConvSpec {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            dilation,
+        } = spec;
         Self {
-            depthwise: Conv2dConfig::new(c_in, c_in, k, stride, padding)
+            depthwise: Conv2dConfig::new(c_in, c_in, kernel, stride, padding)
                 .dilation(dilation)
                 .groups(c_in)
                 .init(device),
@@ -84,7 +133,7 @@ impl<B: Backend> DilConv<B> {
         }
     }
 
-    /// Apply.
+    /// `BN(pointwise(depthwise(ReLU(x))))`, the depthwise convolution dilated and strided.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = self.depthwise.forward(relu(x));
         self.bn.forward(self.pointwise.forward(x))
@@ -101,23 +150,27 @@ pub struct SepConv<B: Backend> {
 }
 
 impl<B: Backend> SepConv<B> {
-    /// A new op.
-    pub fn new(
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-        affine: bool,
-        device: &B::Device,
-    ) -> Self {
+    /// A new op of the geometry `spec` (its dilation is not used: both halves have none; only
+    /// the first is strided).
+    pub fn new(spec: ConvSpec, affine: bool, device: &B::Device) -> Self {
+        let first = ConvSpec {
+            c_out: spec.c_in,
+            dilation: 1,
+            ..spec
+        };
+        let second = ConvSpec {
+            c_in: spec.c_in,
+            stride: 1,
+            dilation: 1,
+            ..spec
+        };
         Self {
-            first: DilConv::new(c_in, c_in, k, stride, padding, 1, affine, device),
-            second: DilConv::new(c_in, c_out, k, 1, padding, 1, affine, device),
+            first: DilConv::new(first, affine, device),
+            second: DilConv::new(second, affine, device),
         }
     }
 
-    /// Apply.
+    /// Two `DilConv`-shaped halves without dilation, the first strided: `half₂(half₁(x))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.second.forward(self.first.forward(x))
     }
@@ -149,7 +202,7 @@ impl<B: Backend> FactorizedReduce<B> {
         }
     }
 
-    /// Apply.
+    /// `BN(concat(conv₁(ReLU(x)), conv₂(ReLU(x)[:, :, 1:, 1:])))`: halves the resolution.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = relu(x);
         let [n, c, h, w] = x.dims();
@@ -189,20 +242,33 @@ impl<B: Backend> Conv7x1x1x7<B> {
         }
     }
 
-    /// Apply.
+    /// `BN(conv₇ₓ₁(conv₁ₓ₇(ReLU(x))))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.bn
             .forward(self.conv_7x1.forward(self.conv_1x7.forward(relu(x))))
     }
 }
 
-/// Pooling kind.
+/// How [`Primitive::build`] sets up an op's BatchNorms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PoolKind {
-    /// Max pooling (padding counts as −∞).
-    Max,
-    /// Average pooling excluding padding (`count_include_pad = False`).
-    Avg,
+pub struct OpOptions {
+    /// BN with affine parameters (false in the search supernet, true in derived networks).
+    pub affine: bool,
+    /// A non-affine BN after each pooling op (the search supernet has one).
+    pub bn_after_pool: bool,
+}
+
+impl OpOptions {
+    /// The search supernet's ops: BN without affine parameters, a BN after pools.
+    pub const SEARCH: OpOptions = OpOptions {
+        affine: false,
+        bn_after_pool: true,
+    };
+    /// A derived network's ops: affine BN, pools without BN.
+    pub const DERIVED: OpOptions = OpOptions {
+        affine: true,
+        bn_after_pool: false,
+    };
 }
 
 /// 3×3 pooling with padding 1, optionally followed by a BN (the search supernet adds a
@@ -218,7 +284,7 @@ pub struct Pool<B: Backend> {
 }
 
 impl<B: Backend> Pool<B> {
-    /// Apply.
+    /// 3×3 max or average pooling (padding 1), then the BN when there is one.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let kind = if self.max {
             Pooling::Max
@@ -241,7 +307,7 @@ pub struct Zero {
 }
 
 impl Zero {
-    /// Apply.
+    /// Zeros of the output's shape (strided when the op reduces), in `x`'s dtype and device.
     pub fn forward<B: Backend>(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let s = self.stride;
@@ -278,7 +344,7 @@ pub enum DartsOp<B: Backend> {
 }
 
 impl<B: Backend> DartsOp<B> {
-    /// Apply.
+    /// The op's output for `x`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
             DartsOp::Zero(z) => z.forward(x),
@@ -373,18 +439,20 @@ impl Primitive {
             })
     }
 
-    /// Build the op on `c` channels (in = out) with the given stride.
-    ///
-    /// `affine`: BN affine parameters (false in search, true in derived networks);
-    /// `bn_after_pool`: add a non-affine BN after pools (the search supernet does).
+    /// Build the op on `c` channels (in = out) with the given stride, BatchNorms as `opts` says
+    /// ([`OpOptions::SEARCH`] in the supernet, [`OpOptions::DERIVED`] in derived networks).
     pub fn build<B: Backend>(
         self,
         c: usize,
         stride: usize,
-        affine: bool,
-        bn_after_pool: bool,
+        opts: OpOptions,
         device: &B::Device,
     ) -> DartsOp<B> {
+        let OpOptions {
+            affine,
+            bn_after_pool,
+        } = opts;
+        let sep = |k: usize, padding: usize| ConvSpec::new(c, k).stride(stride).padding(padding);
         let pool = |max: bool| {
             DartsOp::Pool(Pool {
                 max,
@@ -400,20 +468,14 @@ impl Primitive {
             Primitive::SkipConnect => {
                 DartsOp::FactorizedReduce(FactorizedReduce::new(c, c, affine, device))
             }
-            Primitive::SepConv3x3 => {
-                DartsOp::SepConv(SepConv::new(c, c, 3, stride, 1, affine, device))
-            }
-            Primitive::SepConv5x5 => {
-                DartsOp::SepConv(SepConv::new(c, c, 5, stride, 2, affine, device))
-            }
-            Primitive::SepConv7x7 => {
-                DartsOp::SepConv(SepConv::new(c, c, 7, stride, 3, affine, device))
-            }
+            Primitive::SepConv3x3 => DartsOp::SepConv(SepConv::new(sep(3, 1), affine, device)),
+            Primitive::SepConv5x5 => DartsOp::SepConv(SepConv::new(sep(5, 2), affine, device)),
+            Primitive::SepConv7x7 => DartsOp::SepConv(SepConv::new(sep(7, 3), affine, device)),
             Primitive::DilConv3x3 => {
-                DartsOp::DilConv(DilConv::new(c, c, 3, stride, 2, 2, affine, device))
+                DartsOp::DilConv(DilConv::new(sep(3, 2).dilation(2), affine, device))
             }
             Primitive::DilConv5x5 => {
-                DartsOp::DilConv(DilConv::new(c, c, 5, stride, 4, 2, affine, device))
+                DartsOp::DilConv(DilConv::new(sep(5, 4).dilation(2), affine, device))
             }
             Primitive::Conv7x1x1x7 => {
                 DartsOp::Conv7x1x1x7(Conv7x1x1x7::new(c, stride, affine, device))
@@ -450,7 +512,7 @@ mod tests {
                     if p == Primitive::SkipConnect && stride == 2 && h % 2 == 1 {
                         continue; // FactorizedReduce needs an even size (as in the reference)
                     }
-                    let op = p.build::<B>(4, stride, false, true, &dev);
+                    let op = p.build::<B>(4, stride, OpOptions::SEARCH, &dev);
                     let y = op.forward(x.clone());
                     let expect = [2, 4, h.div_ceil(stride), w.div_ceil(stride)];
                     assert_eq!(y.dims(), expect, "{} stride {stride} on {h}x{w}", p.name());
@@ -464,7 +526,18 @@ mod tests {
         let dev = Default::default();
         let c = 16;
         let count = |p: Primitive, affine| {
-            crate::trainable_params(&p.build::<Flex>(c, 1, affine, false, &dev), &[])
+            crate::trainable_params(
+                &p.build::<Flex>(
+                    c,
+                    1,
+                    OpOptions {
+                        affine,
+                        bn_after_pool: false,
+                    },
+                    &dev,
+                ),
+                &[],
+            )
         };
         // sep_conv_k: 2 * (C*k*k + C*C) (+ 2 * 2C affine)
         assert_eq!(count(Primitive::SepConv3x3, false), 2 * (c * 9 + c * c));
@@ -475,7 +548,7 @@ mod tests {
         assert_eq!(count(Primitive::DilConv5x5, false), c * 25 + c * c);
         assert_eq!(count(Primitive::Conv7x1x1x7, true), 2 * 7 * c * c + 2 * c);
         assert_eq!(count(Primitive::MaxPool3x3, true), 0);
-        let fr = Primitive::SkipConnect.build::<Flex>(c, 2, true, false, &dev);
+        let fr = Primitive::SkipConnect.build::<Flex>(c, 2, OpOptions::DERIVED, &dev);
         assert_eq!(crate::trainable_params(&fr, &[]), c * c + 2 * c);
     }
 
@@ -486,16 +559,40 @@ mod tests {
             [[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]]],
             &dev,
         );
-        let avg = Primitive::AvgPool3x3.build::<Flex>(1, 1, false, false, &dev);
+        let avg = Primitive::AvgPool3x3.build::<Flex>(
+            1,
+            1,
+            OpOptions {
+                affine: false,
+                bn_after_pool: false,
+            },
+            &dev,
+        );
         let y: Vec<f32> = avg.forward(x.clone()).into_data().to_vec().unwrap();
         // Corner: mean of 1,2,4,5 (padding excluded) = 3.
         assert!((y[0] - 3.0).abs() < 1e-6);
         assert!((y[4] - 5.0).abs() < 1e-6);
-        let max = Primitive::MaxPool3x3.build::<Flex>(1, 2, false, false, &dev);
+        let max = Primitive::MaxPool3x3.build::<Flex>(
+            1,
+            2,
+            OpOptions {
+                affine: false,
+                bn_after_pool: false,
+            },
+            &dev,
+        );
         let y: Vec<f32> = max.forward(x.clone() * -1.0).into_data().to_vec().unwrap();
         // Padding never wins a max: windows centred on (0,0), (0,2), (2,0), (2,2).
         assert_eq!(y, vec![-1.0, -2.0, -4.0, -5.0]);
-        let z = Primitive::None.build::<Flex>(1, 2, false, false, &dev);
+        let z = Primitive::None.build::<Flex>(
+            1,
+            2,
+            OpOptions {
+                affine: false,
+                bn_after_pool: false,
+            },
+            &dev,
+        );
         assert_eq!(z.forward(x).dims(), [1, 1, 2, 2]);
     }
 }

@@ -23,7 +23,7 @@ pub mod kernels;
 pub mod rnn;
 
 pub use bn::{record_bn_updates, BatchNorm2d, BnUpdates};
-pub use cnn::{DartsOp, Primitive};
+pub use cnn::{ConvSpec, DartsOp, OpOptions, Primitive};
 pub use conv::{Conv2d, Linear};
 pub use count::trainable_params;
 pub use rnn::{RnnOp, RnnPrimitive};
@@ -39,9 +39,6 @@ pub enum OpError {
         /// Comma-separated list of known names.
         known: String,
     },
-    /// An invalid channel count or stride.
-    #[error("invalid configuration: {0}")]
-    Config(String),
 }
 
 /// A tensor's values on the host as `f32`, whatever its element type (reads the device).

@@ -125,19 +125,29 @@ fn train_loaders(cfg: &TrainConfig) -> Result<(Loader, Loader), RunError> {
     Ok((train, test_loader))
 }
 
+/// What a training epoch runs with.
+struct EpochPlan {
+    epoch: usize,
+    lr: f64,
+    drop_prob: f64,
+    show: bool,
+}
+
 /// The training pass of one epoch: a weight step per batch (an error if one diverges). Returns
 /// the model and (mean loss, accuracy).
-#[allow(clippy::too_many_arguments)]
 fn train_pass<B: AutodiffBackend>(
     mut model: EvalNetwork<B>,
     sgd: &mut Sgd<B::InnerBackend>,
-    train: &Loader,
-    cfg: &TrainConfig,
-    epoch: usize,
-    (lr, drop_prob): (f64, f64),
-    show: bool,
+    (train, cfg): (&Loader, &TrainConfig),
+    plan: &EpochPlan,
     device: &B::Device,
 ) -> Result<(EvalNetwork<B>, f64, f64), RunError> {
+    let EpochPlan {
+        epoch,
+        lr,
+        drop_prob,
+        show,
+    } = *plan;
     let pb = progress(
         train.batches_per_epoch(),
         format!("epoch {}/{}", epoch + 1, cfg.epochs),
@@ -314,16 +324,14 @@ pub fn run_train<B: AutodiffBackend>(
         let t0 = Instant::now();
         let lr = schedule.at(epoch);
         let dp = cfg.drop_path_prob * epoch as f64 / cfg.epochs as f64;
-        let (next, train_loss, train_acc) = train_pass(
-            model,
-            &mut sgd,
-            &train,
-            &cfg,
+        let plan = EpochPlan {
             epoch,
-            (lr, dp),
-            opts.progress,
-            device,
-        )?;
+            lr,
+            drop_prob: dp,
+            show: opts.progress,
+        };
+        let (next, train_loss, train_acc) =
+            train_pass(model, &mut sgd, (&train, &cfg), &plan, device)?;
         model = next;
         let inner = model.valid();
         let (test_loss, test_acc) = evaluate::<B::InnerBackend, _>(&test_loader, device, |x| {
