@@ -93,6 +93,17 @@ impl Checkpoint {
         self.tensors.iter().find(|t| t.0 == name)
     }
 
+    /// Tensors whose names start with `prefix`, in order, as (rest of the name, shape, values).
+    pub fn entries<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])> + 'a {
+        self.tensors.iter().filter_map(move |(name, shape, v)| {
+            name.strip_prefix(prefix)
+                .map(|rest| (rest, shape.as_slice(), v.as_slice()))
+        })
+    }
+
     /// Tensors whose names start with `prefix`, in order.
     pub fn with_prefix<'a>(
         &'a self,
@@ -346,9 +357,8 @@ pub fn load_model_sgd<B: AutodiffBackend, M: Module<B>>(
     let ids: Vec<ParamId> = darts_bilevel::params::all_ids(&model);
     let device = model.devices().into_iter().next().expect("a device");
     sgd.buffers.clear();
-    for (name, _, v) in ckpt.with_prefix("sgd/") {
-        sgd.buffers
-            .insert(id_at(&ids, &name[4..])?, to_tensor(v, &device));
+    for (pos, _, v) in ckpt.entries("sgd/") {
+        sgd.buffers.insert(id_at(&ids, pos)?, to_tensor(v, &device));
     }
     Ok((model, ids))
 }
@@ -379,32 +389,19 @@ pub fn load_bilevel<B: AutodiffBackend, M: ArchModel<B>>(
     ckpt: &Checkpoint,
     s: &mut Bilevel<B, M>,
 ) -> Result<(), CheckpointError> {
-    let model: Vec<(Vec<usize>, Vec<f32>)> = ckpt
-        .with_prefix("model/")
-        .map(|t| (t.1.clone(), t.2.clone()))
-        .collect();
-    s.model = load_module_tensors(s.model.clone(), &model)?;
-    let ids: Vec<ParamId> = darts_bilevel::params::all_ids(&s.model);
+    let (model, ids) = load_model_sgd(ckpt, s.model.clone(), &mut s.w_opt)?;
+    s.model = model;
     let device = s.model.devices().into_iter().next().expect("a device");
-    s.w_opt.buffers.clear();
-    for (name, _, v) in ckpt.with_prefix("sgd/") {
-        s.w_opt
-            .buffers
-            .insert(id_at(&ids, &name[4..])?, to_tensor(v, &device));
-    }
     s.architect.adam.state.clear();
-    for (name, _, m) in ckpt.with_prefix("adam_m/") {
-        let mut parts = name[7..].split('/');
-        let idx = parts.next().unwrap_or_default();
-        let t: u64 = parts
-            .next()
-            .and_then(|x| x.parse().ok())
-            .ok_or_else(|| CheckpointError::Mismatch(format!("bad adam entry `{name}`")))?;
+    for (rest, _, m) in ckpt.entries("adam_m/") {
+        let bad = || CheckpointError::Mismatch(format!("bad adam entry `adam_m/{rest}`"));
+        let (pos, t) = rest.split_once('/').ok_or_else(bad)?;
+        let t: u64 = t.parse().map_err(|_| bad())?;
         let v = ckpt
-            .get(&format!("adam_v/{idx}"))
-            .ok_or_else(|| CheckpointError::Mismatch(format!("missing adam_v/{idx}")))?;
+            .get(&format!("adam_v/{pos}"))
+            .ok_or_else(|| CheckpointError::Mismatch(format!("missing adam_v/{pos}")))?;
         s.architect.adam.state.insert(
-            id_at(&ids, idx)?,
+            id_at(&ids, pos)?,
             (t, to_tensor(m, &device), to_tensor(&v.2, &device)),
         );
     }
