@@ -151,7 +151,15 @@ pub(crate) fn below_one(flag: &str, x: f64) -> Result<(), RunError> {
 
 /// Seeding a backend sets a process-wide generator (on CPU), so seeding and initialising happen
 /// under this lock: runs in parallel threads of one process cannot interleave their draws.
-pub(crate) static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The lock the drivers hold while they seed the backend and initialise a network. Burn's
+/// random tensors draw from one generator per process, so code that seeds it (or draws from it)
+/// in threads next to a run should hold this lock too, or the draws interleave and neither side
+/// is reproducible.
+pub fn seed_lock() -> std::sync::MutexGuard<'static, ()> {
+    SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Options of a run that are not part of its configuration.
 #[derive(Clone, Debug, Default)]

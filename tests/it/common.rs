@@ -11,13 +11,11 @@ use darts::cell::ImageBatch;
 pub type B = Autodiff<Flex>;
 pub type Inner = Flex;
 
-static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Run `f` with the (process-wide) backend generator seeded, holding a lock so that tests
 /// running in parallel threads cannot interleave their draws: every test sees the same numbers
 /// on every run.
 pub fn seeded<T>(seed: u64, f: impl FnOnce() -> T) -> T {
-    let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = darts::run::seed_lock();
     <B as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
     f()
 }

@@ -607,8 +607,10 @@ fn genotype_parsers_survive_thousands_of_mutated_inputs() {
 
 // ---------------------------------------------------------------- 6, 10: kills and resume
 
-/// The child of `killed_runs_resume_to_the_same_directory`: a search into `DARTS_CHILD_OUT`,
-/// which `DARTS_FAILPOINT` aborts at a chosen point. Not a test of its own.
+/// The child of `killed_runs_resume_to_the_same_directory`: a search into `DARTS_CHILD_OUT`
+/// (`DARTS_CHILD_MODE`: `new`, `resume` or `overwrite`), which `DARTS_FAILPOINT` may abort at a
+/// chosen point. Not a test of its own. Every run of the kill test happens in a child process
+/// of its own, so no other test's threads share its random generator.
 #[test]
 #[ignore = "run as a child process by killed_runs_resume_to_the_same_directory"]
 fn child_search_run() {
@@ -618,12 +620,37 @@ fn child_search_run() {
     ) else {
         return;
     };
-    run_search::<B>(
-        &tiny_search(&data, 2),
-        &opts(Path::new(&out)),
-        &Default::default(),
-    )
-    .unwrap();
+    let out = Path::new(&out);
+    let o = match std::env::var("DARTS_CHILD_MODE").as_deref() {
+        Ok("resume") => resume(out, &[]),
+        Ok("overwrite") => RunOptions {
+            overwrite: true,
+            ..opts(out)
+        },
+        _ => opts(out),
+    };
+    run_search::<B>(&tiny_search(&data, 2), &o, &Default::default()).unwrap();
+}
+
+/// Run `child_search_run` in a child process; whether it exited successfully.
+fn child(out: &Path, mode: &str, failpoint: Option<&str>) -> bool {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "robustness::child_search_run",
+        "--test-threads",
+        "1",
+    ])
+    .env("DARTS_CHILD_OUT", out)
+    .env("DARTS_CHILD_MODE", mode)
+    .env_remove("DARTS_FAILPOINT")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    if let Some(p) = failpoint {
+        cmd.env("DARTS_FAILPOINT", p);
+    }
+    cmd.status().unwrap().success()
 }
 
 /// Every file of a run directory except the timing log and the lock, by relative path.
@@ -652,15 +679,16 @@ fn run_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 /// metrics (floats included), per-epoch genotypes, plots, final genotype.
 #[test]
 fn killed_runs_resume_to_the_same_directory() {
-    let Some(data) = crate::common::real_data("cifar-10-batches-bin") else {
+    if crate::common::real_data("cifar-10-batches-bin").is_none() {
         return;
-    };
-    let cfg = tiny_search(&data, 2);
+    }
     let reference = tmp("kill-ref");
-    run_search::<B>(&cfg, &opts(&reference), &Default::default()).unwrap();
+    assert!(
+        child(&reference, "new", None),
+        "the uninterrupted run failed"
+    );
     let want = run_files(&reference);
     assert!(want.contains_key("genotypes/epoch_001.json") && want.contains_key("genotype.json"));
-    let exe = std::env::current_exe().unwrap();
     for point in [
         "epoch_outputs_written:1",
         "checkpoint_before_rename:1",
@@ -670,31 +698,17 @@ fn killed_runs_resume_to_the_same_directory() {
         "checkpoint_committed:2",
     ] {
         let out = tmp(&format!("kill-{}", point.replace(':', "-")));
-        let status = std::process::Command::new(&exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "robustness::child_search_run",
-                "--test-threads",
-                "1",
-            ])
-            .env("DARTS_FAILPOINT", point)
-            .env("DARTS_CHILD_OUT", &out)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(!status.success(), "{point}: the child was not killed");
-        let o = if out.join("checkpoint.bin").exists() {
-            resume(&out, &[])
+        assert!(
+            !child(&out, "new", Some(point)),
+            "{point}: the child was not killed"
+        );
+        // Killed before the first checkpoint: nothing to resume, start again.
+        let mode = if out.join("checkpoint.bin").exists() {
+            "resume"
         } else {
-            // Killed before the first checkpoint: nothing to resume, start again.
-            RunOptions {
-                overwrite: true,
-                ..opts(&out)
-            }
+            "overwrite"
         };
-        run_search::<B>(&cfg, &o, &Default::default()).unwrap();
+        assert!(child(&out, mode, None), "{point}: the {mode} run failed");
         let got = run_files(&out);
         assert_eq!(
             got.keys().collect::<Vec<_>>(),

@@ -84,7 +84,9 @@ fn every_catalog_genotype_builds_with_its_published_size() {
 fn shapes_through_supernet_and_derived_network() {
     let dev = Default::default();
     let net = supernet(4, 5);
-    let x = Tensor::<Flex, 4>::random([2, 3, 32, 32], Distribution::Default, &dev);
+    let x = crate::common::seeded(3, || {
+        Tensor::<Flex, 4>::random([2, 3, 32, 32], Distribution::Default, &dev)
+    });
     assert_eq!(net.forward(x.clone()).dims(), [2, 10]);
     let eval = EvalNetworkConfig {
         channels: 4,
@@ -107,7 +109,9 @@ fn shapes_through_supernet_and_derived_network() {
     }
     .init::<Flex>(&catalog::conv("AmoebaNet").unwrap(), &dev)
     .unwrap();
-    let x = Tensor::<Flex, 4>::random([1, 3, 16, 16], Distribution::Default, &dev);
+    let x = crate::common::seeded(4, || {
+        Tensor::<Flex, 4>::random([1, 3, 16, 16], Distribution::Default, &dev)
+    });
     assert_eq!(amoeba.forward(x, false, 0.0).logits.dims(), [1, 10]);
 }
 

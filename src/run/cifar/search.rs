@@ -5,7 +5,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
     append_timing, below_one, check, count, failpoint, limit, non_negative, positive, progress,
-    start_run, write, write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
+    seed_lock, start_run, write, write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -278,7 +278,7 @@ impl SearchLoaders {
 /// The supernet (seeded) and the bilevel optimisation state of `cfg`.
 fn build_search<B: AutodiffBackend>(cfg: &SearchConfig, device: &B::Device) -> Bilevel<B, Net<B>> {
     let net: Net<B> = {
-        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = seed_lock();
         B::seed(device, cfg.seed);
         SearchNetworkConfig {
             channels: cfg.init_channels,

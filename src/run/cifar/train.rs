@@ -4,8 +4,8 @@ use super::{evaluate, load_train, to_batch, LAYERS_RULE};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, below_one, check, count, limit, non_negative, positive, progress, start_run,
-    write, write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
+    append_timing, below_one, check, count, limit, non_negative, positive, progress, seed_lock,
+    start_run, write, write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -240,7 +240,7 @@ fn build_model<B: AutodiffBackend>(
     cfg: &TrainConfig,
     device: &B::Device,
 ) -> Result<EvalNetwork<B>, RunError> {
-    let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = seed_lock();
     B::seed(device, cfg.seed);
     let net = EvalNetworkConfig {
         channels: cfg.init_channels,

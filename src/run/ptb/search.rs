@@ -4,8 +4,8 @@ use super::{batchify, diverged, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, count, limit, non_negative, positive, progress, start_run, write,
-    write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
+    append_timing, check, count, limit, non_negative, positive, progress, seed_lock, start_run,
+    write, write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -240,7 +240,7 @@ fn build_search<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Bilevel<B, SearchNet<B>>, RunError> {
     let net: SearchNet<B> = {
-        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = seed_lock();
         B::seed(device, cfg.seed);
         rnn.init_search::<B, _, _>(&RnnSpace::default(), Softmax, device)?
     };

@@ -4,8 +4,8 @@ use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
-    append_timing, check, count, limit, non_negative, positive, progress, start_run, write,
-    write_jsonl, RunConfig, RunError, RunOptions, SEED_LOCK,
+    append_timing, check, count, limit, non_negative, positive, progress, seed_lock, start_run,
+    write, write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -445,7 +445,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
         ar: cfg.ar,
     };
     let model: RnnEvalModel<B> = {
-        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = seed_lock();
         B::seed(device, cfg.seed);
         rnn.init_eval::<B>(&cfg.genotype, device)?
     };
