@@ -12,7 +12,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion};
 use darts::bilevel::{ArchitectConfig, Bilevel, WeightConfig};
 use darts::cell::rnn::{RnnConfig, TokenBatch};
-use darts::cell::{ImageBatch, RnnSearchModel};
+use darts::cell::{ImageBatch, RnnSearchNetwork};
 use darts::mixed_op::{EdgeSpec, MixedOp, RnnSpace};
 use darts::ops::RnnOp;
 use darts::prelude::*;
@@ -97,7 +97,7 @@ fn rnn_step(c: &mut Criterion) {
         nhid: 64,
         ..RnnConfig::search(1000)
     };
-    let net: RnnSearchModel<B, RnnOp> = cfg
+    let net: RnnSearchNetwork<B, RnnOp> = cfg
         .init_search(&RnnSpace::default(), Softmax, &dev)
         .unwrap();
     let mut search = Bilevel::new(

@@ -12,7 +12,7 @@ use darts::bilevel::{
     ReferenceQuirks, Sgd, WeightConfig,
 };
 use darts::cell::rnn::{RnnConfig, RnnCore, RnnDropout, RnnMasks, TokenBatch};
-use darts::cell::{RnnEvalModel, RnnSearchModel};
+use darts::cell::{RnnEvalNetwork, RnnSearchNetwork};
 use darts::cifar::RunOptions;
 use darts::data::ptb::Corpus;
 use darts::genotype::{Gene, RecurrentGenotype};
@@ -20,7 +20,7 @@ use darts::mixed_op::{RnnSpace, Softmax};
 use darts::ops::{RnnOp, RnnPrimitive};
 use darts::ptb::{run_ptb_search, run_ptb_train, PtbSearchConfig, PtbTrainConfig};
 
-type Search = RnnSearchModel<B, RnnOp>;
+type Search = RnnSearchNetwork<B, RnnOp>;
 
 #[test]
 fn real_ptb_vocabulary_and_token_counts() {
@@ -81,7 +81,7 @@ fn derived_cell_matches_hand_computation() {
         tar: 0.0,
         ar: 0.0,
     };
-    let model = RnnEvalModel::<B> {
+    let model = RnnEvalNetwork::<B> {
         core: RnnCore {
             embedding: param(emb.to_vec(), [3, 1]),
             decoder_bias: param(vec![0.1, 0.0, -0.1], [3]),
@@ -158,7 +158,7 @@ fn search_cell_matches_the_per_edge_formula() {
             .unwrap();
         // Larger α so the mixture is far from uniform.
         let a = Tensor::<B, 2>::from_inner(m.alphas.val().inner() * 1000.0);
-        RnnSearchModel {
+        RnnSearchNetwork {
             alphas: Param::from_tensor(a),
             ..m
         }

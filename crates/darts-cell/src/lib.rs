@@ -1,23 +1,29 @@
-//! DARTS cells and networks (paper §2.1–2.2; reference `cnn/model_search.py`, `cnn/model.py`).
+//! DARTS cells and networks (paper §2.1–2.2, §3.3), the convolutional and the recurrent side
+//! laid out alike:
 //!
-//! * [`search`]: the search cell (every edge a [`darts_mixed_op::MixedOp`]) and the supernet,
-//!   generic over the op set and the relaxation, with its architecture parameters kept apart
-//!   from the weights; it implements [`darts_bilevel::ArchModel`].
-//! * [`eval`]: the derived network built from a [`darts_genotype::Genotype`], with drop path and
-//!   the optional auxiliary head.
-//! * [`rnn`]: the recurrent search cell and language model, and the derived recurrent model.
-//! * [`batch`]: image batches and the cross-entropy loss.
+//! | | convolutional ([`cnn`]) | recurrent ([`rnn`]) |
+//! |---|---|---|
+//! | supernet (implements [`darts_bilevel::ArchModel`]) | [`cnn::supernet`]: [`SearchNetwork`] | [`rnn::supernet`]: [`RnnSearchNetwork`] |
+//! | derived network (from a genotype) | [`cnn::derived`]: [`EvalNetwork`] | [`rnn::derived`]: [`RnnEvalNetwork`] |
+//! | batches and losses | [`cnn::batch`]: [`ImageBatch`] | [`rnn::batch`]: [`TokenBatch`] |
+//!
+//! The earlier paths `darts_cell::{search, eval, batch}` stay as aliases of the `cnn` modules.
 #![warn(missing_docs)]
 
-pub mod batch;
-pub mod eval;
+pub mod cnn;
 pub mod rnn;
-pub mod search;
 
-pub use batch::ImageBatch;
-pub use eval::{EvalNetwork, EvalNetworkConfig};
-pub use rnn::{RnnConfig, RnnEvalModel, RnnSearchModel, TokenBatch};
-pub use search::{SearchNetwork, SearchNetworkConfig};
+/// Alias of [`cnn::batch`].
+pub use cnn::batch;
+/// Alias of [`cnn::derived`].
+pub use cnn::derived as eval;
+/// Alias of [`cnn::supernet`].
+pub use cnn::supernet as search;
+
+pub use cnn::batch::ImageBatch;
+pub use cnn::derived::{EvalNetwork, EvalNetworkConfig};
+pub use cnn::supernet::{SearchNetwork, SearchNetworkConfig};
+pub use rnn::{RnnConfig, RnnEvalNetwork, RnnSearchNetwork, TokenBatch};
 
 /// Where a cell sits in its network: the channels of its two inputs and its own, and whether it
 /// and the cell before it reduce the resolution.

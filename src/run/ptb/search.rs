@@ -13,7 +13,7 @@ use burn::tensor::Tensor;
 use darts_bilevel::params::values;
 use darts_bilevel::{ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, WeightConfig};
 use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
-use darts_cell::RnnSearchModel;
+use darts_cell::RnnSearchNetwork;
 use darts_data::cifar::derive_seed;
 use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
 use darts_genotype::diagram::CellGraph;
@@ -195,7 +195,7 @@ pub struct PtbSearchSummary {
     pub unknown: (usize, usize),
 }
 
-type SearchNet<B> = RnnSearchModel<B, RnnOp>;
+type SearchNet<B> = RnnSearchNetwork<B, RnnOp>;
 
 fn write_rnn_genotype(out: &Path, g: &RecurrentGenotype) -> Result<(), RunError> {
     write(&out.join("genotype.json"), &g.to_json())?;

@@ -13,7 +13,7 @@ use burn::tensor::{Tensor, TensorData};
 use darts_bilevel::params::{set_values, values, FlatParams};
 use darts_bilevel::{weight_step, Asgd};
 use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
-use darts_cell::RnnEvalModel;
+use darts_cell::RnnEvalNetwork;
 use darts_data::cifar::derive_seed;
 use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
 use darts_genotype::RecurrentGenotype;
@@ -182,7 +182,7 @@ impl TrainStreams {
 /// Everything a training run carries from epoch to epoch: the model, the optimiser (SGD, then
 /// averaged SGD), the validation losses that decide the switch, and the best weights so far.
 struct Trainer<B: AutodiffBackend> {
-    model: RnnEvalModel<B>,
+    model: RnnEvalNetwork<B>,
     opt: Asgd<B::InnerBackend>,
     all_ids: Vec<ParamId>,
     val_losses: Vec<f64>,
@@ -190,7 +190,7 @@ struct Trainer<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
-    fn new(model: RnnEvalModel<B>, weight_decay: f64) -> Self {
+    fn new(model: RnnEvalNetwork<B>, weight_decay: f64) -> Self {
         Self {
             all_ids: darts_bilevel::params::all_ids(&model),
             model,
@@ -247,7 +247,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The weights to evaluate: the running average once averaging has started, else the
     /// current ones.
-    fn eval_model(&self) -> RnnEvalModel<B> {
+    fn eval_model(&self) -> RnnEvalNetwork<B> {
         match self.opt.averaged() {
             Some(ax) => set_values(self.model.clone(), ax),
             None => self.model.clone(),
@@ -316,7 +316,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// validation loss is worse than the best of all but the last `nonmono` epochs.
     fn end_epoch(
         &mut self,
-        evaluated: &RnnEvalModel<B>,
+        evaluated: &RnnEvalNetwork<B>,
         val_loss: f64,
         nonmono: usize,
         show: bool,
@@ -378,7 +378,7 @@ fn commit_epoch<B: AutodiffBackend>(
 }
 
 fn lm_loss<B: Backend>(
-    model: &RnnEvalModel<B>,
+    model: &RnnEvalNetwork<B>,
     data: &Batchified,
     cfg: &PtbTrainConfig,
     device: &B::Device,
@@ -444,7 +444,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
         tar: cfg.tar,
         ar: cfg.ar,
     };
-    let model: RnnEvalModel<B> = {
+    let model: RnnEvalNetwork<B> = {
         let _guard = seed_lock();
         B::seed(device, cfg.seed);
         rnn.init_eval::<B>(&cfg.genotype, device)?

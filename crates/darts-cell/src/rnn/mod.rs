@@ -23,19 +23,25 @@
 //! batch, so every pass on the same batch (virtual step, finite differences) sees the same
 //! masks, and a resumed run draws the same ones.
 
-use crate::batch::cross_entropy;
+use crate::cnn::batch::cross_entropy;
 use crate::CellError;
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param};
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use darts_bilevel::{ArchModel, BatchOutput};
-use darts_genotype::{derive::derive_recurrent, RecurrentGenotype};
-use darts_mixed_op::{CandidateOp, EdgeSpec, OpSet, Relaxation, Softmax};
+use burn::tensor::{Distribution, Int, Tensor};
+use darts_bilevel::BatchOutput;
+use darts_genotype::RecurrentGenotype;
+use darts_mixed_op::{EdgeSpec, OpSet, Relaxation};
 use darts_ops::{BatchNorm2d, RnnPrimitive};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+pub mod batch;
+pub mod derived;
+pub mod supernet;
+
+pub use batch::{RnnMasks, RnnOutput, TokenBatch};
+pub use derived::RnnEvalNetwork;
+pub use supernet::RnnSearchNetwork;
 
 /// Initial weights are drawn from `U(−0.04, 0.04)` (reference `INITRANGE`).
 pub const INIT_RANGE: f64 = 0.04;
@@ -102,124 +108,6 @@ impl RnnDropout {
         }
         Ok(())
     }
-}
-
-/// Dropout masks for one batch, already scaled by `1 / keep`; `None` = no dropout there.
-#[derive(Clone, Debug)]
-pub struct RnnMasks<B: Backend> {
-    /// `[vocab, 1]`: embedding dropout (whole rows of the embedding matrix).
-    pub embedding: Option<Tensor<B, 2>>,
-    /// `[1, N·E]`: locked dropout on the embeddings (the same for every time step).
-    pub input: Option<Tensor<B, 2>>,
-    /// `[N, E]`: the cell's input mask.
-    pub x: Option<Tensor<B, 2>>,
-    /// `[N, H]`: the cell's hidden mask.
-    pub h: Option<Tensor<B, 2>>,
-    /// `[1, N·H]`: locked dropout on the cell outputs.
-    pub output: Option<Tensor<B, 2>>,
-}
-
-impl<B: Backend> RnnMasks<B> {
-    /// No dropout (evaluation).
-    pub fn none() -> Self {
-        Self {
-            embedding: None,
-            input: None,
-            x: None,
-            h: None,
-            output: None,
-        }
-    }
-
-    /// Draw all masks for a batch of `batch` sequences, deterministically from `seed`.
-    pub fn sample(
-        p: &RnnDropout,
-        vocab: usize,
-        batch: usize,
-        ninp: usize,
-        nhid: usize,
-        seed: u64,
-        device: &B::Device,
-    ) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut mask = |prob: f64, shape: [usize; 2]| -> Option<Tensor<B, 2>> {
-            if prob <= 0.0 {
-                return None;
-            }
-            let keep = 1.0 - prob;
-            let v: Vec<f32> = (0..shape[0] * shape[1])
-                .map(|_| {
-                    if rng.random::<f64>() < keep {
-                        (1.0 / keep) as f32
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            Some(Tensor::from_data(TensorData::new(v, shape), device))
-        };
-        Self {
-            embedding: mask(p.embedding, [vocab, 1]),
-            input: mask(p.input, [1, batch * ninp]),
-            x: mask(p.x, [batch, ninp]),
-            h: mask(p.hidden, [batch, nhid]),
-            output: mask(p.output, [1, batch * nhid]),
-        }
-    }
-}
-
-/// A window of token ids (time-major) with its targets, the hidden state it starts from and its
-/// dropout masks.
-#[derive(Clone, Debug)]
-pub struct TokenBatch<B: Backend> {
-    /// `[T, N]` input ids.
-    pub input: Tensor<B, 2, Int>,
-    /// `[T·N]` target ids (row-major over `[T, N]`).
-    pub target: Tensor<B, 1, Int>,
-    /// `[N, H]` hidden state at the start of the window.
-    pub hidden: Tensor<B, 2>,
-    /// Dropout masks (use [`RnnMasks::none`] to evaluate).
-    pub masks: RnnMasks<B>,
-}
-
-impl<B: Backend> TokenBatch<B> {
-    /// From host ids, row-major `[seq_len, batch]` (as `darts_data::ptb::Batchified::window`
-    /// returns them).
-    pub fn from_host(
-        input: &[u32],
-        target: &[u32],
-        batch: usize,
-        hidden: Tensor<B, 2>,
-        masks: RnnMasks<B>,
-        device: &B::Device,
-    ) -> Self {
-        let t = input.len() / batch.max(1);
-        let ids = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-        Self {
-            input: Tensor::from_data(TensorData::new(ids(input), [t, batch]), device),
-            target: Tensor::from_data(TensorData::new(ids(target), [target.len()]), device),
-            hidden,
-            masks,
-        }
-    }
-
-    /// Number of target tokens.
-    pub fn tokens(&self) -> usize {
-        self.target.dims()[0]
-    }
-}
-
-/// What a forward pass of a recurrent language model produced.
-#[derive(Clone, Debug)]
-pub struct RnnOutput<B: Backend> {
-    /// `[T·N, vocab]` logits.
-    pub logits: Tensor<B, 2>,
-    /// `[T, N, H]` cell outputs before the output dropout (for activation regularisation).
-    pub raw: Tensor<B, 3>,
-    /// `[T, N, H]` cell outputs after it.
-    pub dropped: Tensor<B, 3>,
-    /// `[N, H]` the last hidden state.
-    pub hidden: Tensor<B, 2>,
 }
 
 /// Shape and regularisation of a recurrent language model.
@@ -300,7 +188,7 @@ impl RnnConfig {
         space: &S,
         relaxation: R,
         device: &B::Device,
-    ) -> Result<RnnSearchModel<B, S::Op, R>, CellError> {
+    ) -> Result<RnnSearchNetwork<B, S::Op, R>, CellError> {
         self.validate()?;
         let h = self.nhid;
         let edges: usize = (1..=self.steps).sum();
@@ -315,7 +203,7 @@ impl RnnConfig {
                     .collect()
             })
             .collect();
-        Ok(RnnSearchModel {
+        Ok(RnnSearchNetwork {
             core: RnnCore::new(self, device),
             ops,
             bn: BatchNorm2d::new(h, false, device),
@@ -333,7 +221,7 @@ impl RnnConfig {
         &self,
         genotype: &RecurrentGenotype,
         device: &B::Device,
-    ) -> Result<RnnEvalModel<B>, CellError> {
+    ) -> Result<RnnEvalNetwork<B>, CellError> {
         genotype.validate()?;
         let mut ops = Vec::new();
         for g in &genotype.recurrent {
@@ -344,7 +232,7 @@ impl RnnConfig {
             ..*self
         };
         cfg.validate()?;
-        Ok(RnnEvalModel {
+        Ok(RnnEvalNetwork {
             core: RnnCore::new(&cfg, device),
             ops,
             preds: genotype.recurrent.iter().map(|g| g.input).collect(),
@@ -353,7 +241,7 @@ impl RnnConfig {
     }
 }
 
-fn uniform<B: Backend, const D: usize>(
+pub(crate) fn uniform<B: Backend, const D: usize>(
     shape: [usize; D],
     device: &B::Device,
 ) -> Param<Tensor<B, D>> {
@@ -488,147 +376,12 @@ impl<B: Backend> RnnCore<B> {
 }
 
 /// `σ(c)`, `h` halves of `[rows, 2H]`.
-fn split_gates<B: Backend>(ch: Tensor<B, 2>, h: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+pub(crate) fn split_gates<B: Backend>(ch: Tensor<B, 2>, h: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [r, _] = ch.dims();
     (
         sigmoid(ch.clone().slice([0..r, 0..h])),
         ch.slice([0..r, h..2 * h]),
     )
-}
-
-/// The recurrent search supernet: a language model whose cell mixes every candidate activation
-/// on every edge. `alphas` (`[edges, ops]`) are the architecture parameters.
-#[derive(Module, Debug)]
-pub struct RnnSearchModel<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
-    /// Embedding, decoder bias, `W0`, `W_i`.
-    pub core: RnnCore<B>,
-    /// Candidate ops per node (built once per node; the recurrent candidates have no weights).
-    pub ops: Vec<Vec<O>>,
-    /// Non-affine BatchNorm applied to `s0` and to every node (one layer, as in the reference).
-    pub bn: BatchNorm2d<B>,
-    /// Architecture parameters `[Σ_i i, ops]`.
-    pub alphas: Param<Tensor<B, 2>>,
-    /// Relaxation (softmax by default).
-    #[module(skip)]
-    pub relaxation: R,
-    /// Op names in α-column order.
-    #[module(skip)]
-    pub op_names: Vec<String>,
-    /// Index of `none`, if any.
-    #[module(skip)]
-    pub none_index: Option<usize>,
-}
-
-impl<B: Backend, O: CandidateOp<B, 2>, R: Relaxation> RnnSearchModel<B, O, R> {
-    /// One time step of the search cell with relaxed weights `probs` (`[edges, ops]`): the next
-    /// hidden state from the projected input `xw` (`x·m_x` times the input rows of `W0`).
-    pub fn cell_step(
-        &self,
-        xw: Tensor<B, 2>,
-        h_prev: Tensor<B, 2>,
-        h_mask: Option<&Tensor<B, 2>>,
-        probs: &[Tensor<B, 2>],
-    ) -> Tensor<B, 2> {
-        let core = &self.core;
-        let h = core.config.nhid;
-        let [n, _] = h_prev.dims();
-        let s0 = self.bn.forward_1d(core.init_state(xw, h_prev, h_mask));
-        let mask = |s: &Tensor<B, 2>| match h_mask {
-            Some(m) => s.clone() * m.clone(),
-            None => s.clone(),
-        };
-        let mut masked = vec![mask(&s0)];
-        let mut states = vec![s0];
-        for (i, w) in core.ws.iter().enumerate() {
-            let k = i + 1; // predecessors of node i
-                           // All predecessors in one product: [k·N, H] × [H, 2H].
-            let ch = Tensor::cat(masked.clone(), 0).matmul(w.val());
-            let (c, pre) = split_gates(ch, h);
-            let s_all = Tensor::cat(states.clone(), 0).reshape([k, n * h]);
-            // Σ_f p_f f(pre) and P = Σ_f p_f per predecessor (rows of [k, N·H]).
-            let p = &probs[i];
-            let mut mixed: Option<Tensor<B, 2>> = None;
-            let mut total: Option<Tensor<B, 2>> = None;
-            for (f, op) in self.ops[i].iter().enumerate() {
-                if op.is_zero() {
-                    continue;
-                }
-                let pf = p.clone().slice([0..k, f..f + 1]);
-                let y = op.forward(pre.clone()).reshape([k, n * h]) * pf.clone();
-                mixed = Some(match mixed {
-                    Some(a) => a + y,
-                    None => y,
-                });
-                total = Some(match total {
-                    Some(a) => a + pf,
-                    None => pf,
-                });
-            }
-            // Σ_f p_f (s + σ(c)(f(pre) − s)) = P·s + σ(c)(Σ_f p_f f(pre) − P·s)
-            let s = match (mixed, total) {
-                (Some(a), Some(pt)) => {
-                    let ps = s_all * pt;
-                    let c = c.reshape([k, n * h]);
-                    (ps.clone() + c * (a - ps)).sum_dim(0).reshape([n, h])
-                }
-                _ => states[0].zeros_like(),
-            };
-            let s = self.bn.forward_1d(s);
-            masked.push(mask(&s));
-            states.push(s);
-        }
-        let last = states.len() - 1;
-        let count = last.min(core.config.steps);
-        Tensor::stack::<3>(states[states.len() - count..].to_vec(), 0)
-            .mean_dim(0)
-            .reshape([n, h])
-    }
-
-    /// Relaxed weights per node (`[i+1, ops]` each), recomputed from α.
-    fn node_probs(&self) -> Vec<Tensor<B, 2>> {
-        let p = self.relaxation.weights(self.alphas.val());
-        let ops = p.dims()[1];
-        let mut out = Vec::new();
-        let mut offset = 0;
-        for i in 0..self.core.config.steps {
-            out.push(p.clone().slice([offset..offset + i + 1, 0..ops]));
-            offset += i + 1;
-        }
-        out
-    }
-
-    /// Forward over a window starting from `hidden`.
-    pub fn forward(
-        &self,
-        input: Tensor<B, 2, Int>,
-        hidden: Tensor<B, 2>,
-        masks: &RnnMasks<B>,
-    ) -> RnnOutput<B> {
-        let probs = self.node_probs();
-        self.core.run(input, hidden, masks, |xw, h, m| {
-            self.cell_step(xw, h, m, &probs)
-        })
-    }
-
-    /// Relaxed weights `[edges][ops]`.
-    pub fn arch_weights(&self) -> Vec<Vec<f32>> {
-        let a = self.alphas.val();
-        let [_, n] = a.dims();
-        let v = darts_ops::to_f32s(&self.relaxation.weights(a));
-        v.chunks(n).map(|c| c.to_vec()).collect()
-    }
-
-    /// The derived genotype (per node the strongest non-`none` op of its strongest predecessor).
-    pub fn genotype(&self) -> RecurrentGenotype {
-        let names: Vec<&str> = self.op_names.iter().map(String::as_str).collect();
-        derive_recurrent(&self.arch_weights(), &names, self.none_index)
-            .expect("supernet alphas have the shape of its cell")
-    }
-
-    /// Number of weights (α and BN statistics excluded).
-    pub fn num_weights(&self) -> usize {
-        darts_ops::trainable_params(self, &[self.alphas.id])
-    }
 }
 
 /// Mean next-word cross-entropy of `logits` against `[T·N]` targets.
@@ -637,7 +390,7 @@ pub fn nll<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 1, Int>) -> Tenso
 }
 
 /// `loss + TAR + AR` (the weight step's objective) and the plain cross-entropy.
-fn regularised<B: Backend>(
+pub(crate) fn regularised<B: Backend>(
     cfg: &RnnConfig,
     out: &RnnOutput<B>,
     target: Tensor<B, 1, Int>,
@@ -656,7 +409,7 @@ fn regularised<B: Backend>(
     (loss, raw_loss)
 }
 
-fn output<B: AutodiffBackend>(
+pub(crate) fn output<B: AutodiffBackend>(
     out: &RnnOutput<B>,
     loss: Tensor<B, 1>,
     raw: Option<Tensor<B, 1>>,
@@ -668,110 +421,13 @@ fn output<B: AutodiffBackend>(
     o
 }
 
-impl<B, O, R> ArchModel<B> for RnnSearchModel<B, O, R>
-where
-    B: AutodiffBackend,
-    O: CandidateOp<B, 2> + burn::module::AutodiffModule<B>,
-    O::InnerModule: Module<B::InnerBackend> + burn::module::ModuleDisplay,
-    R: Relaxation,
-{
-    type Batch = TokenBatch<B>;
-
-    /// Cross-entropy only (the reference architect's `_loss`).
-    fn forward_batch(&self, b: &TokenBatch<B>) -> BatchOutput<B> {
-        let out = self.forward(b.input.clone(), b.hidden.clone(), &b.masks);
-        let loss = nll(out.logits.clone(), b.target.clone());
-        output(&out, loss, None, b.tokens())
-    }
-
-    /// Cross-entropy plus temporal activation regularisation (and AR if set).
-    fn forward_train(&self, b: &TokenBatch<B>) -> BatchOutput<B> {
-        let out = self.forward(b.input.clone(), b.hidden.clone(), &b.masks);
-        let (loss, raw) = regularised(&self.core.config, &out, b.target.clone());
-        output(&out, loss, Some(raw), b.tokens())
-    }
-
-    fn arch_param_ids(&self) -> Vec<ParamId> {
-        vec![self.alphas.id]
-    }
-
-    /// The embedding, which is also the decoder weight (the reference's `encoder.weight` and
-    /// `decoder.weight`).
-    fn tied_param_ids(&self) -> Vec<ParamId> {
-        vec![self.core.embedding.id]
-    }
-}
-
-/// The derived recurrent language model of a genotype (reference `rnn/model.py`).
-#[derive(Module, Debug)]
-pub struct RnnEvalModel<B: Backend> {
-    /// Embedding, decoder bias, `W0`, `W_i`.
-    pub core: RnnCore<B>,
-    /// Activation of each node.
-    #[module(skip)]
-    pub ops: Vec<RnnPrimitive>,
-    /// Predecessor of each node.
-    pub preds: Vec<usize>,
-    /// States averaged into the output.
-    pub concat: Vec<usize>,
-}
-
-impl<B: Backend> RnnEvalModel<B> {
-    /// One time step of the derived cell (see the module docs).
-    pub fn cell_step(
-        &self,
-        xw: Tensor<B, 2>,
-        h_prev: Tensor<B, 2>,
-        h_mask: Option<&Tensor<B, 2>>,
-    ) -> Tensor<B, 2> {
-        let core = &self.core;
-        let h = core.config.nhid;
-        let [n, _] = h_prev.dims();
-        let mut states = vec![core.init_state(xw, h_prev, h_mask)];
-        for (i, w) in core.ws.iter().enumerate() {
-            let sp = states[self.preds[i]].clone();
-            let masked = match h_mask {
-                Some(m) => sp.clone() * m.clone(),
-                None => sp.clone(),
-            };
-            let (c, pre) = split_gates(masked.matmul(w.val()), h);
-            let s = sp.clone() + c * (self.ops[i].apply(pre) - sp);
-            states.push(s);
-        }
-        let chosen: Vec<Tensor<B, 2>> = self.concat.iter().map(|&i| states[i].clone()).collect();
-        Tensor::stack::<3>(chosen, 0).mean_dim(0).reshape([n, h])
-    }
-
-    /// Forward over a window starting from `hidden`.
-    pub fn forward(
-        &self,
-        input: Tensor<B, 2, Int>,
-        hidden: Tensor<B, 2>,
-        masks: &RnnMasks<B>,
-    ) -> RnnOutput<B> {
-        self.core
-            .run(input, hidden, masks, |xw, h, m| self.cell_step(xw, h, m))
-    }
-
-    /// `(loss with regularisers, cross-entropy)` for a batch (training mode when it has masks).
-    pub fn losses(&self, b: &TokenBatch<B>) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 2>) {
-        let out = self.forward(b.input.clone(), b.hidden.clone(), &b.masks);
-        let (loss, raw) = regularised(&self.core.config, &out, b.target.clone());
-        (loss, raw, out.hidden)
-    }
-
-    /// Number of weights (22,960,000 at 850 units on PTB with tied weights).
-    pub fn num_weights(&self) -> usize {
-        self.core.num_weights()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
+    use darts_bilevel::ArchModel;
     use darts_genotype::catalog;
-    use darts_mixed_op::RnnSpace;
+    use darts_mixed_op::{RnnSpace, Softmax};
     type B = Autodiff<Flex>;
 
     #[test]

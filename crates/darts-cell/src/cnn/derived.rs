@@ -1,8 +1,8 @@
 //! The derived (evaluation) network built from a genotype (reference `cnn/model.py`,
 //! `NetworkCIFAR`).
 
-use crate::batch::{correct, cross_entropy, ImageBatch};
-use crate::search::Preprocess;
+use crate::cnn::batch::{correct, cross_entropy, ImageBatch};
+use crate::cnn::supernet::Preprocess;
 use crate::CellError;
 use crate::CellShape;
 use burn::module::Module;

@@ -59,7 +59,7 @@
 //! assert!(g.normal.iter().all(|gene| gene.op == "skip" || gene.op == "my_conv_3x3"));
 //! ```
 
-use crate::batch::{correct, cross_entropy, ImageBatch};
+use crate::cnn::batch::{correct, cross_entropy, ImageBatch};
 use crate::CellShape;
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
