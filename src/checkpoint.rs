@@ -25,7 +25,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use darts_bilevel::{ArchModel, Bilevel, Sgd};
+use darts_bilevel::{AdamMoments, AdamState, ArchModel, Bilevel, OptimStateError, Sgd, SgdState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -308,24 +308,20 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(
     Ok(m)
 }
 
-fn flat<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
-    darts_ops::to_f32s(t)
-}
-
-/// Save `model` (visit order) and the SGD momentum buffers of `sgd` into `ckpt`.
+/// Save `model` (visit order) and the SGD momentum buffers of `sgd` into `ckpt` (tensors
+/// `model/K`, and `sgd/K` from [`Sgd::state`]). Returns the parameter positions by id.
 pub fn save_model_sgd<B: AutodiffBackend, M: Module<B>>(
     ckpt: &mut Checkpoint,
     model: &M,
     sgd: &Sgd<B::InnerBackend>,
 ) -> BTreeMap<ParamId, usize> {
     let tensors = module_tensors(model);
-    let index: BTreeMap<ParamId, usize> =
-        tensors.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
+    let ids: Vec<ParamId> = tensors.iter().map(|t| t.0).collect();
+    let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     for (i, (_, shape, v)) in tensors.into_iter().enumerate() {
         ckpt.push(format!("model/{i}"), shape, v);
     }
-    for (pos, buf) in by_position(&index, &sgd.buffers) {
-        let v = flat(buf);
+    for (pos, v) in sgd.state(&ids).buffers {
         ckpt.push(format!("sgd/{pos}"), vec![v.len()], v);
     }
     index
@@ -356,31 +352,35 @@ pub fn load_model_sgd<B: AutodiffBackend, M: Module<B>>(
     let model = load_module_tensors(model, &tensors)?;
     let ids: Vec<ParamId> = darts_bilevel::params::all_ids(&model);
     let device = model.devices().into_iter().next().expect("a device");
-    sgd.buffers.clear();
+    let mut record = SgdState::default();
     for (pos, _, v) in ckpt.entries("sgd/") {
-        sgd.buffers.insert(id_at(&ids, pos)?, to_tensor(v, &device));
+        record.buffers.push((index(pos)?, v.to_vec()));
     }
+    sgd.load_state(&ids, &record, &device).map_err(mismatch)?;
     Ok((model, ids))
 }
 
-fn to_tensor<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
-    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
-}
-
-fn id_at(ids: &[ParamId], s: &str) -> Result<ParamId, CheckpointError> {
+fn index(s: &str) -> Result<usize, CheckpointError> {
     s.parse::<usize>()
-        .ok()
-        .and_then(|i| ids.get(i).copied())
-        .ok_or_else(|| CheckpointError::Mismatch(format!("bad parameter index `{s}`")))
+        .map_err(|_| CheckpointError::Mismatch(format!("bad parameter index `{s}`")))
 }
 
-/// Save a [`Bilevel`] (model, SGD momentum buffers, Adam state on α) into `ckpt`.
+fn mismatch(e: OptimStateError) -> CheckpointError {
+    CheckpointError::Mismatch(e.to_string())
+}
+
+/// Save a [`Bilevel`] (model, SGD momentum buffers, Adam state on α) into `ckpt` (tensors of
+/// [`save_model_sgd`], and `adam_m/K/STEP`, `adam_v/K` from [`darts_bilevel::Adam::state`]).
 pub fn save_bilevel<B: AutodiffBackend, M: ArchModel<B>>(ckpt: &mut Checkpoint, s: &Bilevel<B, M>) {
     let index = save_model_sgd(ckpt, &s.model, &s.w_opt);
-    for (pos, (t, m, v)) in by_position(&index, &s.architect.adam.state) {
-        let (m, v) = (flat(m), flat(v));
-        ckpt.push(format!("adam_m/{pos}/{t}"), vec![m.len()], m);
-        ckpt.push(format!("adam_v/{pos}"), vec![v.len()], v);
+    let mut ids = vec![ParamId::new(); index.len()];
+    for (id, k) in &index {
+        ids[*k] = *id;
+    }
+    for e in s.architect.adam.state(&ids).moments {
+        let (pos, t) = (e.position, e.step);
+        ckpt.push(format!("adam_m/{pos}/{t}"), vec![e.m.len()], e.m);
+        ckpt.push(format!("adam_v/{pos}"), vec![e.v.len()], e.v);
     }
 }
 
@@ -392,18 +392,23 @@ pub fn load_bilevel<B: AutodiffBackend, M: ArchModel<B>>(
     let (model, ids) = load_model_sgd(ckpt, s.model.clone(), &mut s.w_opt)?;
     s.model = model;
     let device = s.model.devices().into_iter().next().expect("a device");
-    s.architect.adam.state.clear();
+    let mut record = AdamState::default();
     for (rest, _, m) in ckpt.entries("adam_m/") {
         let bad = || CheckpointError::Mismatch(format!("bad adam entry `adam_m/{rest}`"));
         let (pos, t) = rest.split_once('/').ok_or_else(bad)?;
-        let t: u64 = t.parse().map_err(|_| bad())?;
+        let step: u64 = t.parse().map_err(|_| bad())?;
         let v = ckpt
             .get(&format!("adam_v/{pos}"))
             .ok_or_else(|| CheckpointError::Mismatch(format!("missing adam_v/{pos}")))?;
-        s.architect.adam.state.insert(
-            id_at(&ids, pos)?,
-            (t, to_tensor(m, &device), to_tensor(&v.2, &device)),
-        );
+        record.moments.push(AdamMoments {
+            position: index(pos)?,
+            step,
+            m: m.to_vec(),
+            v: v.2.clone(),
+        });
     }
-    Ok(())
+    s.architect
+        .adam
+        .load_state(&ids, &record, &device)
+        .map_err(mismatch)
 }

@@ -329,25 +329,15 @@ fn virtual_step_moves_weights_and_leaves_real_state_bit_identical() {
     // One real step: momentum buffers and BN running statistics become non-trivial.
     search.step(&train, &val, 0.05);
     let before = snapshot(&search.model);
-    let buffers: Vec<(u64, Vec<f64>)> = {
-        let mut b: Vec<_> = search
-            .w_opt
-            .buffers
-            .iter()
-            .map(|(id, t)| {
-                (
-                    id.val(),
-                    t.clone()
-                        .into_data()
-                        .convert::<f64>()
-                        .to_vec::<f64>()
-                        .unwrap(),
-                )
-            })
-            .collect();
-        b.sort_by_key(|x| x.0);
-        b
+    // The momentum buffers, exactly (f64), by parameter position.
+    let ids = darts::bilevel::params::all_ids(&search.model);
+    let momentum = |opt: &darts::bilevel::Sgd<_>| -> Vec<(usize, Vec<f64>)> {
+        ids.iter()
+            .enumerate()
+            .filter_map(|(k, id)| opt.buffer(id).map(|t| (k, darts::ops::to_f64s(t))))
+            .collect()
     };
+    let buffers = momentum(&search.w_opt);
     assert!(!buffers.is_empty());
 
     let wp = search
@@ -379,22 +369,7 @@ fn virtual_step_moves_weights_and_leaves_real_state_bit_identical() {
         before,
         "real weights/alpha/BN statistics changed"
     );
-    let mut after: Vec<_> = search
-        .w_opt
-        .buffers
-        .iter()
-        .map(|(id, t)| {
-            (
-                id.val(),
-                t.clone()
-                    .into_data()
-                    .convert::<f64>()
-                    .to_vec::<f64>()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    after.sort_by_key(|x| x.0);
+    let after = momentum(&search.w_opt);
     assert_eq!(after, buffers, "optimizer state changed");
     // BN running statistics did move in the real step (so the check above is not vacuous).
     let fresh = snapshot(&to_f64(tiny()));

@@ -14,7 +14,9 @@ pub use architect::{
     arch_gradients, join_parameter_graphs, loss_gradients, train_gradients, ArchGradient,
     ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order, ReferenceQuirks,
 };
-pub use optim::{clip_grad_norm, Adam, Asgd, CosineLr, Sgd};
+pub use optim::{
+    clip_grad_norm, Adam, AdamMoments, AdamState, Asgd, CosineLr, OptimStateError, Sgd, SgdState,
+};
 pub use search::{
     weight_step, weight_step_except, Bilevel, EpochStats, NonFinitePolicy, NonFiniteStep,
     SearchEvent, StepOutcome, StepStats, WeightConfig, WeightStep,

@@ -12,6 +12,63 @@ use burn::module::ParamId;
 use burn::tensor::{backend::Backend, Tensor};
 use std::collections::BTreeMap;
 
+/// [`Sgd`]'s state as a record: the momentum buffer of each parameter that has one, by the
+/// parameter's position in the module's visit order (ascending).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SgdState {
+    /// (position, buffer values).
+    pub buffers: Vec<(usize, Vec<f32>)>,
+}
+
+/// [`Adam`]'s state for one parameter.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamMoments {
+    /// The parameter's position in the module's visit order.
+    pub position: usize,
+    /// Steps taken.
+    pub step: u64,
+    /// First moment.
+    pub m: Vec<f32>,
+    /// Second moment.
+    pub v: Vec<f32>,
+}
+
+/// [`Adam`]'s state as a record, by parameter position (ascending).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamState {
+    /// One entry per parameter that has taken a step.
+    pub moments: Vec<AdamMoments>,
+}
+
+/// An optimiser state that does not fit the module it is loaded for.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptimStateError {
+    /// A position beyond the module's parameters.
+    #[error("optimiser state for parameter {position}, but the module has {count} parameters")]
+    Position {
+        /// The position in the record.
+        position: usize,
+        /// The module's parameter count.
+        count: usize,
+    },
+}
+
+/// Each id's position in `ids`.
+fn positions(ids: &[ParamId]) -> std::collections::HashMap<ParamId, usize> {
+    ids.iter().enumerate().map(|(k, id)| (*id, k)).collect()
+}
+
+fn at(ids: &[ParamId], position: usize) -> Result<ParamId, OptimStateError> {
+    ids.get(position).copied().ok_or(OptimStateError::Position {
+        position,
+        count: ids.len(),
+    })
+}
+
+fn flat_tensor<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
+    Tensor::from_data(burn::tensor::TensorData::new(v.to_vec(), [v.len()]), device)
+}
+
 /// `torch.optim.SGD` (dampening 0, no Nesterov).
 #[derive(Clone, Debug)]
 pub struct Sgd<B: Backend> {
@@ -20,7 +77,7 @@ pub struct Sgd<B: Backend> {
     /// L2 weight decay added to the gradient (3e-4 in DARTS).
     pub weight_decay: f64,
     /// Momentum buffers (absent until a parameter's first step, as in PyTorch).
-    pub buffers: BTreeMap<ParamId, Tensor<B, 1>>,
+    buffers: BTreeMap<ParamId, Tensor<B, 1>>,
 }
 
 impl<B: Backend> Sgd<B> {
@@ -60,6 +117,40 @@ impl<B: Backend> Sgd<B> {
             out.insert(*id, p.clone() - d * lr);
         }
         out
+    }
+
+    /// A parameter's momentum buffer (`None` before its first step).
+    pub fn buffer(&self, id: &ParamId) -> Option<&Tensor<B, 1>> {
+        self.buffers.get(id)
+    }
+
+    /// The state as a record keyed by parameter position: `ids` are the module's parameter ids
+    /// in visit order ([`crate::params::all_ids`]), so the record means the same in another
+    /// process, where the ids differ.
+    pub fn state(&self, ids: &[ParamId]) -> SgdState {
+        let index = positions(ids);
+        let mut buffers: Vec<(usize, Vec<f32>)> = self
+            .buffers
+            .iter()
+            .filter_map(|(id, t)| index.get(id).map(|&k| (k, darts_ops::to_f32s(t))))
+            .collect();
+        buffers.sort_by_key(|b| b.0);
+        SgdState { buffers }
+    }
+
+    /// Replace the state with `record` (positions resolved against `ids`, as in [`Sgd::state`]).
+    pub fn load_state(
+        &mut self,
+        ids: &[ParamId],
+        record: &SgdState,
+        device: &B::Device,
+    ) -> Result<(), OptimStateError> {
+        let mut buffers = BTreeMap::new();
+        for (k, v) in &record.buffers {
+            buffers.insert(at(ids, *k)?, flat_tensor(v, device));
+        }
+        self.buffers = buffers;
+        Ok(())
     }
 
     /// `momentum · buf` for a parameter (zeros-equivalent `None` before its first step): the
@@ -153,7 +244,7 @@ pub struct Adam<B: Backend> {
     /// L2 weight decay added to the gradient (1e-3 in DARTS).
     pub weight_decay: f64,
     /// Per-parameter state: (step count, first moment, second moment).
-    pub state: BTreeMap<ParamId, (u64, Tensor<B, 1>, Tensor<B, 1>)>,
+    state: BTreeMap<ParamId, (u64, Tensor<B, 1>, Tensor<B, 1>)>,
 }
 
 impl<B: Backend> Adam<B> {
@@ -166,6 +257,41 @@ impl<B: Backend> Adam<B> {
             weight_decay,
             state: BTreeMap::new(),
         }
+    }
+
+    /// The state as a record keyed by parameter position (see [`Sgd::state`]).
+    pub fn state(&self, ids: &[ParamId]) -> AdamState {
+        let index = positions(ids);
+        let mut moments: Vec<AdamMoments> = self
+            .state
+            .iter()
+            .filter_map(|(id, (t, m, v))| {
+                index.get(id).map(|&k| AdamMoments {
+                    position: k,
+                    step: *t,
+                    m: darts_ops::to_f32s(m),
+                    v: darts_ops::to_f32s(v),
+                })
+            })
+            .collect();
+        moments.sort_by_key(|e| e.position);
+        AdamState { moments }
+    }
+
+    /// Replace the state with `record` (positions resolved against `ids`).
+    pub fn load_state(
+        &mut self,
+        ids: &[ParamId],
+        record: &AdamState,
+        device: &B::Device,
+    ) -> Result<(), OptimStateError> {
+        let mut state = BTreeMap::new();
+        for e in &record.moments {
+            let (m, v) = (flat_tensor(&e.m, device), flat_tensor(&e.v, device));
+            state.insert(at(ids, e.position)?, (e.step, m, v));
+        }
+        self.state = state;
+        Ok(())
     }
 
     /// One step; returns the new values of the parameters in `grads`.
@@ -329,5 +455,49 @@ mod tests {
         assert!((s.at(50) - 0.001).abs() < 1e-12);
         let expect = 0.001 + 0.024 * (1.0 + (std::f64::consts::PI * 0.2).cos()) / 2.0;
         assert!((s.at(10) - expect).abs() < 1e-12);
+    }
+
+    #[test]
+    fn optimiser_state_records_round_trip_by_position_and_reject_foreign_positions() {
+        let dev = Default::default();
+        let ids = [ParamId::new(), ParamId::new(), ParamId::new()];
+        let params: BTreeMap<_, _> = ids.iter().map(|id| (*id, t(&[1.0, 2.0]))).collect();
+        // Gradients for the last two parameters only.
+        let grads: BTreeMap<_, _> = ids[1..].iter().map(|id| (*id, t(&[0.5, -1.0]))).collect();
+        let mut sgd = Sgd::<Flex>::new(0.9, 1e-3);
+        sgd.step(0.1, &params, &grads);
+        let mut adam = Adam::<Flex>::new(1e-2, (0.5, 0.999), 1e-8, 1e-3);
+        adam.step(&params, &grads);
+        adam.step(&params, &grads);
+        let (s, a) = (sgd.state(&ids), adam.state(&ids));
+        assert_eq!(
+            s.buffers.iter().map(|b| b.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            a.moments
+                .iter()
+                .map(|m| (m.position, m.step))
+                .collect::<Vec<_>>(),
+            vec![(1, 2), (2, 2)]
+        );
+        // Into fresh optimisers of "another process" (other ids, same positions).
+        let other = [ParamId::new(), ParamId::new(), ParamId::new()];
+        let mut sgd2 = Sgd::<Flex>::new(0.9, 1e-3);
+        sgd2.load_state(&other, &s, &dev).unwrap();
+        assert_eq!(sgd2.state(&other), s);
+        assert_eq!(v(sgd2.buffer(&other[2]).unwrap()), s.buffers[1].1);
+        let mut adam2 = Adam::<Flex>::new(1e-2, (0.5, 0.999), 1e-8, 1e-3);
+        adam2.load_state(&other, &a, &dev).unwrap();
+        assert_eq!(adam2.state(&other), a);
+        // A record from a bigger module does not fit.
+        let e = sgd2.load_state(&other[..2], &s, &dev).unwrap_err();
+        assert_eq!(
+            e,
+            OptimStateError::Position {
+                position: 2,
+                count: 2
+            }
+        );
     }
 }
