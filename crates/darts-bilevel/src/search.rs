@@ -241,8 +241,11 @@ pub struct EpochStats {
     pub val_loss: f64,
     /// Validation accuracy seen by the architecture steps, if available.
     pub val_acc: Option<f64>,
-    /// Learning rate of the epoch.
+    /// Learning rate of the epoch ([`Bilevel::run_epoch`]: the schedule's;
+    /// [`Bilevel::run_epoch_with`]: the mean over the steps taken, NaN without any).
     pub lr: f64,
+    /// Training samples seen by the steps taken (tokens for a language model).
+    pub train_samples: usize,
     /// Steps undone under [`NonFinitePolicy::SkipStep`].
     pub skipped: usize,
     /// The step that ended the epoch early because it was not finite.
@@ -354,28 +357,59 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
     }
 
     /// One epoch: a step for each training batch, pairing it with the next validation batch
-    /// (the validation stream should cycle; the epoch ends early if it runs dry). A step whose
-    /// loss or gradient norm is not finite is handled by [`Bilevel::on_non_finite`]; α is
-    /// checked once at the end of the epoch (a non-finite α makes the next step's losses
-    /// non-finite, so within the epoch the step checks catch it).
+    /// (the validation stream should cycle; the epoch ends early if it runs dry), at the
+    /// schedule's learning rate. A step whose loss or gradient norm is not finite is handled by
+    /// [`Bilevel::on_non_finite`]; α is checked once at the end of the epoch (a non-finite α
+    /// makes the next step's losses non-finite, so within the epoch the step checks catch it).
     pub fn run_epoch(
         &mut self,
         epoch: usize,
         train: impl IntoIterator<Item = M::Batch>,
         val: &mut impl Iterator<Item = M::Batch>,
-        mut on_event: impl FnMut(SearchEvent<'_>),
+        on_event: impl FnMut(SearchEvent<'_>),
     ) -> EpochStats {
         let lr = self.weights.lr.at(epoch);
+        let mut train = train.into_iter();
+        let mut stats = self.run_epoch_with(
+            epoch,
+            |_, _| {
+                let t = train.next()?;
+                let v = val.next()?;
+                Some((t, v, lr))
+            },
+            on_event,
+        );
+        stats.lr = lr;
+        stats
+    }
+
+    /// One epoch whose steps the caller builds one at a time: `next(step, previous)` returns
+    /// the step's training batch, validation batch and learning rate (or `None` to end the
+    /// epoch), given the outcome of the last step taken (`None` at the start of the epoch) —
+    /// a recurrent model starts each window from the hidden states that outcome carries, and
+    /// the recurrent search scales the learning rate by each window's length. Non-finite
+    /// steps are handled as in [`Bilevel::run_epoch`]; a skipped step's outcome is not passed
+    /// on.
+    pub fn run_epoch_with(
+        &mut self,
+        epoch: usize,
+        mut next: impl FnMut(usize, Option<&StepOutcome<B>>) -> Option<(M::Batch, M::Batch, f64)>,
+        mut on_event: impl FnMut(SearchEvent<'_>),
+    ) -> EpochStats {
         let (mut tm, mut vm) = (Meter::default(), Meter::default());
         let (mut steps, mut skipped, mut non_finite) = (0, 0, None);
-        for (step, t) in train.into_iter().enumerate() {
-            let Some(v) = val.next() else { break };
+        let (mut lr_sum, mut samples) = (0.0, 0);
+        let mut last: Option<StepOutcome<B>> = None;
+        let mut step = 0;
+        while let Some((t, v, lr)) = next(step, last.as_ref()) {
             let backup = (self.on_non_finite == NonFinitePolicy::SkipStep).then(|| self.clone());
-            let stats = self.step(&t, &v, lr);
+            let outcome = self.step_with_state(&t, &v, lr);
+            let stats = &outcome.stats;
             if let Some(what) = stats.non_finite() {
                 if let Some(before) = backup {
                     *self = before;
                     skipped += 1;
+                    step += 1;
                     continue;
                 }
                 non_finite = Some(NonFiniteStep {
@@ -386,12 +420,12 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             }
             tm.add(stats.train_loss, stats.train_correct, stats.train_size);
             vm.add(stats.val_loss, stats.val_correct, stats.val_size);
-            on_event(SearchEvent::Step {
-                epoch,
-                step,
-                stats: &stats,
-            });
+            lr_sum += lr;
+            samples += stats.train_size;
+            on_event(SearchEvent::Step { epoch, step, stats });
             steps += 1;
+            step += 1;
+            last = Some(outcome);
         }
         if non_finite.is_none() && steps == 0 && skipped > 0 {
             non_finite = Some(NonFiniteStep {
@@ -413,7 +447,8 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             train_acc,
             val_loss,
             val_acc,
-            lr,
+            lr: lr_sum / steps as f64,
+            train_samples: samples,
             skipped,
             non_finite,
         }

@@ -11,7 +11,10 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use darts_bilevel::params::values;
-use darts_bilevel::{ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, WeightConfig};
+use darts_bilevel::{
+    ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, SearchEvent, StepOutcome,
+    WeightConfig,
+};
 use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
 use darts_cell::RnnSearchNetwork;
 use darts_data::cifar::derive_seed;
@@ -290,47 +293,47 @@ fn search_pass<B: AutodiffBackend>(
         show,
     );
     let n = cfg.batch_size;
-    let mut h_train = zeros_inner::<B>(n, cfg.nhid, device);
-    let mut h_val = zeros_inner::<B>(n, cfg.nhid, device);
-    let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
-    for (step, &(i, t)) in windows.iter().enumerate() {
-        let lr = cfg.lr * t as f64 / cfg.bptt as f64;
-        let (x, y) = data.train.window(i, t);
-        let vi = i % (data.search.rows - 1);
-        let (vx, vy) = data.search.window(vi, cfg.bptt);
-        let seed = derive_seed(cfg.seed, epoch, 1000 + 2 * step as u64);
-        let batch = |x: &[u32], y: &[u32], h: &Tensor<B::InnerBackend, 2>, seed: u64| {
-            let h = Tensor::from_inner(h.clone());
-            TokenBatch::from_host(x, y, n, h, rnn.masks(n, seed, device), device)
+    let batch = |x: &[u32], y: &[u32], h: Tensor<B::InnerBackend, 2>, seed: u64| {
+        let h = Tensor::from_inner(h);
+        TokenBatch::from_host(x, y, n, h, rnn.masks(n, seed, device), device)
+    };
+    // Each window starts from the hidden states the previous step ended in (zeros at the start
+    // of the epoch), its validation window in lockstep, its learning rate scaled by its length.
+    let next = |step: usize, prev: Option<&StepOutcome<B>>| {
+        let &(i, t) = windows.get(step)?;
+        let (h_train, h_val) = match prev {
+            Some(o) => (o.train_state[0].clone(), o.val_state[0].clone()),
+            None => (
+                zeros_inner::<B>(n, cfg.nhid, device),
+                zeros_inner::<B>(n, cfg.nhid, device),
+            ),
         };
-        let tb = batch(&x, &y, &h_train, seed);
-        let vb = batch(&vx, &vy, &h_val, seed ^ 0x5555);
-        let o = search.step_with_state(&tb, &vb, lr);
-        if let Some(what) = o.stats.non_finite() {
-            return Err(diverged(epoch, step, what));
-        }
-        h_train = o.train_state[0].clone();
-        h_val = o.val_state[0].clone();
-        tl += o.stats.train_loss * o.stats.train_size as f64;
-        tok += o.stats.train_size;
-        vl += o.stats.val_loss * o.stats.val_size as f64;
-        vtok += o.stats.val_size;
+        let (x, y) = data.train.window(i, t);
+        let (vx, vy) = data.search.window(i % (data.search.rows - 1), cfg.bptt);
+        let seed = derive_seed(cfg.seed, epoch, 1000 + 2 * step as u64);
+        let tb = batch(&x, &y, h_train, seed);
+        let vb = batch(&vx, &vy, h_val, seed ^ 0x5555);
+        Some((tb, vb, cfg.lr * t as f64 / cfg.bptt as f64))
+    };
+    let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
+    let stats = search.run_epoch_with(epoch, next, |ev| {
+        let SearchEvent::Step { stats, .. } = ev;
+        tl += stats.train_loss * stats.train_size as f64;
+        tok += stats.train_size;
+        vl += stats.val_loss * stats.val_size as f64;
+        vtok += stats.val_size;
         pb.inc(1);
-        pb.set_message(format!(
-            "ppl {:.1} val {:.1}",
-            (tl / tok as f64).exp(),
-            (vl / vtok as f64).exp()
-        ));
-    }
+        let (p, vp) = ((tl / tok as f64).exp(), (vl / vtok as f64).exp());
+        pb.set_message(format!("ppl {p:.1} val {vp:.1}"));
+    });
     pb.finish_and_clear();
-    if !search.alphas_finite() {
-        let what = "architecture parameters α";
-        return Err(diverged(epoch, windows.len() - 1, what));
+    if let Some(bad) = &stats.non_finite {
+        return Err(diverged(epoch, bad.step, &bad.what));
     }
     Ok(PassStats {
-        train_loss: tl / tok.max(1) as f64,
-        arch_val_loss: vl / vtok.max(1) as f64,
-        tokens: tok,
+        train_loss: stats.train_loss,
+        arch_val_loss: stats.val_loss,
+        tokens: stats.train_samples,
         steps: windows.len(),
     })
 }
