@@ -219,7 +219,7 @@ fn short_search_alpha_bits_are_pinned() {
             println!("PIN {sampling:?} {bits:#010x?}");
         }
         assert_eq!(bits.len(), pinned.len());
-        if same_cpu_as_ci() {
+        if crate::common::same_cpu_as_ci() {
             assert_eq!(bits, pinned, "the short search's α changed ({sampling:?})");
         } else {
             for (a, p) in s.alphas.iter().zip(pinned) {
@@ -227,18 +227,6 @@ fn short_search_alpha_bits_are_pinned() {
                 assert!((a - p).abs() < 1e-5, "{sampling:?}: {a} vs {p}");
             }
         }
-    }
-}
-
-fn same_cpu_as_ci() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 

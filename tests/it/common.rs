@@ -198,3 +198,17 @@ pub fn unrolled_objective<'a, M: ArchModel<B>>(
         scalar(set_values(m, &wp).loss(val))
     }
 }
+
+/// Whether this CPU takes the same kernel paths as the project's CI machine (x86-64 with
+/// AVX-512 and AVX2), where the pinned bit patterns of the regression tests were recorded.
+pub fn same_cpu_as_ci() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -690,3 +690,35 @@ fn tiny_train_on_real_ptb() {
     }
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// The final α of a short recurrent search, pinned bit for bit (see the CNN's
+/// `short_search_alpha_bits_are_pinned`): the recurrent search loop moved into
+/// `Bilevel::run_epoch_with`, and must not change what it computes.
+#[test]
+fn short_ptb_search_alpha_bits_are_pinned() {
+    let Some(dir) = real_data("ptb") else { return };
+    let out = std::env::temp_dir().join(format!("darts-ptb-pin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let opts = RunOptions {
+        out: out.clone(),
+        ..Default::default()
+    };
+    let s = run_ptb_search::<B>(&tiny_search(dir), &opts, &Default::default()).unwrap();
+    std::fs::remove_dir_all(&out).ok();
+    let bits: Vec<u32> = s.alphas.iter().map(|a| a.to_bits()).collect();
+    // A hash of the bits keeps the pin short: any change of any bit changes it.
+    let hash = bits.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    if std::env::var("DARTS_PRINT_PIN").is_ok() {
+        println!("PTB PIN {} {hash:#018x}", bits.len());
+    }
+    assert_eq!(
+        (bits.len(), hash),
+        (PTB_PINNED.0, PTB_PINNED.1),
+        "the short PTB search's α changed"
+    );
+}
+
+/// (α count, FNV-1a hash of the α bits) after `tiny_search`, on this project's CI machine.
+const PTB_PINNED: (usize, u64) = (180, 0xd768_054d_0c4c_596c);
