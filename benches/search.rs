@@ -60,7 +60,8 @@ fn cell(c: &mut Criterion) {
         layers: 3,
         ..Default::default()
     }
-    .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev);
+    .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev)
+    .expect("valid configuration");
     let cell = &net.cells[0];
     let s = Tensor::<B, 4>::random([16, 24, 32, 32], Distribution::Normal(0.0, 1.0), &dev);
     let w: Vec<Tensor<B, 1>> = (0..14)
@@ -78,7 +79,8 @@ fn search_step(c: &mut Criterion) {
         layers: 3,
         ..Default::default()
     }
-    .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev);
+    .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev)
+    .expect("valid configuration");
     let mut search = Bilevel::new(
         net,
         WeightConfig::darts_cifar(1),

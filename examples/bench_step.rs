@@ -115,7 +115,11 @@ impl BackendTask for Bench {
             multiplier: a.nodes,
             ..Default::default()
         }
-        .init::<B, _, _>(&DartsSpace::default(), Softmax, &device);
+        .init::<B, _, _>(&DartsSpace::default(), Softmax, &device)
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
         let params = net.num_weights();
         let mk = |shift: f32| {
             let images = Tensor::<B, 4>::random(

@@ -17,7 +17,7 @@
 //! type B = burn::backend::Autodiff<burn::backend::Flex>;
 //! let dev = Default::default();
 //! let net = SearchNetworkConfig { channels: 4, layers: 3, ..Default::default() }
-//!     .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev);
+//!     .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev).unwrap();
 //! let g = net.genotype();
 //! assert_eq!(g.normal.len(), 8);
 //! ```

@@ -22,6 +22,7 @@ fn tiny_unseeded() -> Net {
         ..Default::default()
     }
     .init::<B, _, _>(&DartsSpace::default(), Softmax, &Default::default())
+    .unwrap()
 }
 
 fn weights(epochs: usize) -> WeightConfig {

@@ -137,7 +137,8 @@ fn supernet<B: AutodiffBackend>(
         multiplier: 2,
         ..Default::default()
     }
-    .init::<B, _, _>(&DartsSpace::default(), Softmax, device);
+    .init::<B, _, _>(&DartsSpace::default(), Softmax, device)
+    .unwrap();
     match weights {
         Some(w) => net.map(&mut Load(w.to_vec(), 0)),
         None => net,

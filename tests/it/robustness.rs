@@ -160,6 +160,7 @@ fn skip_policy_undoes_exactly_the_bad_step() {
                 ..Default::default()
             }
             .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev)
+            .unwrap()
         })
     };
     let mk = |model| {

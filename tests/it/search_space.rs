@@ -14,6 +14,7 @@ fn supernet(c: usize, layers: usize) -> SearchNetwork<Flex, DartsOp<Flex>> {
         ..Default::default()
     }
     .init::<Flex, _, _>(&DartsSpace::default(), Softmax, &Default::default())
+    .unwrap()
 }
 
 #[test]
@@ -142,6 +143,7 @@ fn alpha_gradient_matches_finite_differences() {
             ..Default::default()
         }
         .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev)
+        .unwrap()
     });
     // Larger alphas make the weights non-uniform so the check is not trivial.
     let a0: Vec<f64> = (0..2 * 14 * 8)
@@ -215,4 +217,31 @@ fn f64_derived_network_with_none_and_drop_path() {
     let b = l32.into_data().convert::<f64>().to_vec::<f64>().unwrap();
     let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
     assert!(norm(&diff) <= 1e-4 * norm(&a).max(1.0), "{a:?} vs {b:?}");
+}
+
+#[test]
+fn supernet_configuration_is_checked() {
+    let dev = Default::default();
+    for (cfg, what) in [
+        (
+            SearchNetworkConfig {
+                channels: 0,
+                ..Default::default()
+            },
+            "channels = 0",
+        ),
+        (
+            SearchNetworkConfig {
+                steps: 2,
+                multiplier: 5,
+                ..Default::default()
+            },
+            "multiplier = 5",
+        ),
+    ] {
+        let e = cfg
+            .init::<Flex, _, _>(&DartsSpace::default(), Softmax, &dev)
+            .unwrap_err();
+        assert!(e.to_string().contains(what), "{e}");
+    }
 }

@@ -276,7 +276,10 @@ impl SearchLoaders {
 }
 
 /// The supernet (seeded) and the bilevel optimisation state of `cfg`.
-fn build_search<B: AutodiffBackend>(cfg: &SearchConfig, device: &B::Device) -> Bilevel<B, Net<B>> {
+fn build_search<B: AutodiffBackend>(
+    cfg: &SearchConfig,
+    device: &B::Device,
+) -> Result<Bilevel<B, Net<B>>, RunError> {
     let net: Net<B> = {
         let _guard = seed_lock();
         B::seed(device, cfg.seed);
@@ -287,7 +290,7 @@ fn build_search<B: AutodiffBackend>(cfg: &SearchConfig, device: &B::Device) -> B
             multiplier: cfg.nodes,
             ..Default::default()
         }
-        .init::<B, _, _>(&DartsSpace::default(), Softmax, device)
+        .init::<B, _, _>(&DartsSpace::default(), Softmax, device)?
     };
     let mut search = Bilevel::new(
         net,
@@ -315,7 +318,7 @@ fn build_search<B: AutodiffBackend>(cfg: &SearchConfig, device: &B::Device) -> B
     if cfg.skip_non_finite_steps {
         search.on_non_finite = NonFinitePolicy::SkipStep;
     }
-    search
+    Ok(search)
 }
 
 /// One epoch of the search: the bilevel steps, then the evaluation-mode validation pass and the
@@ -479,7 +482,7 @@ pub fn run_search<B: AutodiffBackend>(
     let out = &opts.out;
     let (cfg, mut history, ckpt, _lock) = start_run::<SearchConfig, SearchEpoch>(config, opts)?;
     let loaders = SearchLoaders::new(&cfg)?;
-    let mut search = build_search::<B>(&cfg, device);
+    let mut search = build_search::<B>(&cfg, device)?;
     let params = search.model.num_weights();
     let op_names = search.model.op_names.clone();
     if let Some(c) = &ckpt {

@@ -51,7 +51,7 @@
 //! type B = Autodiff<Flex>;
 //! let dev = Default::default();
 //! let net = SearchNetworkConfig { channels: 4, layers: 3, ..Default::default() }
-//!     .init::<B, _, _>(&MySpace, Softmax, &dev);
+//!     .init::<B, _, _>(&MySpace, Softmax, &dev).unwrap();
 //! assert_eq!(net.alphas_normal.dims(), [14, 3]);
 //! let logits = net.forward(Tensor::zeros([2, 3, 16, 16], &dev));
 //! assert_eq!(logits.dims(), [2, 10]);
@@ -60,7 +60,7 @@
 //! ```
 
 use crate::cnn::batch::{correct, cross_entropy, ImageBatch};
-use crate::CellShape;
+use crate::{CellError, CellShape};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
@@ -220,13 +220,41 @@ impl SearchNetworkConfig {
         (0..self.steps).map(|i| 2 + i).sum()
     }
 
-    /// Build the supernet over `space` with the given relaxation.
+    /// Check the configuration: every count at least 1 and a cell output of 1 to `steps + 2`
+    /// states.
+    pub fn validate(&self) -> Result<(), CellError> {
+        let bad = |what: String| Err(CellError::Config(what));
+        for (name, v) in [
+            ("channels", self.channels),
+            ("num_classes", self.num_classes),
+            ("layers", self.layers),
+            ("steps", self.steps),
+            ("stem_multiplier", self.stem_multiplier),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} = 0 (must be at least 1)"));
+            }
+        }
+        if !(1..=self.steps + 2).contains(&self.multiplier) {
+            return bad(format!(
+                "multiplier = {} (a cell has {} states: the two inputs and {} nodes)",
+                self.multiplier,
+                self.steps + 2,
+                self.steps
+            ));
+        }
+        Ok(())
+    }
+
+    /// Build the supernet over `space` with the given relaxation (an error if the
+    /// configuration is invalid, see [`SearchNetworkConfig::validate`]).
     pub fn init<B: Backend, S: OpSet<B, 4>, R: Relaxation>(
         &self,
         space: &S,
         relaxation: R,
         device: &B::Device,
-    ) -> SearchNetwork<B, S::Op, R> {
+    ) -> Result<SearchNetwork<B, S::Op, R>, CellError> {
+        self.validate()?;
         let c_stem = self.stem_multiplier * self.channels;
         let (mut c_pp, mut c_p, mut c_cur) = (c_stem, c_stem, self.channels);
         let mut cells = Vec::with_capacity(self.layers);
@@ -260,7 +288,7 @@ impl SearchNetworkConfig {
                 Tensor::random([k, ops], Distribution::Normal(0.0, 1.0), device) * 1e-3,
             )
         };
-        SearchNetwork {
+        Ok(SearchNetwork {
             stem_conv: Conv2dConfig::new(3, c_stem, 3, 1, 1).init(device),
             stem_bn: BatchNorm2d::new(c_stem, true, device),
             cells,
@@ -271,7 +299,7 @@ impl SearchNetworkConfig {
             op_names: space.names(),
             none_index: space.none_index(),
             multiplier: self.multiplier,
-        }
+        })
     }
 }
 
