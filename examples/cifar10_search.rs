@@ -68,9 +68,9 @@ struct Args {
     init_channels: Option<usize>,
     #[arg(long)]
     layers: Option<usize>,
-    /// Intermediate nodes per cell.
-    #[arg(long)]
-    nodes: Option<usize>,
+    /// Intermediate nodes per cell (the reference's `steps`; `--nodes` is accepted too).
+    #[arg(long, alias = "nodes")]
+    steps: Option<usize>,
     #[arg(long)]
     train_portion: Option<f64>,
     /// Second-order (unrolled) architecture gradient.
@@ -173,7 +173,7 @@ fn main() {
         epochs,
         init_channels,
         layers,
-        nodes,
+        steps,
         train_portion,
         arch_lr,
         arch_weight_decay,

@@ -21,7 +21,7 @@ fn tiny_search(data: &Path) -> SearchConfig {
         epochs: 2,
         init_channels: 2,
         layers: 3,
-        nodes: 2,
+        steps: 2,
         seed: 5,
         ..Default::default()
     }
@@ -261,10 +261,15 @@ const PINNED: &[u32] = &[
 /// earlier version) resumes with the sampling it ran with; a new one gets the reference's.
 #[test]
 fn val_sampling_defaults_to_the_reference_and_old_configurations_keep_theirs() {
+    // (and a configuration stored with `nodes` reads as `steps`)
     assert_eq!(SearchConfig::default().val_sampling, ValSampling::Redraw);
     let mut v = serde_json::to_value(SearchConfig::default()).unwrap();
     assert_eq!(v["val_sampling"], "redraw");
     v.as_object_mut().unwrap().remove("val_sampling");
+    // Earlier versions also stored the intermediate nodes as `nodes` (now `steps`).
+    let steps = v.as_object_mut().unwrap().remove("steps").unwrap();
+    v["nodes"] = steps;
     let old: SearchConfig = serde_json::from_value(v).unwrap();
     assert_eq!(old.val_sampling, ValSampling::Cycle);
+    assert_eq!(old.steps, SearchConfig::default().steps);
 }

@@ -558,7 +558,7 @@ fn tiny_search(data: std::path::PathBuf) -> PtbSearchConfig {
         max_steps_per_epoch: Some(2),
         emsize: 16,
         nhid: 16,
-        nodes: 8,
+        steps: 8,
         batch_size: 8,
         eval_batch_size: 10,
         bptt: 10,

@@ -29,7 +29,7 @@ fn tiny_search(data: &Path, epochs: usize) -> SearchConfig {
         epochs,
         init_channels: 2,
         layers: 3,
-        nodes: 2,
+        steps: 2,
         seed: 5,
         ..Default::default()
     }

@@ -45,8 +45,9 @@ pub struct SearchConfig {
     pub init_channels: usize,
     /// Cells.
     pub layers: usize,
-    /// Intermediate nodes per cell.
-    pub nodes: usize,
+    /// Intermediate nodes per cell (the reference's `steps`; stored as `nodes` before).
+    #[serde(alias = "nodes")]
+    pub steps: usize,
     /// Fraction of the training set that trains the weights (the rest drives α).
     pub train_portion: f64,
     /// Second-order (unrolled) architecture gradient.
@@ -103,7 +104,7 @@ impl Default for SearchConfig {
             epochs: 50,
             init_channels: 16,
             layers: 8,
-            nodes: 4,
+            steps: 4,
             train_portion: 0.5,
             unrolled: false,
             arch_lr: 3e-4,
@@ -286,8 +287,8 @@ fn build_search<B: AutodiffBackend>(
         SearchNetworkConfig {
             channels: cfg.init_channels,
             layers: cfg.layers,
-            steps: cfg.nodes,
-            multiplier: cfg.nodes,
+            steps: cfg.steps,
+            multiplier: cfg.steps,
             ..Default::default()
         }
         .init::<B, _, _>(&DartsSpace::default(), Softmax, device)?
@@ -447,7 +448,7 @@ impl RunConfig for SearchConfig {
         check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
         count("init-channels", self.init_channels)?;
         check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
-        count("nodes", self.nodes)?;
+        count("steps", self.steps)?;
         limit("limit-images", self.limit_images)?;
         positive("lr", self.lr)?;
         let lr_min_ok = self.lr_min.is_finite() && (0.0..=self.lr).contains(&self.lr_min);

@@ -42,8 +42,9 @@ pub struct PtbSearchConfig {
     pub emsize: usize,
     /// Hidden units.
     pub nhid: usize,
-    /// Intermediate nodes.
-    pub nodes: usize,
+    /// Intermediate nodes (the reference's `steps`; stored as `nodes` before).
+    #[serde(alias = "nodes")]
+    pub steps: usize,
     /// Batch size (columns of the training and search streams).
     pub batch_size: usize,
     /// Batch size of the evaluation pass.
@@ -86,7 +87,7 @@ impl Default for PtbSearchConfig {
             max_steps_per_epoch: None,
             emsize: 300,
             nhid: 300,
-            nodes: 8,
+            steps: 8,
             batch_size: 256,
             eval_batch_size: 10,
             bptt: 35,
@@ -113,7 +114,7 @@ impl PtbSearchConfig {
             vocab,
             ninp: self.emsize,
             nhid: self.nhid,
-            steps: self.nodes,
+            steps: self.steps,
             dropout: self.dropout,
             tar: self.tar,
             ar: self.ar,
@@ -392,7 +393,7 @@ impl RunConfig for PtbSearchConfig {
         limit("limit-valid-tokens", self.limit_valid_tokens)?;
         count("emsize", self.emsize)?;
         count("nhid", self.nhid)?;
-        count("nodes", self.nodes)?;
+        count("steps", self.steps)?;
         positive("lr", self.lr)?;
         non_negative("weight-decay", self.weight_decay)?;
         non_negative("clip", self.clip)?;
