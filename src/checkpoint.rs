@@ -309,31 +309,29 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(
 }
 
 /// Save `model` (visit order) and the SGD momentum buffers of `sgd` into `ckpt` (tensors
-/// `model/K`, and `sgd/K` from [`Sgd::state`]). Returns the parameter positions by id.
+/// `model/K`, and `sgd/K` from [`Sgd::state`]). Returns the parameter ids in visit order (a
+/// parameter's position is its index there).
 pub fn save_model_sgd<B: AutodiffBackend, M: Module<B>>(
     ckpt: &mut Checkpoint,
     model: &M,
     sgd: &Sgd<B::InnerBackend>,
-) -> BTreeMap<ParamId, usize> {
+) -> Vec<ParamId> {
     let tensors = module_tensors(model);
     let ids: Vec<ParamId> = tensors.iter().map(|t| t.0).collect();
-    let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     for (i, (_, shape, v)) in tensors.into_iter().enumerate() {
         ckpt.push(format!("model/{i}"), shape, v);
     }
     for (pos, v) in sgd.state(&ids).buffers {
         ckpt.push(format!("sgd/{pos}"), vec![v.len()], v);
     }
-    index
+    ids
 }
 
 /// The entries of a map keyed by parameter id, in the parameters' visit order. Parameter ids
 /// are random per process, so a map's own order would make two identical runs write their
 /// checkpoints in different orders.
-pub fn by_position<'a, T>(
-    index: &BTreeMap<ParamId, usize>,
-    map: &'a BTreeMap<ParamId, T>,
-) -> Vec<(usize, &'a T)> {
+pub fn by_position<'a, T>(ids: &[ParamId], map: &'a BTreeMap<ParamId, T>) -> Vec<(usize, &'a T)> {
+    let index: BTreeMap<ParamId, usize> = ids.iter().enumerate().map(|(k, id)| (*id, k)).collect();
     let mut v: Vec<(usize, &T)> = map.iter().map(|(id, t)| (index[id], t)).collect();
     v.sort_by_key(|e| e.0);
     v
@@ -372,11 +370,7 @@ fn mismatch(e: OptimStateError) -> CheckpointError {
 /// Save a [`Bilevel`] (model, SGD momentum buffers, Adam state on α) into `ckpt` (tensors of
 /// [`save_model_sgd`], and `adam_m/K/STEP`, `adam_v/K` from [`darts_bilevel::Adam::state`]).
 pub fn save_bilevel<B: AutodiffBackend, M: ArchModel<B>>(ckpt: &mut Checkpoint, s: &Bilevel<B, M>) {
-    let index = save_model_sgd(ckpt, &s.model, &s.w_opt);
-    let mut ids = vec![ParamId::new(); index.len()];
-    for (id, k) in &index {
-        ids[*k] = *id;
-    }
+    let ids = save_model_sgd(ckpt, &s.model, &s.w_opt);
     for e in s.architect.adam.state(&ids).moments {
         let (pos, t) = (e.position, e.step);
         ckpt.push(format!("adam_m/{pos}/{t}"), vec![e.m.len()], e.m);

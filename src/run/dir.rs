@@ -87,7 +87,7 @@ pub(crate) fn start_run<C: RunConfig, H: serde::de::DeserializeOwned>(
     if !opts.resume {
         config.validate()?;
     }
-    let started = open_run::<C, H>(config, opts, C::KIND, C::MUTABLE)?;
+    let started = open_run::<C, H>(config, opts)?;
     started.0.validate()?;
     let json = serde_json::to_string_pretty(&started.0).expect("configurations serialise");
     write(&opts.out.join("config.json"), &json)?;
@@ -100,19 +100,13 @@ pub(crate) fn start_run<C: RunConfig, H: serde::de::DeserializeOwned>(
 /// Leftover temporary files of an interrupted write are removed either way.
 ///
 /// On resume, the settings in [`RunOptions::given`] are compared with the checkpoint's: those
-/// in `mutable` (e.g. `epochs`, to extend a run) take the new value, any other that differs is a
+/// in [`RunConfig::MUTABLE`] (e.g. `epochs`, to extend a run) take the new value, any other that differs is a
 /// [`RunError::ResumeConflict`] naming it.
-fn open_run<C, H>(
+fn open_run<C: RunConfig, H: serde::de::DeserializeOwned>(
     config: &C,
     opts: &RunOptions,
-    kind: &str,
-    mutable: &[&str],
-) -> Result<Started<C, H>, RunError>
-where
-    C: Clone + Serialize + serde::de::DeserializeOwned,
-    H: serde::de::DeserializeOwned,
-{
-    let dir = &opts.out;
+) -> Result<Started<C, H>, RunError> {
+    let (dir, kind, mutable) = (&opts.out, C::KIND, C::MUTABLE);
     if !opts.resume {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock = lock(dir)?;

@@ -119,6 +119,26 @@ pub(crate) fn check(
     }
 }
 
+impl RunError {
+    /// [`RunError::Diverged`] from 0-based `epoch` and `step` (the message counts from 1, as
+    /// the console does).
+    pub(crate) fn diverged(
+        run: &'static str,
+        epoch: usize,
+        step: usize,
+        what: impl Into<String>,
+        hint: &'static str,
+    ) -> Self {
+        RunError::Diverged {
+            run,
+            epoch: epoch + 1,
+            step: step + 1,
+            what: what.into(),
+            hint,
+        }
+    }
+}
+
 /// A count that must be at least 1.
 pub(crate) fn count(flag: &str, v: usize) -> Result<(), RunError> {
     check(v > 0, flag, "must be at least 1", v)

@@ -35,6 +35,30 @@ fn tiny_search(data: &Path, epochs: usize) -> SearchConfig {
     }
 }
 
+/// A tiny derived-network training on `data` (no image limits).
+fn tiny_train(data: &Path) -> TrainConfig {
+    TrainConfig {
+        data: data.to_path_buf(),
+        genotype: catalog::conv("DARTS_V2").unwrap(),
+        genotype_source: "DARTS_V2".into(),
+        limit_images: None,
+        limit_test: None,
+        batch_size: 8,
+        lr: 0.025,
+        momentum: 0.9,
+        weight_decay: 3e-4,
+        epochs: 1,
+        init_channels: 4,
+        layers: 3,
+        auxiliary: false,
+        auxiliary_weight: 0.4,
+        cutout: None,
+        drop_path_prob: 0.0,
+        grad_clip: 5.0,
+        seed: 1,
+    }
+}
+
 fn opts(out: &Path) -> RunOptions {
     RunOptions {
         out: out.to_path_buf(),
@@ -286,24 +310,9 @@ fn resume_needs_a_checkpoint_of_the_same_kind_and_creates_nothing() {
     let out = tmp("kind");
     run_search::<B>(&tiny_search(&data, 1), &opts(&out), &Default::default()).unwrap();
     let train = TrainConfig {
-        data: data.clone(),
-        genotype: catalog::conv("DARTS_V2").unwrap(),
-        genotype_source: "DARTS_V2".into(),
         limit_images: Some(16),
         limit_test: Some(16),
-        batch_size: 8,
-        lr: 0.025,
-        momentum: 0.9,
-        weight_decay: 3e-4,
-        epochs: 1,
-        init_channels: 4,
-        layers: 3,
-        auxiliary: false,
-        auxiliary_weight: 0.4,
-        cutout: None,
-        drop_path_prob: 0.0,
-        grad_clip: 5.0,
-        seed: 1,
+        ..tiny_train(&data)
     };
     let e = run_train::<B>(&train, &resume(&out, &[]), &Default::default()).unwrap_err();
     assert!(e.to_string().contains("holds a cifar10_search run"), "{e}");
@@ -366,26 +375,7 @@ fn bad_settings_are_errors_naming_the_flag_before_anything_is_written() {
         assert!(!out.exists(), "{flag}: the output directory was created");
     }
     let train = |f: &dyn Fn(&mut TrainConfig)| {
-        let mut c = TrainConfig {
-            data: data.clone(),
-            genotype: catalog::conv("DARTS_V2").unwrap(),
-            genotype_source: "DARTS_V2".into(),
-            limit_images: None,
-            limit_test: None,
-            batch_size: 8,
-            lr: 0.025,
-            momentum: 0.9,
-            weight_decay: 3e-4,
-            epochs: 1,
-            init_channels: 4,
-            layers: 3,
-            auxiliary: false,
-            auxiliary_weight: 0.4,
-            cutout: None,
-            drop_path_prob: 0.0,
-            grad_clip: 5.0,
-            seed: 1,
-        };
+        let mut c = tiny_train(&data);
         f(&mut c);
         c
     };

@@ -369,13 +369,10 @@ fn search_epoch<B: AutodiffBackend>(
     });
     pb.finish_and_clear();
     if let Some(bad) = &stats.non_finite {
-        return Err(RunError::Diverged {
-            run: "search",
-            epoch: epoch + 1,
-            step: bad.step + 1,
-            what: bad.what.clone(),
-            hint: "; lower --lr or --arch-lr, or pass --skip-non-finite-steps to undo such steps",
-        });
+        let hint = "; lower --lr or --arch-lr, or pass --skip-non-finite-steps to undo such steps";
+        return Err(RunError::diverged(
+            "search", epoch, bad.step, &bad.what, hint,
+        ));
     }
     let model = search.model.valid();
     let (val_loss, val_acc) =

@@ -168,13 +168,13 @@ fn train_pass<B: AutodiffBackend>(
             } else {
                 "training loss"
             };
-            return Err(RunError::Diverged {
-                run: "training",
-                epoch: epoch + 1,
-                step: step + 1,
-                what: what.into(),
-                hint: "; lower --lr",
-            });
+            return Err(RunError::diverged(
+                "training",
+                epoch,
+                step,
+                what,
+                "; lower --lr",
+            ));
         }
         let m = h.len() as f64;
         let c: f64 = st.aux.into_scalar().elem();

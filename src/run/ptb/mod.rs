@@ -95,13 +95,3 @@ pub(super) fn batchify(
         e => e.into(),
     })
 }
-
-pub(super) fn diverged(epoch: usize, step: usize, what: &str) -> RunError {
-    RunError::Diverged {
-        run: "search",
-        epoch: epoch + 1,
-        step: step + 1,
-        what: what.to_string(),
-        hint: "; lower --lr or --arch-lr",
-    }
-}

@@ -1,6 +1,6 @@
 //! Recurrent cell search on Penn Treebank (reference `rnn/train_search.py`).
 
-use super::{batchify, diverged, evaluate_lm, load_corpus, zeros_inner};
+use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
 use crate::run::{
@@ -329,7 +329,10 @@ fn search_pass<B: AutodiffBackend>(
     });
     pb.finish_and_clear();
     if let Some(bad) = &stats.non_finite {
-        return Err(diverged(epoch, bad.step, &bad.what));
+        let hint = "; lower --lr or --arch-lr";
+        return Err(RunError::diverged(
+            "search", epoch, bad.step, &bad.what, hint,
+        ));
     }
     Ok(PassStats {
         train_loss: stats.train_loss,

@@ -201,7 +201,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Per-position tensors `prefix/k` of a checkpoint, keyed by this model's parameter ids.
-    fn by_position(&self, c: &Checkpoint, prefix: &str, device: &B::Device) -> FlatParams<B> {
+    fn read_by_position(&self, c: &Checkpoint, prefix: &str, device: &B::Device) -> FlatParams<B> {
         let mut out = BTreeMap::new();
         for (k, id) in self.all_ids.iter().enumerate() {
             if let Some((_, _, v)) = c.get(&format!("{prefix}/{k}")) {
@@ -217,10 +217,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         let meta = &c.meta;
         self.val_losses = serde_json::from_value(meta["best_vals"].clone()).unwrap_or_default();
         if let Some(steps) = meta["asgd_steps"].as_u64() {
-            let ax = self.by_position(c, "ax", device);
+            let ax = self.read_by_position(c, "ax", device);
             self.opt.restore_averaging(steps, ax);
         }
-        let b = self.by_position(c, "best", device);
+        let b = self.read_by_position(c, "best", device);
         if let Some(v) = meta["best_val"].as_f64() {
             if !b.is_empty() {
                 self.best = Some((v, b));
@@ -233,12 +233,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         c.meta["best_vals"] = serde_json::json!(self.val_losses);
         c.meta["asgd_steps"] = serde_json::json!(self.opt.averaged_steps());
         c.meta["best_val"] = serde_json::json!(self.best.as_ref().map(|b| b.0));
-        let pos = checkpoint::save_model_sgd(c, &self.model, self.opt.sgd());
+        let ids = checkpoint::save_model_sgd(c, &self.model, self.opt.sgd());
         let empty = BTreeMap::new();
         let ax = self.opt.averaged().unwrap_or(&empty);
         let best_w = self.best.as_ref().map_or(&empty, |b| &b.1);
         for (prefix, map) in [("ax", ax), ("best", best_w)] {
-            for (k, t) in checkpoint::by_position(&pos, map) {
+            for (k, t) in checkpoint::by_position(&ids, map) {
                 let v = darts_ops::to_f32s(t);
                 c.push(format!("{prefix}/{k}"), vec![v.len()], v);
             }
@@ -294,13 +294,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             hidden = h.detach().inner();
             let raw = darts_ops::to_f64s(&raw)[0];
             if !raw.is_finite() {
-                return Err(RunError::Diverged {
-                    run: "training",
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    what: "training loss".into(),
-                    hint: "; lower --lr",
-                });
+                let what = "training loss";
+                return Err(RunError::diverged(
+                    "training",
+                    epoch,
+                    step,
+                    what,
+                    "; lower --lr",
+                ));
             }
             self.opt.accumulate(st.updated);
             tl += raw * (t * n) as f64;
