@@ -5,6 +5,7 @@ mod cifar_data;
 mod cifar_end_to_end;
 mod common;
 mod gpu_equivalence;
+mod gpu_kernels;
 mod nb201;
 mod ptb;
 mod robustness;

@@ -25,7 +25,7 @@
 //! `depthwise` (checked by `TypeId`); everything else keeps Burn's operation.
 
 use super::cast;
-use super::cpu::Window;
+use super::cpu::{Pooling, Window};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
@@ -39,6 +39,68 @@ use std::any::TypeId;
 fn options(g: &Window) -> ConvOptions<2> {
     ConvOptions::new(g.stride, g.pad, g.dil, g.c)
 }
+
+/// The primitive operations behind this module's autodiff ops, on the inner backend. The
+/// provided methods are Burn's own operations (any backend can implement the trait with an
+/// empty `impl`; the tests do for `Flex`); `CubeBackend` and `Fusion<CubeBackend>` (the wgpu
+/// and CUDA types) override every one with a single CubeCL kernel launch (`kernels::cube`).
+///
+/// Tensors are `[n, c, h, w]`; `g` is the geometry (for pools `kh = kw`, symmetric stride and
+/// padding, dilation 1).
+pub trait GpuOps: Backend {
+    /// Depthwise convolution `[n, c, h, w] ⊛ [c, 1, kh, kw]` → `[n, c, ho, wo]`.
+    fn dw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
+        Self::conv2d(x, w, None, options(g))
+    }
+
+    /// Input gradient of [`GpuOps::dw_forward`] for the output gradient `gy`.
+    fn dw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
+        let device = Self::float_device(&gy);
+        let x = Tensor::<Self, 4>::zeros([g.n, g.c, g.h, g.w], &device)
+            .into_primitive()
+            .tensor();
+        Self::conv2d_x_backward(x, w, gy, options(g))
+    }
+
+    /// Weight gradient `[c, 1, kh, kw]` of [`GpuOps::dw_forward`].
+    fn dw_backward_w(x: FloatTensor<Self>, gy: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
+        depthwise_weight_grad::<Self>(float(x), float(gy), g)
+            .into_primitive()
+            .tensor()
+    }
+
+    /// Pooling forward `[n, c, h, w]` → `[n, c, ho, wo]`.
+    fn pool_forward(x: FloatTensor<Self>, g: &Window, kind: Pooling) -> FloatTensor<Self> {
+        let (k, s, p) = ([g.kh, g.kw], g.stride, g.pad);
+        match kind {
+            Pooling::Max => Self::max_pool2d(x, k, s, p, [1, 1], false),
+            Pooling::AvgExcludePad => Self::avg_pool2d(x, k, s, p, false, false),
+            Pooling::AvgIncludePad => Self::avg_pool2d(x, k, s, p, true, false),
+        }
+    }
+
+    /// Input gradient of [`GpuOps::pool_forward`] (the max pool's goes to the first maximum
+    /// of each window).
+    fn pool_backward(
+        x: FloatTensor<Self>,
+        gy: FloatTensor<Self>,
+        g: &Window,
+        kind: Pooling,
+    ) -> FloatTensor<Self> {
+        let (k, s, p) = ([g.kh, g.kw], g.stride, g.pad);
+        match kind {
+            Pooling::Max => {
+                let idx = Self::max_pool2d_with_indices(x.clone(), k, s, p, [1, 1], false).indices;
+                Self::max_pool2d_with_indices_backward(x, k, s, p, [1, 1], false, gy, idx).x_grad
+            }
+            Pooling::AvgExcludePad => Self::avg_pool2d_backward(x, gy, k, s, p, false, false),
+            Pooling::AvgIncludePad => Self::avg_pool2d_backward(x, gy, k, s, p, true, false),
+        }
+    }
+}
+
+#[cfg(feature = "flex")]
+impl GpuOps for burn_flex::Flex {}
 
 /// The weight gradient `[c, 1, kh, kw]` of a depthwise convolution as one grouped convolution
 /// over the `n·c` planes and a sum over the batch (see the module documentation).
@@ -73,7 +135,7 @@ fn float<I: Backend>(t: FloatTensor<I>) -> Tensor<I, 4> {
 #[derive(Debug)]
 struct DepthwiseBackward;
 
-impl<I: Backend> Backward<I, 2> for DepthwiseBackward {
+impl<I: GpuOps> Backward<I, 2> for DepthwiseBackward {
     type State = (FloatTensor<I>, FloatTensor<I>, Window);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -81,18 +143,16 @@ impl<I: Backend> Backward<I, 2> for DepthwiseBackward {
         let gy = grads.consume::<I>(&ops.node);
         let (x, w, g) = ops.state;
         if let Some(node) = node_w {
-            let gw = depthwise_weight_grad::<I>(float(x.clone()), float(gy.clone()), &g);
-            grads.register::<I>(node.id, gw.into_primitive().tensor());
+            grads.register::<I>(node.id, I::dw_backward_w(x, gy.clone(), &g));
         }
         if let Some(node) = node_x {
-            let gx = I::conv2d_x_backward(x, w, gy, options(&g));
-            grads.register::<I>(node.id, gx);
+            grads.register::<I>(node.id, I::dw_backward_x(gy, w, &g));
         }
     }
 }
 
 /// Depthwise convolution on `Autodiff<I>` (no checkpointing) with the backward above.
-pub fn depthwise_autodiff<I: Backend>(
+pub fn depthwise_autodiff<I: GpuOps>(
     x: Tensor<Autodiff<I>, 4>,
     w: Tensor<Autodiff<I>, 4>,
     g: Window,
@@ -103,12 +163,7 @@ pub fn depthwise_autodiff<I: Backend>(
         .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
         .compute_bound()
         .stateful();
-    let y = I::conv2d(
-        xa.primitive.clone(),
-        wa.primitive.clone(),
-        None,
-        options(&g),
-    );
+    let y = I::dw_forward(xa.primitive.clone(), wa.primitive.clone(), &g);
     let out = match prep {
         OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive, g), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
@@ -118,7 +173,7 @@ pub fn depthwise_autodiff<I: Backend>(
 
 /// Run [`depthwise_autodiff`] when `B` is `Autodiff<I>` for this `I`; else give the inputs back.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-fn try_backend<B: Backend, I: Backend>(
+fn try_backend<B: Backend, I: GpuOps>(
     x: Tensor<B, 4>,
     w: Tensor<B, 4>,
     g: Window,
@@ -195,6 +250,86 @@ pub(crate) fn depthwise<B: Backend>(
     }
     let _ = g;
     Err(inputs)
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl<I: GpuOps> Backward<I, 1> for PoolBackward {
+    type State = (FloatTensor<I>, Window, Pooling);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let gy = grads.consume::<I>(&ops.node);
+        let Some(node) = node_x else { return };
+        let (x, g, kind) = ops.state;
+        grads.register::<I>(node.id, I::pool_backward(x, gy, &g, kind));
+    }
+}
+
+/// 2-D pooling on `Autodiff<I>` (no checkpointing) through [`GpuOps`]: one launch forward,
+/// one backward (the max pool recomputes each window's arg-max instead of storing indices).
+pub fn pool_autodiff<I: GpuOps>(
+    x: Tensor<Autodiff<I>, 4>,
+    g: Window,
+    kind: Pooling,
+) -> Tensor<Autodiff<I>, 4> {
+    let xa = x.into_primitive().tensor();
+    let prep = PoolBackward
+        .prepare::<NoCheckpointing>([xa.node.clone()])
+        .compute_bound()
+        .stateful();
+    let y = I::pool_forward(xa.primitive.clone(), &g, kind);
+    let out = match prep {
+        OpsKind::Tracked(prep) => prep.finish((xa.primitive, g, kind), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn try_pool<B: Backend, I: GpuOps>(
+    x: Tensor<B, 4>,
+    g: Window,
+    kind: Pooling,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+        return Err(x);
+    }
+    let Ok(x) = cast::<_, Tensor<Autodiff<I>, 4>>(x) else {
+        unreachable!("types compared by TypeId above")
+    };
+    match cast(pool_autodiff::<I>(x, g, kind)) {
+        Ok(y) => Ok(y),
+        Err(_) => unreachable!("types compared by TypeId above"),
+    }
+}
+
+/// Pooling through the CubeCL kernels on the GPU autodiff backends; `Err` gives the input back
+/// on every other backend.
+#[allow(unused_mut)]
+pub(crate) fn pool<B: Backend>(
+    x: Tensor<B, 4>,
+    g: Window,
+    kind: Pooling,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let mut x = x;
+    #[cfg(feature = "wgpu")]
+    {
+        match try_pool::<B, burn::backend::Wgpu>(x, g, kind) {
+            Ok(y) => return Ok(y),
+            Err(back) => x = back,
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        match try_pool::<B, burn::backend::Cuda>(x, g, kind) {
+            Ok(y) => return Ok(y),
+            Err(back) => x = back,
+        }
+    }
+    let _ = (g, kind);
+    Err(x)
 }
 
 /// Sum of `[n, c, l]` over dimensions 0 and 2, as `[1, c, 1]`.

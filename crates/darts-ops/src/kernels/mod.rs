@@ -18,6 +18,8 @@
 //! Tests check every path against the others and against finite differences.
 
 pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod gpu;
@@ -192,8 +194,14 @@ pub fn pool2d<B: Backend>(
     } else {
         x
     };
-    #[cfg(not(feature = "flex"))]
-    let _ = g;
+    let x = if g.is_valid() && 2 * padding <= kernel && !burn_ops_forced() {
+        match gpu::pool(x, g, kind) {
+            Ok(y) => return y,
+            Err(back) => back,
+        }
+    } else {
+        x
+    };
     let (k, s, p) = ([kernel; 2], [stride; 2], [padding; 2]);
     match kind {
         Pooling::Max => max_pool2d(x, k, s, p, [1, 1], false),

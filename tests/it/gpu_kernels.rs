@@ -1,0 +1,349 @@
+//! The CubeCL kernels of `darts_ops::kernels::cube` (through [`GpuOps`] on the GPU backend's
+//! own type, i.e. inside Burn's fusion stream) against their definitions (plain f64 loops here)
+//! and against Burn's own operations (the trait's provided methods, on flex): the depthwise
+//! convolution forward, input gradient and weight gradient for every geometry DARTS uses
+//! (3×3 and 5×5, stride 1 and 2, dilation 1 and 2) plus 7×7 and odd sizes; max and average
+//! pooling (both padding conventions) forward and backward, the max pool's ties included
+//! (first maximum in row-major window order). `N·C` spans many workgroups (and, for the weight
+//! gradient, `N·Ho·Wo` many passes of a 256-unit cube).
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use darts::ops::kernels::gpu::GpuOps;
+use darts::ops::kernels::{Pooling, Window};
+
+/// Deterministic values in (−1, 1) (an LCG), so flex and the GPU see the same numbers.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+fn prim<B: Backend>(v: &[f32], dims: [usize; 4], device: &B::Device) -> FloatTensor<B> {
+    Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), dims), device)
+        .into_primitive()
+        .tensor()
+}
+
+fn read<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
+    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*a as f64 - b).abs() <= 1e-5 * scale.max(1.0),
+            "{what}[{i}]: {a} vs {b} (scale {scale})"
+        );
+    }
+}
+
+fn as_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Padded-frame input value, or `None` in the padding.
+fn at(x: &[f32], g: &Window, plane: usize, py: usize, px: usize) -> Option<f64> {
+    let (y, x_) = (py.checked_sub(g.pad[0])?, px.checked_sub(g.pad[1])?);
+    (y < g.h && x_ < g.w).then(|| x[(plane * g.h + y) * g.w + x_] as f64)
+}
+
+fn dw_forward_def(x: &[f32], w: &[f32], g: &Window) -> Vec<f64> {
+    let (ho, wo) = (g.ho(), g.wo());
+    let mut y = vec![0.0; g.n * g.c * ho * wo];
+    for plane in 0..g.n * g.c {
+        let c = plane % g.c;
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut acc = 0.0;
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let py = oy * g.stride[0] + i * g.dil[0];
+                        let px = ox * g.stride[1] + j * g.dil[1];
+                        if let Some(v) = at(x, g, plane, py, px) {
+                            acc += v * w[(c * g.kh + i) * g.kw + j] as f64;
+                        }
+                    }
+                }
+                y[(plane * ho + oy) * wo + ox] = acc;
+            }
+        }
+    }
+    y
+}
+
+/// Both gradients of the depthwise convolution by the adjoint scatter of its definition.
+fn dw_backward_def(x: &[f32], w: &[f32], gy: &[f32], g: &Window) -> (Vec<f64>, Vec<f64>) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let mut gx = vec![0.0; x.len()];
+    let mut gw = vec![0.0; w.len()];
+    for plane in 0..g.n * g.c {
+        let c = plane % g.c;
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let up = gy[(plane * ho + oy) * wo + ox] as f64;
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let py = oy * g.stride[0] + i * g.dil[0];
+                        let px = ox * g.stride[1] + j * g.dil[1];
+                        if let Some(v) = at(x, g, plane, py, px) {
+                            let k = (c * g.kh + i) * g.kw + j;
+                            gw[k] += v * up;
+                            let xi = (plane * g.h + py - g.pad[0]) * g.w + px - g.pad[1];
+                            gx[xi] += w[k] as f64 * up;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (gx, gw)
+}
+
+/// Pooling forward and backward by definition (padding never wins the max; ties go to the
+/// first position in row-major window order).
+fn pool_def(x: &[f32], gy: &[f32], g: &Window, kind: Pooling) -> (Vec<f64>, Vec<f64>) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let mut y = vec![0.0; g.n * g.c * ho * wo];
+    let mut gx = vec![0.0; x.len()];
+    for plane in 0..g.n * g.c {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut inside = vec![];
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let (py, px) = (oy * g.stride[0] + i, ox * g.stride[1] + j);
+                        if let Some(v) = at(x, g, plane, py, px) {
+                            let xi = (plane * g.h + py - g.pad[0]) * g.w + px - g.pad[1];
+                            inside.push((xi, v));
+                        }
+                    }
+                }
+                let o = (plane * ho + oy) * wo + ox;
+                let up = gy[o] as f64;
+                match kind {
+                    Pooling::Max => {
+                        let mut best = inside[0];
+                        for &(xi, v) in &inside[1..] {
+                            if v > best.1 {
+                                best = (xi, v);
+                            }
+                        }
+                        y[o] = best.1;
+                        gx[best.0] += up;
+                    }
+                    Pooling::AvgExcludePad | Pooling::AvgIncludePad => {
+                        let count = if kind == Pooling::AvgExcludePad {
+                            inside.len() as f64
+                        } else {
+                            (g.kh * g.kw) as f64
+                        };
+                        y[o] = inside.iter().map(|p| p.1).sum::<f64>() / count;
+                        for &(xi, _) in &inside {
+                            gx[xi] += up / count;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, gx)
+}
+
+fn window(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+) -> Window {
+    Window {
+        n,
+        c,
+        h,
+        w,
+        kh: k,
+        kw: k,
+        stride: [s, s],
+        pad: [p, p],
+        dil: [d, d],
+    }
+}
+
+/// Runs `G`'s kernels and flex's Burn operations on the same data; checks both against the
+/// definition.
+pub fn check_depthwise<G: GpuOps>(device: &G::Device) {
+    let flex = Default::default();
+    // (k, stride, padding, dilation) of DARTS's sep/dil convs, then 7×7 and asymmetric cuts.
+    for (k, s, p, d) in [
+        (3, 1, 1, 1),
+        (3, 2, 1, 1),
+        (5, 1, 2, 1),
+        (5, 2, 2, 1),
+        (3, 1, 2, 2),
+        (3, 2, 2, 2),
+        (5, 1, 4, 2),
+        (5, 2, 4, 2),
+        (7, 1, 3, 1),
+        (3, 2, 0, 1),
+    ] {
+        for (n, c, h, w) in [(3, 37, 9, 7), (2, 16, 16, 16)] {
+            let g = window(n, c, h, w, k, s, p, d);
+            let what = format!("k{k} s{s} p{p} d{d} {n}×{c}×{h}×{w}");
+            let x = values(n * c * h * w, 1);
+            let wt = values(c * k * k, 2);
+            let gy = values(n * c * g.ho() * g.wo(), 3);
+            let (xd, wd, gyd) = ([n, c, h, w], [c, 1, k, k], [n, c, g.ho(), g.wo()]);
+            let y_def = dw_forward_def(&x, &wt, &g);
+            let (gx_def, gw_def) = dw_backward_def(&x, &wt, &gy, &g);
+
+            let y = read::<G>(G::dw_forward(
+                prim::<G>(&x, xd, device),
+                prim::<G>(&wt, wd, device),
+                &g,
+            ));
+            let gx = read::<G>(G::dw_backward_x(
+                prim::<G>(&gy, gyd, device),
+                prim::<G>(&wt, wd, device),
+                &g,
+            ));
+            let gw = read::<G>(G::dw_backward_w(
+                prim::<G>(&x, xd, device),
+                prim::<G>(&gy, gyd, device),
+                &g,
+            ));
+            assert_close(&format!("{what} forward"), &y, &y_def);
+            assert_close(&format!("{what} input gradient"), &gx, &gx_def);
+            assert_close(&format!("{what} weight gradient"), &gw, &gw_def);
+
+            // Burn's own operations agree with the same definition (so with the kernels).
+            let y_burn = read::<Flex>(Flex::dw_forward(
+                prim::<Flex>(&x, xd, &flex),
+                prim::<Flex>(&wt, wd, &flex),
+                &g,
+            ));
+            let gx_burn = read::<Flex>(Flex::dw_backward_x(
+                prim::<Flex>(&gy, gyd, &flex),
+                prim::<Flex>(&wt, wd, &flex),
+                &g,
+            ));
+            let gw_burn = read::<Flex>(Flex::dw_backward_w(
+                prim::<Flex>(&x, xd, &flex),
+                prim::<Flex>(&gy, gyd, &flex),
+                &g,
+            ));
+            assert_close(&format!("{what} forward vs Burn"), &y, &as_f64(&y_burn));
+            assert_close(
+                &format!("{what} input gradient vs Burn"),
+                &gx,
+                &as_f64(&gx_burn),
+            );
+            assert_close(
+                &format!("{what} weight gradient vs Burn"),
+                &gw,
+                &as_f64(&gw_burn),
+            );
+        }
+    }
+}
+
+pub fn check_pooling<G: GpuOps>(device: &G::Device) {
+    let flex = Default::default();
+    for kind in [Pooling::Max, Pooling::AvgExcludePad, Pooling::AvgIncludePad] {
+        for (k, s, p) in [(3, 1, 1), (3, 2, 1), (2, 2, 0), (5, 3, 0), (3, 2, 0)] {
+            for (n, c, h, w) in [(3, 37, 9, 7), (2, 16, 16, 16)] {
+                let g = window(n, c, h, w, k, s, p, 1);
+                let what = format!("{kind:?} k{k} s{s} p{p} {n}×{c}×{h}×{w}");
+                let x = values(n * c * h * w, 4);
+                let gy = values(n * c * g.ho() * g.wo(), 5);
+                let (xd, gyd) = ([n, c, h, w], [n, c, g.ho(), g.wo()]);
+                let (y_def, gx_def) = pool_def(&x, &gy, &g, kind);
+                let y = read::<G>(G::pool_forward(prim::<G>(&x, xd, device), &g, kind));
+                let gx = read::<G>(G::pool_backward(
+                    prim::<G>(&x, xd, device),
+                    prim::<G>(&gy, gyd, device),
+                    &g,
+                    kind,
+                ));
+                assert_close(&format!("{what} forward"), &y, &y_def);
+                assert_close(&format!("{what} backward"), &gx, &gx_def);
+
+                let y_burn =
+                    read::<Flex>(Flex::pool_forward(prim::<Flex>(&x, xd, &flex), &g, kind));
+                let gx_burn = read::<Flex>(Flex::pool_backward(
+                    prim::<Flex>(&x, xd, &flex),
+                    prim::<Flex>(&gy, gyd, &flex),
+                    &g,
+                    kind,
+                ));
+                assert_close(&format!("{what} forward vs Burn"), &y, &as_f64(&y_burn));
+                assert_close(&format!("{what} backward vs Burn"), &gx, &as_f64(&gx_burn));
+            }
+        }
+    }
+    // Ties: a plane of equal values (and one of repeated steps) sends every window's gradient
+    // to its first maximum in row-major order.
+    let g = window(1, 2, 6, 5, 3, 1, 1, 1);
+    let mut x = vec![0.5f32; 30];
+    x.extend((0..30).map(|i| (i / 7) as f32));
+    let gy = values(g.n * g.c * g.ho() * g.wo(), 6);
+    let (_, gx_def) = pool_def(&x, &gy, &g, Pooling::Max);
+    let gx = read::<G>(G::pool_backward(
+        prim::<G>(&x, [1, 2, 6, 5], device),
+        prim::<G>(&gy, [1, 2, g.ho(), g.wo()], device),
+        &g,
+        Pooling::Max,
+    ));
+    assert_close("max pool ties", &gx, &gx_def);
+}
+
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use burn::backend::Wgpu;
+
+    #[test]
+    fn depthwise_kernels_agree_with_definition_and_burn() {
+        super::check_depthwise::<Wgpu>(&Default::default());
+    }
+
+    #[test]
+    fn pooling_kernels_agree_with_definition_and_burn() {
+        super::check_pooling::<Wgpu>(&Default::default());
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::backend::Cuda;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn depthwise_kernels_agree_with_definition_and_burn() {
+        super::check_depthwise::<Cuda>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn pooling_kernels_agree_with_definition_and_burn() {
+        super::check_pooling::<Cuda>(&Default::default());
+    }
+}
