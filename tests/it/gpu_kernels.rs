@@ -4,7 +4,8 @@
 //! convolution forward, input gradient and weight gradient for every geometry DARTS uses
 //! (3×3 and 5×5, stride 1 and 2, dilation 1 and 2) plus 7×7 and odd sizes; max and average
 //! pooling (both padding conventions) forward and backward, the max pool's ties included
-//! (first maximum in row-major window order). `N·C` spans many workgroups (and, for the weight
+//! (first maximum in row-major window order); training-mode BatchNorm forward (x̂, batch mean
+//! and variance) and backward. `N·C` spans many workgroups (and, for the weight
 //! gradient, `N·Ho·Wo` many passes of a 256-unit cube).
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
@@ -277,18 +278,24 @@ pub fn check_pooling<G: GpuOps>(device: &G::Device) {
                 let gy = values(n * c * g.ho() * g.wo(), 5);
                 let (xd, gyd) = ([n, c, h, w], [n, c, g.ho(), g.wo()]);
                 let (y_def, gx_def) = pool_def(&x, &gy, &g, kind);
-                let y = read::<G>(G::pool_forward(prim::<G>(&x, xd, device), &g, kind));
+                let (y, saved) = G::pool_forward(prim::<G>(&x, xd, device), &g, kind);
+                assert_eq!(
+                    saved.is_some(),
+                    kind == Pooling::Max && G::pool_saves_argmax()
+                );
+                let saved = saved.unwrap_or_else(|| prim::<G>(&x, xd, device));
                 let gx = read::<G>(G::pool_backward(
-                    prim::<G>(&x, xd, device),
+                    saved,
                     prim::<G>(&gy, gyd, device),
                     &g,
                     kind,
                 ));
+                let y = read::<G>(y);
                 assert_close(&format!("{what} forward"), &y, &y_def);
                 assert_close(&format!("{what} backward"), &gx, &gx_def);
 
                 let y_burn =
-                    read::<Flex>(Flex::pool_forward(prim::<Flex>(&x, xd, &flex), &g, kind));
+                    read::<Flex>(Flex::pool_forward(prim::<Flex>(&x, xd, &flex), &g, kind).0);
                 let gx_burn = read::<Flex>(Flex::pool_backward(
                     prim::<Flex>(&x, xd, &flex),
                     prim::<Flex>(&gy, gyd, &flex),
@@ -307,13 +314,74 @@ pub fn check_pooling<G: GpuOps>(device: &G::Device) {
     x.extend((0..30).map(|i| (i / 7) as f32));
     let gy = values(g.n * g.c * g.ho() * g.wo(), 6);
     let (_, gx_def) = pool_def(&x, &gy, &g, Pooling::Max);
-    let gx = read::<G>(G::pool_backward(
-        prim::<G>(&x, [1, 2, 6, 5], device),
-        prim::<G>(&gy, [1, 2, g.ho(), g.wo()], device),
-        &g,
-        Pooling::Max,
-    ));
+    let (_, saved) = G::pool_forward(prim::<G>(&x, [1, 2, 6, 5], device), &g, Pooling::Max);
+    let saved = saved.unwrap_or_else(|| prim::<G>(&x, [1, 2, 6, 5], device));
+    let gy_t = prim::<G>(&gy, [1, 2, g.ho(), g.wo()], device);
+    let gx = read::<G>(G::pool_backward(saved, gy_t, &g, Pooling::Max));
     assert_close("max pool ties", &gx, &gx_def);
+}
+
+/// Training-mode BatchNorm by definition (f64): `x̂`, mean, biased variance and the input
+/// gradient `(g − mean(g) − x̂·mean(g·x̂))/√(σ² + ε)`.
+fn bn_def(x: &[f32], gy: &[f32], [n, c, h, w]: [usize; 4], eps: f64) -> [Vec<f64>; 4] {
+    let hw = h * w;
+    let (mut y, mut gx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    let (mut means, mut vars) = (vec![0.0; c], vec![0.0; c]);
+    for ch in 0..c {
+        let at: Vec<usize> = (0..n)
+            .flat_map(|b| (0..hw).map(move |r| (b * c + ch) * hw + r))
+            .collect();
+        let count = at.len() as f64;
+        let mean = at.iter().map(|&i| x[i] as f64).sum::<f64>() / count;
+        let var = at
+            .iter()
+            .map(|&i| (x[i] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / count;
+        let inv = 1.0 / (var + eps).sqrt();
+        for &i in &at {
+            y[i] = (x[i] as f64 - mean) * inv;
+        }
+        let mg = at.iter().map(|&i| gy[i] as f64).sum::<f64>() / count;
+        let mgy = at.iter().map(|&i| gy[i] as f64 * y[i]).sum::<f64>() / count;
+        for &i in &at {
+            gx[i] = (gy[i] as f64 - mg - y[i] * mgy) * inv;
+        }
+        (means[ch], vars[ch]) = (mean, var);
+    }
+    [y, means, vars, gx]
+}
+
+pub fn check_batchnorm<G: GpuOps>(device: &G::Device) {
+    let flex = Default::default();
+    let eps = 1e-5;
+    // One plane smaller than a cube, odd sizes, and several passes of a 256-unit cube.
+    for dims in [[1, 5, 3, 3], [3, 37, 9, 7], [2, 16, 16, 16], [4, 3, 32, 32]] {
+        let len = dims.iter().product();
+        // An offset mean, as BN inputs have.
+        let x: Vec<f32> = values(len, 7).iter().map(|v| 3.0 * v + 0.5).collect();
+        let gy = values(len, 8);
+        let [y_def, mean_def, var_def, gx_def] = bn_def(&x, &gy, dims, eps);
+        let c = dims[1];
+        let [y, mean, var] = G::bn_forward(prim::<G>(&x, dims, device), eps);
+        let gx = G::bn_backward(y.clone(), var.clone(), prim::<G>(&gy, dims, device), eps);
+        let what = format!("BatchNorm {dims:?}");
+        let (y, mean, var, gx) = (read::<G>(y), read::<G>(mean), read::<G>(var), read::<G>(gx));
+        assert_close(&format!("{what} x̂"), &y, &y_def);
+        assert_close(&format!("{what} mean"), &mean, &mean_def);
+        assert_close(&format!("{what} variance"), &var, &var_def);
+        assert_close(&format!("{what} input gradient"), &gx, &gx_def);
+        assert_eq!(mean.len(), c);
+
+        let [yb, _, varb] = Flex::bn_forward(prim::<Flex>(&x, dims, &flex), eps);
+        let gxb = Flex::bn_backward(yb.clone(), varb, prim::<Flex>(&gy, dims, &flex), eps);
+        assert_close(&format!("{what} x̂ vs Burn"), &y, &as_f64(&read::<Flex>(yb)));
+        assert_close(
+            &format!("{what} gradient vs Burn"),
+            &gx,
+            &as_f64(&read::<Flex>(gxb)),
+        );
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -328,6 +396,11 @@ mod wgpu {
     #[test]
     fn pooling_kernels_agree_with_definition_and_burn() {
         super::check_pooling::<Wgpu>(&Default::default());
+    }
+
+    #[test]
+    fn batchnorm_kernels_agree_with_definition_and_burn() {
+        super::check_batchnorm::<Wgpu>(&Default::default());
     }
 }
 
@@ -345,5 +418,11 @@ mod cuda {
     #[ignore = "needs an NVIDIA GPU; run with --ignored"]
     fn pooling_kernels_agree_with_definition_and_burn() {
         super::check_pooling::<Cuda>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn batchnorm_kernels_agree_with_definition_and_burn() {
+        super::check_batchnorm::<Cuda>(&Default::default());
     }
 }

@@ -271,7 +271,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TrackedParams<B> {
         let t = param.val();
         if t.is_require_grad() && t.shape().num_elements() > 0 {
             let n = t.shape().num_elements();
-            self.0.push(t.reshape([n]).narrow(0, 0, 1));
+            self.0.push(t.reshape([n]));
         }
     }
 }
@@ -284,13 +284,20 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TrackedParams<B> {
 /// activation graph built so far (quadratic; measured at a quarter of a CPU search step). One
 /// n-ary operation on a one-element view of each parameter merges the small parameter graphs
 /// up front; the forward then adds every node to that graph. The joining node is dropped at
-/// once and is not an ancestor of the loss, so gradients are unchanged. Cheap on any backend
-/// (one `cat` of one value per parameter); [`loss_gradients`] and [`train_gradients`] call it.
+/// once and is not an ancestor of the loss, so gradients are unchanged. On the CPU one `cat` of
+/// one value per parameter; on the GPU autodiff backends, where that is two kernel launches per
+/// parameter, a tree of binary no-op autodiff nodes
+/// ([`darts_ops::kernels::gpu::join_graphs`]). [`loss_gradients`] and [`train_gradients`] call
+/// it.
 pub fn join_parameter_graphs<B: AutodiffBackend, M: Module<B>>(model: &M) {
     let mut params = TrackedParams(Vec::new());
     model.visit(&mut params);
     if params.0.len() > 1 {
-        drop(Tensor::cat(params.0, 0));
+        // On the GPU autodiff backends a tree of launch-free binary nodes does the join.
+        if let Err(params) = darts_ops::kernels::gpu::join_graphs(params.0) {
+            let views = params.into_iter().map(|p| p.narrow(0, 0, 1)).collect();
+            drop(Tensor::cat(views, 0));
+        }
     }
 }
 

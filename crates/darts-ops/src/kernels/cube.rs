@@ -30,13 +30,14 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
-use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
+use cubecl::{CubeCount, CubeDim};
 
 /// Units per cube of the weight-gradient reduction (a power of two).
 const REDUCE_BLOCK: u32 = 256;
 
-/// Depthwise convolution forward: one unit per output element, `y[n, c, oy, ox] =
-/// Σ_{i, j} x_pad[n, c, oy·s + i·d, ox·s + j·d] · w[c, i, j]`.
+/// Depthwise convolution forward: one unit per output element `(ox, oy, plane)` of a 3-D grid
+/// (no integer division per unit), `y[n, c, oy, ox] = Σ_{i, j} x_pad[n, c, oy·s + i·d,
+/// ox·s + j·d] · w[c, i, j]`.
 #[cube(launch)]
 fn dw_forward_kernel<F: Float>(
     x: &Tensor<F>,
@@ -47,19 +48,17 @@ fn dw_forward_kernel<F: Float>(
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
 ) {
-    if ABSOLUTE_POS >= y.len() {
+    let ox = ABSOLUTE_POS_X;
+    let oy = ABSOLUTE_POS_Y;
+    let plane = ABSOLUTE_POS_Z as usize;
+    let wo = y.shape(3) as u32;
+    let ho = y.shape(2) as u32;
+    if ox >= wo || oy >= ho {
         terminate!();
     }
-    let wo = y.shape(3);
-    let ho = y.shape(2);
-    let c = y.shape(1);
     let h = x.shape(2) as u32;
     let wd = x.shape(3) as u32;
-    let ox = (ABSOLUTE_POS % wo) as u32;
-    let rest = ABSOLUTE_POS / wo;
-    let oy = (rest % ho) as u32;
-    let plane = rest / ho;
-    let ch = plane % c;
+    let ch = plane % y.shape(1);
     let xbase = plane * x.shape(2) * x.shape(3);
     let wbase = ch * (k.0 * k.1) as usize;
     let mut acc = F::new(0.0);
@@ -77,11 +76,11 @@ fn dw_forward_kernel<F: Float>(
             }
         }
     }
-    y[ABSOLUTE_POS] = acc;
+    y[(plane * ho as usize + oy as usize) * wo as usize + ox as usize] = acc;
 }
 
-/// Depthwise convolution input gradient: one unit per input element, gathering the output
-/// positions whose window covers it (no atomics).
+/// Depthwise convolution input gradient: one unit per input element `(ix, iy, plane)`,
+/// gathering the output positions whose window covers it (no atomics).
 #[cube(launch)]
 fn dw_backward_x_kernel<F: Float>(
     gy: &Tensor<F>,
@@ -92,19 +91,19 @@ fn dw_backward_x_kernel<F: Float>(
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
 ) {
-    if ABSOLUTE_POS >= gx.len() {
+    let ix = ABSOLUTE_POS_X;
+    let iy = ABSOLUTE_POS_Y;
+    let plane = ABSOLUTE_POS_Z as usize;
+    let wd = gx.shape(3) as u32;
+    let h = gx.shape(2) as u32;
+    if ix >= wd || iy >= h {
         terminate!();
     }
-    let wd = gx.shape(3);
-    let h = gx.shape(2);
-    let c = gx.shape(1);
     let ho = gy.shape(2) as u32;
     let wo = gy.shape(3) as u32;
-    let px = (ABSOLUTE_POS % wd) as u32 + p.1;
-    let rest = ABSOLUTE_POS / wd;
-    let py = (rest % h) as u32 + p.0;
-    let plane = rest / h;
-    let ch = plane % c;
+    let px = ix + p.1;
+    let py = iy + p.0;
+    let ch = plane % gx.shape(1);
     let gbase = plane * gy.shape(2) * gy.shape(3);
     let wbase = ch * (k.0 * k.1) as usize;
     let mut acc = F::new(0.0);
@@ -128,11 +127,12 @@ fn dw_backward_x_kernel<F: Float>(
             }
         }
     }
-    gx[ABSOLUTE_POS] = acc;
+    gx[(plane * h as usize + iy as usize) * wd as usize + ix as usize] = acc;
 }
 
-/// Depthwise convolution weight gradient: one cube per `(c, i, j)`; its units stride over the
-/// `n·Ho·Wo` products, then a fixed tree reduction in shared memory.
+/// Depthwise convolution weight gradient: one cube per `(c, i, j)`; its units (a 2-D tile
+/// over the output rows and columns) stride over the `n·Ho·Wo` products, then a fixed tree
+/// reduction in shared memory.
 #[cube(launch)]
 fn dw_backward_w_kernel<F: Float>(
     x: &Tensor<F>,
@@ -144,94 +144,212 @@ fn dw_backward_w_kernel<F: Float>(
     #[comptime] d: (u32, u32),
     #[comptime] block: u32,
 ) {
-    let taps = (k.0 * k.1) as usize;
-    let out = CUBE_POS as usize;
-    let ch = out / taps;
-    let tap = (out % taps) as u32;
+    let taps = k.0 * k.1;
+    let out = CUBE_POS_X;
+    let ch = (out / taps) as usize;
+    let tap = out % taps;
     let i = tap / k.1;
     let j = tap % k.1;
     let n = gy.shape(0);
     let c = gy.shape(1);
-    let ho = gy.shape(2);
-    let wo = gy.shape(3);
+    let ho = gy.shape(2) as u32;
+    let wo = gy.shape(3) as u32;
     let h = x.shape(2) as u32;
     let wd = x.shape(3) as u32;
-    let per = ho * wo;
-    let total = n * per;
     let xplane = x.shape(2) * x.shape(3);
+    let gplane = gy.shape(2) * gy.shape(3);
     let mut acc = F::new(0.0);
-    let mut idx = UNIT_POS as usize;
-    while idx < total {
-        let b = idx / per;
-        let r = idx % per;
-        let oy = (r / wo) as u32;
-        let ox = (r % wo) as u32;
-        let iy = oy * s.0 + i * d.0;
-        let ix = ox * s.1 + j * d.1;
-        if iy >= p.0 && iy < h + p.0 && ix >= p.1 && ix < wd + p.1 {
-            let plane = b * c + ch;
-            let xi = plane * xplane + ((iy - p.0) * wd + ix - p.1) as usize;
-            acc += x[xi] * gy[plane * per + r];
+    for b in 0..n {
+        let plane = b * c + ch;
+        let mut oy = UNIT_POS_Y;
+        while oy < ho {
+            let iy = oy * s.0 + i * d.0;
+            if iy >= p.0 && iy < h + p.0 {
+                let xrow = plane * xplane + ((iy - p.0) * wd) as usize;
+                let grow = plane * gplane + (oy * wo) as usize;
+                let mut ox = UNIT_POS_X;
+                while ox < wo {
+                    let ix = ox * s.1 + j * d.1;
+                    if ix >= p.1 && ix < wd + p.1 {
+                        acc += x[xrow + (ix - p.1) as usize] * gy[grow + ox as usize];
+                    }
+                    ox += CUBE_DIM_X;
+                }
+            }
+            oy += CUBE_DIM_Y;
         }
-        idx += block as usize;
     }
     let mut shared = SharedMemory::<F>::new(block as usize);
-    shared[UNIT_POS as usize] = acc;
+    let sum = cube_sum::<F>(&mut shared, acc);
+    if UNIT_POS == 0 {
+        gw[out as usize] = sum;
+    }
+}
+
+/// The sum of every unit's `value` over a cube of a power of two of units (`UNIT_POS` is the
+/// flattened index), by a fixed tree in shared memory; every unit gets the result.
+#[cube]
+fn cube_sum<F: Float>(shared: &mut SharedMemory<F>, value: F) -> F {
+    shared[UNIT_POS as usize] = value;
     sync_cube();
-    let mut half = CUBE_DIM_X / 2;
+    let mut half = CUBE_DIM / 2;
     while half > 0 {
-        if UNIT_POS_X < half {
-            let a = shared[UNIT_POS_X as usize];
-            let b = shared[(UNIT_POS_X + half) as usize];
-            shared[UNIT_POS_X as usize] = a + b;
+        if UNIT_POS < half {
+            let a = shared[UNIT_POS as usize];
+            let b = shared[(UNIT_POS + half) as usize];
+            shared[UNIT_POS as usize] = a + b;
         }
         sync_cube();
         half /= 2;
     }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// Training-mode BatchNorm forward without affine parameters: one cube per channel computes
+/// the mean, then the biased variance of the centred values (two passes, as PyTorch), then
+/// writes `x̂ = (x − μ)/√(σ² + ε)`.
+#[cube(launch)]
+fn bn_forward_kernel<F: Float>(
+    x: &Tensor<F>,
+    y: &mut Tensor<F>,
+    mean_out: &mut Tensor<F>,
+    var_out: &mut Tensor<F>,
+    #[comptime] eps_bits: u32,
+    #[comptime] block: u32,
+) {
+    let ch = CUBE_POS as usize;
+    let c = x.shape(1);
+    let hw = x.shape(2) * x.shape(3);
+    let total = x.shape(0) * hw;
+    let count = F::cast_from(total as u32);
+    let mut shared = SharedMemory::<F>::new(block as usize);
+    let n = x.shape(0);
+    let mut acc = F::new(0.0);
+    for b in 0..n {
+        let base = (b * c + ch) * hw;
+        let mut r = UNIT_POS as usize;
+        while r < hw {
+            acc += x[base + r];
+            r += block as usize;
+        }
+    }
+    let mean = cube_sum::<F>(&mut shared, acc) / count;
+    let mut acc = F::new(0.0);
+    for b in 0..n {
+        let base = (b * c + ch) * hw;
+        let mut r = UNIT_POS as usize;
+        while r < hw {
+            let v = x[base + r] - mean;
+            acc += v * v;
+            r += block as usize;
+        }
+    }
+    let var = cube_sum::<F>(&mut shared, acc) / count;
+    let inv = F::new(1.0) / F::sqrt(var + F::new(comptime!(f32::from_bits(eps_bits))));
+    for b in 0..n {
+        let base = (b * c + ch) * hw;
+        let mut r = UNIT_POS as usize;
+        while r < hw {
+            y[base + r] = (x[base + r] - mean) * inv;
+            r += block as usize;
+        }
+    }
     if UNIT_POS == 0 {
-        gw[out] = shared[0];
+        mean_out[ch] = mean;
+        var_out[ch] = var;
     }
 }
 
-/// `mode`: 0 max (padding is −∞), 1 average over the positions inside the input, 2 average
-/// over `k²`.
+/// BatchNorm backward: one cube per channel reduces `Σg` and `Σg·x̂`, then writes
+/// `dx = (g − mean(g) − x̂·mean(g·x̂))/√(σ² + ε)`.
+#[cube(launch)]
+fn bn_backward_kernel<F: Float>(
+    xhat: &Tensor<F>,
+    var: &Tensor<F>,
+    gy: &Tensor<F>,
+    gx: &mut Tensor<F>,
+    #[comptime] eps_bits: u32,
+    #[comptime] block: u32,
+) {
+    let ch = CUBE_POS as usize;
+    let c = gy.shape(1);
+    let hw = gy.shape(2) * gy.shape(3);
+    let total = gy.shape(0) * hw;
+    let count = F::cast_from(total as u32);
+    let mut shared = SharedMemory::<F>::new(block as usize);
+    let n = gy.shape(0);
+    let mut sg = F::new(0.0);
+    let mut sgy = F::new(0.0);
+    for b in 0..n {
+        let base = (b * c + ch) * hw;
+        let mut r = UNIT_POS as usize;
+        while r < hw {
+            let g = gy[base + r];
+            sg += g;
+            sgy += g * xhat[base + r];
+            r += block as usize;
+        }
+    }
+    let mean_g = cube_sum::<F>(&mut shared, sg) / count;
+    let mean_gy = cube_sum::<F>(&mut shared, sgy) / count;
+    let inv = F::new(1.0) / F::sqrt(var[ch] + F::new(comptime!(f32::from_bits(eps_bits))));
+    for b in 0..n {
+        let base = (b * c + ch) * hw;
+        let mut r = UNIT_POS as usize;
+        while r < hw {
+            let at = base + r;
+            gx[at] = (gy[at] - mean_g - xhat[at] * mean_gy) * inv;
+            r += block as usize;
+        }
+    }
+}
+
+/// Pooling forward, one unit per output element `(ox, oy, plane)`. `mode`: 0 max (padding is
+/// −∞), 1 average over the positions inside the input, 2 average over `k²`. With `ARGMAX`
+/// the max pool also writes each window's first maximum as a flat index into its plane
+/// (as `F`: exact below 2²⁴ positions per plane).
 #[cube(launch)]
 fn pool_forward_kernel<F: Float>(
     x: &Tensor<F>,
     y: &mut Tensor<F>,
+    argmax: &mut Tensor<F>,
     #[comptime] k: u32,
     #[comptime] s: u32,
     #[comptime] p: u32,
     #[comptime] mode: u32,
+    #[comptime] with_argmax: bool,
 ) {
-    if ABSOLUTE_POS >= y.len() {
+    let ox = ABSOLUTE_POS_X;
+    let oy = ABSOLUTE_POS_Y;
+    let plane = ABSOLUTE_POS_Z as usize;
+    let wo = y.shape(3) as u32;
+    let ho = y.shape(2) as u32;
+    if ox >= wo || oy >= ho {
         terminate!();
     }
-    let wo = y.shape(3);
-    let ho = y.shape(2);
     let h = x.shape(2) as u32;
     let wd = x.shape(3) as u32;
-    let ox = (ABSOLUTE_POS % wo) as u32;
-    let rest = ABSOLUTE_POS / wo;
-    let oy = (rest % ho) as u32;
-    let plane = rest / ho;
     let xbase = plane * x.shape(2) * x.shape(3);
     let mut acc = F::new(0.0);
     let mut found = false;
+    let mut at: u32 = 0;
     let mut count: u32 = 0;
     #[unroll]
     for i in 0..k {
         let iy = oy * s + i;
         if iy >= p && iy < h + p {
-            let row = xbase + ((iy - p) * wd) as usize;
+            let row = (iy - p) * wd;
             #[unroll]
             for j in 0..k {
                 let ix = ox * s + j;
                 if ix >= p && ix < wd + p {
-                    let v = x[row + (ix - p) as usize];
+                    let v = x[xbase + (row + ix - p) as usize];
                     if comptime!(mode == 0) {
                         if !found || v > acc {
                             acc = v;
+                            at = row + ix - p;
                         }
                         found = true;
                     } else {
@@ -248,14 +366,19 @@ fn pool_forward_kernel<F: Float>(
     if comptime!(mode == 2) {
         acc /= F::cast_from(k * k);
     }
-    y[ABSOLUTE_POS] = acc;
+    let o = (plane * ho as usize + oy as usize) * wo as usize + ox as usize;
+    y[o] = acc;
+    if comptime!(with_argmax) {
+        argmax[o] = F::cast_from(at);
+    }
 }
 
-/// Pooling backward: one unit per input element. For the max pool each covering window's
-/// arg-max is recomputed (first maximum in row-major window order, PyTorch's rule).
+/// Pooling backward: one unit per input element `(ix, iy, plane)`, gathering the windows that
+/// cover it. The max pool takes `argmax` of the forward (a window's gradient goes to its first
+/// maximum, PyTorch's rule); the average pools ignore it.
 #[cube(launch)]
 fn pool_backward_kernel<F: Float>(
-    x: &Tensor<F>,
+    argmax: &Tensor<F>,
     gy: &Tensor<F>,
     gx: &mut Tensor<F>,
     #[comptime] k: u32,
@@ -263,20 +386,19 @@ fn pool_backward_kernel<F: Float>(
     #[comptime] p: u32,
     #[comptime] mode: u32,
 ) {
-    if ABSOLUTE_POS >= gx.len() {
+    let ix = ABSOLUTE_POS_X;
+    let iy = ABSOLUTE_POS_Y;
+    let plane = ABSOLUTE_POS_Z as usize;
+    let wd = gx.shape(3) as u32;
+    let h = gx.shape(2) as u32;
+    if ix >= wd || iy >= h {
         terminate!();
     }
-    let wd = gx.shape(3);
-    let h = gx.shape(2);
     let ho = gy.shape(2) as u32;
     let wo = gy.shape(3) as u32;
-    let hu = h as u32;
-    let wu = wd as u32;
-    let px = (ABSOLUTE_POS % wd) as u32 + p;
-    let rest = ABSOLUTE_POS / wd;
-    let py = (rest % h) as u32 + p;
-    let plane = rest / h;
-    let xbase = plane * h * wd;
+    let px = ix + p;
+    let py = iy + p;
+    let me = F::cast_from(iy * wd + ix);
     let gbase = plane * gy.shape(2) * gy.shape(3);
     let mut acc = F::new(0.0);
     #[unroll]
@@ -287,33 +409,10 @@ fn pool_backward_kernel<F: Float>(
             for j in 0..k {
                 if px >= j && (px - j) % s == 0 && (px - j) / s < wo {
                     let ox = (px - j) / s;
-                    let g = gy[gbase + (oy * wo + ox) as usize];
+                    let o = gbase + (oy * wo + ox) as usize;
+                    let g = gy[o];
                     if comptime!(mode == 0) {
-                        // Recompute the window's first maximum.
-                        let mut best = F::new(0.0);
-                        let mut found = false;
-                        let mut at_y = 0u32;
-                        let mut at_x = 0u32;
-                        #[unroll]
-                        for a in 0..k {
-                            let iy = oy * s + a;
-                            if iy >= p && iy < hu + p {
-                                #[unroll]
-                                for b in 0..k {
-                                    let ix = ox * s + b;
-                                    if ix >= p && ix < wu + p {
-                                        let v = x[xbase + ((iy - p) * wu + ix - p) as usize];
-                                        if !found || v > best {
-                                            best = v;
-                                            at_y = iy;
-                                            at_x = ix;
-                                        }
-                                        found = true;
-                                    }
-                                }
-                            }
-                        }
-                        if at_y == py && at_x == px {
+                        if argmax[o] == me {
                             acc += g;
                         }
                     } else if comptime!(mode == 1) {
@@ -323,16 +422,16 @@ fn pool_backward_kernel<F: Float>(
                             y0 = p;
                         }
                         let mut y1 = oy * s + k;
-                        if y1 > hu + p {
-                            y1 = hu + p;
+                        if y1 > h + p {
+                            y1 = h + p;
                         }
                         let mut x0 = ox * s;
                         if x0 < p {
                             x0 = p;
                         }
                         let mut x1 = ox * s + k;
-                        if x1 > wu + p {
-                            x1 = wu + p;
+                        if x1 > wd + p {
+                            x1 = wd + p;
                         }
                         acc += g / F::cast_from((y1 - y0) * (x1 - x0));
                     } else {
@@ -342,7 +441,7 @@ fn pool_backward_kernel<F: Float>(
             }
         }
     }
-    gx[ABSOLUTE_POS] = acc;
+    gx[(plane * h as usize + iy as usize) * wd as usize + ix as usize] = acc;
 }
 
 fn u(v: usize) -> u32 {
@@ -374,9 +473,19 @@ fn empty_like<R: CubeRuntime, F: FloatElement>(
     )
 }
 
-fn elementwise<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new(&t.client, units);
-    (calculate_cube_count_elemwise(&t.client, units, dim), dim)
+fn dims4<R: CubeRuntime>(t: &CubeTensor<R>) -> [usize; 4] {
+    let s = t.meta.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// A 3-D grid over `[planes, rows, cols]`: cubes of up to 16×16 units tile a plane (narrower
+/// planes get narrower, taller tiles), `z` counts the planes.
+fn grid(planes: usize, rows: usize, cols: usize) -> (CubeCount, CubeDim) {
+    let x = u(cols).next_power_of_two().clamp(1, 16);
+    let y = u(rows).next_power_of_two().clamp(1, 256 / x);
+    let dim = CubeDim::new_2d(x, y);
+    let count = CubeCount::Static(u(cols).div_ceil(x), u(rows).div_ceil(y), u(planes));
+    (count, dim)
 }
 
 fn mode(kind: Pooling) -> u32 {
@@ -393,7 +502,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
     fn dw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (x, w) = (into_contiguous(x), into_contiguous(w));
         let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
-        let (count, dim) = elementwise(&y, g.n * g.c * g.ho() * g.wo());
+        let (count, dim) = grid(g.n * g.c, g.ho(), g.wo());
         let [k, s, p, d] = geometry(g);
         dw_forward_kernel::launch::<F, R>(
             &x.client.clone(),
@@ -413,7 +522,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
     fn dw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (gy, w) = (into_contiguous(gy), into_contiguous(w));
         let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
-        let (count, dim) = elementwise(&gx, g.n * g.c * g.h * g.w);
+        let (count, dim) = grid(g.n * g.c, g.h, g.w);
         let [k, s, p, d] = geometry(g);
         dw_backward_x_kernel::launch::<F, R>(
             &gy.client.clone(),
@@ -435,10 +544,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         let gw = empty_like::<R, F>(&x, [g.c, 1, g.kh, g.kw]);
         let [k, s, p, d] = geometry(g);
         let cubes = u(g.c * g.kh * g.kw);
+        // One cube per weight: a tile of the output plane (a power of two of units, ≤ 256).
+        let (_, dim) = grid(1, g.ho(), g.wo());
         dw_backward_w_kernel::launch::<F, R>(
             &x.client.clone(),
             CubeCount::Static(cubes, 1, 1),
-            CubeDim::new_1d(REDUCE_BLOCK),
+            dim,
             x.into_tensor_arg(),
             gy.into_tensor_arg(),
             gw.clone().into_tensor_arg(),
@@ -446,43 +557,104 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
             s,
             p,
             d,
-            REDUCE_BLOCK,
+            dim.num_elems(),
         );
         gw
     }
 
-    fn pool_forward(x: FloatTensor<Self>, g: &Window, kind: Pooling) -> FloatTensor<Self> {
+    fn bn_forward(x: FloatTensor<Self>, epsilon: f64) -> [FloatTensor<Self>; 3] {
         let x = into_contiguous(x);
-        let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
-        let (count, dim) = elementwise(&y, g.n * g.c * g.ho() * g.wo());
+        let [n, c, h, w] = dims4(&x);
+        let y = empty_like::<R, F>(&x, [n, c, h, w]);
+        let mean = empty_like::<R, F>(&x, [1, c, 1, 1]);
+        let var = empty_like::<R, F>(&x, [1, c, 1, 1]);
+        bn_forward_kernel::launch::<F, R>(
+            &x.client.clone(),
+            CubeCount::Static(u(c), 1, 1),
+            CubeDim::new_1d(REDUCE_BLOCK),
+            x.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            mean.clone().into_tensor_arg(),
+            var.clone().into_tensor_arg(),
+            (epsilon as f32).to_bits(),
+            REDUCE_BLOCK,
+        );
+        [y, mean, var]
+    }
+
+    fn bn_backward(
+        xhat: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        gy: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let (xhat, var, gy) = (
+            into_contiguous(xhat),
+            into_contiguous(var),
+            into_contiguous(gy),
+        );
+        let dims = dims4(&gy);
+        let gx = empty_like::<R, F>(&gy, dims);
+        bn_backward_kernel::launch::<F, R>(
+            &gy.client.clone(),
+            CubeCount::Static(u(dims[1]), 1, 1),
+            CubeDim::new_1d(REDUCE_BLOCK),
+            xhat.into_tensor_arg(),
+            var.into_tensor_arg(),
+            gy.into_tensor_arg(),
+            gx.clone().into_tensor_arg(),
+            (epsilon as f32).to_bits(),
+            REDUCE_BLOCK,
+        );
+        gx
+    }
+
+    fn pool_forward(
+        x: FloatTensor<Self>,
+        g: &Window,
+        kind: Pooling,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let x = into_contiguous(x);
+        let dims = [g.n, g.c, g.ho(), g.wo()];
+        let y = empty_like::<R, F>(&x, dims);
+        let max = kind == Pooling::Max;
+        // The arg-max output (a one-element placeholder for the average pools).
+        let argmax = empty_like::<R, F>(&x, if max { dims } else { [1, 1, 1, 1] });
+        let (count, dim) = grid(g.n * g.c, g.ho(), g.wo());
         pool_forward_kernel::launch::<F, R>(
             &x.client.clone(),
             count,
             dim,
             x.into_tensor_arg(),
             y.clone().into_tensor_arg(),
+            argmax.clone().into_tensor_arg(),
             u(g.kh),
             u(g.stride[0]),
             u(g.pad[0]),
             mode(kind),
+            max,
         );
-        y
+        (y, max.then_some(argmax))
+    }
+
+    fn pool_saves_argmax() -> bool {
+        true
     }
 
     fn pool_backward(
-        x: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
         gy: FloatTensor<Self>,
         g: &Window,
         kind: Pooling,
     ) -> FloatTensor<Self> {
-        let (x, gy) = (into_contiguous(x), into_contiguous(gy));
-        let gx = empty_like::<R, F>(&x, [g.n, g.c, g.h, g.w]);
-        let (count, dim) = elementwise(&gx, g.n * g.c * g.h * g.w);
+        let (saved, gy) = (into_contiguous(saved), into_contiguous(gy));
+        let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
+        let (count, dim) = grid(g.n * g.c, g.h, g.w);
         pool_backward_kernel::launch::<F, R>(
-            &x.client.clone(),
+            &gy.client.clone(),
             count,
             dim,
-            x.into_tensor_arg(),
+            saved.into_tensor_arg(),
             gy.into_tensor_arg(),
             gx.clone().into_tensor_arg(),
             u(g.kh),
@@ -505,18 +677,19 @@ mod fusion {
     /// Which of the trait's ops a registered custom operation runs.
     #[derive(Clone, Copy, Debug)]
     enum Op {
-        DwForward,
-        DwBackwardX,
-        DwBackwardW,
-        PoolForward(Pooling),
-        PoolBackward(Pooling),
+        DwForward(Window),
+        DwBackwardX(Window),
+        DwBackwardW(Window),
+        PoolForward(Window, Pooling),
+        PoolBackward(Window, Pooling),
+        BnForward(f64),
+        BnBackward(f64),
     }
 
     #[derive(Clone, Debug)]
     struct Custom<B> {
         desc: CustomOpIr,
         op: Op,
-        g: Window,
         _b: PhantomData<B>,
     }
 
@@ -525,26 +698,33 @@ mod fusion {
             &self,
             handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
         ) {
-            let g = &self.g;
-            let out = match self.op {
-                Op::PoolForward(kind) => {
-                    let ([x], _) = self.desc.as_fixed::<1, 1>();
-                    B::pool_forward(handles.get_float_tensor::<B>(x), g, kind)
+            let input = |handles: &mut HandleContainer<_>, i: usize| {
+                handles.get_float_tensor::<B>(&self.desc.inputs[i])
+            };
+            let outputs: Vec<FloatTensor<B>> = match self.op {
+                Op::PoolForward(g, kind) => {
+                    let (y, saved) = B::pool_forward(input(handles, 0), &g, kind);
+                    std::iter::once(y).chain(saved).collect()
+                }
+                Op::BnForward(eps) => B::bn_forward(input(handles, 0), eps).into(),
+                Op::BnBackward(eps) => {
+                    let (y, var) = (input(handles, 0), input(handles, 1));
+                    vec![B::bn_backward(y, var, input(handles, 2), eps)]
                 }
                 op => {
-                    let ([a, b], _) = self.desc.as_fixed::<2, 1>();
-                    let a = handles.get_float_tensor::<B>(a);
-                    let b = handles.get_float_tensor::<B>(b);
-                    match op {
-                        Op::DwForward => B::dw_forward(a, b, g),
-                        Op::DwBackwardX => B::dw_backward_x(a, b, g),
-                        Op::DwBackwardW => B::dw_backward_w(a, b, g),
-                        Op::PoolBackward(kind) => B::pool_backward(a, b, g, kind),
-                        Op::PoolForward(_) => unreachable!("matched above"),
-                    }
+                    let (a, b) = (input(handles, 0), input(handles, 1));
+                    vec![match op {
+                        Op::DwForward(g) => B::dw_forward(a, b, &g),
+                        Op::DwBackwardX(g) => B::dw_backward_x(a, b, &g),
+                        Op::DwBackwardW(g) => B::dw_backward_w(a, b, &g),
+                        Op::PoolBackward(g, kind) => B::pool_backward(a, b, &g, kind),
+                        _ => unreachable!("matched above"),
+                    }]
                 }
             };
-            handles.register_float_tensor::<B>(&self.desc.outputs[0].id, out);
+            for (ir, out) in self.desc.outputs.iter().zip(outputs) {
+                handles.register_float_tensor::<B>(&ir.id, out);
+            }
         }
     }
 
@@ -553,29 +733,37 @@ mod fusion {
         inputs: Vec<FloatTensor<Fusion<B>>>,
         dims: [usize; 4],
         op: Op,
-        g: &Window,
     ) -> FloatTensor<Fusion<B>> {
+        register_many::<B>(name, inputs, &[dims], op).remove(0)
+    }
+
+    fn register_many<B: FusionBackend + GpuOps>(
+        name: &'static str,
+        inputs: Vec<FloatTensor<Fusion<B>>>,
+        dims: &[[usize; 4]],
+        op: Op,
+    ) -> Vec<FloatTensor<Fusion<B>>> {
         let client = inputs[0].client.clone();
         let dtype = inputs[0].dtype;
         let streams = OperationStreams::with_inputs(inputs.iter());
-        let out = TensorIr::uninit(client.create_empty_handle(), Shape::new(dims), dtype);
+        let outs: Vec<TensorIr> = dims
+            .iter()
+            .map(|&d| TensorIr::uninit(client.create_empty_handle(), Shape::new(d), dtype))
+            .collect();
         let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new(name, &irs, &[out]);
+        let desc = CustomOpIr::new(name, &irs, &outs);
         let custom = Custom::<B> {
             desc: desc.clone(),
             op,
-            g: *g,
             _b: PhantomData,
         };
-        client
-            .register(streams, OperationIr::Custom(desc), custom)
-            .remove(0)
+        client.register(streams, OperationIr::Custom(desc), custom)
     }
 
     impl<B: FusionBackend + GpuOps> GpuOps for Fusion<B> {
         fn dw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
             let dims = [g.n, g.c, g.ho(), g.wo()];
-            register::<B>("darts_dw_forward", vec![x, w], dims, Op::DwForward, g)
+            register::<B>("darts_dw_forward", vec![x, w], dims, Op::DwForward(*g))
         }
 
         fn dw_backward_x(
@@ -584,7 +772,12 @@ mod fusion {
             g: &Window,
         ) -> FloatTensor<Self> {
             let dims = [g.n, g.c, g.h, g.w];
-            register::<B>("darts_dw_backward_x", vec![gy, w], dims, Op::DwBackwardX, g)
+            register::<B>(
+                "darts_dw_backward_x",
+                vec![gy, w],
+                dims,
+                Op::DwBackwardX(*g),
+            )
         }
 
         fn dw_backward_w(
@@ -593,18 +786,53 @@ mod fusion {
             g: &Window,
         ) -> FloatTensor<Self> {
             let dims = [g.c, 1, g.kh, g.kw];
-            register::<B>("darts_dw_backward_w", vec![x, gy], dims, Op::DwBackwardW, g)
+            register::<B>(
+                "darts_dw_backward_w",
+                vec![x, gy],
+                dims,
+                Op::DwBackwardW(*g),
+            )
         }
 
-        fn pool_forward(x: FloatTensor<Self>, g: &Window, kind: Pooling) -> FloatTensor<Self> {
+        fn bn_forward(x: FloatTensor<Self>, epsilon: f64) -> [FloatTensor<Self>; 3] {
+            let [n, c, h, w] = x.shape.dims();
+            let dims = [[n, c, h, w], [1, c, 1, 1], [1, c, 1, 1]];
+            let op = Op::BnForward(epsilon);
+            let mut outs = register_many::<B>("darts_bn_forward", vec![x], &dims, op);
+            let var = outs.pop().expect("three outputs");
+            let mean = outs.pop().expect("three outputs");
+            [outs.pop().expect("three outputs"), mean, var]
+        }
+
+        fn bn_backward(
+            xhat: FloatTensor<Self>,
+            var: FloatTensor<Self>,
+            gy: FloatTensor<Self>,
+            epsilon: f64,
+        ) -> FloatTensor<Self> {
+            let dims = gy.shape.dims();
+            let op = Op::BnBackward(epsilon);
+            register::<B>("darts_bn_backward", vec![xhat, var, gy], dims, op)
+        }
+
+        fn pool_forward(
+            x: FloatTensor<Self>,
+            g: &Window,
+            kind: Pooling,
+        ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
             let dims = [g.n, g.c, g.ho(), g.wo()];
-            register::<B>(
-                "darts_pool_forward",
-                vec![x],
-                dims,
-                Op::PoolForward(kind),
-                g,
-            )
+            let op = Op::PoolForward(*g, kind);
+            if kind == Pooling::Max && B::pool_saves_argmax() {
+                let mut outs = register_many::<B>("darts_pool_forward", vec![x], &[dims; 2], op);
+                let argmax = outs.pop().expect("two outputs");
+                (outs.pop().expect("two outputs"), Some(argmax))
+            } else {
+                (register::<B>("darts_pool_forward", vec![x], dims, op), None)
+            }
+        }
+
+        fn pool_saves_argmax() -> bool {
+            B::pool_saves_argmax()
         }
 
         fn pool_backward(
@@ -614,8 +842,8 @@ mod fusion {
             kind: Pooling,
         ) -> FloatTensor<Self> {
             let dims = [g.n, g.c, g.h, g.w];
-            let op = Op::PoolBackward(kind);
-            register::<B>("darts_pool_backward", vec![x, gy], dims, op, g)
+            let op = Op::PoolBackward(*g, kind);
+            register::<B>("darts_pool_backward", vec![x, gy], dims, op)
         }
     }
 }

@@ -69,24 +69,76 @@ pub trait GpuOps: Backend {
             .tensor()
     }
 
-    /// Pooling forward `[n, c, h, w]` → `[n, c, ho, wo]`.
-    fn pool_forward(x: FloatTensor<Self>, g: &Window, kind: Pooling) -> FloatTensor<Self> {
+    /// Training-mode batch normalisation without affine parameters: `x̂ = (x − μ)/√(σ² + ε)`
+    /// over `(n, h, w)` per channel; returns `x̂`, the batch mean `[c]` and the biased batch
+    /// variance `[c]`.
+    fn bn_forward(x: FloatTensor<Self>, epsilon: f64) -> [FloatTensor<Self>; 3] {
+        let x = float::<Self>(x);
+        let [n, c, h, w] = x.dims();
+        let count = (n * h * w) as f64;
+        let x3 = x.reshape([n, c, h * w]);
+        let mean = channel_sum(x3.clone()) / count;
+        let centered = x3 - mean.clone();
+        let var = channel_sum(centered.clone().square()) / count;
+        let inv = (var.clone() + epsilon).powf_scalar(-0.5);
+        let y = (centered * inv).reshape([n, c, h, w]);
+        [y, mean.reshape([1, c, 1, 1]), var.reshape([1, c, 1, 1])]
+            .map(|t| t.into_primitive().tensor())
+    }
+
+    /// Input gradient of [`GpuOps::bn_forward`] from its output `x̂`, the batch variance and
+    /// the output gradient: `(g − mean(g) − x̂·mean(g·x̂))/√(σ² + ε)`.
+    fn bn_backward(
+        xhat: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        gy: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let (y, g) = (float::<Self>(xhat), float::<Self>(gy));
+        let [n, c, h, w] = g.dims();
+        let count = (n * h * w) as f64;
+        let inv = (float::<Self>(var).reshape([1, c, 1]) + epsilon).powf_scalar(-0.5);
+        let (y, g) = (y.reshape([n, c, h * w]), g.reshape([n, c, h * w]));
+        let mean_g = channel_sum(g.clone()) / count;
+        let mean_gy = channel_sum(g.clone() * y.clone()) / count;
+        ((g - mean_g - y * mean_gy) * inv)
+            .reshape([n, c, h, w])
+            .into_primitive()
+            .tensor()
+    }
+
+    /// Pooling forward `[n, c, h, w]` → `[n, c, ho, wo]`, and what the backward needs when it
+    /// is not the input: `Some` (the max pool's arg-max indices, on the CubeCL backends) exactly
+    /// when `kind` is [`Pooling::Max`] and [`GpuOps::pool_saves_argmax`].
+    fn pool_forward(
+        x: FloatTensor<Self>,
+        g: &Window,
+        kind: Pooling,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let (k, s, p) = ([g.kh, g.kw], g.stride, g.pad);
-        match kind {
+        let y = match kind {
             Pooling::Max => Self::max_pool2d(x, k, s, p, [1, 1], false),
             Pooling::AvgExcludePad => Self::avg_pool2d(x, k, s, p, false, false),
             Pooling::AvgIncludePad => Self::avg_pool2d(x, k, s, p, true, false),
-        }
+        };
+        (y, None)
+    }
+
+    /// Whether [`GpuOps::pool_forward`] returns the max pool's arg-max.
+    fn pool_saves_argmax() -> bool {
+        false
     }
 
     /// Input gradient of [`GpuOps::pool_forward`] (the max pool's goes to the first maximum
-    /// of each window).
+    /// of each window). `saved` is the forward's second output when it gave one, else the
+    /// forward's input.
     fn pool_backward(
-        x: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
         gy: FloatTensor<Self>,
         g: &Window,
         kind: Pooling,
     ) -> FloatTensor<Self> {
+        let x = saved;
         let (k, s, p) = ([g.kh, g.kw], g.stride, g.pad);
         match kind {
             Pooling::Max => {
@@ -256,6 +308,7 @@ pub(crate) fn depthwise<B: Backend>(
 struct PoolBackward;
 
 impl<I: GpuOps> Backward<I, 1> for PoolBackward {
+    /// The forward's saved tensor (or its input), the geometry and the kind.
     type State = (FloatTensor<I>, Window, Pooling);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -279,9 +332,9 @@ pub fn pool_autodiff<I: GpuOps>(
         .prepare::<NoCheckpointing>([xa.node.clone()])
         .compute_bound()
         .stateful();
-    let y = I::pool_forward(xa.primitive.clone(), &g, kind);
+    let (y, saved) = I::pool_forward(xa.primitive.clone(), &g, kind);
     let out = match prep {
-        OpsKind::Tracked(prep) => prep.finish((xa.primitive, g, kind), y),
+        OpsKind::Tracked(prep) => prep.finish((saved.unwrap_or(xa.primitive), g, kind), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -332,6 +385,86 @@ pub(crate) fn pool<B: Backend>(
     Err(x)
 }
 
+#[derive(Debug)]
+struct JoinBackward;
+
+impl<I: Backend> Backward<I, 2> for JoinBackward {
+    type State = ();
+
+    /// Never reached: the joining nodes are dropped at once and are no loss's ancestors.
+    fn backward(self, _: Ops<(), 2>, _: &mut Gradients, _: &mut Checkpointer) {}
+}
+
+/// Merge the autodiff graphs of `tensors` by a balanced tree of binary no-op operations (each
+/// output is its first input's primitive: no kernel launch, no copy).
+pub fn join_graphs_autodiff<I: Backend>(tensors: Vec<Tensor<Autodiff<I>, 1>>) {
+    let mut level: Vec<_> = tensors
+        .into_iter()
+        .map(|t| t.into_primitive().tensor())
+        .collect();
+    while level.len() > 1 {
+        let mut next = Vec::with_capacity(level.len().div_ceil(2));
+        let mut it = level.into_iter();
+        while let Some(a) = it.next() {
+            match it.next() {
+                Some(b) => {
+                    let out = a.primitive.clone();
+                    next.push(
+                        JoinBackward
+                            .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+                            .compute_bound()
+                            .stateless(out),
+                    );
+                }
+                None => next.push(a),
+            }
+        }
+        level = next;
+    }
+}
+
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn try_join<B: Backend, I: Backend>(tensors: Vec<Tensor<B, 1>>) -> Result<(), Vec<Tensor<B, 1>>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+        return Err(tensors);
+    }
+    let tensors = tensors
+        .into_iter()
+        .map(|t| match cast::<_, Tensor<Autodiff<I>, 1>>(t) {
+            Ok(t) => t,
+            Err(_) => unreachable!("types compared by TypeId above"),
+        })
+        .collect();
+    join_graphs_autodiff::<I>(tensors);
+    Ok(())
+}
+
+/// Join the autodiff graphs of `tensors` without any kernel launch on the GPU autodiff
+/// backends (where `cat` of one-element views costs a slice and a copy launch per parameter);
+/// `Err` gives the tensors back on every other backend.
+#[allow(unused_mut)]
+pub fn join_graphs<B: Backend>(tensors: Vec<Tensor<B, 1>>) -> Result<(), Vec<Tensor<B, 1>>> {
+    let mut tensors = tensors;
+    if super::burn_ops_forced() {
+        return Err(tensors);
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        match try_join::<B, burn::backend::Wgpu>(tensors) {
+            Ok(()) => return Ok(()),
+            Err(back) => tensors = back,
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        match try_join::<B, burn::backend::Cuda>(tensors) {
+            Ok(()) => return Ok(()),
+            Err(back) => tensors = back,
+        }
+    }
+    Err(tensors)
+}
+
 /// Sum of `[n, c, l]` over dimensions 0 and 2, as `[1, c, 1]`.
 fn channel_sum<I: Backend>(t: Tensor<I, 3>) -> Tensor<I, 3> {
     t.sum_dim(2).sum_dim(0)
@@ -340,35 +473,24 @@ fn channel_sum<I: Backend>(t: Tensor<I, 3>) -> Tensor<I, 3> {
 #[derive(Debug)]
 struct NormalizeBackward;
 
-impl<I: Backend> Backward<I, 1> for NormalizeBackward {
-    /// The normalised output `x̂` (`[n, c, h·w]`) and `1/σ` (`[1, c, 1]`).
-    type State = (FloatTensor<I>, FloatTensor<I>);
+impl<I: GpuOps> Backward<I, 1> for NormalizeBackward {
+    /// The normalised output `x̂`, the batch variance `[1, c, 1, 1]` and ε.
+    type State = (FloatTensor<I>, FloatTensor<I>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
-        let g4 = grads.consume::<I>(&ops.node);
+        let gy = grads.consume::<I>(&ops.node);
         let Some(node) = node_x else { return };
-        let (y, inv) = ops.state;
-        let y: Tensor<I, 3> = Tensor::from_primitive(TensorPrimitive::Float(y));
-        let inv: Tensor<I, 3> = Tensor::from_primitive(TensorPrimitive::Float(inv));
-        let g4: Tensor<I, 4> = float(g4);
-        let [n, c, h, w] = g4.dims();
-        let count = (n * h * w) as f64;
-        let g = g4.reshape([n, c, h * w]);
-        // dx = (g − mean(g) − x̂ · mean(g · x̂)) / σ, means over (n, h, w) per channel.
-        let mean_g = channel_sum(g.clone()) / count;
-        let mean_gy = channel_sum(g.clone() * y.clone()) / count;
-        let dx = (g - mean_g - y * mean_gy) * inv;
-        grads.register::<I>(node.id, dx.reshape([n, c, h, w]).into_primitive().tensor());
+        let (y, var, epsilon) = ops.state;
+        grads.register::<I>(node.id, I::bn_backward(y, var, gy, epsilon));
     }
 }
 
 /// Training-mode batch normalisation without affine parameters on `Autodiff<I>`, as one custom
-/// operation: `x̂ = (x − μ) / √(σ² + ε)` over `(n, h, w)` per channel, with the closed-form
-/// backward (about ten kernel launches each way instead of the ~35 of the composed tensor
-/// operations). Returns `x̂` and the batch mean and (biased) variance for the running
-/// statistics.
-pub fn normalize_autodiff<I: Backend>(
+/// operation through [`GpuOps::bn_forward`] / [`GpuOps::bn_backward`] (on the CubeCL backends
+/// one kernel launch each way; Burn's composed operations take ~35). Returns `x̂` and the
+/// batch mean and (biased) variance for the running statistics.
+pub fn normalize_autodiff<I: GpuOps>(
     x: Tensor<Autodiff<I>, 4>,
     epsilon: f64,
 ) -> (Tensor<Autodiff<I>, 4>, Tensor<I, 1>, Tensor<I, 1>) {
@@ -377,27 +499,16 @@ pub fn normalize_autodiff<I: Backend>(
         .prepare::<NoCheckpointing>([xa.node.clone()])
         .compute_bound()
         .stateful();
-    let x = float::<I>(xa.primitive);
-    let [n, c, h, w] = x.dims();
-    let count = (n * h * w) as f64;
-    let x3 = x.reshape([n, c, h * w]);
-    let mean = channel_sum(x3.clone()) / count;
-    let centered = x3 - mean.clone();
-    let var = channel_sum(centered.clone().square()) / count;
-    let inv = (var.clone() + epsilon).powf_scalar(-0.5);
-    let y = centered * inv.clone();
-    let y4 = y.clone().reshape([n, c, h, w]).into_primitive().tensor();
+    let c = float::<I>(xa.primitive.clone()).dims()[1];
+    let [y, mean, var] = I::bn_forward(xa.primitive, epsilon);
     let out = match prep {
-        OpsKind::Tracked(prep) => prep.finish(
-            (y.into_primitive().tensor(), inv.into_primitive().tensor()),
-            y4,
-        ),
-        OpsKind::UnTracked(prep) => prep.finish(y4),
+        OpsKind::Tracked(prep) => prep.finish((y.clone(), var.clone(), epsilon), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
     };
     (
         Tensor::from_primitive(TensorPrimitive::Float(out)),
-        mean.reshape([c]),
-        var.reshape([c]),
+        float::<I>(mean).reshape([c]),
+        float::<I>(var).reshape([c]),
     )
 }
 
@@ -405,7 +516,7 @@ pub fn normalize_autodiff<I: Backend>(
 pub(crate) type Normalized<B> = (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>);
 
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-fn try_normalize<B: Backend, I: Backend>(
+fn try_normalize<B: Backend, I: GpuOps>(
     x: Tensor<B, 4>,
     epsilon: f64,
 ) -> Result<Normalized<B>, Tensor<B, 4>> {
