@@ -26,11 +26,12 @@ use super::cpu::Window;
 use super::gpu::GpuOps;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Shape;
+use burn::tensor::{Tensor as BurnTensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
-use cubecl::{CubeCount, CubeDim};
+use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
 /// Units per cube of the weight-gradient reduction (a power of two).
 const REDUCE_BLOCK: u32 = 256;
@@ -38,7 +39,7 @@ const REDUCE_BLOCK: u32 = 256;
 /// Depthwise convolution forward: one unit per output element `(ox, oy, plane)` of a 3-D grid
 /// (no integer division per unit), `y[n, c, oy, ox] = Σ_{i, j} x_pad[n, c, oy·s + i·d,
 /// ox·s + j·d] · w[c, i, j]`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn dw_forward_kernel<F: Float>(
     x: &Tensor<F>,
     w: &Tensor<F>,
@@ -81,7 +82,7 @@ fn dw_forward_kernel<F: Float>(
 
 /// Depthwise convolution input gradient: one unit per input element `(ix, iy, plane)`,
 /// gathering the output positions whose window covers it (no atomics).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn dw_backward_x_kernel<F: Float>(
     gy: &Tensor<F>,
     w: &Tensor<F>,
@@ -130,60 +131,50 @@ fn dw_backward_x_kernel<F: Float>(
     gx[(plane * h as usize + iy as usize) * wd as usize + ix as usize] = acc;
 }
 
-/// Depthwise convolution weight gradient: one cube per `(c, i, j)`; its units (a 2-D tile
-/// over the output rows and columns) stride over the `n·Ho·Wo` products, then a fixed tree
-/// reduction in shared memory.
-#[cube(launch)]
+/// Depthwise convolution weight gradient, first stage: one unit per `(n, c, tap)` sums
+/// `x_pad[n, c, oy·s + i·d, ox·s + j·d] · g[n, c, oy, ox]` over its image's output plane into
+/// `partial[n, c, tap]` (no barriers, no atomics; neighbouring units share `(n, c)` and read
+/// the same gradient row). The sum over `n` follows as one reduction.
+#[cube(launch_unchecked)]
 fn dw_backward_w_kernel<F: Float>(
     x: &Tensor<F>,
     gy: &Tensor<F>,
-    gw: &mut Tensor<F>,
+    partial: &mut Tensor<F>,
     #[comptime] k: (u32, u32),
     #[comptime] s: (u32, u32),
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
-    #[comptime] block: u32,
 ) {
-    let taps = k.0 * k.1;
-    let out = CUBE_POS_X;
-    let ch = (out / taps) as usize;
-    let tap = out % taps;
+    if ABSOLUTE_POS >= partial.len() {
+        terminate!();
+    }
+    let taps = (k.0 * k.1) as usize;
+    let tap = (ABSOLUTE_POS % taps) as u32;
+    let plane = ABSOLUTE_POS / taps;
     let i = tap / k.1;
     let j = tap % k.1;
-    let n = gy.shape(0);
-    let c = gy.shape(1);
     let ho = gy.shape(2) as u32;
     let wo = gy.shape(3) as u32;
     let h = x.shape(2) as u32;
     let wd = x.shape(3) as u32;
-    let xplane = x.shape(2) * x.shape(3);
-    let gplane = gy.shape(2) * gy.shape(3);
+    let xbase = plane * x.shape(2) * x.shape(3);
+    let gbase = plane * gy.shape(2) * gy.shape(3);
+    // The output rows and columns whose tap (i, j) lands inside the input.
     let mut acc = F::new(0.0);
-    for b in 0..n {
-        let plane = b * c + ch;
-        let mut oy = UNIT_POS_Y;
-        while oy < ho {
-            let iy = oy * s.0 + i * d.0;
-            if iy >= p.0 && iy < h + p.0 {
-                let xrow = plane * xplane + ((iy - p.0) * wd) as usize;
-                let grow = plane * gplane + (oy * wo) as usize;
-                let mut ox = UNIT_POS_X;
-                while ox < wo {
-                    let ix = ox * s.1 + j * d.1;
-                    if ix >= p.1 && ix < wd + p.1 {
-                        acc += x[xrow + (ix - p.1) as usize] * gy[grow + ox as usize];
-                    }
-                    ox += CUBE_DIM_X;
+    for oy in 0..ho {
+        let iy = oy * s.0 + i * d.0;
+        if iy >= p.0 && iy < h + p.0 {
+            let xrow = xbase + ((iy - p.0) * wd) as usize;
+            let grow = gbase + (oy * wo) as usize;
+            for ox in 0..wo {
+                let ix = ox * s.1 + j * d.1;
+                if ix >= p.1 && ix < wd + p.1 {
+                    acc += x[xrow + (ix - p.1) as usize] * gy[grow + ox as usize];
                 }
             }
-            oy += CUBE_DIM_Y;
         }
     }
-    let mut shared = SharedMemory::<F>::new(block as usize);
-    let sum = cube_sum::<F>(&mut shared, acc);
-    if UNIT_POS == 0 {
-        gw[out as usize] = sum;
-    }
+    partial[ABSOLUTE_POS] = acc;
 }
 
 /// The sum of every unit's `value` over a cube of a power of two of units (`UNIT_POS` is the
@@ -210,7 +201,7 @@ fn cube_sum<F: Float>(shared: &mut SharedMemory<F>, value: F) -> F {
 /// Training-mode BatchNorm forward without affine parameters: one cube per channel computes
 /// the mean, then the biased variance of the centred values (two passes, as PyTorch), then
 /// writes `x̂ = (x − μ)/√(σ² + ε)`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn bn_forward_kernel<F: Float>(
     x: &Tensor<F>,
     y: &mut Tensor<F>,
@@ -264,7 +255,7 @@ fn bn_forward_kernel<F: Float>(
 
 /// BatchNorm backward: one cube per channel reduces `Σg` and `Σg·x̂`, then writes
 /// `dx = (g − mean(g) − x̂·mean(g·x̂))/√(σ² + ε)`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn bn_backward_kernel<F: Float>(
     xhat: &Tensor<F>,
     var: &Tensor<F>,
@@ -310,7 +301,7 @@ fn bn_backward_kernel<F: Float>(
 /// −∞), 1 average over the positions inside the input, 2 average over `k²`. With `ARGMAX`
 /// the max pool also writes each window's first maximum as a flat index into its plane
 /// (as `F`: exact below 2²⁴ positions per plane).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn pool_forward_kernel<F: Float>(
     x: &Tensor<F>,
     y: &mut Tensor<F>,
@@ -376,7 +367,7 @@ fn pool_forward_kernel<F: Float>(
 /// Pooling backward: one unit per input element `(ix, iy, plane)`, gathering the windows that
 /// cover it. The max pool takes `argmax` of the forward (a window's gradient goes to its first
 /// maximum, PyTorch's rule); the average pools ignore it.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn pool_backward_kernel<F: Float>(
     argmax: &Tensor<F>,
     gy: &Tensor<F>,
@@ -504,18 +495,22 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
         let (count, dim) = grid(g.n * g.c, g.ho(), g.wo());
         let [k, s, p, d] = geometry(g);
-        dw_forward_kernel::launch::<F, R>(
-            &x.client.clone(),
-            count,
-            dim,
-            x.into_tensor_arg(),
-            w.into_tensor_arg(),
-            y.clone().into_tensor_arg(),
-            k,
-            s,
-            p,
-            d,
-        );
+        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
+        // shape checks at its top and the window bounds tests).
+        unsafe {
+            dw_forward_kernel::launch_unchecked::<F, R>(
+                &x.client.clone(),
+                count,
+                dim,
+                x.into_tensor_arg(),
+                w.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                k,
+                s,
+                p,
+                d,
+            );
+        }
         y
     }
 
@@ -524,42 +519,54 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
         let (count, dim) = grid(g.n * g.c, g.h, g.w);
         let [k, s, p, d] = geometry(g);
-        dw_backward_x_kernel::launch::<F, R>(
-            &gy.client.clone(),
-            count,
-            dim,
-            gy.into_tensor_arg(),
-            w.into_tensor_arg(),
-            gx.clone().into_tensor_arg(),
-            k,
-            s,
-            p,
-            d,
-        );
+        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
+        // shape checks at its top and the window bounds tests).
+        unsafe {
+            dw_backward_x_kernel::launch_unchecked::<F, R>(
+                &gy.client.clone(),
+                count,
+                dim,
+                gy.into_tensor_arg(),
+                w.into_tensor_arg(),
+                gx.clone().into_tensor_arg(),
+                k,
+                s,
+                p,
+                d,
+            );
+        }
         gx
     }
 
     fn dw_backward_w(x: FloatTensor<Self>, gy: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (x, gy) = (into_contiguous(x), into_contiguous(gy));
-        let gw = empty_like::<R, F>(&x, [g.c, 1, g.kh, g.kw]);
         let [k, s, p, d] = geometry(g);
-        let cubes = u(g.c * g.kh * g.kw);
-        // One cube per weight: a tile of the output plane (a power of two of units, ≤ 256).
-        let (_, dim) = grid(1, g.ho(), g.wo());
-        dw_backward_w_kernel::launch::<F, R>(
-            &x.client.clone(),
-            CubeCount::Static(cubes, 1, 1),
-            dim,
-            x.into_tensor_arg(),
-            gy.into_tensor_arg(),
-            gw.clone().into_tensor_arg(),
-            k,
-            s,
-            p,
-            d,
-            dim.num_elems(),
-        );
-        gw
+        let taps = g.kh * g.kw;
+        let partial = empty_like::<R, F>(&x, [g.n, g.c, taps, 1]);
+        let units = g.n * g.c * taps;
+        let dim = CubeDim::new(&x.client, units);
+        let count = calculate_cube_count_elemwise(&x.client, units, dim);
+        // SAFETY: each unit reads inside its own `(n, c)` planes (window bounds tested) and
+        // writes its own element of `partial` (guarded).
+        unsafe {
+            dw_backward_w_kernel::launch_unchecked::<F, R>(
+                &x.client.clone(),
+                count,
+                dim,
+                x.into_tensor_arg(),
+                gy.into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                k,
+                s,
+                p,
+                d,
+            );
+        }
+        BurnTensor::<Self, 4>::from_primitive(TensorPrimitive::Float(partial))
+            .sum_dim(0)
+            .reshape([g.c, 1, g.kh, g.kw])
+            .into_primitive()
+            .tensor()
     }
 
     fn bn_forward(x: FloatTensor<Self>, epsilon: f64) -> [FloatTensor<Self>; 3] {
@@ -568,17 +575,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         let y = empty_like::<R, F>(&x, [n, c, h, w]);
         let mean = empty_like::<R, F>(&x, [1, c, 1, 1]);
         let var = empty_like::<R, F>(&x, [1, c, 1, 1]);
-        bn_forward_kernel::launch::<F, R>(
-            &x.client.clone(),
-            CubeCount::Static(u(c), 1, 1),
-            CubeDim::new_1d(REDUCE_BLOCK),
-            x.into_tensor_arg(),
-            y.clone().into_tensor_arg(),
-            mean.clone().into_tensor_arg(),
-            var.clone().into_tensor_arg(),
-            (epsilon as f32).to_bits(),
-            REDUCE_BLOCK,
-        );
+        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
+        // shape checks at its top and the window bounds tests).
+        unsafe {
+            bn_forward_kernel::launch_unchecked::<F, R>(
+                &x.client.clone(),
+                CubeCount::Static(u(c), 1, 1),
+                CubeDim::new_1d(REDUCE_BLOCK),
+                x.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                mean.clone().into_tensor_arg(),
+                var.clone().into_tensor_arg(),
+                (epsilon as f32).to_bits(),
+                REDUCE_BLOCK,
+            );
+        }
         [y, mean, var]
     }
 
@@ -595,17 +606,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         );
         let dims = dims4(&gy);
         let gx = empty_like::<R, F>(&gy, dims);
-        bn_backward_kernel::launch::<F, R>(
-            &gy.client.clone(),
-            CubeCount::Static(u(dims[1]), 1, 1),
-            CubeDim::new_1d(REDUCE_BLOCK),
-            xhat.into_tensor_arg(),
-            var.into_tensor_arg(),
-            gy.into_tensor_arg(),
-            gx.clone().into_tensor_arg(),
-            (epsilon as f32).to_bits(),
-            REDUCE_BLOCK,
-        );
+        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
+        // shape checks at its top and the window bounds tests).
+        unsafe {
+            bn_backward_kernel::launch_unchecked::<F, R>(
+                &gy.client.clone(),
+                CubeCount::Static(u(dims[1]), 1, 1),
+                CubeDim::new_1d(REDUCE_BLOCK),
+                xhat.into_tensor_arg(),
+                var.into_tensor_arg(),
+                gy.into_tensor_arg(),
+                gx.clone().into_tensor_arg(),
+                (epsilon as f32).to_bits(),
+                REDUCE_BLOCK,
+            );
+        }
         gx
     }
 
@@ -621,19 +636,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         // The arg-max output (a one-element placeholder for the average pools).
         let argmax = empty_like::<R, F>(&x, if max { dims } else { [1, 1, 1, 1] });
         let (count, dim) = grid(g.n * g.c, g.ho(), g.wo());
-        pool_forward_kernel::launch::<F, R>(
-            &x.client.clone(),
-            count,
-            dim,
-            x.into_tensor_arg(),
-            y.clone().into_tensor_arg(),
-            argmax.clone().into_tensor_arg(),
-            u(g.kh),
-            u(g.stride[0]),
-            u(g.pad[0]),
-            mode(kind),
-            max,
-        );
+        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
+        // shape checks at its top and the window bounds tests).
+        unsafe {
+            pool_forward_kernel::launch_unchecked::<F, R>(
+                &x.client.clone(),
+                count,
+                dim,
+                x.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                argmax.clone().into_tensor_arg(),
+                u(g.kh),
+                u(g.stride[0]),
+                u(g.pad[0]),
+                mode(kind),
+                max,
+            );
+        }
         (y, max.then_some(argmax))
     }
 
@@ -650,18 +669,22 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         let (saved, gy) = (into_contiguous(saved), into_contiguous(gy));
         let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
         let (count, dim) = grid(g.n * g.c, g.h, g.w);
-        pool_backward_kernel::launch::<F, R>(
-            &gy.client.clone(),
-            count,
-            dim,
-            saved.into_tensor_arg(),
-            gy.into_tensor_arg(),
-            gx.clone().into_tensor_arg(),
-            u(g.kh),
-            u(g.stride[0]),
-            u(g.pad[0]),
-            mode(kind),
-        );
+        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
+        // shape checks at its top and the window bounds tests).
+        unsafe {
+            pool_backward_kernel::launch_unchecked::<F, R>(
+                &gy.client.clone(),
+                count,
+                dim,
+                saved.into_tensor_arg(),
+                gy.into_tensor_arg(),
+                gx.clone().into_tensor_arg(),
+                u(g.kh),
+                u(g.stride[0]),
+                u(g.pad[0]),
+                mode(kind),
+            );
+        }
         gx
     }
 }
