@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use darts::ops::kernels::gpu::GpuOps;
-use darts::ops::kernels::{Pooling, Window};
+use darts::ops::kernels::{self, Pooling, Window};
 
 /// Deterministic values in (−1, 1) (an LCG), so flex and the GPU see the same numbers.
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -384,6 +384,25 @@ pub fn check_batchnorm<G: GpuOps>(device: &G::Device) {
     }
 }
 
+/// The public entry points on the plain (inference) GPU type take the kernels too and agree
+/// with flex.
+pub fn check_inference_entry_points<G: GpuOps>(device: &G::Device) {
+    let flex = Default::default();
+    let dims = [2, 5, 11, 9];
+    let (x, wt) = (values(2 * 5 * 11 * 9, 9), values(5 * 9, 10));
+    let xg = Tensor::<G, 4>::from_data(TensorData::new(x.clone(), dims), device);
+    let wg = Tensor::<G, 4>::from_data(TensorData::new(wt.clone(), [5, 1, 3, 3]), device);
+    let xf = Tensor::<Flex, 4>::from_data(TensorData::new(x, dims), &flex);
+    let wf = Tensor::<Flex, 4>::from_data(TensorData::new(wt, [5, 1, 3, 3]), &flex);
+    let v = |t: TensorData| t.to_vec::<f32>().unwrap();
+    let dg = v(kernels::depthwise_conv2d(xg.clone(), wg, [2, 2], [2, 2], [2, 2]).into_data());
+    let df = v(kernels::depthwise_conv2d(xf.clone(), wf, [2, 2], [2, 2], [2, 2]).into_data());
+    assert_close("inference depthwise", &dg, &as_f64(&df));
+    let pg = v(kernels::pool2d(xg, Pooling::Max, 3, 2, 1).into_data());
+    let pf = v(kernels::pool2d(xf, Pooling::Max, 3, 2, 1).into_data());
+    assert_close("inference max pool", &pg, &as_f64(&pf));
+}
+
 #[cfg(feature = "wgpu")]
 mod wgpu {
     use burn::backend::Wgpu;
@@ -401,6 +420,11 @@ mod wgpu {
     #[test]
     fn batchnorm_kernels_agree_with_definition_and_burn() {
         super::check_batchnorm::<Wgpu>(&Default::default());
+    }
+
+    #[test]
+    fn inference_entry_points_agree_with_flex() {
+        super::check_inference_entry_points::<Wgpu>(&Default::default());
     }
 }
 
@@ -424,5 +448,11 @@ mod cuda {
     #[ignore = "needs an NVIDIA GPU; run with --ignored"]
     fn batchnorm_kernels_agree_with_definition_and_burn() {
         super::check_batchnorm::<Cuda>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn inference_entry_points_agree_with_flex() {
+        super::check_inference_entry_points::<Cuda>(&Default::default());
     }
 }

@@ -1,28 +1,20 @@
-//! Operations for the GPU backends (wgpu, CUDA) under `Autodiff<I>`, built to launch few
-//! kernels: the depthwise convolution with a weight gradient that does not loop over the
-//! channels ([`depthwise_autodiff`]) and training-mode BatchNorm as one op with a closed-form
-//! backward ([`normalize_autodiff`]). Both are generic over the inner backend `I` (the tests run
-//! them on `Flex` against Burn's own operations); the dispatch enters them only for the GPU types.
+//! Operations for the GPU backends (wgpu, CUDA), built to launch few kernels: the depthwise
+//! convolution ([`depthwise_autodiff`]), 2-D pooling ([`pool_autodiff`]) and training-mode
+//! BatchNorm ([`normalize_autodiff`]) as custom autodiff operations over the primitives of
+//! [`GpuOps`], and a launch-free join of the parameters' autodiff graphs ([`join_graphs`]).
 //!
-//! Burn 0.21's CubeCL backends compute the weight gradient of a grouped convolution group by
-//! group (`burn-cubecl` `kernel/conv/backward_weight/fallback.rs`: per channel two slices, two
-//! copies, a direct convolution and a `slice_assign`), so one depthwise convolution costs about
-//! five kernel launches per channel in its backward — most of the launches of a DARTS step. The
-//! weight gradient of a depthwise convolution is itself a depthwise convolution once the batch is
-//! folded into the channels:
+//! [`GpuOps`]' provided methods are Burn's own operations, so everything here is generic over
+//! the inner backend (the tests run it on `Flex` against Burn's operations); `CubeBackend` and
+//! `Fusion<CubeBackend>` — the types `--device wgpu|cuda` use — override each primitive with a
+//! single CubeCL kernel (`kernels::cube`): one launch per depthwise forward, input gradient,
+//! pooling forward and backward, BatchNorm forward and backward, two for the depthwise weight
+//! gradient. Burn 0.21's own operations take several launches each (pooling permutes to NHWC
+//! and back; a grouped convolution's weight gradient loops over the groups, two slices, two
+//! copies, a direct convolution and a `slice_assign` per channel; BatchNorm composed of tensor
+//! operations is ~35 launches), and on a GPU a DARTS step costs what its launches cost.
 //!
-//! `∂L/∂w[c, i, j] = Σ_n Σ_{ho, wo} x_pad[n, c, ho·s + i·d, wo·s + j·d] · g[n, c, ho, wo]`
-//!
-//! is, for every `(n, c)`, a convolution of the plane `x[n, c]` with the "filter" `g[n, c]`
-//! (`Ho × Wo`), stride `d` and dilation `s` (the original dilation and stride swap roles), the
-//! same zero padding, cut to the first `kh × kw` outputs; the sum over `n` follows. As one
-//! grouped convolution with `groups = N·C` (input `[1, N·C, H, W]`, filters `[N·C, 1, Ho, Wo]`)
-//! it is a single launch of the backend's direct convolution, with `N·C·kh·kw` threads each
-//! reducing `Ho·Wo` products, then one sum over `n`. The forward and the input gradient are the
-//! backend's own (`conv2d`, `conv2d_x_backward`).
-//!
-//! Entered only when the caller's generic backend *is* one of the types listed in
-//! `depthwise` (checked by `TypeId`); everything else keeps Burn's operation.
+//! The dispatch enters these paths only when the caller's generic backend *is* one of the GPU
+//! types (checked by `TypeId`); everything else keeps Burn's operation.
 
 use super::cast;
 use super::cpu::{Pooling, Window};
@@ -154,8 +146,16 @@ pub trait GpuOps: Backend {
 #[cfg(feature = "flex")]
 impl GpuOps for burn_flex::Flex {}
 
-/// The weight gradient `[c, 1, kh, kw]` of a depthwise convolution as one grouped convolution
-/// over the `n·c` planes and a sum over the batch (see the module documentation).
+/// The weight gradient `[c, 1, kh, kw]` of a depthwise convolution with Burn's operations and
+/// without a loop over the channels (the provided [`GpuOps::dw_backward_w`]):
+///
+/// `∂L/∂w[c, i, j] = Σ_n Σ_{ho, wo} x_pad[n, c, ho·s + i·d, wo·s + j·d] · g[n, c, ho, wo]`
+///
+/// is, for every `(n, c)`, a convolution of the plane `x[n, c]` with the "filter" `g[n, c]`
+/// (`Ho × Wo`), stride `d` and dilation `s` (the original dilation and stride swap roles), the
+/// same zero padding, cut to the first `kh × kw` outputs; as one grouped convolution with
+/// `groups = n·c` (input `[1, n·c, h, w]`, filters `[n·c, 1, Ho, Wo]`) followed by a sum over
+/// `n`.
 pub fn depthwise_weight_grad<I: Backend>(
     x: Tensor<I, 4>,
     gy: Tensor<I, 4>,
@@ -223,13 +223,24 @@ pub fn depthwise_autodiff<I: GpuOps>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// Run [`depthwise_autodiff`] when `B` is `Autodiff<I>` for this `I`; else give the inputs back.
+/// Run [`depthwise_autodiff`] when `B` is `Autodiff<I>` for this `I`, [`GpuOps::dw_forward`]
+/// when `B` is `I` itself (inference); else give the inputs back.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 fn try_backend<B: Backend, I: GpuOps>(
     x: Tensor<B, 4>,
     w: Tensor<B, 4>,
     g: Window,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    if TypeId::of::<B>() == TypeId::of::<I>() {
+        let (Ok(x), Ok(w)) = (cast::<_, Tensor<I, 4>>(x), cast::<_, Tensor<I, 4>>(w)) else {
+            unreachable!("types compared by TypeId above")
+        };
+        let y = I::dw_forward(x.into_primitive().tensor(), w.into_primitive().tensor(), &g);
+        return match cast(float::<I>(y)) {
+            Ok(y) => Ok(y),
+            Err(_) => unreachable!("types compared by TypeId above"),
+        };
+    }
     if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
         return Err((x, w));
     }
@@ -277,8 +288,9 @@ pub fn is_gpu<B: Backend>() -> bool {
     yes && !super::burn_ops_forced()
 }
 
-/// Depthwise convolution with the batched weight gradient on the GPU autodiff backends;
-/// `Err` gives the inputs back on every other backend.
+/// Depthwise convolution through [`GpuOps`] on the GPU backends (with autodiff: the custom op
+/// of [`depthwise_autodiff`]; without: [`GpuOps::dw_forward`]); `Err` gives the inputs back on
+/// every other backend.
 #[allow(unused_mut)]
 pub(crate) fn depthwise<B: Backend>(
     x: Tensor<B, 4>,
@@ -346,6 +358,16 @@ fn try_pool<B: Backend, I: GpuOps>(
     g: Window,
     kind: Pooling,
 ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    if TypeId::of::<B>() == TypeId::of::<I>() {
+        let Ok(x) = cast::<_, Tensor<I, 4>>(x) else {
+            unreachable!("types compared by TypeId above")
+        };
+        let (y, _) = I::pool_forward(x.into_primitive().tensor(), &g, kind);
+        return match cast(float::<I>(y)) {
+            Ok(y) => Ok(y),
+            Err(_) => unreachable!("types compared by TypeId above"),
+        };
+    }
     if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
         return Err(x);
     }
@@ -358,8 +380,8 @@ fn try_pool<B: Backend, I: GpuOps>(
     }
 }
 
-/// Pooling through the CubeCL kernels on the GPU autodiff backends; `Err` gives the input back
-/// on every other backend.
+/// Pooling through the CubeCL kernels on the GPU backends (with or without autodiff); `Err`
+/// gives the input back on every other backend.
 #[allow(unused_mut)]
 pub(crate) fn pool<B: Backend>(
     x: Tensor<B, 4>,

@@ -5,11 +5,10 @@
 //! * On `Flex` and `Autodiff<Flex>` (crate feature `flex`, on by default in the `darts` crate)
 //!   they run the plain-slice kernels of [`cpu`], with a backward of their own (one pass over the
 //!   planes for the input and weight gradients).
-//! * On `Autodiff<Wgpu>` and `Autodiff<Cuda>` (features `wgpu`, `cuda`) the depthwise
-//!   convolution takes the backward of [`gpu`]: the weight gradient as one grouped convolution
-//!   over the batch-folded planes instead of Burn's loop over the channels.
-//! * On the same GPU types, training-mode BatchNorm ([`crate::BatchNorm2d`]) is one custom op
-//!   with a closed-form backward ([`gpu::normalize_autodiff`]).
+//! * On `Wgpu` and `Cuda`, with or without `Autodiff` (features `wgpu`, `cuda`), the depthwise
+//!   convolution and pooling run CubeCL kernels of their own (one launch forward, one or two
+//!   backward, see [`gpu`]), and training-mode BatchNorm ([`crate::BatchNorm2d`]) is one custom
+//!   op with one kernel each way ([`gpu::normalize_autodiff`]).
 //! * The 1×1 convolution is one batched matrix product on every backend (its backward is two
 //!   more), never Burn's general convolution, whose weight gradient is a serial fallback on the
 //!   GPU backends.
