@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU measurements and checks for docs/performance.md, in one call of at most 8 minutes: the
-# flex-vs-CUDA equivalence tests, then config A (batch 64, 8 cells, C=16) first and second order,
+# CubeCL kernel tests and the flex-vs-CUDA equivalence tests on CUDA, then config A (batch 64, 8 cells, C=16) first and second order,
 # and the derived-network training step (DARTS_V2, C=36, 20 cells, batch 96, auxiliary head, drop
 # path, cutout), ours on `--device cuda` (and the search on `--device wgpu`), PyTorch on CUDA in
 # the same run, with the GPU's peak memory use sampled by nvidia-smi during each run and kernel
@@ -91,7 +91,9 @@ for r in $RUNS; do
     torch_cuda_2nd) run $r ${!lim_var:-40} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
     # The derived network's training step (its own script: the network is NetworkCIFAR).
     torch_cuda_train) run $r ${!lim_var:-30} $PY benches/torch_train_step.py --device cuda --steps 10 --warmup 3 --json ;;
-    # The flex-vs-CUDA equivalence checks (supernet fwd+bwd, both architect orders, strided 1x1).
+    # On CUDA: the kernel tests (tests/it/gpu_kernels.rs: depthwise, pooling, BatchNorm against
+    # their definitions and Burn's ops) and the flex-vs-CUDA equivalence checks (supernet
+    # fwd+bwd, both architect orders, strided 1x1); `cuda::` selects both modules.
     tests_cuda) run $r ${!lim_var:-80} "$TESTS" --ignored cuda:: --test-threads 1 ;;
     ours_cuda_1st) run $r ${!lim_var:-100} "$BIN" --device cuda --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json --count-launches /tmp/launches_cuda_1st.log ;;
     ours_cuda_2nd) run $r ${!lim_var:-80} "$BIN" --device cuda --order 2 $A --steps 2 --warmup 1 --fwd-steps 1 --json ;;
