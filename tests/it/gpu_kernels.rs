@@ -167,16 +167,7 @@ fn pool_def(x: &[f32], gy: &[f32], g: &Window, kind: Pooling) -> (Vec<f64>, Vec<
     (y, gx)
 }
 
-fn window(
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    d: usize,
-) -> Window {
+fn window([n, c, h, w]: [usize; 4], k: usize, s: usize, p: usize, d: usize) -> Window {
     Window {
         n,
         c,
@@ -208,7 +199,7 @@ pub fn check_depthwise<G: GpuOps>(device: &G::Device) {
         (3, 2, 0, 1),
     ] {
         for (n, c, h, w) in [(3, 37, 9, 7), (2, 16, 16, 16)] {
-            let g = window(n, c, h, w, k, s, p, d);
+            let g = window([n, c, h, w], k, s, p, d);
             let what = format!("k{k} s{s} p{p} d{d} {n}×{c}×{h}×{w}");
             let x = values(n * c * h * w, 1);
             let wt = values(c * k * k, 2);
@@ -272,7 +263,7 @@ pub fn check_pooling<G: GpuOps>(device: &G::Device) {
     for kind in [Pooling::Max, Pooling::AvgExcludePad, Pooling::AvgIncludePad] {
         for (k, s, p) in [(3, 1, 1), (3, 2, 1), (2, 2, 0), (5, 3, 0), (3, 2, 0)] {
             for (n, c, h, w) in [(3, 37, 9, 7), (2, 16, 16, 16)] {
-                let g = window(n, c, h, w, k, s, p, 1);
+                let g = window([n, c, h, w], k, s, p, 1);
                 let what = format!("{kind:?} k{k} s{s} p{p} {n}×{c}×{h}×{w}");
                 let x = values(n * c * h * w, 4);
                 let gy = values(n * c * g.ho() * g.wo(), 5);
@@ -309,7 +300,7 @@ pub fn check_pooling<G: GpuOps>(device: &G::Device) {
     }
     // Ties: a plane of equal values (and one of repeated steps) sends every window's gradient
     // to its first maximum in row-major order.
-    let g = window(1, 2, 6, 5, 3, 1, 1, 1);
+    let g = window([1, 2, 6, 5], 3, 1, 1, 1);
     let mut x = vec![0.5f32; 30];
     x.extend((0..30).map(|i| (i / 7) as f32));
     let gy = values(g.n * g.c * g.ho() * g.wo(), 6);

@@ -21,6 +21,10 @@
 //! Results do not depend on scheduling: every output element is written by one unit that sums
 //! in a fixed order, and the weight gradient's reduction is a fixed tree over shared memory.
 
+// Kernel bodies are CubeCL's Rust dialect: `is_multiple_of` is not among the methods it
+// translates, `%` is.
+#![allow(clippy::manual_is_multiple_of)]
+
 use super::cpu::Pooling;
 use super::cpu::Window;
 use super::gpu::GpuOps;
@@ -210,7 +214,7 @@ fn bn_forward_kernel<F: Float>(
     #[comptime] eps_bits: u32,
     #[comptime] block: u32,
 ) {
-    let ch = CUBE_POS as usize;
+    let ch = CUBE_POS;
     let c = x.shape(1);
     let hw = x.shape(2) * x.shape(3);
     let total = x.shape(0) * hw;
@@ -264,7 +268,7 @@ fn bn_backward_kernel<F: Float>(
     #[comptime] eps_bits: u32,
     #[comptime] block: u32,
 ) {
-    let ch = CUBE_POS as usize;
+    let ch = CUBE_POS;
     let c = gy.shape(1);
     let hw = gy.shape(2) * gy.shape(3);
     let total = gy.shape(0) * hw;
