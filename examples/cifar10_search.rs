@@ -36,6 +36,25 @@ enum Preset {
     Paper,
 }
 
+/// `--arch-bn-stats`: which training-mode passes of a search step update the BatchNorm running
+/// statistics ([`darts::bilevel::ArchBnStats`]).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum ArchBnStatsArg {
+    /// The architecture step's passes too, then the weight step's (the reference).
+    ArchitectToo,
+    /// Only the weight step's forward.
+    WeightStepOnly,
+}
+
+impl From<ArchBnStatsArg> for darts::bilevel::ArchBnStats {
+    fn from(a: ArchBnStatsArg) -> Self {
+        match a {
+            ArchBnStatsArg::ArchitectToo => Self::ArchitectToo,
+            ArchBnStatsArg::WeightStepOnly => Self::WeightStepOnly,
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "DARTS architecture search on CIFAR-10")]
 struct Args {
@@ -92,6 +111,11 @@ struct Args {
     /// step, as the reference) or cycle (shuffled passes over the validation split).
     #[arg(long, value_enum)]
     val_sampling: Option<ValSamplingArg>,
+    /// Which training-mode passes update the BatchNorm running statistics: architect-too (the
+    /// reference: the architecture step's passes, then the weight step's) or weight-step-only.
+    /// Only the evaluation-mode validation metrics depend on it.
+    #[arg(long, value_enum)]
+    arch_bn_stats: Option<ArchBnStatsArg>,
     /// Use only the first N training images.
     #[arg(long)]
     limit_images: Option<usize>,
@@ -185,6 +209,9 @@ fn main() {
     }
     c.unrolled = a.unrolled;
     c.skip_non_finite_steps = a.skip_non_finite_steps;
+    if let Some(v) = a.arch_bn_stats {
+        c.arch_bn_stats = v.into();
+    }
     if let Some(v) = a.val_sampling {
         c.val_sampling = match v {
             ValSamplingArg::Redraw => ValSampling::Redraw,

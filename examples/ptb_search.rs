@@ -12,7 +12,7 @@
 //! ```
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use darts::cifar::{RunError, RunOptions};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::ptb::{run_ptb_search, PtbSearchConfig, PtbSearchSummary};
@@ -20,6 +20,25 @@ use std::path::PathBuf;
 
 #[path = "support/cli.rs"]
 mod cli;
+
+/// `--arch-bn-stats`: which training-mode passes of a search step update the BatchNorm running
+/// statistics ([`darts::bilevel::ArchBnStats`]).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum ArchBnStatsArg {
+    /// The architecture step's passes too, then the weight step's (the reference).
+    ArchitectToo,
+    /// Only the weight step's forward.
+    WeightStepOnly,
+}
+
+impl From<ArchBnStatsArg> for darts::bilevel::ArchBnStats {
+    fn from(a: ArchBnStatsArg) -> Self {
+        match a {
+            ArchBnStatsArg::ArchitectToo => Self::ArchitectToo,
+            ArchBnStatsArg::WeightStepOnly => Self::WeightStepOnly,
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(about = "Recurrent DARTS cell search on Penn Treebank")]
@@ -84,6 +103,11 @@ struct Args {
     /// (docs/reference.md).
     #[arg(long)]
     reference_quirks: bool,
+    /// Which training-mode passes update the BatchNorm running statistics: architect-too (the
+    /// reference: the architecture step's passes, then the weight step's) or weight-step-only.
+    /// Only the evaluation-mode validation metrics depend on it.
+    #[arg(long, value_enum)]
+    arch_bn_stats: Option<ArchBnStatsArg>,
     /// Use only the first N training tokens.
     #[arg(long)]
     limit_train_tokens: Option<usize>,
@@ -152,6 +176,9 @@ fn main() {
     c.limit_train_tokens = a.limit_train_tokens;
     c.limit_valid_tokens = a.limit_valid_tokens;
     c.unrolled = a.unrolled;
+    if let Some(v) = a.arch_bn_stats {
+        c.arch_bn_stats = v.into();
+    }
     if a.reference_quirks {
         c.quirks = darts::bilevel::ReferenceQuirks {
             tied_weights_not_unrolled: true,

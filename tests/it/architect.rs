@@ -402,3 +402,95 @@ fn same_start_same_data_gives_identical_alphas() {
         assert_ne!(a, alpha_vec(&start), "alphas did not move");
     }
 }
+
+/// Bits of every BatchNorm running statistic (the parameters that take no gradient).
+fn running_stats(m: &Net) -> Vec<Vec<u64>> {
+    struct Stats(Vec<Vec<u64>>);
+    impl burn::module::ModuleVisitor<B> for Stats {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
+            let t = p.val();
+            if !t.is_require_grad() {
+                let v = t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+                self.0.push(v.iter().map(|x| x.to_bits()).collect());
+            }
+        }
+    }
+    let mut s = Stats(Vec::new());
+    m.visit(&mut s);
+    assert!(
+        !s.0.is_empty(),
+        "the supernet has BatchNorm running statistics"
+    );
+    s.0
+}
+
+/// `ArchBnStats::ArchitectToo` (the reference, default): the architecture step's training-mode
+/// passes on the real model update the running statistics in the reference's order — first
+/// order the validation pass; second order the virtual step's training pass at `w` and the two
+/// finite-difference passes at `w ± ε·u`, not the unrolled model's validation pass.
+/// `WeightStepOnly` leaves them to the weight step.
+#[test]
+fn architecture_passes_update_bn_running_stats_as_the_reference() {
+    use darts::bilevel::architect::loss_gradients;
+    use darts::bilevel::params::global_norm;
+    use darts::bilevel::{ArchBnStats, Architect, Sgd};
+    use darts::ops::record_bn_updates;
+    let model = to_f64(tiny());
+    let train = batch_f64(batch(8, 8, 0.0));
+    let val = batch_f64(batch(8, 8, 0.3));
+    let sgd = Sgd::new(0.9, 3e-4);
+    let xi = 0.05;
+    let before = running_stats(&model);
+
+    // First order: one update, from the validation batch at w.
+    let (_, upd) = record_bn_updates(|| loss_gradients(&model, &val));
+    let expected = running_stats(&upd.apply(model.clone()));
+    assert_ne!(expected, before);
+    let (got, _) =
+        Architect::<B>::new(ArchitectConfig::default()).step(model.clone(), &sgd, &train, &val, xi);
+    assert_eq!(running_stats(&got), expected, "first order, architect too");
+    let only = ArchitectConfig {
+        bn_stats: ArchBnStats::WeightStepOnly,
+        ..Default::default()
+    };
+    let (got, _) = Architect::<B>::new(only).step(model.clone(), &sgd, &train, &val, xi);
+    assert_eq!(running_stats(&got), before, "first order, weight step only");
+
+    // Second order: three chained updates from the training batch, at w, w + εu and w − εu.
+    let arch = Architect::<B>::new(second());
+    let w_prime = arch.virtual_step(&model, &sgd, &train, xi);
+    let vector = loss_gradients(&set_values(model.clone(), &w_prime), &val).weights;
+    let eps = 0.01 / global_norm(&vector.values().collect::<Vec<_>>());
+    let ids: Vec<_> = vector.keys().copied().collect();
+    let w = values(&model, &ids);
+    let shifted = |sign: f64| {
+        let moved = ids
+            .iter()
+            .map(|id| (*id, w[id].clone() + vector[id].clone() * (sign * eps)))
+            .collect();
+        set_values(model.clone(), &moved)
+    };
+    let (_, upd) = record_bn_updates(|| {
+        loss_gradients(&model, &train);
+        loss_gradients(&shifted(1.0), &train);
+        loss_gradients(&shifted(-1.0), &train);
+    });
+    let expected2 = running_stats(&upd.apply(model.clone()));
+    let mut arch = Architect::<B>::new(second());
+    let (got, _) = arch.step(model.clone(), &sgd, &train, &val, xi);
+    assert_eq!(
+        running_stats(&got),
+        expected2,
+        "second order, architect too"
+    );
+    let only2 = ArchitectConfig {
+        bn_stats: ArchBnStats::WeightStepOnly,
+        ..second()
+    };
+    let (got, _) = Architect::<B>::new(only2).step(model, &sgd, &train, &val, xi);
+    assert_eq!(
+        running_stats(&got),
+        before,
+        "second order, weight step only"
+    );
+}

@@ -21,6 +21,7 @@ use crate::params::{global_norm, gradients, only_trainable, set_values, values, 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
+use darts_ops::{record_bn_updates, BnUpdates};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -125,6 +126,34 @@ pub struct ArchitectConfig {
     /// The reference's quirks, off by default (see [`ReferenceQuirks`]).
     #[serde(default)]
     pub quirks: ReferenceQuirks,
+    /// Which training-mode passes update the BatchNorm running statistics. Default: the
+    /// reference's ([`ArchBnStats::ArchitectToo`]); configurations stored before this setting
+    /// existed read as [`ArchBnStats::WeightStepOnly`], the behaviour they ran with.
+    #[serde(default = "ArchBnStats::before_setting")]
+    pub bn_stats: ArchBnStats,
+}
+
+/// Which training-mode passes of a search step update the BatchNorm running statistics (they
+/// are read only in evaluation mode: the epoch's validation metrics, never α or the weights).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchBnStats {
+    /// As the reference: the architecture step's passes on the real model update them too, in
+    /// order, before the weight step's forward — first order the validation pass at `w`;
+    /// second order the virtual step's training pass at `w` and the two finite-difference
+    /// passes at `w ± ε·u` (the unrolled model's validation pass updates a copy that is thrown
+    /// away, as the reference's `model.new()`). `cnn/architect.py:39-41, 21, 80, 85`.
+    #[default]
+    ArchitectToo,
+    /// Only the weight step's forward updates them (this library's behaviour before the
+    /// setting existed).
+    WeightStepOnly,
+}
+
+impl ArchBnStats {
+    fn before_setting() -> Self {
+        ArchBnStats::WeightStepOnly
+    }
 }
 
 /// Behaviours of the reference code that are not the mathematically intended ones, as opt-in
@@ -157,6 +186,7 @@ impl Default for ArchitectConfig {
             fd_r: 0.01,
             virtual_grad_clip: None,
             quirks: ReferenceQuirks::default(),
+            bn_stats: ArchBnStats::ArchitectToo,
         }
     }
 }
@@ -419,8 +449,10 @@ impl<B: AutodiffBackend> Architect<B> {
         // w' and the unrolled model (a clone: the real model is untouched).
         let (w_prime, coef) = self.virtual_step_with_clip(model, w_opt, train, xi);
         let unrolled = set_values(model.clone(), &w_prime);
-        // ∇α L_val(w', α) and the vector ∇w' L_val(w', α).
-        let g = loss_gradients(&unrolled, val);
+        // ∇α L_val(w', α) and the vector ∇w' L_val(w', α). Running statistics of this pass
+        // belong to the throw-away unrolled model (the reference's `model.new()`): an inner
+        // recording scope keeps them out of any recording around this call.
+        let (g, _unrolled_bn) = record_bn_updates(|| loss_gradients(&unrolled, val));
         drop(unrolled);
         let (mut vector, mut dalpha) = (g.weights, g.arch);
         // The recurrent reference clips u = ∇w' L_val(w') like the weight gradient before ε is
@@ -465,6 +497,8 @@ impl<B: AutodiffBackend> Architect<B> {
     }
 
     /// Compute `dα` and apply one Adam step to `α`. Returns the updated model and the gradient.
+    /// With [`ArchBnStats::ArchitectToo`] the returned model also carries the BatchNorm running
+    /// statistics of the architecture step's training-mode passes (chained in their order).
     pub fn step<M: ArchModel<B>>(
         &mut self,
         model: M,
@@ -473,10 +507,18 @@ impl<B: AutodiffBackend> Architect<B> {
         val: &M::Batch,
         xi: f64,
     ) -> (M, ArchGradient<B>) {
-        let grad = self.gradient(&model, w_opt, train, val, xi);
+        let (grad, bn) = match self.config.bn_stats {
+            ArchBnStats::ArchitectToo => {
+                record_bn_updates(|| self.gradient(&model, w_opt, train, val, xi))
+            }
+            ArchBnStats::WeightStepOnly => (
+                self.gradient(&model, w_opt, train, val, xi),
+                BnUpdates::default(),
+            ),
+        };
         let ids: Vec<ParamId> = grad.dalpha.keys().copied().collect();
         let alpha = values(&model, &ids);
         let new = self.adam.step(&alpha, &grad.dalpha);
-        (set_values(model, &new), grad)
+        (bn.apply(set_values(model, &new)), grad)
     }
 }

@@ -11,8 +11,9 @@ pub mod params;
 pub mod search;
 
 pub use architect::{
-    arch_gradients, join_parameter_graphs, loss_gradients, train_gradients, ArchGradient,
-    ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order, ReferenceQuirks,
+    arch_gradients, join_parameter_graphs, loss_gradients, train_gradients, ArchBnStats,
+    ArchGradient, ArchModel, Architect, ArchitectConfig, BatchOutput, LossGradients, Order,
+    ReferenceQuirks,
 };
 pub use optim::{
     clip_grad_norm, Adam, AdamMoments, AdamState, Asgd, CosineLr, OptimStateError, Sgd, SgdState,

@@ -303,7 +303,9 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
 
     /// One search step at weight learning rate `lr`: architecture step on `val` (using `train`
     /// for the virtual step when second order), then the weight step on `train` (global-norm
-    /// clipping, SGD), committing BatchNorm running statistics of the weight-step forward.
+    /// clipping, SGD), committing BatchNorm running statistics of the weight-step forward (and
+    /// first, with [`crate::ArchBnStats::ArchitectToo`], those of the architecture step's
+    /// training-mode passes, as the reference).
     pub fn step(&mut self, train: &M::Batch, val: &M::Batch, lr: f64) -> StepStats {
         self.step_with_state(train, val, lr).stats
     }

@@ -11,7 +11,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use darts_bilevel::params::values;
 use darts_bilevel::{
-    ArchitectConfig, Bilevel, CosineLr, NonFinitePolicy, Order, SearchEvent, WeightConfig,
+    ArchBnStats, ArchitectConfig, Bilevel, CosineLr, NonFinitePolicy, Order, SearchEvent,
+    WeightConfig,
 };
 use darts_cell::{ImageBatch, SearchNetworkConfig};
 use darts_data::cifar::{search_split, Augment, Loader};
@@ -69,6 +70,17 @@ pub struct SearchConfig {
     /// read as [`ValSampling::Cycle`], the behaviour they ran with.
     #[serde(default = "ValSampling::before_setting")]
     pub val_sampling: ValSampling,
+    /// Whether the architecture step's training-mode passes update the BatchNorm running
+    /// statistics too ([`ArchBnStats::ArchitectToo`], the reference, the default) or only the
+    /// weight step's forward; configurations stored before this setting read as
+    /// [`ArchBnStats::WeightStepOnly`]. Only the evaluation-mode validation metrics depend on
+    /// it.
+    #[serde(default = "before_bn_setting")]
+    pub arch_bn_stats: ArchBnStats,
+}
+
+fn before_bn_setting() -> ArchBnStats {
+    ArchBnStats::WeightStepOnly
 }
 
 /// How the architecture steps of a search draw their validation batches.
@@ -113,6 +125,7 @@ impl Default for SearchConfig {
             seed: 2,
             skip_non_finite_steps: false,
             val_sampling: ValSampling::Redraw,
+            arch_bn_stats: ArchBnStats::ArchitectToo,
         }
     }
 }
@@ -313,6 +326,7 @@ fn build_search<B: AutodiffBackend>(
             },
             arch_lr: cfg.arch_lr,
             arch_weight_decay: cfg.arch_weight_decay,
+            bn_stats: cfg.arch_bn_stats,
             ..Default::default()
         },
     );

@@ -12,8 +12,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use darts_bilevel::params::values;
 use darts_bilevel::{
-    ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, SearchEvent, StepOutcome,
-    WeightConfig,
+    ArchBnStats, ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, SearchEvent,
+    StepOutcome, WeightConfig,
 };
 use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
 use darts_cell::RnnSearchNetwork;
@@ -76,6 +76,12 @@ pub struct PtbSearchConfig {
     /// The reference's quirks (off by default; see [`ReferenceQuirks`]).
     #[serde(default)]
     pub quirks: ReferenceQuirks,
+    /// Whether the architecture step's training-mode passes update the cell's BatchNorm
+    /// running statistics too ([`ArchBnStats::ArchitectToo`], the reference's
+    /// `rnn/architect.py`, the default) or only the weight step's forward; configurations
+    /// stored before this setting read as [`ArchBnStats::WeightStepOnly`].
+    #[serde(default = "before_bn_setting")]
+    pub arch_bn_stats: ArchBnStats,
 }
 
 impl Default for PtbSearchConfig {
@@ -103,6 +109,7 @@ impl Default for PtbSearchConfig {
             arch_weight_decay: 1e-3,
             seed: 3,
             quirks: ReferenceQuirks::default(),
+            arch_bn_stats: ArchBnStats::ArchitectToo,
         }
     }
 }
@@ -140,8 +147,13 @@ impl PtbSearchConfig {
             fd_r: 0.01,
             virtual_grad_clip: (self.clip > 0.0).then_some(self.clip),
             quirks: self.quirks,
+            bn_stats: self.arch_bn_stats,
         }
     }
+}
+
+fn before_bn_setting() -> ArchBnStats {
+    ArchBnStats::WeightStepOnly
 }
 
 /// One epoch of a recurrent search, as written to `metrics.jsonl`.

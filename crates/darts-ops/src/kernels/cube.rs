@@ -1,7 +1,7 @@
 //! CubeCL kernels for the GPU backends (one source for the wgpu and CUDA runtimes): the
 //! depthwise convolution (forward, input gradient, and the weight gradient as a parallel
-//! reduction) and 2-D pooling (forward and backward), each **one launch** on contiguous NCHW
-//! tensors.
+//! reduction), 2-D pooling (forward and backward) and training-mode BatchNorm (forward and
+//! backward), each **one launch** on contiguous NCHW tensors (the weight gradient two).
 //!
 //! Burn 0.21's own operations take several launches for each of these (pooling permutes to
 //! NHWC and back; the grouped convolution's input gradient is a transposed convolution that
@@ -19,7 +19,8 @@
 //! (unsigned, `0 ≤ iy < h + 2p`), as Burn's own pooling kernels do.
 //!
 //! Results do not depend on scheduling: every output element is written by one unit that sums
-//! in a fixed order, and the weight gradient's reduction is a fixed tree over shared memory.
+//! in a fixed order, BatchNorm's per-channel reductions are a fixed tree over shared memory,
+//! and the weight gradient sums per image in a fixed order, then over the batch.
 
 // Kernel bodies are CubeCL's Rust dialect: `is_multiple_of` is not among the methods it
 // translates, `%` is.
@@ -37,7 +38,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
-/// Units per cube of the weight-gradient reduction (a power of two).
+/// Units per cube of the BatchNorm kernels' per-channel reductions (a power of two).
 const REDUCE_BLOCK: u32 = 256;
 
 /// Depthwise convolution forward: one unit per output element `(ox, oy, plane)` of a 3-D grid
