@@ -95,7 +95,7 @@ fn search_step(c: &mut Criterion) {
 fn rnn_step(c: &mut Criterion) {
     let dev = Default::default();
     let cfg = RnnConfig {
-        ninp: 64,
+        emsize: 64,
         nhid: 64,
         ..RnnConfig::search(1000)
     };

@@ -64,8 +64,9 @@ struct Args {
     lr: Option<f64>,
     #[arg(long)]
     wdecay: Option<f64>,
-    #[arg(long)]
-    clip: Option<f64>,
+    /// Global gradient-norm clip (the reference's `--clip`, also accepted).
+    #[arg(long, alias = "clip")]
+    grad_clip: Option<f64>,
     #[arg(long)]
     epochs: Option<usize>,
     /// Output (locked) dropout.
@@ -163,7 +164,7 @@ fn main() {
     }
     set!(emsize => emsize, nhid => nhid, batch_size => batch_size,
         eval_batch_size => eval_batch_size, bptt => bptt, lr => lr, wdecay => weight_decay,
-        clip => clip, epochs => epochs, beta => tar, arch_lr => arch_lr,
+        grad_clip => grad_clip, epochs => epochs, beta => tar, arch_lr => arch_lr,
         arch_wdecay => arch_weight_decay, seed => seed);
     macro_rules! drop {
         ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.dropout.$g = v; } )* };
@@ -189,7 +190,20 @@ fn main() {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),
         overwrite: a.overwrite,
-        given: cli::given(&matches, &[]),
+        given: cli::given(
+            &matches,
+            &[
+                ("wdecay", "weight_decay"),
+                ("beta", "tar"),
+                ("arch_wdecay", "arch_weight_decay"),
+                ("dropout", "dropout.output"),
+                ("dropouth", "dropout.hidden"),
+                ("dropoutx", "dropout.x"),
+                ("dropouti", "dropout.input"),
+                ("dropoute", "dropout.embedding"),
+                ("max_steps", "max_steps_per_epoch"),
+            ],
+        ),
         stop_after: None,
         progress: !a.quiet,
     };

@@ -45,8 +45,9 @@ struct Args {
     lr: Option<f64>,
     #[arg(long)]
     wdecay: Option<f64>,
-    #[arg(long)]
-    clip: Option<f64>,
+    /// Global gradient-norm clip (the reference's `--clip`, also accepted).
+    #[arg(long, alias = "clip")]
+    grad_clip: Option<f64>,
     #[arg(long)]
     bptt: Option<usize>,
     /// Epochs without improvement before switching to averaged SGD.
@@ -124,7 +125,7 @@ fn main() {
         ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.$g = v; } )* };
     }
     set!(emsize => emsize, nhid => nhid, batch_size => batch_size, epochs => epochs, lr => lr,
-        wdecay => weight_decay, clip => clip, bptt => bptt, nonmono => nonmono, seed => seed);
+        wdecay => weight_decay, grad_clip => grad_clip, bptt => bptt, nonmono => nonmono, seed => seed);
     c.max_steps_per_epoch = a.max_steps;
     c.limit_train_tokens = a.limit_tokens;
     c.limit_valid_tokens = a.limit_tokens;
@@ -133,7 +134,15 @@ fn main() {
         out: a.resume.clone().unwrap_or(a.out.clone()),
         resume: a.resume.is_some(),
         overwrite: a.overwrite,
-        given: cli::given(&matches, &[("arch", "genotype")]),
+        given: cli::given(
+            &matches,
+            &[
+                ("arch", "genotype"),
+                ("wdecay", "weight_decay"),
+                ("max_steps", "max_steps_per_epoch"),
+                ("limit_tokens", "limit_train_tokens"),
+            ],
+        ),
         stop_after: None,
         progress: !a.quiet,
     };

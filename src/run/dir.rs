@@ -207,6 +207,18 @@ fn clear_for_new_run(dir: &Path, overwrite: bool) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The value of a setting in a serialised configuration; `a.b` names field `b` of field `a`.
+fn setting<'a>(config: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    key.split('.').try_fold(config, |v, part| v.get(part))
+}
+
+fn setting_mut<'a>(
+    config: &'a mut serde_json::Value,
+    key: &str,
+) -> Option<&'a mut serde_json::Value> {
+    key.split('.').try_fold(config, |v, part| v.get_mut(part))
+}
+
 /// The checkpoint's configuration with the settings the user gave on resume applied: those in
 /// `mutable` replace the stored values, any other that differs is a conflict.
 fn resume_config<C: Serialize>(
@@ -219,7 +231,7 @@ fn resume_config<C: Serialize>(
     let wanted = serde_json::to_value(config).expect("configurations serialise");
     let mut conflicts = Vec::new();
     for key in &opts.given {
-        let (Some(new), Some(old)) = (wanted.get(key), stored.get(key)) else {
+        let (Some(new), Some(old)) = (setting(&wanted, key), setting(&stored, key)) else {
             continue;
         };
         if new == old {
@@ -229,7 +241,13 @@ fn resume_config<C: Serialize>(
             if opts.progress {
                 eprintln!("resuming with {key} = {new} (was {old})");
             }
-            stored[key] = new.clone();
+            let new = new.clone();
+            if let Some(slot) = setting_mut(&mut stored, key) {
+                *slot = new;
+            }
+        } else if key.contains('.') {
+            // A nested setting (e.g. `dropout.output`): named as stored.
+            conflicts.push(format!("{key} {new} (the run has {old})"));
         } else {
             let flag = key.replace('_', "-");
             conflicts.push(format!("--{flag} {new} (the run has {old})"));
@@ -296,4 +314,44 @@ pub(crate) fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), R
         jsonl.push('\n');
     }
     write(path, &jsonl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn opts(given: &[&str]) -> RunOptions {
+        RunOptions {
+            out: PathBuf::from("runs/x"),
+            given: given.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resume_compares_nested_settings_and_takes_mutable_ones() {
+        let stored = json!({"epochs": 2, "lr": 20.0, "dropout": {"output": 0.75, "x": 0.75}});
+        let wanted = json!({"epochs": 5, "lr": 20.0, "dropout": {"output": 0.5, "x": 0.75}});
+        // A changed nested setting is a conflict named by its path.
+        let err = resume_config(&stored, &wanted, &opts(&["dropout.output"]), &["epochs"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dropout.output 0.5 (the run has 0.75)"),
+            "{err}"
+        );
+        // Unchanged nested and top-level settings pass; the mutable one is taken.
+        let given = opts(&["dropout.x", "lr", "epochs"]);
+        let merged = resume_config(&stored, &wanted, &given, &["epochs"]).unwrap();
+        assert_eq!(merged["epochs"], json!(5));
+        assert_eq!(merged["dropout"]["output"], json!(0.75));
+        // A top-level conflict names the flag.
+        let changed = json!({"epochs": 2, "lr": 10.0, "dropout": {"output": 0.75, "x": 0.75}});
+        let err = resume_config(&stored, &changed, &opts(&["lr"]), &["epochs"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--lr 10.0 (the run has 20.0)"), "{err}");
+    }
 }

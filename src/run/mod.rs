@@ -190,7 +190,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Start a new run in `out` even if it holds an earlier run (whose files are removed).
     pub overwrite: bool,
-    /// Configuration fields the user set explicitly (e.g. from the command line). On resume
+    /// Configuration fields the user set explicitly (e.g. from the command line), by their
+    /// serialised names (`a.b` for field `b` of field `a`, e.g. `dropout.output`). On resume
     /// they are checked against the checkpoint's configuration: the few that may change (the
     /// number of epochs) are taken, any other that differs is an error.
     pub given: Vec<String>,

@@ -74,7 +74,7 @@ fn derived_cell_matches_hand_computation() {
     let ws = [[0.9f32, -0.6], [-0.5, 1.5]];
     let config = RnnConfig {
         vocab: 3,
-        ninp: 1,
+        emsize: 1,
         nhid: 1,
         steps: 2,
         dropout: RnnDropout::none(),
@@ -147,7 +147,7 @@ fn search_cell_matches_the_per_edge_formula() {
     let dev = Default::default();
     let cfg = RnnConfig {
         vocab: 7,
-        ninp: 3,
+        emsize: 3,
         nhid: 3,
         steps: 4,
         ..RnnConfig::search(7)
@@ -334,7 +334,7 @@ fn recurrent_unrolled_gradient_matches_numerical_derivative() {
 fn tiny_recurrent() -> (Search, Sgd<Inner>, TokenBatch<B>, TokenBatch<B>) {
     let cfg = RnnConfig {
         vocab: 11,
-        ninp: 4,
+        emsize: 4,
         nhid: 4,
         steps: 3,
         ..RnnConfig::search(11)

@@ -55,8 +55,10 @@ pub struct PtbSearchConfig {
     pub lr: f64,
     /// SGD weight decay.
     pub weight_decay: f64,
-    /// Global gradient-norm clip (also applied in the virtual step).
-    pub clip: f64,
+    /// Global gradient-norm clip (also applied in the virtual step); the reference's `--clip`
+    /// (stored as `clip` before).
+    #[serde(alias = "clip")]
+    pub grad_clip: f64,
     /// Epochs.
     pub epochs: usize,
     /// Dropouts.
@@ -99,7 +101,7 @@ impl Default for PtbSearchConfig {
             bptt: 35,
             lr: 20.0,
             weight_decay: 5e-7,
-            clip: 0.25,
+            grad_clip: 0.25,
             epochs: 50,
             dropout: RnnDropout::search(),
             tar: 1e-3,
@@ -119,7 +121,7 @@ impl PtbSearchConfig {
     pub fn rnn_config(&self, vocab: usize) -> RnnConfig {
         RnnConfig {
             vocab,
-            ninp: self.emsize,
+            emsize: self.emsize,
             nhid: self.nhid,
             steps: self.steps,
             dropout: self.dropout,
@@ -145,7 +147,7 @@ impl PtbSearchConfig {
             arch_eps: 1e-8,
             arch_weight_decay: self.arch_weight_decay,
             fd_r: 0.01,
-            virtual_grad_clip: (self.clip > 0.0).then_some(self.clip),
+            virtual_grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
             quirks: self.quirks,
             bn_stats: self.arch_bn_stats,
         }
@@ -268,7 +270,7 @@ fn build_search<B: AutodiffBackend>(
         },
         momentum: 0.0,
         weight_decay: cfg.weight_decay,
-        grad_clip: (cfg.clip > 0.0).then_some(cfg.clip),
+        grad_clip: (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
     };
     Ok(Bilevel::new(net, weights, cfg.architect_config()))
 }
@@ -411,7 +413,7 @@ impl RunConfig for PtbSearchConfig {
         count("steps", self.steps)?;
         positive("lr", self.lr)?;
         non_negative("weight-decay", self.weight_decay)?;
-        non_negative("clip", self.clip)?;
+        non_negative("grad_clip", self.grad_clip)?;
         non_negative("arch-lr", self.arch_lr)?;
         non_negative("arch-weight-decay", self.arch_weight_decay)
     }

@@ -57,8 +57,9 @@ pub struct PtbTrainConfig {
     pub lr: f64,
     /// Weight decay.
     pub weight_decay: f64,
-    /// Global gradient-norm clip.
-    pub clip: f64,
+    /// Global gradient-norm clip; the reference's `--clip` (stored as `clip` before).
+    #[serde(alias = "clip")]
+    pub grad_clip: f64,
     /// Epochs.
     pub epochs: usize,
     /// Dropouts.
@@ -94,7 +95,7 @@ impl PtbTrainConfig {
             max_seq_len_delta: 20,
             lr: 20.0,
             weight_decay: 8e-7,
-            clip: 0.25,
+            grad_clip: 0.25,
             epochs: 8000,
             dropout: RnnDropout::eval(),
             tar: 1e-3,
@@ -277,7 +278,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             show,
         );
         let n = cfg.batch_size;
-        let clip = (cfg.clip > 0.0).then_some(cfg.clip);
+        let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
         let mut hidden = zeros_inner::<B>(n, cfg.nhid, device);
         let (mut tl, mut tok) = (0.0, 0usize);
         for (step, &(i, t)) in windows.iter().enumerate() {
@@ -418,7 +419,7 @@ impl RunConfig for PtbTrainConfig {
         count("nhid", self.nhid)?;
         positive("lr", self.lr)?;
         non_negative("weight-decay", self.weight_decay)?;
-        non_negative("clip", self.clip)
+        non_negative("grad_clip", self.grad_clip)
     }
 }
 
@@ -438,7 +439,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
     let data = TrainStreams::new(&cfg, &corpus)?;
     let rnn = RnnConfig {
         vocab,
-        ninp: cfg.emsize,
+        emsize: cfg.emsize,
         nhid: cfg.nhid,
         steps: cfg.genotype.recurrent.len(),
         dropout: cfg.dropout,

@@ -39,7 +39,7 @@ impl<B: Backend> RnnMasks<B> {
         p: &RnnDropout,
         vocab: usize,
         batch: usize,
-        ninp: usize,
+        emsize: usize,
         nhid: usize,
         seed: u64,
         device: &B::Device,
@@ -63,8 +63,8 @@ impl<B: Backend> RnnMasks<B> {
         };
         Self {
             embedding: mask(p.embedding, [vocab, 1]),
-            input: mask(p.input, [1, batch * ninp]),
-            x: mask(p.x, [batch, ninp]),
+            input: mask(p.input, [1, batch * emsize]),
+            x: mask(p.x, [batch, emsize]),
             h: mask(p.hidden, [batch, nhid]),
             output: mask(p.output, [1, batch * nhid]),
         }

@@ -115,8 +115,10 @@ impl RnnDropout {
 pub struct RnnConfig {
     /// Vocabulary size.
     pub vocab: usize,
-    /// Embedding size (`--emsize`); equal to `nhid` (tied weights).
-    pub ninp: usize,
+    /// Embedding size (`--emsize`; the reference's model calls it `ninp`, and so did this
+    /// field); equal to `nhid` (tied weights).
+    #[serde(alias = "ninp")]
+    pub emsize: usize,
     /// Hidden units (`--nhid`).
     pub nhid: usize,
     /// Intermediate nodes (8).
@@ -134,7 +136,7 @@ impl RnnConfig {
     pub fn search(vocab: usize) -> Self {
         Self {
             vocab,
-            ninp: 300,
+            emsize: 300,
             nhid: 300,
             steps: 8,
             dropout: RnnDropout::search(),
@@ -146,7 +148,7 @@ impl RnnConfig {
     /// The evaluation model of the reference: 850 units, evaluation dropouts.
     pub fn eval(vocab: usize) -> Self {
         Self {
-            ninp: 850,
+            emsize: 850,
             nhid: 850,
             dropout: RnnDropout::eval(),
             ..Self::search(vocab)
@@ -159,10 +161,10 @@ impl RnnConfig {
                 "vocabulary, hidden units and nodes must be positive".into(),
             ));
         }
-        if self.ninp != self.nhid {
+        if self.emsize != self.nhid {
             return Err(CellError::Config(format!(
                 "tied weights need emsize = nhid (got {} and {})",
-                self.ninp, self.nhid
+                self.emsize, self.nhid
             )));
         }
         self.dropout.validate()
@@ -174,7 +176,7 @@ impl RnnConfig {
             &self.dropout,
             self.vocab,
             batch,
-            self.ninp,
+            self.emsize,
             self.nhid,
             seed,
             device,
@@ -272,9 +274,9 @@ pub struct RnnCore<B: Backend> {
 impl<B: Backend> RnnCore<B> {
     fn new(c: &RnnConfig, device: &B::Device) -> Self {
         Self {
-            embedding: uniform([c.vocab, c.ninp], device),
+            embedding: uniform([c.vocab, c.emsize], device),
             decoder_bias: Param::from_tensor(Tensor::zeros([c.vocab], device)),
-            w0: uniform([c.ninp + c.nhid, 2 * c.nhid], device),
+            w0: uniform([c.emsize + c.nhid, 2 * c.nhid], device),
             ws: (0..c.steps)
                 .map(|_| uniform([c.nhid, 2 * c.nhid], device))
                 .collect(),
@@ -286,7 +288,7 @@ impl<B: Backend> RnnCore<B> {
     /// projected by the input rows of `W0`: `[T·N, 2H]` (one matrix product for all steps).
     fn input_projection(&self, input: Tensor<B, 2, Int>, masks: &RnnMasks<B>) -> Tensor<B, 2> {
         let [t, n] = input.dims();
-        let e = self.config.ninp;
+        let e = self.config.emsize;
         let mut w = self.embedding.val();
         if let Some(m) = &masks.embedding {
             w = w * m.clone();
@@ -309,7 +311,7 @@ impl<B: Backend> RnnCore<B> {
         h_prev: Tensor<B, 2>,
         h_mask: Option<&Tensor<B, 2>>,
     ) -> Tensor<B, 2> {
-        let (e, h) = (self.config.ninp, self.config.nhid);
+        let (e, h) = (self.config.emsize, self.config.nhid);
         let w0h = self.w0.val().slice([e..e + h, 0..2 * h]);
         let hm = match h_mask {
             Some(m) => h_prev.clone() * m.clone(),
@@ -437,7 +439,7 @@ mod tests {
         let m = RnnConfig::eval(10_000).init_eval::<Flex>(&g, &dev).unwrap();
         assert_eq!(m.num_weights(), 22_960_000);
         let s = RnnConfig {
-            ninp: 16,
+            emsize: 16,
             nhid: 16,
             ..RnnConfig::search(50)
         }
@@ -453,7 +455,7 @@ mod tests {
         let dev = Default::default();
         let g = catalog::recurrent("DARTS_V1").unwrap();
         let e = RnnConfig {
-            ninp: 10,
+            emsize: 10,
             ..RnnConfig::eval(100)
         }
         .init_eval::<Flex>(&g, &dev)
@@ -470,7 +472,7 @@ mod tests {
     fn search_forward_shapes_and_genotype() {
         let dev = Default::default();
         let cfg = RnnConfig {
-            ninp: 6,
+            emsize: 6,
             nhid: 6,
             ..RnnConfig::search(20)
         };
