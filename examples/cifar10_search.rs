@@ -17,6 +17,8 @@ use darts::cifar::{run_search, RunOptions, SearchConfig, ValSampling};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use std::path::PathBuf;
 
+#[path = "support/arch_bn.rs"]
+mod arch_bn;
 #[path = "support/cli.rs"]
 mod cli;
 
@@ -34,25 +36,6 @@ enum Preset {
     Quick,
     /// The paper: batch 64, 50 epochs, 16 channels, 8 cells.
     Paper,
-}
-
-/// `--arch-bn-stats`: which training-mode passes of a search step update the BatchNorm running
-/// statistics ([`darts::bilevel::ArchBnStats`]).
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-pub enum ArchBnStatsArg {
-    /// The architecture step's passes too, then the weight step's (the reference).
-    ArchitectToo,
-    /// Only the weight step's forward.
-    WeightStepOnly,
-}
-
-impl From<ArchBnStatsArg> for darts::bilevel::ArchBnStats {
-    fn from(a: ArchBnStatsArg) -> Self {
-        match a {
-            ArchBnStatsArg::ArchitectToo => Self::ArchitectToo,
-            ArchBnStatsArg::WeightStepOnly => Self::WeightStepOnly,
-        }
-    }
 }
 
 #[derive(Parser, Debug)]
@@ -115,7 +98,7 @@ struct Args {
     /// reference: the architecture step's passes, then the weight step's) or weight-step-only.
     /// Only the evaluation-mode validation metrics depend on it.
     #[arg(long, value_enum)]
-    arch_bn_stats: Option<ArchBnStatsArg>,
+    arch_bn_stats: Option<arch_bn::ArchBnStatsArg>,
     /// Use only the first N training images.
     #[arg(long)]
     limit_images: Option<usize>,

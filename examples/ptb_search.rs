@@ -12,33 +12,16 @@
 //! ```
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser};
 use darts::cifar::{RunError, RunOptions};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::ptb::{run_ptb_search, PtbSearchConfig, PtbSearchSummary};
 use std::path::PathBuf;
 
+#[path = "support/arch_bn.rs"]
+mod arch_bn;
 #[path = "support/cli.rs"]
 mod cli;
-
-/// `--arch-bn-stats`: which training-mode passes of a search step update the BatchNorm running
-/// statistics ([`darts::bilevel::ArchBnStats`]).
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-pub enum ArchBnStatsArg {
-    /// The architecture step's passes too, then the weight step's (the reference).
-    ArchitectToo,
-    /// Only the weight step's forward.
-    WeightStepOnly,
-}
-
-impl From<ArchBnStatsArg> for darts::bilevel::ArchBnStats {
-    fn from(a: ArchBnStatsArg) -> Self {
-        match a {
-            ArchBnStatsArg::ArchitectToo => Self::ArchitectToo,
-            ArchBnStatsArg::WeightStepOnly => Self::WeightStepOnly,
-        }
-    }
-}
 
 #[derive(Parser, Debug)]
 #[command(about = "Recurrent DARTS cell search on Penn Treebank")]
@@ -108,7 +91,7 @@ struct Args {
     /// reference: the architecture step's passes, then the weight step's) or weight-step-only.
     /// Only the evaluation-mode validation metrics depend on it.
     #[arg(long, value_enum)]
-    arch_bn_stats: Option<ArchBnStatsArg>,
+    arch_bn_stats: Option<arch_bn::ArchBnStatsArg>,
     /// Use only the first N training tokens.
     #[arg(long)]
     limit_train_tokens: Option<usize>,

@@ -492,81 +492,59 @@ fn mode(kind: Pooling) -> u32 {
     }
 }
 
+/// Launch a depthwise kernel `kernel(a, b, out, k, s, p, d)` on `grid` (cube count and
+/// dimension) with the geometry of window `g` (`F`, `R` as at the call site).
+macro_rules! launch_depthwise {
+    ($kernel:ident, $grid:expr, $a:expr, $b:expr, $out:expr, $g:expr) => {{
+        let [k, s, p, d] = geometry($g);
+        let (count, dim) = $grid;
+        let client = $a.client.clone();
+        // SAFETY: every index the kernel forms is inside its tensors (guarded by the shape
+        // checks at its top and the window bounds tests); each unit writes its own element.
+        unsafe {
+            $kernel::launch_unchecked::<F, R>(
+                &client,
+                count,
+                dim,
+                $a.into_tensor_arg(),
+                $b.into_tensor_arg(),
+                $out.clone().into_tensor_arg(),
+                k,
+                s,
+                p,
+                d,
+            );
+        }
+    }};
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
     for CubeBackend<R, F, I, BT>
 {
     fn dw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (x, w) = (into_contiguous(x), into_contiguous(w));
         let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
-        let (count, dim) = grid(g.n * g.c, g.ho(), g.wo());
-        let [k, s, p, d] = geometry(g);
-        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
-        // shape checks at its top and the window bounds tests).
-        unsafe {
-            dw_forward_kernel::launch_unchecked::<F, R>(
-                &x.client.clone(),
-                count,
-                dim,
-                x.into_tensor_arg(),
-                w.into_tensor_arg(),
-                y.clone().into_tensor_arg(),
-                k,
-                s,
-                p,
-                d,
-            );
-        }
+        let cubes = grid(g.n * g.c, g.ho(), g.wo());
+        launch_depthwise!(dw_forward_kernel, cubes, x, w, y, g);
         y
     }
 
     fn dw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (gy, w) = (into_contiguous(gy), into_contiguous(w));
         let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
-        let (count, dim) = grid(g.n * g.c, g.h, g.w);
-        let [k, s, p, d] = geometry(g);
-        // SAFETY: every index the kernel forms is inside its tensor (guarded by the
-        // shape checks at its top and the window bounds tests).
-        unsafe {
-            dw_backward_x_kernel::launch_unchecked::<F, R>(
-                &gy.client.clone(),
-                count,
-                dim,
-                gy.into_tensor_arg(),
-                w.into_tensor_arg(),
-                gx.clone().into_tensor_arg(),
-                k,
-                s,
-                p,
-                d,
-            );
-        }
+        let cubes = grid(g.n * g.c, g.h, g.w);
+        launch_depthwise!(dw_backward_x_kernel, cubes, gy, w, gx, g);
         gx
     }
 
     fn dw_backward_w(x: FloatTensor<Self>, gy: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (x, gy) = (into_contiguous(x), into_contiguous(gy));
-        let [k, s, p, d] = geometry(g);
         let taps = g.kh * g.kw;
         let partial = empty_like::<R, F>(&x, [g.n, g.c, taps, 1]);
         let units = g.n * g.c * taps;
         let dim = CubeDim::new(&x.client, units);
-        let count = calculate_cube_count_elemwise(&x.client, units, dim);
-        // SAFETY: each unit reads inside its own `(n, c)` planes (window bounds tested) and
-        // writes its own element of `partial` (guarded).
-        unsafe {
-            dw_backward_w_kernel::launch_unchecked::<F, R>(
-                &x.client.clone(),
-                count,
-                dim,
-                x.into_tensor_arg(),
-                gy.into_tensor_arg(),
-                partial.clone().into_tensor_arg(),
-                k,
-                s,
-                p,
-                d,
-            );
-        }
+        let cubes = (calculate_cube_count_elemwise(&x.client, units, dim), dim);
+        launch_depthwise!(dw_backward_w_kernel, cubes, x, gy, partial, g);
         BurnTensor::<Self, 4>::from_primitive(TensorPrimitive::Float(partial))
             .sum_dim(0)
             .reshape([g.c, 1, g.kh, g.kw])
