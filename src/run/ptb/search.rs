@@ -413,7 +413,7 @@ impl RunConfig for PtbSearchConfig {
         count("steps", self.steps)?;
         positive("lr", self.lr)?;
         non_negative("weight-decay", self.weight_decay)?;
-        non_negative("grad_clip", self.grad_clip)?;
+        non_negative("grad-clip", self.grad_clip)?;
         non_negative("arch-lr", self.arch_lr)?;
         non_negative("arch-weight-decay", self.arch_weight_decay)
     }

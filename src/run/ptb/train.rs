@@ -419,7 +419,7 @@ impl RunConfig for PtbTrainConfig {
         count("nhid", self.nhid)?;
         positive("lr", self.lr)?;
         non_negative("weight-decay", self.weight_decay)?;
-        non_negative("grad_clip", self.grad_clip)
+        non_negative("grad-clip", self.grad_clip)
     }
 }
 
