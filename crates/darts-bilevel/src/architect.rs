@@ -222,10 +222,6 @@ fn split<B: AutodiffBackend>(
     (all, a)
 }
 
-fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f64 {
-    darts_ops::to_f64s(&t.inner())[0]
-}
-
 /// Gradients of a loss, split into weights and architecture, with what the pass reported.
 #[derive(Debug, Clone)]
 pub struct LossGradients<B: AutodiffBackend> {
@@ -257,8 +253,8 @@ fn gradients_of<B: AutodiffBackend, M: ArchModel<B>>(
     LossGradients {
         weights,
         arch,
-        loss: scalar(reported),
-        correct: correct.map(scalar),
+        loss: darts_ops::to_f64(&reported),
+        correct: correct.map(|c| darts_ops::to_f64(&c)),
         size: out.size,
         state: out.state,
     }

@@ -209,11 +209,6 @@ where
     )
 }
 
-/// The value of a one-element tensor.
-fn scalar<B: AutodiffBackend>(t: Tensor<B::InnerBackend, 1>) -> f64 {
-    darts_ops::to_f64s(&t)[0]
-}
-
 /// Events emitted by [`Bilevel::run_epoch`].
 #[derive(Clone, Debug)]
 pub enum SearchEvent<'a> {
@@ -332,11 +327,11 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         );
         self.model = model;
         let (reported, correct, size, state) = w.aux;
-        let train_loss = scalar::<B>(reported.map_or(w.loss, |l| l.inner()));
+        let train_loss = darts_ops::to_f64(&reported.map_or(w.loss, |l| l.inner()));
         StepOutcome {
             stats: StepStats {
                 train_loss,
-                train_correct: correct.map(|c| scalar::<B>(c.inner())),
+                train_correct: correct.map(|c| darts_ops::to_f64(&c.inner())),
                 train_size: size,
                 val_loss: ag.val_loss,
                 val_correct: ag.val_correct,

@@ -52,6 +52,13 @@ pub fn to_f32s<B: burn::tensor::backend::Backend, const D: usize>(
         .expect("converted to f32")
 }
 
+/// The first value of `t` (the value of a one-element tensor) as `f64` (reads the device).
+pub fn to_f64<B: burn::tensor::backend::Backend, const D: usize>(
+    t: &burn::tensor::Tensor<B, D>,
+) -> f64 {
+    to_f64s(t)[0]
+}
+
 /// A tensor's values on the host as `f64`, whatever its element type (reads the device).
 pub fn to_f64s<B: burn::tensor::backend::Backend, const D: usize>(
     t: &burn::tensor::Tensor<B, D>,
