@@ -3,8 +3,8 @@
 //! the caller *is* `Flex` or `Autodiff<Flex>`, which is checked by `TypeId`; any other backend
 //! gets `Err` back with its inputs and takes Burn's own operation.
 
-use super::cast;
 use super::cpu::{self, Pooling, Real, Window};
+use super::{is, same};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
@@ -14,21 +14,8 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
-use std::any::TypeId;
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
-
-/// `a` as `T`, where the caller has checked by `TypeId` that `A` is `T`.
-fn same<A: 'static, T: 'static>(a: A) -> T {
-    match cast(a) {
-        Ok(t) => t,
-        Err(_) => unreachable!("types compared by TypeId before the cast"),
-    }
-}
-
-fn is<B: 'static, T: 'static>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<T>()
-}
 
 /// Which backend family `B` is, for the kernels.
 enum Family {

@@ -16,8 +16,8 @@
 //! The dispatch enters these paths only when the caller's generic backend *is* one of the GPU
 //! types (checked by `TypeId`); everything else keeps Burn's operation.
 
-use super::cast;
 use super::cpu::{Pooling, Window};
+use super::{is, same};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
@@ -26,7 +26,32 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
-use std::any::TypeId;
+
+/// Try `$try::<B, I>(inputs, args…)` for each GPU type `I` compiled in (`Wgpu`, then `Cuda`):
+/// return from the calling function with its `Ok`, else go on with the inputs it gives back;
+/// evaluates to the inputs no type took.
+macro_rules! try_gpu_types {
+    ($B:ty, $inputs:expr, $try:ident $(, $arg:expr)*) => {{
+        #[allow(unused_mut)]
+        let mut inputs = $inputs;
+        #[cfg(feature = "wgpu")]
+        {
+            match $try::<$B, burn::backend::Wgpu>(inputs $(, $arg)*) {
+                Ok(out) => return Ok(out),
+                Err(back) => inputs = back,
+            }
+        }
+        #[cfg(feature = "cuda")]
+        {
+            match $try::<$B, burn::backend::Cuda>(inputs $(, $arg)*) {
+                Ok(out) => return Ok(out),
+                Err(back) => inputs = back,
+            }
+        }
+        let _ = ($(&$arg,)*);
+        inputs
+    }};
+}
 
 fn options(g: &Window) -> ConvOptions<2> {
     ConvOptions::new(g.stride, g.pad, g.dil, g.c)
@@ -226,34 +251,20 @@ pub fn depthwise_autodiff<I: GpuOps>(
 /// Run [`depthwise_autodiff`] when `B` is `Autodiff<I>` for this `I`, [`GpuOps::dw_forward`]
 /// when `B` is `I` itself (inference); else give the inputs back.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-fn try_backend<B: Backend, I: GpuOps>(
-    x: Tensor<B, 4>,
-    w: Tensor<B, 4>,
+fn try_depthwise<B: Backend, I: GpuOps>(
+    (x, w): (Tensor<B, 4>, Tensor<B, 4>),
     g: Window,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
-    if TypeId::of::<B>() == TypeId::of::<I>() {
-        let (Ok(x), Ok(w)) = (cast::<_, Tensor<I, 4>>(x), cast::<_, Tensor<I, 4>>(w)) else {
-            unreachable!("types compared by TypeId above")
-        };
+    if is::<B, I>() {
+        let (x, w) = (same::<_, Tensor<I, 4>>(x), same::<_, Tensor<I, 4>>(w));
         let y = I::dw_forward(x.into_primitive().tensor(), w.into_primitive().tensor(), &g);
-        return match cast(float::<I>(y)) {
-            Ok(y) => Ok(y),
-            Err(_) => unreachable!("types compared by TypeId above"),
-        };
+        return Ok(same(float::<I>(y)));
     }
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+    if !is::<B, Autodiff<I>>() {
         return Err((x, w));
     }
-    let (Ok(x), Ok(w)) = (
-        cast::<_, Tensor<Autodiff<I>, 4>>(x),
-        cast::<_, Tensor<Autodiff<I>, 4>>(w),
-    ) else {
-        unreachable!("types compared by TypeId above")
-    };
-    match cast(depthwise_autodiff::<I>(x, w, g)) {
-        Ok(y) => Ok(y),
-        Err(_) => unreachable!("types compared by TypeId above"),
-    }
+    let (x, w) = (same(x), same(w));
+    Ok(same(depthwise_autodiff::<I>(x, w, g)))
 }
 
 /// Whether `depthwise` takes this module's backward on backend `B`: `Autodiff<Wgpu>` and
@@ -263,11 +274,11 @@ pub fn is_gpu_autodiff<B: Backend>() -> bool {
     let mut yes = false;
     #[cfg(feature = "wgpu")]
     {
-        yes |= TypeId::of::<B>() == TypeId::of::<Autodiff<burn::backend::Wgpu>>();
+        yes |= is::<B, Autodiff<burn::backend::Wgpu>>();
     }
     #[cfg(feature = "cuda")]
     {
-        yes |= TypeId::of::<B>() == TypeId::of::<Autodiff<burn::backend::Cuda>>();
+        yes |= is::<B, Autodiff<burn::backend::Cuda>>();
     }
     yes
 }
@@ -279,11 +290,11 @@ pub fn is_gpu<B: Backend>() -> bool {
     let mut yes = is_gpu_autodiff::<B>();
     #[cfg(feature = "wgpu")]
     {
-        yes |= TypeId::of::<B>() == TypeId::of::<burn::backend::Wgpu>();
+        yes |= is::<B, burn::backend::Wgpu>();
     }
     #[cfg(feature = "cuda")]
     {
-        yes |= TypeId::of::<B>() == TypeId::of::<burn::backend::Cuda>();
+        yes |= is::<B, burn::backend::Cuda>();
     }
     yes && !super::burn_ops_forced()
 }
@@ -291,29 +302,12 @@ pub fn is_gpu<B: Backend>() -> bool {
 /// Depthwise convolution through [`GpuOps`] on the GPU backends (with autodiff: the custom op
 /// of [`depthwise_autodiff`]; without: [`GpuOps::dw_forward`]); `Err` gives the inputs back on
 /// every other backend.
-#[allow(unused_mut)]
 pub(crate) fn depthwise<B: Backend>(
     x: Tensor<B, 4>,
     w: Tensor<B, 4>,
     g: Window,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
-    let mut inputs = (x, w);
-    #[cfg(feature = "wgpu")]
-    {
-        match try_backend::<B, burn::backend::Wgpu>(inputs.0, inputs.1, g) {
-            Ok(y) => return Ok(y),
-            Err(back) => inputs = back,
-        }
-    }
-    #[cfg(feature = "cuda")]
-    {
-        match try_backend::<B, burn::backend::Cuda>(inputs.0, inputs.1, g) {
-            Ok(y) => return Ok(y),
-            Err(back) => inputs = back,
-        }
-    }
-    let _ = g;
-    Err(inputs)
+    Err(try_gpu_types!(B, (x, w), try_depthwise, g))
 }
 
 #[derive(Debug)]
@@ -358,53 +352,25 @@ fn try_pool<B: Backend, I: GpuOps>(
     g: Window,
     kind: Pooling,
 ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    if TypeId::of::<B>() == TypeId::of::<I>() {
-        let Ok(x) = cast::<_, Tensor<I, 4>>(x) else {
-            unreachable!("types compared by TypeId above")
-        };
+    if is::<B, I>() {
+        let x = same::<_, Tensor<I, 4>>(x);
         let (y, _) = I::pool_forward(x.into_primitive().tensor(), &g, kind);
-        return match cast(float::<I>(y)) {
-            Ok(y) => Ok(y),
-            Err(_) => unreachable!("types compared by TypeId above"),
-        };
+        return Ok(same(float::<I>(y)));
     }
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+    if !is::<B, Autodiff<I>>() {
         return Err(x);
     }
-    let Ok(x) = cast::<_, Tensor<Autodiff<I>, 4>>(x) else {
-        unreachable!("types compared by TypeId above")
-    };
-    match cast(pool_autodiff::<I>(x, g, kind)) {
-        Ok(y) => Ok(y),
-        Err(_) => unreachable!("types compared by TypeId above"),
-    }
+    Ok(same(pool_autodiff::<I>(same(x), g, kind)))
 }
 
 /// Pooling through the CubeCL kernels on the GPU backends (with or without autodiff); `Err`
 /// gives the input back on every other backend.
-#[allow(unused_mut)]
 pub(crate) fn pool<B: Backend>(
     x: Tensor<B, 4>,
     g: Window,
     kind: Pooling,
 ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    let mut x = x;
-    #[cfg(feature = "wgpu")]
-    {
-        match try_pool::<B, burn::backend::Wgpu>(x, g, kind) {
-            Ok(y) => return Ok(y),
-            Err(back) => x = back,
-        }
-    }
-    #[cfg(feature = "cuda")]
-    {
-        match try_pool::<B, burn::backend::Cuda>(x, g, kind) {
-            Ok(y) => return Ok(y),
-            Err(back) => x = back,
-        }
-    }
-    let _ = (g, kind);
-    Err(x)
+    Err(try_gpu_types!(B, x, try_pool, g, kind))
 }
 
 #[derive(Debug)]
@@ -447,44 +413,21 @@ pub fn join_graphs_autodiff<I: Backend>(tensors: Vec<Tensor<Autodiff<I>, 1>>) {
 
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 fn try_join<B: Backend, I: Backend>(tensors: Vec<Tensor<B, 1>>) -> Result<(), Vec<Tensor<B, 1>>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+    if !is::<B, Autodiff<I>>() {
         return Err(tensors);
     }
-    let tensors = tensors
-        .into_iter()
-        .map(|t| match cast::<_, Tensor<Autodiff<I>, 1>>(t) {
-            Ok(t) => t,
-            Err(_) => unreachable!("types compared by TypeId above"),
-        })
-        .collect();
-    join_graphs_autodiff::<I>(tensors);
+    join_graphs_autodiff::<I>(tensors.into_iter().map(same).collect());
     Ok(())
 }
 
 /// Join the autodiff graphs of `tensors` without any kernel launch on the GPU autodiff
 /// backends (where `cat` of one-element views costs a slice and a copy launch per parameter);
 /// `Err` gives the tensors back on every other backend.
-#[allow(unused_mut)]
 pub fn join_graphs<B: Backend>(tensors: Vec<Tensor<B, 1>>) -> Result<(), Vec<Tensor<B, 1>>> {
-    let mut tensors = tensors;
     if super::burn_ops_forced() {
         return Err(tensors);
     }
-    #[cfg(feature = "wgpu")]
-    {
-        match try_join::<B, burn::backend::Wgpu>(tensors) {
-            Ok(()) => return Ok(()),
-            Err(back) => tensors = back,
-        }
-    }
-    #[cfg(feature = "cuda")]
-    {
-        match try_join::<B, burn::backend::Cuda>(tensors) {
-            Ok(()) => return Ok(()),
-            Err(back) => tensors = back,
-        }
-    }
-    Err(tensors)
+    Err(try_gpu_types!(B, tensors, try_join))
 }
 
 /// Sum of `[n, c, l]` over dimensions 0 and 2, as `[1, c, 1]`.
@@ -542,42 +485,19 @@ fn try_normalize<B: Backend, I: GpuOps>(
     x: Tensor<B, 4>,
     epsilon: f64,
 ) -> Result<Normalized<B>, Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+    if !is::<B, Autodiff<I>>() {
         return Err(x);
     }
-    let Ok(x) = cast::<_, Tensor<Autodiff<I>, 4>>(x) else {
-        unreachable!("types compared by TypeId above")
-    };
-    let (y, mean, var) = normalize_autodiff::<I>(x, epsilon);
+    let (y, mean, var) = normalize_autodiff::<I>(same(x), epsilon);
     let lift = |t: Tensor<I, 1>| Tensor::<Autodiff<I>, 1>::from_inner(t);
-    match (cast(y), cast(lift(mean)), cast(lift(var))) {
-        (Ok(y), Ok(m), Ok(v)) => Ok((y, m, v)),
-        _ => unreachable!("types compared by TypeId above"),
-    }
+    Ok((same(y), same(lift(mean)), same(lift(var))))
 }
 
 /// Training-mode normalisation with the fused backward on the GPU autodiff backends; `Err`
 /// gives the input back on every other backend.
-#[allow(unused_mut)]
 pub(crate) fn normalize<B: Backend>(
     x: Tensor<B, 4>,
     epsilon: f64,
 ) -> Result<Normalized<B>, Tensor<B, 4>> {
-    let mut x = x;
-    #[cfg(feature = "wgpu")]
-    {
-        match try_normalize::<B, burn::backend::Wgpu>(x, epsilon) {
-            Ok(r) => return Ok(r),
-            Err(back) => x = back,
-        }
-    }
-    #[cfg(feature = "cuda")]
-    {
-        match try_normalize::<B, burn::backend::Cuda>(x, epsilon) {
-            Ok(r) => return Ok(r),
-            Err(back) => x = back,
-        }
-    }
-    let _ = epsilon;
-    Err(x)
+    Err(try_gpu_types!(B, x, try_normalize, epsilon))
 }

@@ -43,6 +43,19 @@ fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
     }
 }
 
+/// `a` as `T`, where the caller has checked by `TypeId` that `A` is `T`.
+fn same<A: 'static, T: 'static>(a: A) -> T {
+    match cast(a) {
+        Ok(t) => t,
+        Err(_) => unreachable!("types compared by TypeId before the cast"),
+    }
+}
+
+/// Whether `A` is `T`.
+fn is<A: 'static, T: 'static>() -> bool {
+    std::any::TypeId::of::<A>() == std::any::TypeId::of::<T>()
+}
+
 /// `DARTS_KERNELS=burn` in the environment (read once): every entry point here takes Burn's
 /// own operation on every backend, as before these kernels existed — for before/after
 /// measurements and for ruling the kernels out when something looks wrong.
