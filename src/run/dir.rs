@@ -6,6 +6,9 @@ use crate::checkpoint::Checkpoint;
 use serde::Serialize;
 use std::path::Path;
 
+/// The checkpoint's file name in a run directory.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
 pub(crate) fn write(path: &Path, text: &str) -> Result<(), RunError> {
     let io = |source| RunError::Io {
         path: path.to_path_buf(),
@@ -38,7 +41,7 @@ impl Drop for RunLock {
 fn is_run_output(name: &str) -> bool {
     matches!(
         name,
-        "checkpoint.bin" | "metrics.jsonl" | "config.json" | "genotypes"
+        CHECKPOINT | "metrics.jsonl" | "config.json" | "genotypes"
     ) || [".tmp", ".part", ".svg", ".dot", ".py", ".json"]
         .iter()
         .any(|ext| name.ends_with(ext))
@@ -113,9 +116,9 @@ fn open_run<C: RunConfig, H: serde::de::DeserializeOwned>(
         clear_for_new_run(dir, opts.overwrite)?;
         return Ok((config.clone(), Vec::new(), None, lock));
     }
-    if !dir.join("checkpoint.bin").is_file() {
+    if !dir.join(CHECKPOINT).is_file() {
         let why = if dir.is_dir() {
-            "no checkpoint.bin (a run killed before its first epoch ended has none: start it again without --resume, with --overwrite)"
+            "no checkpoint.safetensors (a run killed before its first epoch ended has none: start it again without --resume, with --overwrite)"
         } else {
             "no such directory"
         };
@@ -126,7 +129,7 @@ fn open_run<C: RunConfig, H: serde::de::DeserializeOwned>(
     }
     let lock = lock(dir)?;
     remove_stale(dir)?;
-    let c = Checkpoint::read(dir.join("checkpoint.bin"))?;
+    let c = Checkpoint::read(dir.join(CHECKPOINT))?;
     let found = c.meta["kind"].as_str().unwrap_or("unknown");
     if found != kind {
         return Err(RunError::Config(format!(
@@ -144,7 +147,7 @@ fn open_run<C: RunConfig, H: serde::de::DeserializeOwned>(
     let history = serde_json::from_value(c.meta["history"].clone()).map_err(|e| {
         RunError::Config(format!(
             "the metrics history in the {kind} checkpoint {} cannot be read: {e}",
-            dir.join("checkpoint.bin").display()
+            dir.join(CHECKPOINT).display()
         ))
     })?;
     Ok((cfg, history, Some(c), lock))

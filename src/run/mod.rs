@@ -8,7 +8,7 @@
 //! | this module | [`RunError`], [`RunOptions`], and the run directory: opening and locking it, resuming, atomic outputs, the timing log |
 //!
 //! Every driver writes into an output directory: `metrics.jsonl` (one JSON object per epoch),
-//! plots (SVG), `timing.jsonl`, an atomic `checkpoint.bin` after every epoch (resumable), and
+//! plots (SVG), `timing.jsonl`, an atomic `checkpoint.safetensors` after every epoch (resumable), and
 //! its own results (genotypes and cell diagrams for the searches).
 
 use crate::checkpoint::CheckpointError;
@@ -20,8 +20,8 @@ pub mod cifar;
 mod dir;
 pub mod ptb;
 
-pub use dir::RunConfig;
 pub(crate) use dir::{append_timing, failpoint, start_run, write, write_jsonl};
+pub use dir::{RunConfig, CHECKPOINT};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +186,7 @@ pub fn seed_lock() -> std::sync::MutexGuard<'static, ()> {
 pub struct RunOptions {
     /// Output directory.
     pub out: PathBuf,
-    /// Continue from `out/checkpoint.bin` (the configuration stored there is used).
+    /// Continue from `out/checkpoint.safetensors` (the configuration stored there is used).
     pub resume: bool,
     /// Start a new run in `out` even if it holds an earlier run (whose files are removed).
     pub overwrite: bool,

@@ -603,7 +603,7 @@ fn tiny_search_on_real_ptb_runs_and_resumes_exactly() {
         "metrics.jsonl",
         "perplexity.svg",
         "alphas.svg",
-        "checkpoint.bin",
+        "checkpoint.safetensors",
         "genotypes/epoch_001.py",
     ] {
         assert!(full_dir.join(f).exists(), "{f} missing");
@@ -683,7 +683,7 @@ fn tiny_train_on_real_ptb() {
     for f in [
         "metrics.jsonl",
         "perplexity.svg",
-        "checkpoint.bin",
+        "checkpoint.safetensors",
         "result.json",
     ] {
         assert!(tmp.join(f).exists(), "{f} missing");

@@ -3,7 +3,7 @@
 //! training set, and training a derived network from scratch.
 //!
 //! Both write into an output directory: `metrics.jsonl` (one JSON object per epoch), plots
-//! (SVG), an atomic `checkpoint.bin` after every epoch (resumable), and for the search the
+//! (SVG), an atomic `checkpoint.safetensors` after every epoch (resumable), and for the search the
 //! genotype of every epoch (`genotypes/epoch_NNN.{json,py}`), the final genotype and its cell
 //! diagrams.
 

@@ -3,6 +3,7 @@
 use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
+use crate::run::CHECKPOINT;
 use crate::run::{
     append_timing, below_one, check, count, failpoint, limit, non_negative, positive, progress,
     seed_lock, start_run, write, write_jsonl, RunConfig, RunError, RunOptions,
@@ -444,8 +445,8 @@ fn commit_epoch<B: AutodiffBackend>(
         "config": cfg,
         "history": history,
     }));
-    checkpoint::save_bilevel(&mut c, search);
-    c.write_atomic(out.join("checkpoint.bin"))?;
+    checkpoint::save_bilevel(&mut c, search)?;
+    c.write_atomic(out.join(CHECKPOINT))?;
     failpoint("checkpoint_committed");
     Ok(())
 }

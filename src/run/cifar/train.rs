@@ -3,6 +3,7 @@
 use super::{evaluate, load_train, to_batch, LAYERS_RULE};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
+use crate::run::CHECKPOINT;
 use crate::run::{
     append_timing, below_one, check, count, limit, non_negative, positive, progress, seed_lock,
     start_run, write, write_jsonl, RunConfig, RunError, RunOptions,
@@ -230,8 +231,8 @@ fn commit_epoch<B: AutodiffBackend>(
         "config": cfg,
         "history": history,
     }));
-    checkpoint::save_model_sgd(&mut c, model, sgd);
-    c.write_atomic(out.join("checkpoint.bin"))?;
+    checkpoint::save_model_sgd(&mut c, model, sgd)?;
+    c.write_atomic(out.join(CHECKPOINT))?;
     Ok(())
 }
 

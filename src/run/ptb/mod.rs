@@ -4,7 +4,7 @@
 //! averaged SGD).
 //!
 //! Output conventions are those of [`crate::run`]: `metrics.jsonl`, SVG plots, per-epoch
-//! genotypes, an atomic `checkpoint.bin` after every epoch and `--resume`. Within an epoch every
+//! genotypes, an atomic `checkpoint.safetensors` after every epoch and `--resume`. Within an epoch every
 //! random choice (window lengths, dropout masks) is derived from `(seed, epoch, step)`, and the
 //! hidden state starts from zeros each epoch (as in the reference), so a resumed run takes
 //! exactly the steps an uninterrupted one takes.

@@ -3,6 +3,7 @@
 use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
+use crate::run::CHECKPOINT;
 use crate::run::{
     append_timing, check, count, limit, non_negative, positive, progress, seed_lock, start_run,
     write, write_jsonl, RunConfig, RunError, RunOptions,
@@ -374,8 +375,8 @@ fn commit_epoch<B: AutodiffBackend>(
         "config": cfg,
         "history": history,
     }));
-    checkpoint::save_bilevel(&mut c, search);
-    c.write_atomic(out.join("checkpoint.bin"))?;
+    checkpoint::save_bilevel(&mut c, search)?;
+    c.write_atomic(out.join(CHECKPOINT))?;
     Ok(())
 }
 

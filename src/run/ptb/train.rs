@@ -3,6 +3,7 @@
 use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
+use crate::run::CHECKPOINT;
 use crate::run::{
     append_timing, check, count, limit, non_negative, positive, progress, seed_lock, start_run,
     write, write_jsonl, RunConfig, RunError, RunOptions,
@@ -201,11 +202,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
-    /// Per-position tensors `prefix/k` of a checkpoint, keyed by this model's parameter ids.
+    /// Per-position tensors `prefix.k` of a checkpoint, keyed by this model's parameter ids.
     fn read_by_position(&self, c: &Checkpoint, prefix: &str, device: &B::Device) -> FlatParams<B> {
         let mut out = BTreeMap::new();
         for (k, id) in self.all_ids.iter().enumerate() {
-            if let Some((_, _, v)) = c.get(&format!("{prefix}/{k}")) {
+            if let Some((_, _, v)) = c.get(&format!("{prefix}.{k}")) {
                 let t = Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device);
                 out.insert(*id, t);
             }
@@ -218,7 +219,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let meta = &c.meta;
         self.val_losses = serde_json::from_value(meta["best_vals"].clone()).unwrap_or_default();
         if let Some(steps) = meta["asgd_steps"].as_u64() {
-            let ax = self.read_by_position(c, "ax", device);
+            let ax = self.read_by_position(c, "asgd.ax", device);
             self.opt.restore_averaging(steps, ax);
         }
         let b = self.read_by_position(c, "best", device);
@@ -230,20 +231,21 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    fn save(&mut self, c: &mut Checkpoint) {
+    fn save(&mut self, c: &mut Checkpoint) -> Result<(), RunError> {
         c.meta["best_vals"] = serde_json::json!(self.val_losses);
         c.meta["asgd_steps"] = serde_json::json!(self.opt.averaged_steps());
         c.meta["best_val"] = serde_json::json!(self.best.as_ref().map(|b| b.0));
-        let ids = checkpoint::save_model_sgd(c, &self.model, self.opt.sgd());
+        let ids = checkpoint::save_model_sgd(c, &self.model, self.opt.sgd())?;
         let empty = BTreeMap::new();
         let ax = self.opt.averaged().unwrap_or(&empty);
         let best_w = self.best.as_ref().map_or(&empty, |b| &b.1);
-        for (prefix, map) in [("ax", ax), ("best", best_w)] {
+        for (prefix, map) in [("asgd.ax", ax), ("best", best_w)] {
             for (k, t) in checkpoint::by_position(&ids, map) {
                 let v = darts_ops::to_f32s(t);
-                c.push(format!("{prefix}/{k}"), vec![v.len()], v);
+                c.push(format!("{prefix}.{k}"), vec![v.len()], v);
             }
         }
+        Ok(())
     }
 
     /// The weights to evaluate: the running average once averaging has started, else the
@@ -374,8 +376,8 @@ fn commit_epoch<B: AutodiffBackend>(
         "config": cfg,
         "history": history,
     }));
-    trainer.save(&mut c);
-    c.write_atomic(out.join("checkpoint.bin"))?;
+    trainer.save(&mut c)?;
+    c.write_atomic(out.join(CHECKPOINT))?;
     Ok(())
 }
 
