@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use burn::backend::Flex;
+use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Tensor};
 use darts::bilevel::ArchModel;
 use darts::prelude::*;
@@ -97,10 +98,11 @@ fn shapes_through_supernet_and_derived_network() {
     }
     .init::<B>(&catalog::conv("DARTS_V2").unwrap(), &dev)
     .unwrap();
-    let out = eval.forward(Tensor::from_inner(x.clone()), true, 0.2);
+    let out = eval.forward(Tensor::from_inner(x.clone()), 0.2);
     assert_eq!(out.logits.dims(), [2, 10]);
     assert_eq!(out.aux_logits.unwrap().dims(), [2, 10]);
-    let out = eval.forward(Tensor::from_inner(x), false, 0.2);
+    // Evaluation mode (the inner backend): no auxiliary head.
+    let out = eval.valid().forward(x, 0.2);
     assert!(out.aux_logits.is_none());
     // AmoebaNet uses conv_7x1_1x7 and sep_conv_7x7.
     let amoeba = EvalNetworkConfig {
@@ -113,7 +115,7 @@ fn shapes_through_supernet_and_derived_network() {
     let x = crate::common::seeded(4, || {
         Tensor::<Flex, 4>::random([1, 3, 16, 16], Distribution::Default, &dev)
     });
-    assert_eq!(amoeba.forward(x, false, 0.0).logits.dims(), [1, 10]);
+    assert_eq!(amoeba.forward(x, 0.0).logits.dims(), [1, 10]);
 }
 
 #[test]
@@ -201,7 +203,7 @@ fn f64_derived_network_with_none_and_drop_path() {
     let b32 = batch(4, 32, 0.0);
     let b64 = batch_f64(b32.clone());
     // Drop path on: forward and backward in f64.
-    let out = net64.forward(b64.images.clone(), true, 0.3);
+    let out = net64.forward(b64.images.clone(), 0.3);
     assert_eq!(out.logits.dtype(), DType::F64);
     let (loss, _) = net64.loss(&b64, 0.3, 0.4);
     assert_eq!(loss.dtype(), DType::F64);
@@ -211,8 +213,8 @@ fn f64_derived_network_with_none_and_drop_path() {
     let gw = net64.stem_conv.weight.grad(&grads).expect("stem gradient");
     assert_eq!(gw.dtype(), DType::F64);
     // Drop path off: f64 and f32 logits agree to f32 precision.
-    let l64 = net64.forward(b64.images, false, 0.0).logits;
-    let l32 = net32.forward(b32.images, false, 0.0).logits;
+    let l64 = net64.forward(b64.images, 0.0).logits;
+    let l32 = net32.forward(b32.images, 0.0).logits;
     let a = l64.into_data().convert::<f64>().to_vec::<f64>().unwrap();
     let b = l32.into_data().convert::<f64>().to_vec::<f64>().unwrap();
     let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();

@@ -1,6 +1,6 @@
 //! Batch normalisation with explicit running-statistics updates.
 //!
-//! In training mode (an autodiff backend, or inside [`force_batch_stats`]) the layer normalises
+//! In training mode ([`crate::mode`]: an autodiff backend, or inside [`crate::mode::train_mode`]) the layer normalises
 //! with the batch statistics; otherwise with the running statistics. The running statistics are
 //! plain (non-trainable) parameters, so module clones are independent values. Their update is
 //! *recorded* only inside [`record_bn_updates`] and applied with [`BnUpdates::apply`]:
@@ -23,7 +23,7 @@
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{backend::Backend, Tensor};
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// 2-D batch normalisation over `[N, C, H, W]`, PyTorch semantics (momentum 0.1, eps 1e-5,
@@ -75,7 +75,7 @@ impl<B: Backend> BatchNorm2d<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let device = x.device();
-        let train = B::ad_enabled(&device) || FORCE_BATCH.with(|f| f.get());
+        let train = crate::mode::is_training::<B>(&device);
         // On the GPU autodiff backends: one custom op with a closed-form backward (far fewer
         // kernel launches), then the affine part.
         let x = if train && !crate::kernels::burn_ops_forced() {
@@ -170,7 +170,7 @@ impl<B: Backend> BatchNorm2d<B> {
     pub fn forward_1d(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let [n, c] = x.dims();
         let device = x.device();
-        let train = B::ad_enabled(&device) || FORCE_BATCH.with(|f| f.get());
+        let train = crate::mode::is_training::<B>(&device);
         let (centered, var) = if train {
             let mean = x.clone().mean_dim(0);
             let centered = x - mean.clone();
@@ -195,7 +195,6 @@ impl<B: Backend> BatchNorm2d<B> {
 
 thread_local! {
     static RECORDER: RefCell<Option<HashMap<ParamId, Box<dyn Any>>>> = const { RefCell::new(None) };
-    static FORCE_BATCH: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Running-statistics updates recorded by [`record_bn_updates`], keyed by parameter id.
@@ -266,16 +265,6 @@ pub fn record_bn_updates<R>(f: impl FnOnce() -> R) -> (R, BnUpdates) {
     (out, BnUpdates { map })
 }
 
-/// Run `f` with every [`BatchNorm2d`] normalising by batch statistics, even on a backend
-/// without autodiff (useful for finite-difference checks and fast inner-backend evaluations of
-/// the training objective).
-pub fn force_batch_stats<R>(f: impl FnOnce() -> R) -> R {
-    let previous = FORCE_BATCH.with(|c| c.replace(true));
-    let out = f();
-    FORCE_BATCH.with(|c| c.set(previous));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,7 +332,7 @@ mod tests {
         let expect = 2.0 / (1.0f32 + 1e-5).sqrt();
         let yv: Vec<f32> = y.into_data().to_vec().unwrap();
         assert!(yv.iter().all(|v| (v - expect).abs() < 1e-6));
-        let yb = force_batch_stats(|| bn.forward(x));
+        let yb = crate::mode::train_mode(|| bn.forward(x));
         let yb: Vec<f32> = yb.into_data().to_vec().unwrap();
         assert!(yb.iter().all(|v| v.abs() < 1e-6));
         assert_eq!(crate::trainable_params(&bn, &[]), 6);

@@ -20,6 +20,7 @@ pub mod cnn;
 pub mod conv;
 pub mod count;
 pub mod kernels;
+pub mod mode;
 pub mod rnn;
 
 pub use bn::{record_bn_updates, BatchNorm2d, BnUpdates};

@@ -335,9 +335,8 @@ pub fn run_train<B: AutodiffBackend>(
             train_pass(model, &mut sgd, (&train, &cfg), &plan, device)?;
         model = next;
         let inner = model.valid();
-        let (test_loss, test_acc) = evaluate::<B::InnerBackend, _>(&test_loader, device, |x| {
-            inner.forward(x, false, 0.0).logits
-        });
+        let (test_loss, test_acc) =
+            evaluate::<B::InnerBackend, _>(&test_loader, device, |x| inner.forward(x, 0.0).logits);
         let rec = TrainEpoch {
             epoch,
             lr,

@@ -285,13 +285,15 @@ pub struct EvalNetwork<B: Backend, O: Module<B> = DartsOp<B>> {
 pub struct EvalOutput<B: Backend> {
     /// Logits.
     pub logits: Tensor<B, 2>,
-    /// Auxiliary logits (when the head exists and `training` is set).
+    /// Auxiliary logits (when the head exists, in training mode).
     pub aux_logits: Option<Tensor<B, 2>>,
 }
 
 impl<B: Backend, O: CandidateOp<B, 4>> EvalNetwork<B, O> {
-    /// Forward. `training` enables drop path (with `drop_prob`) and the auxiliary head.
-    pub fn forward(&self, x: Tensor<B, 4>, training: bool, drop_prob: f64) -> EvalOutput<B> {
+    /// Forward. Training mode ([`darts_ops::mode`]: an autodiff backend) enables drop path
+    /// (with `drop_prob`) and the auxiliary head; evaluation mode (`model.valid()`) has neither.
+    pub fn forward(&self, x: Tensor<B, 4>, drop_prob: f64) -> EvalOutput<B> {
+        let training = darts_ops::mode::is_training::<B>(&x.device());
         let s = self.stem_bn.forward(self.stem_conv.forward(x));
         let (mut s0, mut s1) = (s.clone(), s);
         let dp = if training { drop_prob } else { 0.0 };
@@ -320,7 +322,7 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalNetwork<B, O> {
         drop_prob: f64,
         aux_weight: f64,
     ) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        let out = self.forward(batch.images.clone(), true, drop_prob);
+        let out = self.forward(batch.images.clone(), drop_prob);
         let c = correct(out.logits.clone().detach(), batch.targets.clone());
         let mut loss = cross_entropy(out.logits, batch.targets.clone());
         if let Some(aux) = out.aux_logits {

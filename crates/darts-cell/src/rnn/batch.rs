@@ -81,7 +81,8 @@ pub struct TokenBatch<B: Backend> {
     pub target: Tensor<B, 1, Int>,
     /// `[N, H]` hidden state at the start of the window.
     pub hidden: Tensor<B, 2>,
-    /// Dropout masks (use [`RnnMasks::none`] to evaluate).
+    /// Dropout masks, applied in training mode only ([`darts_ops::mode`]); evaluation ignores
+    /// them.
     pub masks: RnnMasks<B>,
 }
 

@@ -57,7 +57,8 @@ impl<B: Backend> RnnEvalNetwork<B> {
             .run(input, hidden, masks, |xw, h, m| self.cell_step(xw, h, m))
     }
 
-    /// `(loss with regularisers, cross-entropy)` for a batch (training mode when it has masks).
+    /// `(loss with regularisers, cross-entropy)` for a batch (with its dropout masks in training
+    /// mode, see [`darts_ops::mode`]).
     pub fn losses(&self, b: &TokenBatch<B>) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 2>) {
         let out = self.forward(b.input.clone(), b.hidden.clone(), &b.masks);
         let (loss, raw) = regularised(&self.core.config, &out, b.target.clone());

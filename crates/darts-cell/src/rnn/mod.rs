@@ -21,7 +21,9 @@
 //!
 //! Dropout masks are drawn on the host from a seed ([`RnnMasks::sample`]) and travel with the
 //! batch, so every pass on the same batch (virtual step, finite differences) sees the same
-//! masks, and a resumed run draws the same ones.
+//! masks, and a resumed run draws the same ones. They apply in training mode only
+//! ([`darts_ops::mode`]: an autodiff backend), as BatchNorm's batch statistics and the CNN's
+//! drop path do; an evaluation pass (`model.valid()`) ignores them.
 
 use crate::cnn::batch::cross_entropy;
 use crate::CellError;
@@ -353,6 +355,12 @@ impl<B: Backend> RnnCore<B> {
     {
         let [t, n] = batch_input.dims();
         let h2 = 2 * self.config.nhid;
+        // Dropout only in training mode (darts_ops::mode): evaluation ignores the masks.
+        let none = RnnMasks::none();
+        let masks = match darts_ops::mode::is_training::<B>(&batch_input.device()) {
+            true => masks,
+            false => &none,
+        };
         let xw = self.input_projection(batch_input, masks);
         let mut h = hidden;
         let mut outs = Vec::with_capacity(t);
