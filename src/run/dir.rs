@@ -76,6 +76,26 @@ pub trait RunConfig: Clone + Serialize + serde::de::DeserializeOwned {
     fn validate(&self) -> Result<(), RunError>;
 }
 
+/// Write the run's checkpoint atomically: its kind, the last epoch, the configuration and the
+/// history in the metadata, and the tensors `save` adds (model, optimiser state).
+pub(crate) fn write_checkpoint<C: RunConfig, H: Serialize>(
+    out: &Path,
+    cfg: &C,
+    history: &[H],
+    epoch: usize,
+    save: impl FnOnce(&mut Checkpoint) -> Result<(), RunError>,
+) -> Result<(), RunError> {
+    let mut c = Checkpoint::new(serde_json::json!({
+        "kind": C::KIND,
+        "epoch": epoch,
+        "config": cfg,
+        "history": history,
+    }));
+    save(&mut c)?;
+    c.write_atomic(out.join(CHECKPOINT))?;
+    Ok(())
+}
+
 /// What [`start_run`] hands a driver: the configuration in force, the history so far, the
 /// checkpoint to resume from and the directory's lock.
 pub(crate) type Started<C, H> = (C, Vec<H>, Option<Checkpoint>, RunLock);

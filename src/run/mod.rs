@@ -20,7 +20,7 @@ pub mod cifar;
 mod dir;
 pub mod ptb;
 
-pub(crate) use dir::{append_timing, failpoint, start_run, write, write_jsonl};
+pub(crate) use dir::{append_timing, failpoint, start_run, write, write_checkpoint, write_jsonl};
 pub use dir::{RunConfig, CHECKPOINT};
 
 /// Errors of a run.
@@ -162,6 +162,40 @@ pub(crate) fn positive(flag: &str, x: f64) -> Result<(), RunError> {
 /// A finite number, 0 or greater (0 turns the feature off where that applies).
 pub(crate) fn non_negative(flag: &str, x: f64) -> Result<(), RunError> {
     check(x.is_finite() && x >= 0.0, flag, "must be 0 or positive", x)
+}
+
+/// Check the settings that several runs share, found by their serde names in `cfg` (the names
+/// the resume check compares too). The flag is the name with dashes, except
+/// `max_steps_per_epoch` (`--max-steps`); a run without a setting skips its check. `no_epochs`
+/// says why `--epochs 0` makes no sense for this run.
+pub(crate) fn check_shared<C: serde::Serialize>(cfg: &C, no_epochs: &str) -> Result<(), RunError> {
+    let v = serde_json::to_value(cfg).map_err(|e| RunError::Config(format!("settings: {e}")))?;
+    let Some(settings) = v.as_object() else {
+        return Ok(());
+    };
+    for (name, value) in settings {
+        let flag = match name.as_str() {
+            "max_steps_per_epoch" => "max-steps".to_string(),
+            other => other.replace('_', "-"),
+        };
+        let int = value.as_u64().map(|n| n as usize);
+        // Non-finite numbers are stored as strings or null: NaN here, and rejected.
+        let num = value.as_f64().unwrap_or(f64::NAN);
+        match name.as_str() {
+            "epochs" => check(int > Some(0), "epochs", no_epochs, value)?,
+            "batch_size" | "eval_batch_size" | "test_batch_size" | "bptt" | "emsize" | "nhid"
+            | "steps" | "init_channels" => count(&flag, int.unwrap_or(0))?,
+            "max_steps_per_epoch" | "cutout" => limit(&flag, int)?,
+            n if n.starts_with("limit_") => limit(&flag, int)?,
+            "lr" => positive(&flag, num)?,
+            "momentum" => below_one(&flag, num)?,
+            "weight_decay" | "grad_clip" | "arch_lr" | "arch_weight_decay" | "auxiliary_weight" => {
+                non_negative(&flag, num)?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A probability-like factor in [0, 1).

@@ -89,7 +89,10 @@ fn derived_cell_matches_hand_computation() {
             ws: ws.iter().map(|w| param(w.to_vec(), [1, 2])).collect(),
             config,
         },
-        ops: vec![RnnPrimitive::Tanh, RnnPrimitive::Relu],
+        ops: vec![
+            RnnOp::new(RnnPrimitive::Tanh),
+            RnnOp::new(RnnPrimitive::Relu),
+        ],
         preds: vec![0, 1],
         concat: vec![1, 2],
     };

@@ -54,3 +54,19 @@ pub enum CellError {
     #[error("invalid network configuration: {0}")]
     Config(String),
 }
+
+/// The index in `space` of the op named `name` (derived networks build each op by name), or an
+/// error listing the space's ops.
+pub(crate) fn op_index<B, S, const D: usize>(space: &S, name: &str) -> Result<usize, CellError>
+where
+    B: burn::tensor::backend::Backend,
+    S: darts_mixed_op::OpSet<B, D>,
+{
+    let names = space.names();
+    names.iter().position(|n| n == name).ok_or_else(|| {
+        CellError::Op(darts_ops::OpError::UnknownOp {
+            name: name.to_string(),
+            known: names.join(", "),
+        })
+    })
+}

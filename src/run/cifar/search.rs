@@ -1,12 +1,11 @@
 //! Architecture search on CIFAR-10 (reference `cnn/train_search.py`).
 
 use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::report;
-use crate::run::CHECKPOINT;
 use crate::run::{
-    append_timing, below_one, check, count, failpoint, limit, non_negative, positive, progress,
-    seed_lock, start_run, write, write_jsonl, RunConfig, RunError, RunOptions,
+    append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
+    write_checkpoint, write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -439,14 +438,9 @@ fn commit_epoch<B: AutodiffBackend>(
     write_search_outputs(out, history, op_names)?;
     append_timing(out, last.epoch, last.seconds)?;
     failpoint("epoch_outputs_written");
-    let mut c = Checkpoint::new(serde_json::json!({
-        "kind": "cifar10_search",
-        "epoch": last.epoch,
-        "config": cfg,
-        "history": history,
-    }));
-    checkpoint::save_bilevel(&mut c, search)?;
-    c.write_atomic(out.join(CHECKPOINT))?;
+    write_checkpoint(out, cfg, history, last.epoch, |c| {
+        Ok(checkpoint::save_bilevel(c, search)?)
+    })?;
     failpoint("checkpoint_committed");
     Ok(())
 }
@@ -456,13 +450,8 @@ impl RunConfig for SearchConfig {
     const MUTABLE: &'static [&'static str] = &["epochs", "skip_non_finite_steps"];
     fn validate(&self) -> Result<(), RunError> {
         let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
-        count("batch-size", self.batch_size)?;
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        count("init-channels", self.init_channels)?;
+        check_shared(self, no_epochs)?;
         check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
-        count("steps", self.steps)?;
-        limit("limit-images", self.limit_images)?;
-        positive("lr", self.lr)?;
         let lr_min_ok = self.lr_min.is_finite() && (0.0..=self.lr).contains(&self.lr_min);
         check(
             lr_min_ok,
@@ -470,8 +459,6 @@ impl RunConfig for SearchConfig {
             "must be between 0 and --lr",
             self.lr_min,
         )?;
-        below_one("momentum", self.momentum)?;
-        non_negative("weight-decay", self.weight_decay)?;
         let portion_ok = self.train_portion > 0.0 && self.train_portion < 1.0;
         let portion_rule = "must be strictly between 0 and 1";
         check(
@@ -479,10 +466,7 @@ impl RunConfig for SearchConfig {
             "train-portion",
             portion_rule,
             self.train_portion,
-        )?;
-        non_negative("arch-lr", self.arch_lr)?;
-        non_negative("arch-weight-decay", self.arch_weight_decay)?;
-        non_negative("grad-clip", self.grad_clip)
+        )
     }
 }
 

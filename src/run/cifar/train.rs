@@ -1,12 +1,11 @@
 //! Training a derived network from scratch on CIFAR-10 (reference `cnn/train.py`).
 
 use super::{evaluate, load_train, to_batch, LAYERS_RULE};
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::report;
-use crate::run::CHECKPOINT;
 use crate::run::{
-    append_timing, below_one, check, count, limit, non_negative, positive, progress, seed_lock,
-    start_run, write, write_jsonl, RunConfig, RunError, RunOptions,
+    append_timing, check, check_shared, progress, seed_lock, start_run, write, write_checkpoint,
+    write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -225,14 +224,10 @@ fn commit_epoch<B: AutodiffBackend>(
         &chart("accuracy", |e| e.train_acc, |e| e.test_acc),
     )?;
     append_timing(out, last.epoch, last.seconds)?;
-    let mut c = Checkpoint::new(serde_json::json!({
-        "kind": "cifar10_train",
-        "epoch": last.epoch,
-        "config": cfg,
-        "history": history,
-    }));
-    checkpoint::save_model_sgd(&mut c, model, sgd)?;
-    c.write_atomic(out.join(CHECKPOINT))?;
+    write_checkpoint(out, cfg, history, last.epoch, |c| {
+        checkpoint::save_model_sgd(c, model, sgd)?;
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -273,22 +268,11 @@ impl RunConfig for TrainConfig {
             source_name: self.genotype_source.clone(),
             error: e.to_string(),
         })?;
-        count("batch-size", self.batch_size)?;
-        let no_epochs = "must be at least 1 (nothing would be trained)";
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        count("init-channels", self.init_channels)?;
+        check_shared(self, "must be at least 1 (nothing would be trained)")?;
         check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
-        limit("limit-images", self.limit_images)?;
-        limit("limit-test", self.limit_test)?;
-        positive("lr", self.lr)?;
-        below_one("momentum", self.momentum)?;
-        non_negative("weight-decay", self.weight_decay)?;
-        non_negative("auxiliary-weight", self.auxiliary_weight)?;
-        limit("cutout", self.cutout)?;
         let p = self.drop_path_prob;
         let p_rule = "must be in [0, 1) (it is the probability of dropping a path)";
-        check((0.0..1.0).contains(&p), "drop-path-prob", p_rule, p)?;
-        non_negative("grad-clip", self.grad_clip)
+        check((0.0..1.0).contains(&p), "drop-path-prob", p_rule, p)
     }
 }
 

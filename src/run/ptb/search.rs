@@ -1,12 +1,11 @@
 //! Recurrent cell search on Penn Treebank (reference `rnn/train_search.py`).
 
 use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::report;
-use crate::run::CHECKPOINT;
 use crate::run::{
-    append_timing, check, count, limit, non_negative, positive, progress, seed_lock, start_run,
-    write, write_jsonl, RunConfig, RunError, RunOptions,
+    append_timing, check_shared, progress, seed_lock, start_run, write, write_checkpoint,
+    write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -369,14 +368,9 @@ fn commit_epoch<B: AutodiffBackend>(
     let last = history.last().expect("an epoch to commit");
     write_search_outputs(out, history, op_names)?;
     append_timing(out, last.epoch, last.seconds)?;
-    let mut c = Checkpoint::new(serde_json::json!({
-        "kind": "ptb_search",
-        "epoch": last.epoch,
-        "config": cfg,
-        "history": history,
-    }));
-    checkpoint::save_bilevel(&mut c, search)?;
-    c.write_atomic(out.join(CHECKPOINT))?;
+    write_checkpoint(out, cfg, history, last.epoch, |c| {
+        Ok(checkpoint::save_bilevel(c, search)?)
+    })?;
     Ok(())
 }
 
@@ -395,28 +389,10 @@ impl RunConfig for PtbSearchConfig {
     const KIND: &'static str = "ptb_search";
     const MUTABLE: &'static [&'static str] = &["epochs"];
     fn validate(&self) -> Result<(), RunError> {
-        count("batch-size", self.batch_size)?;
-        count("eval-batch-size", self.eval_batch_size)?;
-        count("bptt", self.bptt)?;
-        let no_epochs = "must be at least 1 (a search of no epochs derives nothing)";
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
-        check(
-            self.max_steps_per_epoch != Some(0),
-            "max-steps",
-            no_steps,
-            0,
-        )?;
-        limit("limit-train-tokens", self.limit_train_tokens)?;
-        limit("limit-valid-tokens", self.limit_valid_tokens)?;
-        count("emsize", self.emsize)?;
-        count("nhid", self.nhid)?;
-        count("steps", self.steps)?;
-        positive("lr", self.lr)?;
-        non_negative("weight-decay", self.weight_decay)?;
-        non_negative("grad-clip", self.grad_clip)?;
-        non_negative("arch-lr", self.arch_lr)?;
-        non_negative("arch-weight-decay", self.arch_weight_decay)
+        check_shared(
+            self,
+            "must be at least 1 (a search of no epochs derives nothing)",
+        )
     }
 }
 

@@ -3,10 +3,9 @@
 use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::report;
-use crate::run::CHECKPOINT;
 use crate::run::{
-    append_timing, check, count, limit, non_negative, positive, progress, seed_lock, start_run,
-    write, write_jsonl, RunConfig, RunError, RunOptions,
+    append_timing, check_shared, progress, seed_lock, start_run, write, write_checkpoint,
+    write_jsonl, RunConfig, RunError, RunOptions,
 };
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -370,14 +369,7 @@ fn commit_epoch<B: AutodiffBackend>(
         ],
     );
     write(&out.join("perplexity.svg"), &chart)?;
-    let mut c = Checkpoint::new(serde_json::json!({
-        "kind": "ptb_train",
-        "epoch": last.epoch,
-        "config": cfg,
-        "history": history,
-    }));
-    trainer.save(&mut c)?;
-    c.write_atomic(out.join(CHECKPOINT))?;
+    write_checkpoint(out, cfg, history, last.epoch, |c| trainer.save(c))?;
     Ok(())
 }
 
@@ -401,27 +393,7 @@ impl RunConfig for PtbTrainConfig {
             source_name: self.genotype_source.clone(),
             error: e.to_string(),
         })?;
-        count("batch-size", self.batch_size)?;
-        count("eval-batch-size", self.eval_batch_size)?;
-        count("test-batch-size", self.test_batch_size)?;
-        count("bptt", self.bptt)?;
-        let no_epochs = "must be at least 1 (nothing would be trained)";
-        check(self.epochs > 0, "epochs", no_epochs, self.epochs)?;
-        let no_steps = "must be at least 1 (an epoch of no steps trains nothing)";
-        check(
-            self.max_steps_per_epoch != Some(0),
-            "max-steps",
-            no_steps,
-            0,
-        )?;
-        limit("limit-train-tokens", self.limit_train_tokens)?;
-        limit("limit-valid-tokens", self.limit_valid_tokens)?;
-        limit("limit-test-tokens", self.limit_test_tokens)?;
-        count("emsize", self.emsize)?;
-        count("nhid", self.nhid)?;
-        positive("lr", self.lr)?;
-        non_negative("weight-decay", self.weight_decay)?;
-        non_negative("grad-clip", self.grad_clip)
+        check_shared(self, "must be at least 1 (nothing would be trained)")
     }
 }
 

@@ -14,7 +14,7 @@ use darts_genotype::{Gene, Genotype};
 use darts_mixed_op::{CandidateOp, DartsSpace, EdgeSpec, OpSet};
 use darts_ops::cnn::ReLUConvBN;
 use darts_ops::conv::Conv2dConfig;
-use darts_ops::{BatchNorm2d, Conv2d, DartsOp, Linear, OpError};
+use darts_ops::{BatchNorm2d, Conv2d, DartsOp, Linear};
 
 /// Per-sample drop path: zero whole samples with probability `p`, rescale the rest by
 /// `1 / (1 − p)`.
@@ -66,17 +66,10 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
             reduction,
             reduction_prev,
         } = shape;
-        let names = space.names();
         let mut ops = Vec::with_capacity(genes.len());
         for g in genes {
             let stride = if reduction && g.input < 2 { 2 } else { 1 };
-            let k = names
-                .iter()
-                .position(|n| *n == g.op)
-                .ok_or_else(|| OpError::UnknownOp {
-                    name: g.op.clone(),
-                    known: names.join(", "),
-                })?;
+            let k = crate::op_index(space, &g.op)?;
             ops.push(space.build(
                 k,
                 &EdgeSpec {

@@ -4,23 +4,25 @@ use super::{regularised, split_gates, RnnCore, RnnMasks, RnnOutput, TokenBatch};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use darts_ops::RnnPrimitive;
+use darts_mixed_op::CandidateOp;
+use darts_ops::RnnOp;
 
-/// The derived recurrent language model of a genotype (reference `rnn/model.py`).
+/// The derived recurrent language model of a genotype (reference `rnn/model.py`), its node
+/// activations built by an op set ([`RnnConfig::init_eval_with`](super::RnnConfig::init_eval_with)),
+/// as the derived CNN's ops are.
 #[derive(Module, Debug)]
-pub struct RnnEvalNetwork<B: Backend> {
+pub struct RnnEvalNetwork<B: Backend, O: Module<B> = RnnOp> {
     /// Embedding, decoder bias, `W0`, `W_i`.
     pub core: RnnCore<B>,
     /// Activation of each node.
-    #[module(skip)]
-    pub ops: Vec<RnnPrimitive>,
+    pub ops: Vec<O>,
     /// Predecessor of each node.
     pub preds: Vec<usize>,
     /// States averaged into the output.
     pub concat: Vec<usize>,
 }
 
-impl<B: Backend> RnnEvalNetwork<B> {
+impl<B: Backend, O: CandidateOp<B, 2>> RnnEvalNetwork<B, O> {
     /// One time step of the derived cell (see the module docs).
     pub fn cell_step(
         &self,
@@ -39,7 +41,7 @@ impl<B: Backend> RnnEvalNetwork<B> {
                 None => sp.clone(),
             };
             let (c, pre) = split_gates(masked.matmul(w.val()), h);
-            let s = sp.clone() + c * (self.ops[i].apply(pre) - sp);
+            let s = sp.clone() + c * (self.ops[i].forward(pre) - sp);
             states.push(s);
         }
         let chosen: Vec<Tensor<B, 2>> = self.concat.iter().map(|&i| states[i].clone()).collect();

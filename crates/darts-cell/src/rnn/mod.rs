@@ -33,8 +33,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use darts_bilevel::BatchOutput;
 use darts_genotype::RecurrentGenotype;
-use darts_mixed_op::{EdgeSpec, OpSet, Relaxation};
-use darts_ops::{BatchNorm2d, RnnPrimitive};
+use darts_mixed_op::{EdgeSpec, OpSet, Relaxation, RnnSpace};
+use darts_ops::BatchNorm2d;
 use serde::{Deserialize, Serialize};
 
 pub mod batch;
@@ -220,16 +220,33 @@ impl RnnConfig {
         })
     }
 
-    /// Build the derived model of `genotype` (its node count replaces `steps`).
+    /// Build the derived model of `genotype` (its node count replaces `steps`), with the
+    /// recurrent DARTS activations ([`darts_mixed_op::RnnSpace`]).
     pub fn init_eval<B: Backend>(
         &self,
         genotype: &RecurrentGenotype,
         device: &B::Device,
     ) -> Result<RnnEvalNetwork<B>, CellError> {
+        self.init_eval_with(genotype, &RnnSpace::default(), device)
+    }
+
+    /// Build the derived model of `genotype`, each node's activation built by `space` from its
+    /// name (an unknown name is an error listing the space's ops), as
+    /// [`EvalNetworkConfig::init_with`](crate::EvalNetworkConfig::init_with) does for cells.
+    pub fn init_eval_with<B: Backend, S: OpSet<B, 2>>(
+        &self,
+        genotype: &RecurrentGenotype,
+        space: &S,
+        device: &B::Device,
+    ) -> Result<RnnEvalNetwork<B, S::Op>, CellError> {
         genotype.validate()?;
+        let edge = EdgeSpec {
+            channels: self.nhid,
+            stride: 1,
+        };
         let mut ops = Vec::new();
         for g in &genotype.recurrent {
-            ops.push(RnnPrimitive::from_name(&g.op)?);
+            ops.push(space.build(crate::op_index(space, &g.op)?, &edge, device));
         }
         let cfg = RnnConfig {
             steps: genotype.recurrent.len(),
@@ -506,5 +523,32 @@ mod tests {
         assert_eq!(g.recurrent.len(), 8);
         assert_eq!(g.concat, (1..=8).collect::<Vec<_>>());
         g.validate().unwrap();
+    }
+
+    #[test]
+    fn derived_model_builds_its_activations_through_the_op_set() {
+        let dev = Default::default();
+        let cfg = RnnConfig {
+            emsize: 6,
+            nhid: 6,
+            ..RnnConfig::eval(20)
+        };
+        let g = darts_genotype::catalog::recurrent("DARTS_V2").unwrap();
+        let m = cfg.init_eval::<B>(&g, &dev).unwrap();
+        let names: Vec<&str> = m.ops.iter().map(|o| o.primitive.name()).collect();
+        let want: Vec<&str> = g.recurrent.iter().map(|gene| gene.op.as_str()).collect();
+        assert_eq!(names, want);
+        // A space without one of the genotype's activations: an error naming it and the space.
+        let space = RnnSpace {
+            primitives: vec![darts_ops::RnnPrimitive::Tanh],
+        };
+        let e = cfg
+            .init_eval_with::<B, _>(&g, &space, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown operation `sigmoid`; known: tanh"),
+            "{e}"
+        );
     }
 }
