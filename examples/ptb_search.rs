@@ -130,35 +130,33 @@ fn main() {
     let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let quick = a.data.is_none();
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/ptb-sample");
-    let mut c = PtbSearchConfig {
-        data: a.data.clone().unwrap_or(sample),
-        ..Default::default()
-    };
+    let mut c = PtbSearchConfig::default();
+    c.common.data = a.data.clone().unwrap_or(sample);
     if quick {
-        c.emsize = 32;
-        c.nhid = 32;
-        c.batch_size = 16;
-        c.bptt = 20;
-        c.epochs = 3;
-        c.max_steps_per_epoch = Some(20);
+        c.common.emsize = 32;
+        c.common.nhid = 32;
+        c.common.batch_size = 16;
+        c.common.bptt = 20;
+        c.common.epochs = 3;
+        c.common.max_steps_per_epoch = Some(20);
     }
     macro_rules! set {
-        ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.$g = v; } )* };
+        ($($f:ident => $($g:ident).+),*) => { $( if let Some(v) = a.$f { c.$($g).+ = v; } )* };
     }
-    set!(emsize => emsize, nhid => nhid, batch_size => batch_size,
-        eval_batch_size => eval_batch_size, bptt => bptt, lr => lr, wdecay => weight_decay,
-        grad_clip => grad_clip, epochs => epochs, beta => tar, arch_lr => arch_lr,
-        arch_wdecay => arch_weight_decay, seed => seed);
+    set!(emsize => common.emsize, nhid => common.nhid, batch_size => common.batch_size,
+        eval_batch_size => common.eval_batch_size, bptt => common.bptt, lr => common.lr, wdecay => common.weight_decay,
+        grad_clip => common.grad_clip, epochs => common.epochs, beta => common.tar, arch_lr => arch_lr,
+        arch_wdecay => arch_weight_decay, seed => common.seed);
     macro_rules! drop {
-        ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.dropout.$g = v; } )* };
+        ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.common.dropout.$g = v; } )* };
     }
     drop!(dropout => output, dropouth => hidden, dropoutx => x, dropouti => input,
         dropoute => embedding);
     if a.max_steps.is_some() {
-        c.max_steps_per_epoch = a.max_steps;
+        c.common.max_steps_per_epoch = a.max_steps;
     }
-    c.limit_train_tokens = a.limit_train_tokens;
-    c.limit_valid_tokens = a.limit_valid_tokens;
+    c.common.limit_train_tokens = a.limit_train_tokens;
+    c.common.limit_valid_tokens = a.limit_valid_tokens;
     c.unrolled = a.unrolled;
     if let Some(v) = a.arch_bn_stats {
         c.arch_bn_stats = v.into();
@@ -194,7 +192,7 @@ fn main() {
     if !opts.resume {
         eprintln!(
             "searching on {} ({}{}), device {spec}, output {}",
-            c.data.display(),
+            c.common.data.display(),
             if quick {
                 "quick sample run"
             } else {
@@ -211,7 +209,10 @@ fn main() {
     let t0 = std::time::Instant::now();
     match dispatch(&spec, Task(c, opts.clone())) {
         Ok(Ok(s)) => {
-            println!("supernet weights: {} (vocabulary {})", s.params, s.vocab);
+            println!(
+                "supernet weights: {} (vocabulary {})",
+                s.params, s.data.vocab
+            );
             if let Some(e) = s.history.last() {
                 println!("final validation perplexity: {:.2}", e.val_ppl);
             }

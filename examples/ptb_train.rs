@@ -114,21 +114,21 @@ fn main() {
     let quick = a.data.is_none();
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/ptb-sample");
     let mut c = PtbTrainConfig::new(genotype, source);
-    c.data = a.data.clone().unwrap_or(sample);
+    c.common.data = a.data.clone().unwrap_or(sample);
     if quick {
-        c.emsize = 64;
-        c.nhid = 64;
-        c.batch_size = 16;
-        c.epochs = 2;
+        c.common.emsize = 64;
+        c.common.nhid = 64;
+        c.common.batch_size = 16;
+        c.common.epochs = 2;
     }
     macro_rules! set {
-        ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { c.$g = v; } )* };
+        ($($f:ident => $($g:ident).+),*) => { $( if let Some(v) = a.$f { c.$($g).+ = v; } )* };
     }
-    set!(emsize => emsize, nhid => nhid, batch_size => batch_size, epochs => epochs, lr => lr,
-        wdecay => weight_decay, grad_clip => grad_clip, bptt => bptt, nonmono => nonmono, seed => seed);
-    c.max_steps_per_epoch = a.max_steps;
-    c.limit_train_tokens = a.limit_tokens;
-    c.limit_valid_tokens = a.limit_tokens;
+    set!(emsize => common.emsize, nhid => common.nhid, batch_size => common.batch_size, epochs => common.epochs, lr => common.lr,
+        wdecay => common.weight_decay, grad_clip => common.grad_clip, bptt => common.bptt, nonmono => nonmono, seed => common.seed);
+    c.common.max_steps_per_epoch = a.max_steps;
+    c.common.limit_train_tokens = a.limit_tokens;
+    c.common.limit_valid_tokens = a.limit_tokens;
     c.limit_test_tokens = a.limit_tokens;
     let opts = RunOptions {
         out: a.resume.clone().unwrap_or(a.out.clone()),

@@ -215,6 +215,31 @@ pub fn seed_lock() -> std::sync::MutexGuard<'static, ()> {
     SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a search returns, CNN or RNN: the history, the genotype derived from the final α, the
+/// α values and the supernet's size, and `D`, what the run's data adds (nothing for CIFAR-10,
+/// [`ptb::CorpusInfo`] for PTB).
+#[derive(Clone, Debug)]
+pub struct SearchOutcome<E, G, D = ()> {
+    /// All epochs so far (including those before a resume).
+    pub history: Vec<E>,
+    /// The genotype derived from the final α.
+    pub genotype: G,
+    /// Raw α values (for the CNN: normal then reduce), for exact comparisons.
+    pub alphas: Vec<f32>,
+    /// Number of supernet weights.
+    pub params: usize,
+    /// Whether the run stopped before its last epoch (`stop_after`).
+    pub stopped_early: bool,
+    /// What the data adds.
+    pub data: D,
+}
+
+/// What a stored search configuration without `arch_bn_stats` ran with: the BatchNorm running
+/// statistics were updated by the weight step only.
+pub(crate) fn before_bn_setting() -> darts_bilevel::ArchBnStats {
+    darts_bilevel::ArchBnStats::WeightStepOnly
+}
+
 /// Options of a run that are not part of its configuration.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {

@@ -555,17 +555,20 @@ fn ptb_search_architect_matches_the_reference_hyperparameters() {
 
 fn tiny_search(data: std::path::PathBuf) -> PtbSearchConfig {
     PtbSearchConfig {
-        data,
-        limit_train_tokens: Some(20_000),
-        limit_valid_tokens: Some(3_000),
-        max_steps_per_epoch: Some(2),
-        emsize: 16,
-        nhid: 16,
+        common: darts::ptb::PtbCommon {
+            data,
+            limit_train_tokens: Some(20_000),
+            limit_valid_tokens: Some(3_000),
+            max_steps_per_epoch: Some(2),
+            emsize: 16,
+            nhid: 16,
+            batch_size: 8,
+            eval_batch_size: 10,
+            bptt: 10,
+            epochs: 2,
+            ..darts::ptb::PtbCommon::search()
+        },
         steps: 8,
-        batch_size: 8,
-        eval_batch_size: 10,
-        bptt: 10,
-        epochs: 2,
         ..Default::default()
     }
 }
@@ -589,7 +592,8 @@ fn tiny_search_on_real_ptb_runs_and_resumes_exactly() {
         &dev,
     )
     .unwrap();
-    assert_eq!(full.vocab, 10_000);
+    assert_eq!(full.data.vocab, 10_000);
+    assert!(!full.stopped_early);
     assert_eq!(full.history.len(), 2);
     let g = &full.genotype;
     g.validate().unwrap();
@@ -658,16 +662,16 @@ fn tiny_train_on_real_ptb() {
         concat: vec![1, 2, 3],
     };
     let mut c = PtbTrainConfig::new(genotype, "test");
-    c.data = dir;
-    c.limit_train_tokens = Some(10_000);
-    c.limit_valid_tokens = Some(2_000);
+    c.common.data = dir;
+    c.common.limit_train_tokens = Some(10_000);
+    c.common.limit_valid_tokens = Some(2_000);
     c.limit_test_tokens = Some(1_000);
-    c.max_steps_per_epoch = Some(3);
-    c.emsize = 12;
-    c.nhid = 12;
-    c.batch_size = 8;
+    c.common.max_steps_per_epoch = Some(3);
+    c.common.emsize = 12;
+    c.common.nhid = 12;
+    c.common.batch_size = 8;
     c.test_batch_size = 4;
-    c.epochs = 2;
+    c.common.epochs = 2;
     c.nonmono = 0;
     let s = run_ptb_train::<B>(
         &c,

@@ -743,11 +743,11 @@ fn ptb_settings_that_would_do_no_work_are_errors() {
     };
     for (cfg, flag) in [
         (
-            search(&|c| c.max_steps_per_epoch = Some(0)),
+            search(&|c| c.common.max_steps_per_epoch = Some(0)),
             "--max-steps 0",
         ),
-        (search(&|c| c.epochs = 0), "--epochs 0"),
-        (search(&|c| c.lr = -1.0), "--lr -1"),
+        (search(&|c| c.common.epochs = 0), "--epochs 0"),
+        (search(&|c| c.common.lr = -1.0), "--lr -1"),
     ] {
         let out = tmp("ptb-bad");
         let e = run_ptb_search::<B>(&cfg, &opts(&out), &Default::default()).unwrap_err();
@@ -755,11 +755,11 @@ fn ptb_settings_that_would_do_no_work_are_errors() {
         assert!(!out.exists());
     }
     let mut t = PtbTrainConfig::new(catalog::recurrent("DARTS_V2").unwrap(), "DARTS_V2");
-    t.epochs = 0;
+    t.common.epochs = 0;
     let out = tmp("ptb-train-bad");
     let e = run_ptb_train::<B>(&t, &opts(&out), &Default::default()).unwrap_err();
     assert!(e.to_string().contains("--epochs 0"), "{e}");
-    t.epochs = 1;
+    t.common.epochs = 1;
     t.genotype.concat.clear();
     let e = run_ptb_train::<B>(&t, &opts(&out), &Default::default()).unwrap_err();
     assert!(e.to_string().contains("concat list is empty"), "{e}");

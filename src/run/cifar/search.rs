@@ -75,12 +75,8 @@ pub struct SearchConfig {
     /// weight step's forward; configurations stored before this setting read as
     /// [`ArchBnStats::WeightStepOnly`]. Only the evaluation-mode validation metrics depend on
     /// it.
-    #[serde(default = "before_bn_setting")]
+    #[serde(default = "crate::run::before_bn_setting")]
     pub arch_bn_stats: ArchBnStats,
-}
-
-fn before_bn_setting() -> ArchBnStats {
-    ArchBnStats::WeightStepOnly
 }
 
 /// How the architecture steps of a search draw their validation batches.
@@ -176,19 +172,7 @@ pub struct SearchEpoch {
 }
 
 /// The result of [`run_search`].
-#[derive(Clone, Debug)]
-pub struct SearchSummary {
-    /// All epochs so far (including those before a resume).
-    pub history: Vec<SearchEpoch>,
-    /// Final genotype.
-    pub genotype: Genotype,
-    /// Raw α values (normal then reduce), for exact comparisons.
-    pub alphas: Vec<f32>,
-    /// Number of supernet weights.
-    pub params: usize,
-    /// Whether the run stopped early (`stop_after`).
-    pub stopped_early: bool,
-}
+pub type SearchSummary = crate::run::SearchOutcome<SearchEpoch, Genotype>;
 
 fn write_search_outputs(
     out: &Path,
@@ -512,5 +496,6 @@ pub fn run_search<B: AutodiffBackend>(
         alphas,
         params,
         stopped_early,
+        data: (),
     })
 }

@@ -12,15 +12,113 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use darts_cell::rnn::nll;
+use darts_cell::rnn::{RnnConfig, RnnDropout};
 use darts_data::ptb::{Batchified, Corpus, PtbError};
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 mod search;
 mod train;
 
 pub use super::{RunError, RunOptions};
-pub use search::{run_ptb_search, PtbSearchConfig, PtbSearchEpoch, PtbSearchSummary};
+pub use search::{run_ptb_search, CorpusInfo, PtbSearchConfig, PtbSearchEpoch, PtbSearchSummary};
 pub use train::{run_ptb_train, PtbTrainConfig, PtbTrainEpoch, PtbTrainSummary};
+
+/// The settings a recurrent search and training share: data, model size, SGD, regularisation,
+/// epochs and seed. Flattened into [`PtbSearchConfig`] and [`PtbTrainConfig`] (`cfg.common`), so
+/// stored configurations and flags keep their names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtbCommon {
+    /// Directory with `ptb.train.txt`, `ptb.valid.txt`, `ptb.test.txt`.
+    pub data: PathBuf,
+    /// Use only the first N training tokens (None = all).
+    pub limit_train_tokens: Option<usize>,
+    /// Use only the first N validation tokens (None = all).
+    pub limit_valid_tokens: Option<usize>,
+    /// Stop each epoch after this many steps (None = a full pass).
+    pub max_steps_per_epoch: Option<usize>,
+    /// Embedding size (= hidden size, tied weights).
+    pub emsize: usize,
+    /// Hidden units.
+    pub nhid: usize,
+    /// Batch size (columns of the training stream, and of the search's validation stream).
+    pub batch_size: usize,
+    /// Batch size of the evaluation pass.
+    pub eval_batch_size: usize,
+    /// Nominal window length.
+    pub bptt: usize,
+    /// SGD learning rate (constant; scaled per window by `len / bptt`).
+    pub lr: f64,
+    /// SGD weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (the search applies it in the virtual step too); the
+    /// reference's `--clip` (stored as `clip` before).
+    #[serde(alias = "clip")]
+    pub grad_clip: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Dropouts.
+    pub dropout: RnnDropout,
+    /// Temporal activation regularisation β.
+    pub tar: f64,
+    /// Activation regularisation α.
+    pub ar: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl PtbCommon {
+    /// The defaults of the reference's search (`rnn/train_search.py`).
+    pub fn search() -> Self {
+        Self {
+            data: PathBuf::from("data/ptb-sample"),
+            limit_train_tokens: None,
+            limit_valid_tokens: None,
+            max_steps_per_epoch: None,
+            emsize: 300,
+            nhid: 300,
+            batch_size: 256,
+            eval_batch_size: 10,
+            bptt: 35,
+            lr: 20.0,
+            weight_decay: 5e-7,
+            grad_clip: 0.25,
+            epochs: 50,
+            dropout: RnnDropout::search(),
+            tar: 1e-3,
+            ar: 0.0,
+            seed: 3,
+        }
+    }
+
+    /// The defaults of the reference's training of a derived cell (`rnn/train.py`).
+    pub fn train() -> Self {
+        Self {
+            emsize: 850,
+            nhid: 850,
+            batch_size: 64,
+            weight_decay: 8e-7,
+            epochs: 8000,
+            dropout: RnnDropout::eval(),
+            seed: 1267,
+            ..Self::search()
+        }
+    }
+
+    /// The recurrent model's configuration for a vocabulary of `vocab` words and `steps`
+    /// intermediate nodes.
+    pub fn rnn_config(&self, vocab: usize, steps: usize) -> RnnConfig {
+        RnnConfig {
+            vocab,
+            emsize: self.emsize,
+            nhid: self.nhid,
+            steps,
+            dropout: self.dropout,
+            tar: self.tar,
+            ar: self.ar,
+        }
+    }
+}
 
 pub(super) fn load_corpus(
     dir: &Path,

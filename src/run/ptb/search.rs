@@ -30,51 +30,19 @@ use std::time::Instant;
 /// Configuration of a recurrent search (reference `rnn/train_search.py` defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PtbSearchConfig {
-    /// Directory with `ptb.train.txt`, `ptb.valid.txt`, `ptb.test.txt`.
-    pub data: PathBuf,
-    /// Use only the first N training tokens (None = all).
-    pub limit_train_tokens: Option<usize>,
-    /// Use only the first N validation tokens (None = all).
-    pub limit_valid_tokens: Option<usize>,
-    /// Stop each epoch after this many steps (None = a full pass).
-    pub max_steps_per_epoch: Option<usize>,
-    /// Embedding size (= hidden size, tied weights).
-    pub emsize: usize,
-    /// Hidden units.
-    pub nhid: usize,
+    /// What the search shares with training a recurrent cell: data, model size, SGD,
+    /// regularisation, epochs, seed (flattened: the stored names are unchanged).
+    #[serde(flatten)]
+    pub common: PtbCommon,
     /// Intermediate nodes (the reference's `steps`; stored as `nodes` before).
     #[serde(alias = "nodes")]
     pub steps: usize,
-    /// Batch size (columns of the training and search streams).
-    pub batch_size: usize,
-    /// Batch size of the evaluation pass.
-    pub eval_batch_size: usize,
-    /// Nominal window length.
-    pub bptt: usize,
-    /// SGD learning rate (constant; scaled per window by `len / bptt`).
-    pub lr: f64,
-    /// SGD weight decay.
-    pub weight_decay: f64,
-    /// Global gradient-norm clip (also applied in the virtual step); the reference's `--clip`
-    /// (stored as `clip` before).
-    #[serde(alias = "clip")]
-    pub grad_clip: f64,
-    /// Epochs.
-    pub epochs: usize,
-    /// Dropouts.
-    pub dropout: RnnDropout,
-    /// Temporal activation regularisation β.
-    pub tar: f64,
-    /// Activation regularisation α.
-    pub ar: f64,
     /// Second-order architecture gradient.
     pub unrolled: bool,
     /// Adam learning rate for α.
     pub arch_lr: f64,
     /// Adam weight decay for α.
     pub arch_weight_decay: f64,
-    /// Seed.
-    pub seed: u64,
     /// The reference's quirks (off by default; see [`ReferenceQuirks`]).
     #[serde(default)]
     pub quirks: ReferenceQuirks,
@@ -82,34 +50,18 @@ pub struct PtbSearchConfig {
     /// running statistics too ([`ArchBnStats::ArchitectToo`], the reference's
     /// `rnn/architect.py`, the default) or only the weight step's forward; configurations
     /// stored before this setting read as [`ArchBnStats::WeightStepOnly`].
-    #[serde(default = "before_bn_setting")]
+    #[serde(default = "crate::run::before_bn_setting")]
     pub arch_bn_stats: ArchBnStats,
 }
 
 impl Default for PtbSearchConfig {
     fn default() -> Self {
         Self {
-            data: PathBuf::from("data/ptb-sample"),
-            limit_train_tokens: None,
-            limit_valid_tokens: None,
-            max_steps_per_epoch: None,
-            emsize: 300,
-            nhid: 300,
+            common: PtbCommon::search(),
             steps: 8,
-            batch_size: 256,
-            eval_batch_size: 10,
-            bptt: 35,
-            lr: 20.0,
-            weight_decay: 5e-7,
-            grad_clip: 0.25,
-            epochs: 50,
-            dropout: RnnDropout::search(),
-            tar: 1e-3,
-            ar: 0.0,
             unrolled: false,
             arch_lr: 3e-3,
             arch_weight_decay: 1e-3,
-            seed: 3,
             quirks: ReferenceQuirks::default(),
             arch_bn_stats: ArchBnStats::ArchitectToo,
         }
@@ -119,15 +71,7 @@ impl Default for PtbSearchConfig {
 impl PtbSearchConfig {
     /// The recurrent supernet's configuration for a vocabulary of `vocab` words.
     pub fn rnn_config(&self, vocab: usize) -> RnnConfig {
-        RnnConfig {
-            vocab,
-            emsize: self.emsize,
-            nhid: self.nhid,
-            steps: self.steps,
-            dropout: self.dropout,
-            tar: self.tar,
-            ar: self.ar,
-        }
+        self.common.rnn_config(vocab, self.steps)
     }
 
     /// The architect's configuration for this search, as the recurrent reference sets it up
@@ -147,15 +91,11 @@ impl PtbSearchConfig {
             arch_eps: 1e-8,
             arch_weight_decay: self.arch_weight_decay,
             fd_r: 0.01,
-            virtual_grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
+            virtual_grad_clip: (self.common.grad_clip > 0.0).then_some(self.common.grad_clip),
             quirks: self.quirks,
             bn_stats: self.arch_bn_stats,
         }
     }
-}
-
-fn before_bn_setting() -> ArchBnStats {
-    ArchBnStats::WeightStepOnly
 }
 
 /// One epoch of a recurrent search, as written to `metrics.jsonl`.
@@ -197,16 +137,12 @@ pub struct PtbSearchEpoch {
 }
 
 /// The result of [`run_ptb_search`].
-#[derive(Clone, Debug)]
-pub struct PtbSearchSummary {
-    /// All epochs so far.
-    pub history: Vec<PtbSearchEpoch>,
-    /// Final genotype.
-    pub genotype: RecurrentGenotype,
-    /// Raw α values, for exact comparisons.
-    pub alphas: Vec<f32>,
-    /// Supernet weights.
-    pub params: usize,
+pub type PtbSearchSummary =
+    crate::run::SearchOutcome<PtbSearchEpoch, RecurrentGenotype, CorpusInfo>;
+
+/// What a PTB search reports of its corpus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorpusInfo {
     /// Vocabulary size.
     pub vocab: usize,
     /// Words of the validation/test splits that were mapped to `<unk>`.
@@ -236,13 +172,13 @@ struct SearchStreams {
 
 impl SearchStreams {
     fn new(cfg: &PtbSearchConfig, corpus: &Corpus) -> Result<Self, RunError> {
-        let (n, valid) = (cfg.batch_size, &corpus.valid.ids);
+        let (n, valid) = (cfg.common.batch_size, &corpus.valid.ids);
         Ok(Self {
             train: batchify(&corpus.train.ids, n, "training", "--batch-size")?,
             search: batchify(valid, n, "validation (architecture steps)", "--batch-size")?,
             val: batchify(
                 valid,
-                cfg.eval_batch_size,
+                cfg.common.eval_batch_size,
                 "validation",
                 "--eval-batch-size",
             )?,
@@ -259,18 +195,18 @@ fn build_search<B: AutodiffBackend>(
 ) -> Result<Bilevel<B, SearchNet<B>>, RunError> {
     let net: SearchNet<B> = {
         let _guard = seed_lock();
-        B::seed(device, cfg.seed);
+        B::seed(device, cfg.common.seed);
         rnn.init_search::<B, _, _>(&RnnSpace::default(), Softmax, device)?
     };
     let weights = WeightConfig {
         lr: CosineLr {
-            max: cfg.lr,
-            min: cfg.lr,
-            epochs: cfg.epochs,
+            max: cfg.common.lr,
+            min: cfg.common.lr,
+            epochs: cfg.common.epochs,
         },
         momentum: 0.0,
-        weight_decay: cfg.weight_decay,
-        grad_clip: (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
+        weight_decay: cfg.common.weight_decay,
+        grad_clip: (cfg.common.grad_clip > 0.0).then_some(cfg.common.grad_clip),
     };
     Ok(Bilevel::new(net, weights, cfg.architect_config()))
 }
@@ -294,20 +230,20 @@ fn search_pass<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<PassStats, RunError> {
     let mut windows = SeqLen::new(
-        cfg.bptt,
+        cfg.common.bptt,
         SeqLenMode::Search,
-        derive_seed(cfg.seed, epoch, 11),
+        derive_seed(cfg.common.seed, epoch, 11),
     )
     .epoch_windows(&data.train);
-    if let Some(m) = cfg.max_steps_per_epoch {
+    if let Some(m) = cfg.common.max_steps_per_epoch {
         windows.truncate(m);
     }
     let pb = progress(
         windows.len(),
-        format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        format!("epoch {}/{}", epoch + 1, cfg.common.epochs),
         show,
     );
-    let n = cfg.batch_size;
+    let n = cfg.common.batch_size;
     let batch = |x: &[u32], y: &[u32], h: Tensor<B::InnerBackend, 2>, seed: u64| {
         let h = Tensor::from_inner(h);
         TokenBatch::from_host(x, y, n, h, rnn.masks(n, seed, device), device)
@@ -319,16 +255,18 @@ fn search_pass<B: AutodiffBackend>(
         let (h_train, h_val) = match prev {
             Some(o) => (o.train_state[0].clone(), o.val_state[0].clone()),
             None => (
-                zeros_inner::<B>(n, cfg.nhid, device),
-                zeros_inner::<B>(n, cfg.nhid, device),
+                zeros_inner::<B>(n, cfg.common.nhid, device),
+                zeros_inner::<B>(n, cfg.common.nhid, device),
             ),
         };
         let (x, y) = data.train.window(i, t);
-        let (vx, vy) = data.search.window(i % (data.search.rows - 1), cfg.bptt);
-        let seed = derive_seed(cfg.seed, epoch, 1000 + 2 * step as u64);
+        let (vx, vy) = data
+            .search
+            .window(i % (data.search.rows - 1), cfg.common.bptt);
+        let seed = derive_seed(cfg.common.seed, epoch, 1000 + 2 * step as u64);
         let tb = batch(&x, &y, h_train, seed);
         let vb = batch(&vx, &vy, h_val, seed ^ 0x5555);
-        Some((tb, vb, cfg.lr * t as f64 / cfg.bptt as f64))
+        Some((tb, vb, cfg.common.lr * t as f64 / cfg.common.bptt as f64))
     };
     let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
     let stats = search.run_epoch_with(epoch, next, |ev| {
@@ -405,7 +343,11 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     let out = &opts.out;
     let (cfg, mut history, ckpt, _lock) =
         start_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts)?;
-    let corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
+    let corpus = load_corpus(
+        &cfg.common.data,
+        cfg.common.limit_train_tokens,
+        cfg.common.limit_valid_tokens,
+    )?;
     let vocab = corpus.dictionary.len();
     let data = SearchStreams::new(&cfg, &corpus)?;
     let rnn = cfg.rnn_config(vocab);
@@ -420,7 +362,9 @@ pub fn run_ptb_search<B: AutodiffBackend>(
         let m = params as f64 / 1e6;
         eprintln!("PTB search: vocabulary {vocab}, {t} training tokens, {v} validation tokens ({u} unknown), {m:.2}M weights");
     }
-    let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+    let end = opts
+        .stop_after
+        .map_or(cfg.common.epochs, |n| n.min(cfg.common.epochs));
     for epoch in history.len()..end {
         let t0 = Instant::now();
         let pass = search_pass(
@@ -432,11 +376,16 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             device,
         )?;
         let model = search.model.valid();
-        let val_loss =
-            evaluate_lm::<B::InnerBackend, _>(&data.val, cfg.bptt, cfg.nhid, device, |x, h| {
+        let val_loss = evaluate_lm::<B::InnerBackend, _>(
+            &data.val,
+            cfg.common.bptt,
+            cfg.common.nhid,
+            device,
+            |x, h| {
                 let o = model.forward(x, h, &RnnMasks::none());
                 (o.logits, o.hidden)
-            });
+            },
+        );
         let genotype = search.model.genotype();
         let rec = PtbSearchEpoch {
             epoch,
@@ -468,12 +417,15 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     let id = search.model.alphas.id;
     let alphas = darts_ops::to_f32s(&values(&search.model, &[id])[&id]);
     Ok(PtbSearchSummary {
+        stopped_early: history.len() < cfg.common.epochs,
         history,
         genotype,
         alphas,
         params,
-        vocab,
-        unknown: (corpus.valid.unknown, corpus.test.unknown),
+        data: CorpusInfo {
+            vocab,
+            unknown: (corpus.valid.unknown, corpus.test.unknown),
+        },
     })
 }
 

@@ -25,83 +25,36 @@ use std::time::Instant;
 /// Configuration of training a recurrent genotype from scratch (reference `rnn/train.py`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PtbTrainConfig {
-    /// Directory with the three PTB files.
-    pub data: PathBuf,
+    /// What training shares with the search: data, model size, SGD, regularisation, epochs,
+    /// seed (flattened: the stored names are unchanged).
+    #[serde(flatten)]
+    pub common: PtbCommon,
     /// The genotype.
     pub genotype: RecurrentGenotype,
     /// Its name or source.
     pub genotype_source: String,
-    /// Use only the first N training tokens.
-    pub limit_train_tokens: Option<usize>,
-    /// Use only the first N validation tokens.
-    pub limit_valid_tokens: Option<usize>,
     /// Use only the first N test tokens.
     pub limit_test_tokens: Option<usize>,
-    /// Stop each epoch after this many steps.
-    pub max_steps_per_epoch: Option<usize>,
-    /// Embedding size (= hidden size).
-    pub emsize: usize,
-    /// Hidden units.
-    pub nhid: usize,
-    /// Batch size.
-    pub batch_size: usize,
-    /// Validation batch size.
-    pub eval_batch_size: usize,
     /// Test batch size.
     pub test_batch_size: usize,
-    /// Nominal window length.
-    pub bptt: usize,
     /// Maximum excess of a window over `bptt`.
     pub max_seq_len_delta: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Global gradient-norm clip; the reference's `--clip` (stored as `clip` before).
-    #[serde(alias = "clip")]
-    pub grad_clip: f64,
-    /// Epochs.
-    pub epochs: usize,
-    /// Dropouts.
-    pub dropout: RnnDropout,
-    /// Temporal activation regularisation β.
-    pub tar: f64,
-    /// Activation regularisation α.
-    pub ar: f64,
     /// Switch to averaged SGD when validation has not improved on the best of all but the
     /// last `nonmono` epochs.
     pub nonmono: usize,
-    /// Seed.
-    pub seed: u64,
 }
 
 impl PtbTrainConfig {
     /// Reference defaults for `genotype`.
     pub fn new(genotype: RecurrentGenotype, source: impl Into<String>) -> Self {
         Self {
-            data: PathBuf::from("data/ptb-sample"),
+            common: PtbCommon::train(),
             genotype,
             genotype_source: source.into(),
-            limit_train_tokens: None,
-            limit_valid_tokens: None,
             limit_test_tokens: None,
-            max_steps_per_epoch: None,
-            emsize: 850,
-            nhid: 850,
-            batch_size: 64,
-            eval_batch_size: 10,
             test_batch_size: 1,
-            bptt: 35,
             max_seq_len_delta: 20,
-            lr: 20.0,
-            weight_decay: 8e-7,
-            grad_clip: 0.25,
-            epochs: 8000,
-            dropout: RnnDropout::eval(),
-            tar: 1e-3,
-            ar: 0.0,
             nonmono: 5,
-            seed: 1267,
         }
     }
 }
@@ -160,13 +113,13 @@ impl TrainStreams {
         Ok(Self {
             train: batchify(
                 &corpus.train.ids,
-                cfg.batch_size,
+                cfg.common.batch_size,
                 "training",
                 "--batch-size",
             )?,
             val: batchify(
                 &corpus.valid.ids,
-                cfg.eval_batch_size,
+                cfg.common.eval_batch_size,
                 "validation",
                 "--eval-batch-size",
             )?,
@@ -268,24 +221,32 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mode = SeqLenMode::Train {
             max_delta: cfg.max_seq_len_delta,
         };
-        let mut windows = SeqLen::new(cfg.bptt, mode, derive_seed(cfg.seed, epoch, 21))
-            .epoch_windows(&data.train);
-        if let Some(m) = cfg.max_steps_per_epoch {
+        let mut windows = SeqLen::new(
+            cfg.common.bptt,
+            mode,
+            derive_seed(cfg.common.seed, epoch, 21),
+        )
+        .epoch_windows(&data.train);
+        if let Some(m) = cfg.common.max_steps_per_epoch {
             windows.truncate(m);
         }
         let pb = progress(
             windows.len(),
-            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            format!("epoch {}/{}", epoch + 1, cfg.common.epochs),
             show,
         );
-        let n = cfg.batch_size;
-        let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
-        let mut hidden = zeros_inner::<B>(n, cfg.nhid, device);
+        let n = cfg.common.batch_size;
+        let clip = (cfg.common.grad_clip > 0.0).then_some(cfg.common.grad_clip);
+        let mut hidden = zeros_inner::<B>(n, cfg.common.nhid, device);
         let (mut tl, mut tok) = (0.0, 0usize);
         for (step, &(i, t)) in windows.iter().enumerate() {
-            let lr = cfg.lr * t as f64 / cfg.bptt as f64;
+            let lr = cfg.common.lr * t as f64 / cfg.common.bptt as f64;
             let (x, y) = data.train.window(i, t);
-            let masks = rnn.masks(n, derive_seed(cfg.seed, epoch, 5000 + step as u64), device);
+            let masks = rnn.masks(
+                n,
+                derive_seed(cfg.common.seed, epoch, 5000 + step as u64),
+                device,
+            );
             let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
             let (next, st) = weight_step(self.model.clone(), self.opt.sgd(), lr, clip, |m| {
                 let (loss, raw, h) = m.losses(&b);
@@ -379,7 +340,7 @@ fn lm_loss<B: Backend>(
     cfg: &PtbTrainConfig,
     device: &B::Device,
 ) -> f64 {
-    evaluate_lm::<B, _>(data, cfg.bptt, cfg.nhid, device, |x, h| {
+    evaluate_lm::<B, _>(data, cfg.common.bptt, cfg.common.nhid, device, |x, h| {
         let o = model.forward(x, h, &RnnMasks::none());
         (o.logits, o.hidden)
     })
@@ -405,28 +366,24 @@ pub fn run_ptb_train<B: AutodiffBackend>(
 ) -> Result<PtbTrainSummary, RunError> {
     let out = &opts.out;
     let (cfg, mut history, ckpt, _lock) = start_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts)?;
-    let mut corpus = load_corpus(&cfg.data, cfg.limit_train_tokens, cfg.limit_valid_tokens)?;
+    let mut corpus = load_corpus(
+        &cfg.common.data,
+        cfg.common.limit_train_tokens,
+        cfg.common.limit_valid_tokens,
+    )?;
     if let Some(n) = cfg.limit_test_tokens {
         corpus.test.ids.truncate(n);
     }
     let vocab = corpus.dictionary.len();
     let data = TrainStreams::new(&cfg, &corpus)?;
-    let rnn = RnnConfig {
-        vocab,
-        emsize: cfg.emsize,
-        nhid: cfg.nhid,
-        steps: cfg.genotype.recurrent.len(),
-        dropout: cfg.dropout,
-        tar: cfg.tar,
-        ar: cfg.ar,
-    };
+    let rnn = cfg.common.rnn_config(vocab, cfg.genotype.recurrent.len());
     let model: RnnEvalNetwork<B> = {
         let _guard = seed_lock();
-        B::seed(device, cfg.seed);
+        B::seed(device, cfg.common.seed);
         rnn.init_eval::<B>(&cfg.genotype, device)?
     };
     let params = model.num_weights();
-    let mut trainer = Trainer::new(model, cfg.weight_decay);
+    let mut trainer = Trainer::new(model, cfg.common.weight_decay);
     if let Some(c) = &ckpt {
         trainer.load(c, device)?;
     }
@@ -438,7 +395,9 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             corpus.train.len()
         );
     }
-    let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+    let end = opts
+        .stop_after
+        .map_or(cfg.common.epochs, |n| n.min(cfg.common.epochs));
     for epoch in history.len()..end {
         let t0 = Instant::now();
         let averaged = trainer.opt.is_averaging();
