@@ -339,6 +339,50 @@ pub(crate) fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), R
     write(path, &jsonl)
 }
 
+/// One line of a run's `metrics.jsonl`: an epoch's record.
+pub(crate) trait EpochRecord: Serialize {
+    /// The epoch (0-based).
+    fn epoch(&self) -> usize;
+}
+
+/// A chart of a run: its file stem and title, and its curves (label, metric of an epoch).
+pub(crate) type Chart<'a, E> = (&'a str, &'a [(&'a str, fn(&E) -> f64)]);
+
+/// Write `metrics.jsonl` and each chart (`STEM.svg`, metrics over the epochs).
+pub(crate) fn write_metrics<E: EpochRecord>(
+    out: &Path,
+    history: &[E],
+    charts: &[Chart<'_, E>],
+) -> Result<(), RunError> {
+    write_jsonl(&out.join("metrics.jsonl"), history)?;
+    for (stem, curves) in charts {
+        let lines: Vec<(String, Vec<(f64, f64)>)> = curves
+            .iter()
+            .map(|(label, f)| {
+                let points = history.iter().map(|e| (e.epoch() as f64, f(e))).collect();
+                (label.to_string(), points)
+            })
+            .collect();
+        let svg = crate::report::line_chart(stem, "epoch", &lines);
+        write(&out.join(format!("{stem}.svg")), &svg)?;
+    }
+    Ok(())
+}
+
+/// Write the genotype of epoch `e` (`genotypes/epoch_EEE.json` and `.py`).
+pub(crate) fn write_epoch_genotype(
+    out: &Path,
+    e: usize,
+    json: &str,
+    python: &str,
+) -> Result<(), RunError> {
+    write(&out.join(format!("genotypes/epoch_{e:03}.json")), json)?;
+    write(
+        &out.join(format!("genotypes/epoch_{e:03}.py")),
+        &format!("{python}\n"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,10 @@ pub mod cifar;
 mod dir;
 pub mod ptb;
 
-pub(crate) use dir::{append_timing, failpoint, start_run, write, write_checkpoint, write_jsonl};
+pub(crate) use dir::{
+    append_timing, failpoint, start_run, write, write_checkpoint, write_epoch_genotype,
+    write_metrics, EpochRecord,
+};
 pub use dir::{RunConfig, CHECKPOINT};
 
 /// Errors of a run.
@@ -162,6 +165,34 @@ pub(crate) fn positive(flag: &str, x: f64) -> Result<(), RunError> {
 /// A finite number, 0 or greater (0 turns the feature off where that applies).
 pub(crate) fn non_negative(flag: &str, x: f64) -> Result<(), RunError> {
     check(x.is_finite() && x >= 0.0, flag, "must be 0 or positive", x)
+}
+
+/// The epoch records of the four runs (their `epoch` field).
+macro_rules! epoch_records {
+    ($($t:ty),*) => {$(
+        impl EpochRecord for $t {
+            fn epoch(&self) -> usize {
+                self.epoch
+            }
+        }
+    )*};
+}
+epoch_records!(
+    cifar::SearchEpoch,
+    cifar::TrainEpoch,
+    ptb::PtbSearchEpoch,
+    ptb::PtbTrainEpoch
+);
+
+/// A genotype's validation as a run error naming where the genotype came from.
+pub(crate) fn genotype_ok(
+    valid: Result<(), darts_genotype::GenotypeError>,
+    source: &str,
+) -> Result<(), RunError> {
+    valid.map_err(|e| RunError::Genotype {
+        source_name: source.to_string(),
+        error: e.to_string(),
+    })
 }
 
 /// Check the settings that several runs share, found by their serde names in `cfg` (the names

@@ -5,7 +5,7 @@ use crate::checkpoint;
 use crate::report;
 use crate::run::{
     append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
-    write_checkpoint, write_jsonl, RunConfig, RunError, RunOptions,
+    write_checkpoint, write_epoch_genotype, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -179,32 +179,26 @@ fn write_search_outputs(
     history: &[SearchEpoch],
     op_names: &[String],
 ) -> Result<(), RunError> {
-    write_jsonl(&out.join("metrics.jsonl"), history)?;
-    let series = |f: &dyn Fn(&SearchEpoch) -> f64| -> Vec<(f64, f64)> {
-        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
-    };
-    write(
-        &out.join("loss.svg"),
-        &report::line_chart(
-            "loss",
-            "epoch",
-            &[
-                ("train".into(), series(&|e| e.train_loss)),
-                ("val (arch steps)".into(), series(&|e| e.arch_val_loss)),
-                ("val (eval mode)".into(), series(&|e| e.val_loss)),
-            ],
-        ),
-    )?;
-    write(
-        &out.join("accuracy.svg"),
-        &report::line_chart(
-            "accuracy",
-            "epoch",
-            &[
-                ("train".into(), series(&|e| e.train_acc)),
-                ("val (eval mode)".into(), series(&|e| e.val_acc)),
-            ],
-        ),
+    write_metrics(
+        out,
+        history,
+        &[
+            (
+                "loss",
+                &[
+                    ("train", |e| e.train_loss),
+                    ("val (arch steps)", |e| e.arch_val_loss),
+                    ("val (eval mode)", |e| e.val_loss),
+                ],
+            ),
+            (
+                "accuracy",
+                &[
+                    ("train", |e| e.train_acc),
+                    ("val (eval mode)", |e| e.val_acc),
+                ],
+            ),
+        ],
     )?;
     let hn: Vec<_> = history.iter().map(|e| e.alphas_normal.clone()).collect();
     let hr: Vec<_> = history.iter().map(|e| e.alphas_reduce.clone()).collect();
@@ -217,16 +211,8 @@ fn write_search_outputs(
         &report::alpha_evolution("softmax(α), reduction cell", &hr, op_names),
     )?;
     if let Some(last) = history.last() {
-        let g = &last.genotype;
-        let e = last.epoch;
-        write(
-            &out.join(format!("genotypes/epoch_{e:03}.json")),
-            &g.to_json(),
-        )?;
-        write(
-            &out.join(format!("genotypes/epoch_{e:03}.py")),
-            &format!("{}\n", last.genotype_python),
-        )?;
+        let json = last.genotype.to_json();
+        write_epoch_genotype(out, last.epoch, &json, &last.genotype_python)?;
     }
     Ok(())
 }

@@ -2,10 +2,9 @@
 
 use super::{evaluate, load_train, to_batch, LAYERS_RULE};
 use crate::checkpoint;
-use crate::report;
 use crate::run::{
-    append_timing, check, check_shared, progress, seed_lock, start_run, write, write_checkpoint,
-    write_jsonl, RunConfig, RunError, RunOptions,
+    append_timing, check, check_shared, genotype_ok, progress, seed_lock, start_run,
+    write_checkpoint, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -201,27 +200,19 @@ fn commit_epoch<B: AutodiffBackend>(
     sgd: &Sgd<B::InnerBackend>,
 ) -> Result<(), RunError> {
     let last = history.last().expect("an epoch to commit");
-    write_jsonl(&out.join("metrics.jsonl"), history)?;
-    let series = |f: &dyn Fn(&TrainEpoch) -> f64| -> Vec<(f64, f64)> {
-        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
-    };
-    let chart = |what: &str, train: fn(&TrainEpoch) -> f64, test: fn(&TrainEpoch) -> f64| {
-        report::line_chart(
-            what,
-            "epoch",
-            &[
-                ("train".into(), series(&train)),
-                ("test".into(), series(&test)),
-            ],
-        )
-    };
-    write(
-        &out.join("loss.svg"),
-        &chart("loss", |e| e.train_loss, |e| e.test_loss),
-    )?;
-    write(
-        &out.join("accuracy.svg"),
-        &chart("accuracy", |e| e.train_acc, |e| e.test_acc),
+    write_metrics(
+        out,
+        history,
+        &[
+            (
+                "loss",
+                &[("train", |e| e.train_loss), ("test", |e| e.test_loss)],
+            ),
+            (
+                "accuracy",
+                &[("train", |e| e.train_acc), ("test", |e| e.test_acc)],
+            ),
+        ],
     )?;
     append_timing(out, last.epoch, last.seconds)?;
     write_checkpoint(out, cfg, history, last.epoch, |c| {
@@ -264,10 +255,7 @@ impl RunConfig for TrainConfig {
     const KIND: &'static str = "cifar10_train";
     const MUTABLE: &'static [&'static str] = &["epochs"];
     fn validate(&self) -> Result<(), RunError> {
-        self.genotype.validate().map_err(|e| RunError::Genotype {
-            source_name: self.genotype_source.clone(),
-            error: e.to_string(),
-        })?;
+        genotype_ok(self.genotype.validate(), &self.genotype_source)?;
         check_shared(self, "must be at least 1 (nothing would be trained)")?;
         check(self.layers >= 3, "layers", LAYERS_RULE, self.layers)?;
         let p = self.drop_path_prob;

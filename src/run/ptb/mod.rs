@@ -13,7 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use darts_cell::rnn::nll;
 use darts_cell::rnn::{RnnConfig, RnnDropout};
-use darts_data::ptb::{Batchified, Corpus, PtbError};
+use darts_data::ptb::{Batchified, Corpus, PtbError, SeqLen, SeqLenMode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -103,6 +103,26 @@ impl PtbCommon {
             seed: 1267,
             ..Self::search()
         }
+    }
+
+    /// The windows `(start, length)` of epoch `epoch` over `train` (drawn from the seed and
+    /// `stream`, at most `max_steps_per_epoch`), and the epoch's progress bar.
+    pub(crate) fn epoch_windows(
+        &self,
+        train: &Batchified,
+        mode: SeqLenMode,
+        stream: u64,
+        epoch: usize,
+        show: bool,
+    ) -> (Vec<(usize, usize)>, indicatif::ProgressBar) {
+        let seed = darts_data::cifar::derive_seed(self.seed, epoch, stream);
+        let mut windows = SeqLen::new(self.bptt, mode, seed).epoch_windows(train);
+        if let Some(m) = self.max_steps_per_epoch {
+            windows.truncate(m);
+        }
+        let label = format!("epoch {}/{}", epoch + 1, self.epochs);
+        let pb = super::progress(windows.len(), label, show);
+        (windows, pb)
     }
 
     /// The recurrent model's configuration for a vocabulary of `vocab` words and `steps`

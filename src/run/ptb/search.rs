@@ -1,11 +1,12 @@
 //! Recurrent cell search on Penn Treebank (reference `rnn/train_search.py`).
 
+use super::PtbCommon;
 use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint;
 use crate::report;
 use crate::run::{
-    append_timing, check_shared, progress, seed_lock, start_run, write, write_checkpoint,
-    write_jsonl, RunConfig, RunError, RunOptions,
+    append_timing, check_shared, seed_lock, start_run, write, write_checkpoint,
+    write_epoch_genotype, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -15,16 +16,16 @@ use darts_bilevel::{
     ArchBnStats, ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, SearchEvent,
     StepOutcome, WeightConfig,
 };
-use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
+use darts_cell::rnn::{RnnConfig, RnnMasks, TokenBatch};
 use darts_cell::RnnSearchNetwork;
 use darts_data::cifar::derive_seed;
-use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
+use darts_data::ptb::{Batchified, Corpus, SeqLenMode};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, RecurrentGenotype};
 use darts_mixed_op::{RnnSpace, Softmax};
 use darts_ops::RnnOp;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Configuration of a recurrent search (reference `rnn/train_search.py` defaults).
@@ -229,20 +230,9 @@ fn search_pass<B: AutodiffBackend>(
     show: bool,
     device: &B::Device,
 ) -> Result<PassStats, RunError> {
-    let mut windows = SeqLen::new(
-        cfg.common.bptt,
-        SeqLenMode::Search,
-        derive_seed(cfg.common.seed, epoch, 11),
-    )
-    .epoch_windows(&data.train);
-    if let Some(m) = cfg.common.max_steps_per_epoch {
-        windows.truncate(m);
-    }
-    let pb = progress(
-        windows.len(),
-        format!("epoch {}/{}", epoch + 1, cfg.common.epochs),
-        show,
-    );
+    let (windows, pb) = cfg
+        .common
+        .epoch_windows(&data.train, SeqLenMode::Search, 11, epoch, show);
     let n = cfg.common.batch_size;
     let batch = |x: &[u32], y: &[u32], h: Tensor<B::InnerBackend, 2>, seed: u64| {
         let h = Tensor::from_inner(h);
@@ -434,24 +424,17 @@ fn write_search_outputs(
     history: &[PtbSearchEpoch],
     op_names: &[String],
 ) -> Result<(), RunError> {
-    write_jsonl(&out.join("metrics.jsonl"), history)?;
-    let series = |f: &dyn Fn(&PtbSearchEpoch) -> f64| -> Vec<(f64, f64)> {
-        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
-    };
-    write(
-        &out.join("perplexity.svg"),
-        &report::line_chart(
+    write_metrics(
+        out,
+        history,
+        &[(
             "perplexity",
-            "epoch",
             &[
-                ("train (dropout)".into(), series(&|e| e.train_ppl)),
-                (
-                    "val (arch steps, dropout)".into(),
-                    series(&|e| e.arch_val_loss.exp()),
-                ),
-                ("val (eval mode)".into(), series(&|e| e.val_ppl)),
+                ("train (dropout)", |e| e.train_ppl),
+                ("val (arch steps, dropout)", |e| e.arch_val_loss.exp()),
+                ("val (eval mode)", |e| e.val_ppl),
             ],
-        ),
+        )],
     )?;
     let h: Vec<_> = history.iter().map(|e| e.alphas.clone()).collect();
     write(
@@ -459,15 +442,8 @@ fn write_search_outputs(
         &report::alpha_evolution("softmax(α), recurrent cell", &h, op_names),
     )?;
     if let Some(last) = history.last() {
-        let e = last.epoch;
-        write(
-            &out.join(format!("genotypes/epoch_{e:03}.json")),
-            &last.genotype.to_json(),
-        )?;
-        write(
-            &out.join(format!("genotypes/epoch_{e:03}.py")),
-            &format!("{}\n", last.genotype_python),
-        )?;
+        let json = last.genotype.to_json();
+        write_epoch_genotype(out, last.epoch, &json, &last.genotype_python)?;
     }
     Ok(())
 }

@@ -1,25 +1,25 @@
 //! Training a derived recurrent cell from scratch on Penn Treebank (reference `rnn/train.py`).
 
+use super::PtbCommon;
 use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
-use crate::report;
 use crate::run::{
-    append_timing, check_shared, progress, seed_lock, start_run, write, write_checkpoint,
-    write_jsonl, RunConfig, RunError, RunOptions,
+    append_timing, check_shared, genotype_ok, seed_lock, start_run, write, write_checkpoint,
+    write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use darts_bilevel::params::{set_values, values, FlatParams};
 use darts_bilevel::{weight_step, Asgd};
-use darts_cell::rnn::{RnnConfig, RnnDropout, RnnMasks, TokenBatch};
+use darts_cell::rnn::{RnnConfig, RnnMasks, TokenBatch};
 use darts_cell::RnnEvalNetwork;
 use darts_data::cifar::derive_seed;
-use darts_data::ptb::{Batchified, Corpus, SeqLen, SeqLenMode};
+use darts_data::ptb::{Batchified, Corpus, SeqLenMode};
 use darts_genotype::RecurrentGenotype;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Configuration of training a recurrent genotype from scratch (reference `rnn/train.py`).
@@ -221,20 +221,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mode = SeqLenMode::Train {
             max_delta: cfg.max_seq_len_delta,
         };
-        let mut windows = SeqLen::new(
-            cfg.common.bptt,
-            mode,
-            derive_seed(cfg.common.seed, epoch, 21),
-        )
-        .epoch_windows(&data.train);
-        if let Some(m) = cfg.common.max_steps_per_epoch {
-            windows.truncate(m);
-        }
-        let pb = progress(
-            windows.len(),
-            format!("epoch {}/{}", epoch + 1, cfg.common.epochs),
-            show,
-        );
+        let (windows, pb) = cfg.common.epoch_windows(&data.train, mode, 21, epoch, show);
         let n = cfg.common.batch_size;
         let clip = (cfg.common.grad_clip > 0.0).then_some(cfg.common.grad_clip);
         let mut hidden = zeros_inner::<B>(n, cfg.common.nhid, device);
@@ -316,20 +303,18 @@ fn commit_epoch<B: AutodiffBackend>(
     trainer: &mut Trainer<B>,
 ) -> Result<(), RunError> {
     let last = history.last().expect("an epoch to commit");
-    write_jsonl(&out.join("metrics.jsonl"), history)?;
+    write_metrics(
+        out,
+        history,
+        &[(
+            "perplexity",
+            &[
+                ("train (dropout)", |e| e.train_ppl),
+                ("valid", |e| e.val_ppl),
+            ],
+        )],
+    )?;
     append_timing(out, last.epoch, last.seconds)?;
-    let series = |f: &dyn Fn(&PtbTrainEpoch) -> f64| -> Vec<(f64, f64)> {
-        history.iter().map(|e| (e.epoch as f64, f(e))).collect()
-    };
-    let chart = report::line_chart(
-        "perplexity",
-        "epoch",
-        &[
-            ("train (dropout)".into(), series(&|e| e.train_ppl)),
-            ("valid".into(), series(&|e| e.val_ppl)),
-        ],
-    );
-    write(&out.join("perplexity.svg"), &chart)?;
     write_checkpoint(out, cfg, history, last.epoch, |c| trainer.save(c))?;
     Ok(())
 }
@@ -350,10 +335,7 @@ impl RunConfig for PtbTrainConfig {
     const KIND: &'static str = "ptb_train";
     const MUTABLE: &'static [&'static str] = &["epochs"];
     fn validate(&self) -> Result<(), RunError> {
-        self.genotype.validate().map_err(|e| RunError::Genotype {
-            source_name: self.genotype_source.clone(),
-            error: e.to_string(),
-        })?;
+        genotype_ok(self.genotype.validate(), &self.genotype_source)?;
         check_shared(self, "must be at least 1 (nothing would be trained)")
     }
 }
