@@ -6,10 +6,18 @@
 //! cargo run --release --example cifar10_train -- --genotype runs/cifar10_search/genotype.json
 //! ```
 //! With no `--data`, a quick run on the shipped sample (4 cells of 8 channels, 1 epoch).
+//!
+//! A finished run also writes `weights.safetensors` in the reference's names (PyTorch:
+//! `model.load_state_dict(safetensors.torch.load_file(...))`). Evaluate weights, ours or a
+//! PyTorch state dict of the reference's `NetworkCIFAR`, on the test split:
+//!
+//! ```text
+//! cargo run --release --example cifar10_train -- --arch DARTS_V2 --data /path/to/cifar-10-batches-bin --auxiliary --weights model.pt --eval-only
+//! ```
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use darts::cifar::{run_train, RunOptions, TrainConfig};
+use darts::cifar::{evaluate_weights, run_train, RunOptions, TrainConfig};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::genotype::{catalog, parse_conv_any};
 use std::path::PathBuf;
@@ -76,9 +84,26 @@ struct Args {
     overwrite: bool,
     #[arg(long)]
     quiet: bool,
+    /// Weights to evaluate (with --eval-only): a PyTorch state dict of the reference's
+    /// NetworkCIFAR (.pt or .safetensors) or a finished run's weights.safetensors. The genotype,
+    /// --init-channels, --layers and --auxiliary must be those of the file.
+    #[arg(long, requires = "eval_only")]
+    weights: Option<PathBuf>,
+    /// Evaluate --weights on the test split instead of training.
+    #[arg(long, requires = "weights")]
+    eval_only: bool,
 }
 
 struct Task(TrainConfig, RunOptions);
+
+struct Eval(TrainConfig, PathBuf);
+
+impl BackendTask for Eval {
+    type Output = Result<darts::cifar::WeightsEvaluation, darts::cifar::RunError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        evaluate_weights::<B::InnerBackend>(&self.0, &self.1, &device)
+    }
+}
 
 impl BackendTask for Task {
     type Output = Result<darts::cifar::TrainSummary, darts::cifar::RunError>;
@@ -149,6 +174,19 @@ fn main() {
         progress: !a.quiet,
     };
     let spec: DeviceSpec = a.device.parse().unwrap_or_else(|e| fail(2, e));
+    if let Some(w) = a.weights {
+        match dispatch(&spec, Eval(c, w.clone())) {
+            Ok(Ok(r)) => println!(
+                "{}: test loss {:.4}, test accuracy {:.2}%",
+                w.display(),
+                r.test_loss,
+                100.0 * r.test_acc
+            ),
+            Ok(Err(e)) => fail(1, e),
+            Err(e) => fail(2, e),
+        }
+        return;
+    }
     match dispatch(&spec, Task(c, opts.clone())) {
         Ok(Ok(s)) => println!(
             "params {:.3}M  final test accuracy {:.2}%  (outputs in {})",

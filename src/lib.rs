@@ -33,6 +33,8 @@ pub use darts_ops as ops;
 
 pub mod checkpoint;
 pub mod device;
+pub mod infer;
+pub mod interop;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod launches;
 

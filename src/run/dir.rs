@@ -41,7 +41,7 @@ impl Drop for RunLock {
 fn is_run_output(name: &str) -> bool {
     matches!(
         name,
-        CHECKPOINT | "metrics.jsonl" | "config.json" | "genotypes"
+        CHECKPOINT | crate::run::cifar::WEIGHTS | "metrics.jsonl" | "config.json" | "genotypes"
     ) || [".tmp", ".part", ".svg", ".dot", ".py", ".json"]
         .iter()
         .any(|ext| name.ends_with(ext))

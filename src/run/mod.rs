@@ -38,6 +38,9 @@ pub enum RunError {
     /// Checkpoint I/O failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Reading or writing PyTorch weights failed.
+    #[error(transparent)]
+    Interop(#[from] crate::interop::InteropError),
     /// The genotype could not be read.
     #[error("genotype {source_name}: {error}")]
     Genotype {

@@ -6,6 +6,7 @@ mod cifar_end_to_end;
 mod common;
 mod gpu_equivalence;
 mod gpu_kernels;
+mod interop;
 mod nb201;
 mod ptb;
 mod robustness;

@@ -24,7 +24,9 @@ pub use super::{RunError, RunOptions};
 /// Why a network needs at least 3 cells.
 const LAYERS_RULE: &str = "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)";
 pub use search::{run_search, SearchConfig, SearchEpoch, SearchSummary, ValSampling};
-pub use train::{run_train, TrainConfig, TrainEpoch, TrainSummary};
+pub use train::{
+    evaluate_weights, run_train, TrainConfig, TrainEpoch, TrainSummary, WeightsEvaluation, WEIGHTS,
+};
 
 pub(super) fn load_train(data: &Path, limit: Option<usize>) -> Result<Arc<Cifar10>, RunError> {
     let mut d = Cifar10::load_train(data)?;

@@ -223,7 +223,7 @@ fn commit_epoch<B: AutodiffBackend>(
 }
 
 /// The derived network of `cfg` (seeded).
-fn build_model<B: AutodiffBackend>(
+fn build_model<B: burn::tensor::backend::Backend>(
     cfg: &TrainConfig,
     device: &B::Device,
 ) -> Result<EvalNetwork<B>, RunError> {
@@ -262,6 +262,37 @@ impl RunConfig for TrainConfig {
         let p_rule = "must be in [0, 1) (it is the probability of dropping a path)";
         check((0.0..1.0).contains(&p), "drop-path-prob", p_rule, p)
     }
+}
+
+/// The file a finished training run writes its network to: safetensors with the reference's
+/// names (`darts::interop`), loadable by the reference's `NetworkCIFAR` in PyTorch.
+pub const WEIGHTS: &str = "weights.safetensors";
+
+/// What [`evaluate_weights`] measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightsEvaluation {
+    /// Mean cross-entropy.
+    pub test_loss: f64,
+    /// Top-1 accuracy.
+    pub test_acc: f64,
+}
+
+/// Evaluate given weights (a PyTorch state dict of the reference's `NetworkCIFAR` as `.pt` or
+/// `.safetensors`, or a [`WEIGHTS`] file of a finished run) on the test split, in evaluation
+/// mode. `cfg` gives the genotype, size, auxiliary head and data; nothing is trained or written.
+pub fn evaluate_weights<B: burn::tensor::backend::Backend>(
+    cfg: &TrainConfig,
+    weights: &Path,
+    device: &B::Device,
+) -> Result<WeightsEvaluation, RunError> {
+    cfg.validate()?;
+    let (_, test) = train_loaders(cfg)?;
+    let net = crate::interop::import_reference(build_model::<B>(cfg, device)?, weights)?;
+    let (test_loss, test_acc) = evaluate::<B, _>(&test, device, |x| net.forward(x, 0.0).logits);
+    Ok(WeightsEvaluation {
+        test_loss,
+        test_acc,
+    })
 }
 
 /// Train (or resume training) a genotype from scratch and evaluate it on the test set.
@@ -324,6 +355,10 @@ pub fn run_train<B: AutodiffBackend>(
         }
         history.push(rec);
         commit_epoch(out, &cfg, &history, &model, &sgd)?;
+    }
+    if history.len() == cfg.epochs {
+        // The trained network in the reference's names and layouts, for PyTorch.
+        crate::interop::export_reference(&model.valid(), &out.join(WEIGHTS))?;
     }
     let test_acc = history.last().map_or(0.0, |e| e.test_acc);
     Ok(TrainSummary {
