@@ -9,7 +9,7 @@ use std::path::Path;
 /// The checkpoint's file name in a run directory.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 
-pub(crate) fn write(path: &Path, text: &str) -> Result<(), RunError> {
+pub(crate) fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), RunError> {
     let io = |source| RunError::Io {
         path: path.to_path_buf(),
         source,
@@ -42,7 +42,7 @@ fn is_run_output(name: &str) -> bool {
     matches!(
         name,
         CHECKPOINT | crate::run::cifar::WEIGHTS | "metrics.jsonl" | "config.json" | "genotypes"
-    ) || [".tmp", ".part", ".svg", ".dot", ".py", ".json"]
+    ) || [".tmp", ".part", ".svg", ".png", ".dot", ".py", ".json"]
         .iter()
         .any(|ext| name.ends_with(ext))
 }
@@ -345,28 +345,42 @@ pub(crate) trait EpochRecord: Serialize {
     fn epoch(&self) -> usize;
 }
 
-/// A chart of a run: its file stem and title, and its curves (label, metric of an epoch).
-pub(crate) type Chart<'a, E> = (&'a str, &'a [(&'a str, fn(&E) -> f64)]);
+/// A chart of a run: its file stem and title, the y axis label, and its curves (label, metric
+/// of an epoch).
+pub(crate) type Chart<'a, E> = (&'a str, &'a str, &'a [(&'a str, fn(&E) -> f64)]);
 
-/// Write `metrics.jsonl` and each chart (`STEM.svg`, metrics over the epochs).
+/// Write `metrics.jsonl` and each chart (`STEM.svg` and `STEM.png`, metrics over the epochs,
+/// numbered from 1 as the console does).
 pub(crate) fn write_metrics<E: EpochRecord>(
     out: &Path,
     history: &[E],
     charts: &[Chart<'_, E>],
 ) -> Result<(), RunError> {
     write_jsonl(&out.join("metrics.jsonl"), history)?;
-    for (stem, curves) in charts {
-        let lines: Vec<(String, Vec<(f64, f64)>)> = curves
+    for (stem, y_label, curves) in charts {
+        let lines: Vec<(String, Vec<(i32, f64)>)> = curves
             .iter()
             .map(|(label, f)| {
-                let points = history.iter().map(|e| (e.epoch() as f64, f(e))).collect();
+                let points = history
+                    .iter()
+                    .map(|e| (e.epoch() as i32 + 1, f(e)))
+                    .collect();
                 (label.to_string(), points)
             })
             .collect();
-        let svg = crate::report::line_chart(stem, "epoch", &lines);
-        write(&out.join(format!("{stem}.svg")), &svg)?;
+        write_figure(out, stem, &crate::report::line_chart(stem, y_label, &lines)?)?;
     }
     Ok(())
+}
+
+/// Write a figure as `STEM.svg` and `STEM.png`, each atomically.
+pub(crate) fn write_figure(
+    out: &Path,
+    stem: &str,
+    figure: &crate::report::Figure,
+) -> Result<(), RunError> {
+    write(&out.join(format!("{stem}.svg")), &figure.svg)?;
+    write(&out.join(format!("{stem}.png")), &figure.png)
 }
 
 /// Write the genotype of epoch `e` (`genotypes/epoch_EEE.json` and `.py`).

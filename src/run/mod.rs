@@ -22,7 +22,7 @@ pub mod ptb;
 
 pub(crate) use dir::{
     append_timing, failpoint, start_run, write, write_checkpoint, write_epoch_genotype,
-    write_metrics, EpochRecord,
+    write_figure, write_metrics, EpochRecord,
 };
 pub use dir::{RunConfig, CHECKPOINT};
 
@@ -38,6 +38,9 @@ pub enum RunError {
     /// Checkpoint I/O failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A chart could not be drawn.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     /// Reading or writing PyTorch weights failed.
     #[error(transparent)]
     Interop(#[from] crate::interop::InteropError),

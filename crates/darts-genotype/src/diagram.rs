@@ -1,5 +1,7 @@
 //! Cell diagrams: Graphviz DOT (the layout of the reference's `visualize.py`) and a
-//! dependency-free SVG rendering, so a user without Graphviz still gets a picture.
+//! dependency-free SVG rendering, so a user without Graphviz still gets a picture. The SVG
+//! layout ([`CellGraph::layout`]) bends edges around nodes they would cross and places each edge
+//! label where it meets no node and no other label.
 
 use crate::{Gene, RecurrentGenotype};
 use std::fmt::Write;
@@ -92,27 +94,129 @@ impl CellGraph {
         s
     }
 
-    /// A standalone SVG picture (left-to-right layered layout, curved labelled edges).
-    pub fn to_svg(&self) -> String {
+    /// Where [`CellGraph::to_svg`] puts everything: node boxes, edge curves and label boxes,
+    /// laid out so that no two labels overlap, no label covers a node, and no edge passes
+    /// through a node other than its two ends.
+    pub fn layout(&self) -> Layout {
         let ni = self.inputs.len();
         let total = ni + self.nodes + 1;
-        let col_w = 170.0;
-        let height = 160.0 + 80.0 * ni.max(3) as f64;
-        let width = col_w * (self.nodes as f64 + 2.0) + 40.0;
-        let mid = height / 2.0;
-        let pos = |id: usize| -> (f64, f64) {
+        let col_w = 190.0;
+        let band = 70.0;
+        let top_margin = 40.0;
+        let half_w = |id: usize| (10.0 + 5.5 * self.name(id).chars().count() as f64).max(22.0);
+        // Columns: inputs, one per intermediate node, output. Nodes alternate above and below
+        // the middle line; inputs are spread over the band.
+        let centre = |id: usize| -> (f64, f64) {
             if id < ni {
-                let span = height - 120.0;
-                let y = 60.0 + span * (id as f64 + 0.5) / ni as f64;
-                (60.0, y)
+                let y = -band + 2.0 * band * (id as f64 + 0.5) / ni as f64;
+                (0.0, y * 1.4)
             } else if id < ni + self.nodes {
                 let k = id - ni;
-                let off = if k.is_multiple_of(2) { -70.0 } else { 70.0 };
-                (60.0 + col_w * (k as f64 + 1.0), mid + off)
+                let y = if k.is_multiple_of(2) { -band } else { band };
+                (col_w * (k as f64 + 1.0), y)
             } else {
-                (60.0 + col_w * (self.nodes as f64 + 1.0), mid)
+                (col_w * (self.nodes as f64 + 1.0), 0.0)
             }
         };
+        let nodes: Vec<Rect> = (0..total)
+            .map(|id| {
+                let (x, y) = centre(id);
+                let hw = half_w(id);
+                Rect {
+                    x0: x - hw,
+                    y0: y - 16.0,
+                    x1: x + hw,
+                    y1: y + 16.0,
+                }
+            })
+            .collect();
+        // Edges: a cubic from the right side of the source to the left side of the target. An
+        // edge that would pass through another node is bent away (up or down, whichever needs
+        // less) until it clears every box but its own two.
+        let mut curves = Vec::with_capacity(self.edges.len());
+        for &(u, v, _) in &self.edges {
+            let (_, y1) = centre(u);
+            let (_, y2) = centre(v);
+            let (sx, ex) = (nodes[u].x1, nodes[v].x0);
+            let blocked = |c: &Cubic| {
+                c.samples(48)
+                    .iter()
+                    .any(|&p| nodes.iter().enumerate().any(|(k, r)| k != u && k != v && r.grown(6.0).contains(p)))
+            };
+            let straight = Cubic::new((sx, y1), (ex, y2), 0.0);
+            let bent = (1..200)
+                .flat_map(|step| [-1.0, 1.0].map(|sign| sign * 12.0 * step as f64))
+                .map(|bend| Cubic::new((sx, y1), (ex, y2), bend));
+            let chosen = std::iter::once(straight)
+                .chain(bent)
+                .find(|c| !blocked(c))
+                .unwrap_or(straight);
+            curves.push(chosen);
+        }
+        // Labels: the first point along the edge (from its middle outwards) where the label's box
+        // meets no node and no label placed before it; failing that, the box is moved up or down
+        // from the middle of the edge until it is free.
+        let mut labels: Vec<Option<Rect>> = Vec::with_capacity(self.edges.len());
+        let mut placed: Vec<Rect> = Vec::new();
+        let free = |r: &Rect, placed: &[Rect]| {
+            !nodes.iter().any(|n| n.grown(3.0).intersects(r))
+                && !placed.iter().any(|p| p.grown(2.0).intersects(r))
+        };
+        for ((_, _, label), curve) in self.edges.iter().zip(&curves) {
+            if label.is_empty() {
+                labels.push(None);
+                continue;
+            }
+            let w = 7.0 * label.chars().count() as f64 + 8.0;
+            let boxed = |(x, y): (f64, f64)| Rect {
+                x0: x - w / 2.0,
+                y0: y - 9.0,
+                x1: x + w / 2.0,
+                y1: y + 9.0,
+            };
+            let ts = [0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.2, 0.65, 0.35, 0.75, 0.25];
+            let mut spot = ts
+                .iter()
+                .map(|&t| boxed(curve.at(t)))
+                .find(|r| free(r, &placed));
+            if spot.is_none() {
+                let (mx, my) = curve.at(0.5);
+                spot = (1..400)
+                    .flat_map(|k| [-1.0, 1.0].map(|s| boxed((mx, my + s * 4.0 * k as f64))))
+                    .find(|r| free(r, &placed));
+            }
+            let r = spot.unwrap_or_else(|| boxed(curve.at(0.5)));
+            placed.push(r);
+            labels.push(Some(r));
+        }
+        // Shift everything so that the picture starts at (20, top_margin).
+        let mut all: Vec<Rect> = nodes.clone();
+        all.extend(placed.iter().copied());
+        for c in &curves {
+            for p in c.samples(48) {
+                all.push(Rect { x0: p.0, y0: p.1, x1: p.0, y1: p.1 });
+            }
+        }
+        let min_x = all.iter().map(|r| r.x0).fold(f64::INFINITY, f64::min);
+        let min_y = all.iter().map(|r| r.y0).fold(f64::INFINITY, f64::min);
+        let max_x = all.iter().map(|r| r.x1).fold(f64::NEG_INFINITY, f64::max);
+        let max_y = all.iter().map(|r| r.y1).fold(f64::NEG_INFINITY, f64::max);
+        let (dx, dy) = (20.0 - min_x, top_margin - min_y);
+        Layout {
+            width: max_x - min_x + 40.0,
+            height: max_y - min_y + top_margin + 20.0,
+            nodes: nodes.iter().map(|r| r.shifted(dx, dy)).collect(),
+            curves: curves.iter().map(|c| c.shifted(dx, dy)).collect(),
+            labels: labels.iter().map(|l| l.map(|r| r.shifted(dx, dy))).collect(),
+        }
+    }
+
+    /// A standalone SVG picture: left to right, curved labelled edges, laid out by
+    /// [`CellGraph::layout`].
+    pub fn to_svg(&self) -> String {
+        let ni = self.inputs.len();
+        let l = self.layout();
+        let (width, height) = (l.width, l.height);
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -123,54 +227,29 @@ impl CellGraph {
             s,
             "<rect width=\"{width:.0}\" height=\"{height:.0}\" fill=\"white\"/>"
         );
-        let half_w = |id: usize| -> f64 {
-            let n = self.name(id);
-            (10.0 + 5.5 * n.chars().count() as f64).max(22.0)
-        };
-        let mut labels = String::new();
-        for (e, (u, v, label)) in self.edges.iter().enumerate() {
-            let (x1, y1) = pos(*u);
-            let (x2, y2) = pos(*v);
-            let (sx, ex) = (x1 + half_w(*u), x2 - half_w(*v));
-            // Edges that skip columns bow away from the straight line to stay readable.
-            let span = ((x2 - x1) / col_w).round().max(1.0);
-            let bow = if span > 1.0 {
-                (if e % 2 == 0 { -1.0 } else { 1.0 }) * 25.0 * (span - 1.0)
-            } else {
-                0.0
-            };
-            let (c1x, c1y) = (sx + (ex - sx) * 0.4, y1 + bow);
-            let (c2x, c2y) = (sx + (ex - sx) * 0.6, y2 + bow);
+        for c in &l.curves {
+            let [(sx, sy), (c1x, c1y), (c2x, c2y), (ex, ey)] = c.points;
             let _ = writeln!(
                 s,
-                "<path d=\"M {sx:.1} {y1:.1} C {c1x:.1} {c1y:.1}, {c2x:.1} {c2y:.1}, {ex:.1} {y2:.1}\" fill=\"none\" stroke=\"#444\" stroke-width=\"1.6\" marker-end=\"url(#arrow)\"/>"
+                "<path d=\"M {sx:.1} {sy:.1} C {c1x:.1} {c1y:.1}, {c2x:.1} {c2y:.1}, {ex:.1} {ey:.1}\" fill=\"none\" stroke=\"#444\" stroke-width=\"1.6\" marker-end=\"url(#arrow)\"/>"
             );
-            if !label.is_empty() {
-                // Point of the cubic at t = 0.6 (closer to the target, where edges fan in from
-                // different directions, so labels collide less).
-                let t: f64 = 0.6;
-                let (a, b, c, d) = (
-                    (1.0 - t).powi(3),
-                    3.0 * (1.0 - t).powi(2) * t,
-                    3.0 * (1.0 - t) * t * t,
-                    t.powi(3),
-                );
-                let lx = a * sx + b * c1x + c * c2x + d * ex;
-                let ly = a * y1 + b * c1y + c * c2y + d * y2;
-                let w = 7.0 * label.chars().count() as f64 + 8.0;
+        }
+        for ((_, _, label), r) in self.edges.iter().zip(&l.labels) {
+            if let Some(r) = r {
                 let _ = writeln!(
-                    labels,
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"16\" rx=\"3\" fill=\"white\" fill-opacity=\"0.85\"/><text x=\"{lx:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"middle\">{}</text>",
-                    lx - w / 2.0,
-                    ly - 11.0,
-                    ly + 1.0,
+                    s,
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"3\" fill=\"white\" fill-opacity=\"0.9\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"middle\">{}</text>",
+                    r.x0,
+                    r.y0,
+                    r.x1 - r.x0,
+                    r.y1 - r.y0,
+                    (r.x0 + r.x1) / 2.0,
+                    r.y1 - 5.0,
                     escape(label)
                 );
             }
         }
-        s.push_str(&labels);
-        for id in 0..total {
-            let (x, y) = pos(id);
+        for (id, r) in l.nodes.iter().enumerate() {
             let fill = if id < ni {
                 "#b4eeb4"
             } else if id < ni + self.nodes {
@@ -178,20 +257,125 @@ impl CellGraph {
             } else {
                 "#eee8aa"
             };
-            let hw = half_w(id);
             let _ = writeln!(
                 s,
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"32\" fill=\"{fill}\" stroke=\"black\" stroke-width=\"2\"/><text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"17\" text-anchor=\"middle\">{}</text>",
-                x - hw,
-                y - 16.0,
-                2.0 * hw,
-                y + 6.0,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{fill}\" stroke=\"black\" stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"17\" text-anchor=\"middle\">{}</text>",
+                r.x0,
+                r.y0,
+                r.x1 - r.x0,
+                r.y1 - r.y0,
+                (r.x0 + r.x1) / 2.0,
+                r.y1 - 10.0,
                 escape(&self.name(id))
             );
         }
         s.push_str("</svg>\n");
         s
     }
+}
+
+/// An axis-aligned box (SVG coordinates: y grows downwards).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rect {
+    /// Left.
+    pub x0: f64,
+    /// Top.
+    pub y0: f64,
+    /// Right.
+    pub x1: f64,
+    /// Bottom.
+    pub y1: f64,
+}
+
+impl Rect {
+    /// Whether the two boxes share interior points.
+    pub fn intersects(&self, o: &Rect) -> bool {
+        self.x0 < o.x1 && o.x0 < self.x1 && self.y0 < o.y1 && o.y0 < self.y1
+    }
+
+    /// Whether `p` lies inside.
+    pub fn contains(&self, p: (f64, f64)) -> bool {
+        p.0 > self.x0 && p.0 < self.x1 && p.1 > self.y0 && p.1 < self.y1
+    }
+
+    /// The box grown by `m` on every side.
+    pub fn grown(&self, m: f64) -> Rect {
+        Rect {
+            x0: self.x0 - m,
+            y0: self.y0 - m,
+            x1: self.x1 + m,
+            y1: self.y1 + m,
+        }
+    }
+
+    fn shifted(&self, dx: f64, dy: f64) -> Rect {
+        Rect {
+            x0: self.x0 + dx,
+            y0: self.y0 + dy,
+            x1: self.x1 + dx,
+            y1: self.y1 + dy,
+        }
+    }
+}
+
+/// A cubic Bézier edge: start, two control points, end.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cubic {
+    /// The four points.
+    pub points: [(f64, f64); 4],
+}
+
+impl Cubic {
+    /// From `s` to `e`, its control points at 40% and 60% of the way, moved by `bend`
+    /// vertically (negative: up).
+    fn new(s: (f64, f64), e: (f64, f64), bend: f64) -> Self {
+        let c1 = (s.0 + (e.0 - s.0) * 0.4, s.1 + bend);
+        let c2 = (s.0 + (e.0 - s.0) * 0.6, e.1 + bend);
+        Cubic {
+            points: [s, c1, c2, e],
+        }
+    }
+
+    /// The point at `t` in [0, 1].
+    pub fn at(&self, t: f64) -> (f64, f64) {
+        let [p0, p1, p2, p3] = self.points;
+        let (a, b, c, d) = (
+            (1.0 - t).powi(3),
+            3.0 * (1.0 - t).powi(2) * t,
+            3.0 * (1.0 - t) * t * t,
+            t.powi(3),
+        );
+        (
+            a * p0.0 + b * p1.0 + c * p2.0 + d * p3.0,
+            a * p0.1 + b * p1.1 + c * p2.1 + d * p3.1,
+        )
+    }
+
+    /// `n + 1` points along the curve, ends included.
+    pub fn samples(&self, n: usize) -> Vec<(f64, f64)> {
+        (0..=n).map(|i| self.at(i as f64 / n as f64)).collect()
+    }
+
+    fn shifted(&self, dx: f64, dy: f64) -> Cubic {
+        Cubic {
+            points: self.points.map(|(x, y)| (x + dx, y + dy)),
+        }
+    }
+}
+
+/// The geometry of a drawn cell (see [`CellGraph::layout`]).
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Picture width.
+    pub width: f64,
+    /// Picture height.
+    pub height: f64,
+    /// Node boxes, by node id.
+    pub nodes: Vec<Rect>,
+    /// Edge curves, in edge order.
+    pub curves: Vec<Cubic>,
+    /// Label boxes, in edge order (`None` for an unlabelled edge).
+    pub labels: Vec<Option<Rect>>,
 }
 
 fn escape(s: &str) -> String {
@@ -230,5 +414,45 @@ mod tests {
         let svg = CellGraph::recurrent(&r).to_svg();
         assert!(svg.contains(">h_{t-1}<"));
         assert_eq!(svg.matches(">relu<").count(), 3);
+    }
+
+    /// For every catalog genotype (both cells) and recurrent genotype: no two labels overlap,
+    /// no label covers a node, no edge runs through a node other than its own ends.
+    #[test]
+    fn layouts_have_no_overlaps() {
+        let mut graphs = Vec::new();
+        for name in catalog::conv_names() {
+            let g = catalog::conv(name).unwrap();
+            graphs.push((format!("{name} normal"), CellGraph::conv(&g.normal, &g.normal_concat)));
+            graphs.push((format!("{name} reduce"), CellGraph::conv(&g.reduce, &g.reduce_concat)));
+        }
+        for name in catalog::recurrent_names() {
+            let g = catalog::recurrent(name).unwrap();
+            graphs.push((format!("{name} recurrent"), CellGraph::recurrent(&g)));
+        }
+        for (what, g) in graphs {
+            let l = g.layout();
+            let labels: Vec<Rect> = l.labels.iter().flatten().copied().collect();
+            assert_eq!(labels.len(), g.edges.iter().filter(|e| !e.2.is_empty()).count());
+            for (i, a) in labels.iter().enumerate() {
+                for b in &labels[i + 1..] {
+                    assert!(!a.intersects(b), "{what}: labels {a:?} and {b:?} overlap");
+                }
+                for n in &l.nodes {
+                    assert!(!a.intersects(n), "{what}: label {a:?} on node {n:?}");
+                }
+                assert!(a.x0 >= 0.0 && a.y0 >= 0.0 && a.x1 <= l.width && a.y1 <= l.height);
+            }
+            for (e, (u, v, _)) in g.edges.iter().enumerate() {
+                for p in l.curves[e].samples(200) {
+                    for (k, n) in l.nodes.iter().enumerate() {
+                        assert!(
+                            k == *u || k == *v || !n.contains(p),
+                            "{what}: edge {u}->{v} runs through node {k}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

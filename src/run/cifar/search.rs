@@ -5,7 +5,7 @@ use crate::checkpoint;
 use crate::report;
 use crate::run::{
     append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
-    write_checkpoint, write_epoch_genotype, write_metrics, RunConfig, RunError, RunOptions,
+    write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -185,6 +185,7 @@ fn write_search_outputs(
         &[
             (
                 "loss",
+                "cross-entropy",
                 &[
                     ("train", |e| e.train_loss),
                     ("val (arch steps)", |e| e.arch_val_loss),
@@ -193,6 +194,7 @@ fn write_search_outputs(
             ),
             (
                 "accuracy",
+                "top-1 accuracy",
                 &[
                     ("train", |e| e.train_acc),
                     ("val (eval mode)", |e| e.val_acc),
@@ -202,14 +204,17 @@ fn write_search_outputs(
     )?;
     let hn: Vec<_> = history.iter().map(|e| e.alphas_normal.clone()).collect();
     let hr: Vec<_> = history.iter().map(|e| e.alphas_reduce.clone()).collect();
-    write(
-        &out.join("alphas_normal.svg"),
-        &report::alpha_evolution("softmax(α), normal cell", &hn, op_names),
-    )?;
-    write(
-        &out.join("alphas_reduce.svg"),
-        &report::alpha_evolution("softmax(α), reduction cell", &hr, op_names),
-    )?;
+    for (cell, h) in [("normal", &hn), ("reduce", &hr)] {
+        let labels = report::cnn_edge_labels(h.first().map_or(0, Vec::len));
+        let title = format!("softmax(α), {cell} cell");
+        let evolution = report::alpha_evolution(&title, h, &labels, op_names)?;
+        write_figure(out, &format!("alphas_{cell}"), &evolution)?;
+        if let Some(last) = h.last() {
+            let title = format!("final softmax(α), {cell} cell");
+            let heat = report::alpha_heatmap(&title, last, &labels, op_names)?;
+            write_figure(out, &format!("alphas_{cell}_final"), &heat)?;
+        }
+    }
     if let Some(last) = history.last() {
         let json = last.genotype.to_json();
         write_epoch_genotype(out, last.epoch, &json, &last.genotype_python)?;

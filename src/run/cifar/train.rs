@@ -206,10 +206,12 @@ fn commit_epoch<B: AutodiffBackend>(
         &[
             (
                 "loss",
+                "cross-entropy",
                 &[("train", |e| e.train_loss), ("test", |e| e.test_loss)],
             ),
             (
                 "accuracy",
+                "top-1 accuracy",
                 &[("train", |e| e.train_acc), ("test", |e| e.test_acc)],
             ),
         ],

@@ -6,7 +6,7 @@ use crate::checkpoint;
 use crate::report;
 use crate::run::{
     append_timing, check_shared, seed_lock, start_run, write, write_checkpoint,
-    write_epoch_genotype, write_metrics, RunConfig, RunError, RunOptions,
+    write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -429,6 +429,7 @@ fn write_search_outputs(
         history,
         &[(
             "perplexity",
+            "perplexity",
             &[
                 ("train (dropout)", |e| e.train_ppl),
                 ("val (arch steps, dropout)", |e| e.arch_val_loss.exp()),
@@ -437,10 +438,14 @@ fn write_search_outputs(
         )],
     )?;
     let h: Vec<_> = history.iter().map(|e| e.alphas.clone()).collect();
-    write(
-        &out.join("alphas.svg"),
-        &report::alpha_evolution("softmax(α), recurrent cell", &h, op_names),
-    )?;
+    let labels = report::rnn_edge_labels(h.first().map_or(0, Vec::len));
+    let evolution = report::alpha_evolution("softmax(α), recurrent cell", &h, &labels, op_names)?;
+    write_figure(out, "alphas", &evolution)?;
+    if let Some(last) = h.last() {
+        let title = "final softmax(α), recurrent cell";
+        let heat = report::alpha_heatmap(title, last, &labels, op_names)?;
+        write_figure(out, "alphas_final", &heat)?;
+    }
     if let Some(last) = history.last() {
         let json = last.genotype.to_json();
         write_epoch_genotype(out, last.epoch, &json, &last.genotype_python)?;

@@ -308,6 +308,7 @@ fn commit_epoch<B: AutodiffBackend>(
         history,
         &[(
             "perplexity",
+            "perplexity",
             &[
                 ("train (dropout)", |e| e.train_ppl),
                 ("valid", |e| e.val_ppl),
