@@ -238,7 +238,7 @@ fn main() {
                 darts::genotype::python::to_python(&s.genotype)
             );
             println!(
-                "wrote {}/{{genotype.json,genotype.py,normal.svg,reduce.svg,metrics.jsonl,loss.svg,accuracy.svg,alphas_normal.svg,alphas_reduce.svg,checkpoint.safetensors}} in {:.0}s",
+                "wrote {}/{{genotype.json,genotype.py,normal.svg,reduce.svg,metrics.jsonl,checkpoint.safetensors}} and charts (loss, accuracy, alphas_normal, alphas_reduce, alphas_*_final; .svg and .png) in {:.0}s",
                 opts.out.display(),
                 t0.elapsed().as_secs_f64()
             );

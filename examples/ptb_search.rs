@@ -221,7 +221,7 @@ fn main() {
                 darts::genotype::python::recurrent_to_python(&s.genotype)
             );
             println!(
-                "wrote {}/{{genotype.json,genotype.py,recurrent.svg,metrics.jsonl,perplexity.svg,alphas.svg,checkpoint.safetensors}} in {:.0}s",
+                "wrote {}/{{genotype.json,genotype.py,recurrent.svg,metrics.jsonl,checkpoint.safetensors}} and charts (perplexity, alphas, alphas_final; .svg and .png) in {:.0}s",
                 opts.out.display(),
                 t0.elapsed().as_secs_f64()
             );

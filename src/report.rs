@@ -125,6 +125,9 @@ fn color(i: usize) -> RGBColor {
 /// Named series of (epoch, value) points, epochs 1-based.
 pub type Series = [(String, Vec<(i32, f64)>)];
 
+/// The series of one panel.
+type Panel = Vec<(String, Vec<(i32, f64)>)>;
+
 fn epochs(series: &Series) -> i32 {
     series
         .iter()
@@ -233,7 +236,7 @@ pub fn alpha_evolution(
     let rows = edges.div_ceil(cols).max(1);
     let (pw, ph, legend_w) = (230u32, 170u32, 170u32);
     let size = (cols as u32 * pw + legend_w, rows as u32 * ph + 40);
-    let panels: Vec<Vec<(String, Vec<(i32, f64)>)>> = (0..edges)
+    let panels: Vec<Panel> = (0..edges)
         .map(|e| {
             op_names
                 .iter()
@@ -254,7 +257,7 @@ pub fn alpha_evolution(
         cols: usize,
         rows: usize,
         width: u32,
-        panels: Vec<Vec<(String, Vec<(i32, f64)>)>>,
+        panels: Vec<Panel>,
         edge_labels: &'a [String],
         op_names: &'a [String],
     }
@@ -311,19 +314,28 @@ pub fn alpha_heatmap(
         (left + cw * op_names.len() as i32 + 20) as u32,
         (top + ch * weights.len() as i32 + 20) as u32,
     );
-    let max = weights
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-12);
+    let finite = || weights.iter().flatten().copied().filter(|v| v.is_finite());
+    let max = finite().fold(f64::NEG_INFINITY, f64::max);
+    let min = finite().fold(f64::INFINITY, f64::min);
+    // Colours span the values present, so that small differences (early in a search all
+    // weights are near 1/ops) show; the printed numbers carry the scale.
+    let (min, span) = match max - min {
+        d if d > 1e-12 => (min, d),
+        _ => (min - 0.5, 1.0),
+    };
+    let title = format!(
+        "{title} (colour: {:.3} light to {:.3} dark)",
+        min.max(0.0),
+        min + span
+    );
+    let title = title.as_str();
     struct Heat<'a> {
         title: &'a str,
         weights: &'a [Vec<f64>],
         edge_labels: &'a [String],
         op_names: &'a [String],
-        max: f64,
+        min: f64,
+        span: f64,
     }
     impl Picture for Heat<'_> {
         fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
@@ -348,7 +360,7 @@ pub fn alpha_heatmap(
                 for (k, v) in row.iter().enumerate() {
                     let x = left + cw * k as i32;
                     let t = match v.is_finite() {
-                        true => (v / self.max).clamp(0.0, 1.0),
+                        true => ((v - self.min) / self.span).clamp(0.0, 1.0),
                         false => 0.0,
                     };
                     let fill = RGBColor(
@@ -379,7 +391,8 @@ pub fn alpha_heatmap(
         weights,
         edge_labels,
         op_names,
-        max,
+        min,
+        span,
     };
     render(title, size, &pic)
 }
@@ -388,8 +401,19 @@ pub fn alpha_heatmap(
 mod tests {
     use super::*;
 
+    /// The text elements' contents.
+    fn texts(svg: &str) -> Vec<&str> {
+        svg.split("</text>")
+            .filter_map(|chunk| chunk.rsplit_once('>').map(|(_, t)| t.trim()))
+            .collect()
+    }
+
     fn well_formed(f: &Figure, labels: &[&str]) {
-        assert!(f.svg.starts_with("<svg"), "{}", &f.svg[..80.min(f.svg.len())]);
+        assert!(
+            f.svg.starts_with("<svg"),
+            "{}",
+            &f.svg[..80.min(f.svg.len())]
+        );
         assert!(f.svg.trim_end().ends_with("</svg>"));
         for l in labels {
             assert!(f.svg.contains(l), "missing label {l:?}");
@@ -412,22 +436,47 @@ mod tests {
         .unwrap();
         well_formed(&f, &["loss", "epoch", "cross-entropy", "train", "val"]);
         // The x ticks of a 2-epoch run are 1 and 2, nothing in between.
-        assert!(f.svg.contains(">1<") && f.svg.contains(">2<"), "{}", f.svg);
-        assert!(!f.svg.contains(">1.5<") && !f.svg.contains(">0<"));
+        let texts = texts(&f.svg);
+        assert!(texts.contains(&"1") && texts.contains(&"2"), "{texts:?}");
+        assert!(
+            !texts.contains(&"1.5") && !texts.contains(&"0"),
+            "{texts:?}"
+        );
     }
 
     #[test]
     fn alpha_figures_name_edges_and_ops_and_print_values() {
-        let ops: Vec<String> = ["none", "max_pool_3x3", "sep_conv_3x3"].map(String::from).to_vec();
+        let ops: Vec<String> = ["none", "max_pool_3x3", "sep_conv_3x3"]
+            .map(String::from)
+            .to_vec();
         let labels = cnn_edge_labels(5);
         assert_eq!(labels.len(), 5);
         assert_eq!(labels[0], "c_{k-2} → node 0");
         assert_eq!(labels[4], "node 0 → node 1");
         let history = vec![vec![vec![0.2, 0.3, 0.5]; 5], vec![vec![0.1, 0.2, 0.7]; 5]];
         let f = alpha_evolution("softmax(α), normal cell", &history, &labels, &ops).unwrap();
-        well_formed(&f, &["normal cell", "c_{k-2} → node 0", "node 0 → node 1", "sep_conv_3x3"]);
+        well_formed(
+            &f,
+            &[
+                "normal cell",
+                "c_{k-2} → node 0",
+                "node 0 → node 1",
+                "sep_conv_3x3",
+            ],
+        );
         let h = alpha_heatmap("final softmax(α)", &history[1], &labels, &ops).unwrap();
-        well_formed(&h, &["final softmax(α)", "max_pool_3x3", "0.700", "c_{k-1} → node 1"]);
-        assert_eq!(rnn_edge_labels(6), ["0 → 1", "0 → 2", "1 → 2", "0 → 3", "1 → 3", "2 → 3"]);
+        well_formed(
+            &h,
+            &[
+                "final softmax(α)",
+                "max_pool_3x3",
+                "0.700",
+                "c_{k-1} → node 1",
+            ],
+        );
+        assert_eq!(
+            rnn_edge_labels(6),
+            ["0 → 1", "0 → 2", "1 → 2", "0 → 3", "1 → 3", "2 → 3"]
+        );
     }
 }

@@ -9,7 +9,12 @@ use std::path::Path;
 /// The checkpoint's file name in a run directory.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 
-pub(crate) fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), RunError> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), RunError> {
+    write_bytes(path, text.as_bytes())
+}
+
+/// Write `bytes` to `path` atomically (a temporary file, then a rename).
+pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     let io = |source| RunError::Io {
         path: path.to_path_buf(),
         source,
@@ -18,7 +23,7 @@ pub(crate) fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), RunError>
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = path.with_extension("part");
-    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -368,7 +373,11 @@ pub(crate) fn write_metrics<E: EpochRecord>(
                 (label.to_string(), points)
             })
             .collect();
-        write_figure(out, stem, &crate::report::line_chart(stem, y_label, &lines)?)?;
+        write_figure(
+            out,
+            stem,
+            &crate::report::line_chart(stem, y_label, &lines)?,
+        )?;
     }
     Ok(())
 }
@@ -380,7 +389,7 @@ pub(crate) fn write_figure(
     figure: &crate::report::Figure,
 ) -> Result<(), RunError> {
     write(&out.join(format!("{stem}.svg")), &figure.svg)?;
-    write(&out.join(format!("{stem}.png")), &figure.png)
+    write_bytes(&out.join(format!("{stem}.png")), &figure.png)
 }
 
 /// Write the genotype of epoch `e` (`genotypes/epoch_EEE.json` and `.py`).

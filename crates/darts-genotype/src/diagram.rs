@@ -139,9 +139,12 @@ impl CellGraph {
             let (_, y2) = centre(v);
             let (sx, ex) = (nodes[u].x1, nodes[v].x0);
             let blocked = |c: &Cubic| {
-                c.samples(48)
-                    .iter()
-                    .any(|&p| nodes.iter().enumerate().any(|(k, r)| k != u && k != v && r.grown(6.0).contains(p)))
+                c.samples(48).iter().any(|&p| {
+                    nodes
+                        .iter()
+                        .enumerate()
+                        .any(|(k, r)| k != u && k != v && r.grown(6.0).contains(p))
+                })
             };
             let straight = Cubic::new((sx, y1), (ex, y2), 0.0);
             let bent = (1..200)
@@ -194,7 +197,12 @@ impl CellGraph {
         all.extend(placed.iter().copied());
         for c in &curves {
             for p in c.samples(48) {
-                all.push(Rect { x0: p.0, y0: p.1, x1: p.0, y1: p.1 });
+                all.push(Rect {
+                    x0: p.0,
+                    y0: p.1,
+                    x1: p.0,
+                    y1: p.1,
+                });
             }
         }
         let min_x = all.iter().map(|r| r.x0).fold(f64::INFINITY, f64::min);
@@ -207,7 +215,10 @@ impl CellGraph {
             height: max_y - min_y + top_margin + 20.0,
             nodes: nodes.iter().map(|r| r.shifted(dx, dy)).collect(),
             curves: curves.iter().map(|c| c.shifted(dx, dy)).collect(),
-            labels: labels.iter().map(|l| l.map(|r| r.shifted(dx, dy))).collect(),
+            labels: labels
+                .iter()
+                .map(|l| l.map(|r| r.shifted(dx, dy)))
+                .collect(),
         }
     }
 
@@ -423,8 +434,14 @@ mod tests {
         let mut graphs = Vec::new();
         for name in catalog::conv_names() {
             let g = catalog::conv(name).unwrap();
-            graphs.push((format!("{name} normal"), CellGraph::conv(&g.normal, &g.normal_concat)));
-            graphs.push((format!("{name} reduce"), CellGraph::conv(&g.reduce, &g.reduce_concat)));
+            graphs.push((
+                format!("{name} normal"),
+                CellGraph::conv(&g.normal, &g.normal_concat),
+            ));
+            graphs.push((
+                format!("{name} reduce"),
+                CellGraph::conv(&g.reduce, &g.reduce_concat),
+            ));
         }
         for name in catalog::recurrent_names() {
             let g = catalog::recurrent(name).unwrap();
@@ -433,7 +450,10 @@ mod tests {
         for (what, g) in graphs {
             let l = g.layout();
             let labels: Vec<Rect> = l.labels.iter().flatten().copied().collect();
-            assert_eq!(labels.len(), g.edges.iter().filter(|e| !e.2.is_empty()).count());
+            assert_eq!(
+                labels.len(),
+                g.edges.iter().filter(|e| !e.2.is_empty()).count()
+            );
             for (i, a) in labels.iter().enumerate() {
                 for b in &labels[i + 1..] {
                     assert!(!a.intersects(b), "{what}: labels {a:?} and {b:?} overlap");

@@ -5,7 +5,8 @@ use crate::checkpoint;
 use crate::report;
 use crate::run::{
     append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
-    write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError, RunOptions,
+    write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError,
+    RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
