@@ -247,17 +247,8 @@ impl CellGraph {
         }
         for ((_, _, label), r) in self.edges.iter().zip(&l.labels) {
             if let Some(r) = r {
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"3\" fill=\"white\" fill-opacity=\"0.9\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"middle\">{}</text>",
-                    r.x0,
-                    r.y0,
-                    r.x1 - r.x0,
-                    r.y1 - r.y0,
-                    (r.x0 + r.x1) / 2.0,
-                    r.y1 - 5.0,
-                    escape(label)
-                );
+                let style = "rx=\"3\" fill=\"white\" fill-opacity=\"0.9\"";
+                boxed_text(&mut s, r, style, 13, 5.0, label);
             }
         }
         for (id, r) in l.nodes.iter().enumerate() {
@@ -268,17 +259,8 @@ impl CellGraph {
             } else {
                 "#eee8aa"
             };
-            let _ = writeln!(
-                s,
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{fill}\" stroke=\"black\" stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"17\" text-anchor=\"middle\">{}</text>",
-                r.x0,
-                r.y0,
-                r.x1 - r.x0,
-                r.y1 - r.y0,
-                (r.x0 + r.x1) / 2.0,
-                r.y1 - 10.0,
-                escape(&self.name(id))
-            );
+            let style = format!("fill=\"{fill}\" stroke=\"black\" stroke-width=\"2\"");
+            boxed_text(&mut s, r, &style, 17, 10.0, &self.name(id));
         }
         s.push_str("</svg>\n");
         s
@@ -387,6 +369,29 @@ pub struct Layout {
     pub curves: Vec<Cubic>,
     /// Label boxes, in edge order (`None` for an unlabelled edge).
     pub labels: Vec<Option<Rect>>,
+}
+
+/// A box with `style` and `text` centred in it, `font_size` high, its baseline `above_bottom`
+/// over the box's bottom.
+fn boxed_text(
+    s: &mut String,
+    r: &Rect,
+    style: &str,
+    font_size: u32,
+    above_bottom: f64,
+    text: &str,
+) {
+    let _ = writeln!(
+        s,
+        "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" {style}/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{font_size}\" text-anchor=\"middle\">{}</text>",
+        r.x0,
+        r.y0,
+        r.x1 - r.x0,
+        r.y1 - r.y0,
+        (r.x0 + r.x1) / 2.0,
+        r.y1 - above_bottom,
+        escape(text)
+    );
 }
 
 fn escape(s: &str) -> String {
