@@ -223,6 +223,42 @@ pub fn rnn_edge_labels(edges: usize) -> Vec<String> {
         .collect()
 }
 
+/// The α-evolution figure.
+struct Evolution<'a> {
+    title: &'a str,
+    cols: usize,
+    rows: usize,
+    width: u32,
+    panels: Vec<Panel>,
+    edge_labels: &'a [String],
+    op_names: &'a [String],
+}
+impl Picture for Evolution<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(text)?;
+        let root = root.titled(self.title, (FONT, 18)).map_err(text)?;
+        let (grid, legend) = root.split_horizontally(self.width);
+        let areas = grid.split_evenly((self.rows, self.cols));
+        for (e, (area, panel)) in areas.iter().zip(&self.panels).enumerate() {
+            let label = self
+                .edge_labels
+                .get(e)
+                .cloned()
+                .unwrap_or_else(|| format!("edge {e}"));
+            plot_lines(area, &label, None, panel, false)?;
+        }
+        for (k, name) in self.op_names.iter().enumerate() {
+            let y = 30 + 20 * k as i32;
+            let line = PathElement::new(vec![(10, y), (30, y)], color(k).stroke_width(3));
+            legend.draw(&line).map_err(text)?;
+            legend
+                .draw(&Text::new(name.as_str(), (36, y - 7), (FONT, 13)))
+                .map_err(text)?;
+        }
+        Ok(())
+    }
+}
+
 /// softmax(α) of each edge over the epochs: `history[epoch][edge][op]` (epoch 0 first), one
 /// panel per edge (`edge_labels`), one line per op, a legend naming the ops.
 pub fn alpha_evolution(
@@ -252,40 +288,6 @@ pub fn alpha_evolution(
                 .collect()
         })
         .collect();
-    struct Evolution<'a> {
-        title: &'a str,
-        cols: usize,
-        rows: usize,
-        width: u32,
-        panels: Vec<Panel>,
-        edge_labels: &'a [String],
-        op_names: &'a [String],
-    }
-    impl Picture for Evolution<'_> {
-        fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-            root.fill(&WHITE).map_err(text)?;
-            let root = root.titled(self.title, (FONT, 18)).map_err(text)?;
-            let (grid, legend) = root.split_horizontally(self.width);
-            let areas = grid.split_evenly((self.rows, self.cols));
-            for (e, (area, panel)) in areas.iter().zip(&self.panels).enumerate() {
-                let label = self
-                    .edge_labels
-                    .get(e)
-                    .cloned()
-                    .unwrap_or_else(|| format!("edge {e}"));
-                plot_lines(area, &label, None, panel, false)?;
-            }
-            for (k, name) in self.op_names.iter().enumerate() {
-                let y = 30 + 20 * k as i32;
-                let line = PathElement::new(vec![(10, y), (30, y)], color(k).stroke_width(3));
-                legend.draw(&line).map_err(text)?;
-                legend
-                    .draw(&Text::new(name.as_str(), (36, y - 7), (FONT, 13)))
-                    .map_err(text)?;
-            }
-            Ok(())
-        }
-    }
     let pic = Evolution {
         title,
         cols,
@@ -296,6 +298,65 @@ pub fn alpha_evolution(
         op_names,
     };
     render(title, size, &pic)
+}
+
+/// The heat-map figure.
+struct Heat<'a> {
+    title: &'a str,
+    weights: &'a [Vec<f64>],
+    edge_labels: &'a [String],
+    op_names: &'a [String],
+    min: f64,
+    span: f64,
+}
+impl Picture for Heat<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let (left, top, cw, ch) = HEAT_GEOMETRY;
+        root.fill(&WHITE).map_err(text)?;
+        root.draw(&Text::new(self.title, (10, 10), (FONT, 18)))
+            .map_err(text)?;
+        for (k, name) in self.op_names.iter().enumerate() {
+            let x = left + cw * k as i32 + 4;
+            root.draw(&Text::new(name.as_str(), (x, top - 20), (FONT, 11)))
+                .map_err(text)?;
+        }
+        for (e, row) in self.weights.iter().enumerate() {
+            let y = top + ch * e as i32;
+            let label = self
+                .edge_labels
+                .get(e)
+                .cloned()
+                .unwrap_or_else(|| format!("edge {e}"));
+            root.draw(&Text::new(label, (8, y + 6), (FONT, 12)))
+                .map_err(text)?;
+            for (k, v) in row.iter().enumerate() {
+                let x = left + cw * k as i32;
+                let t = match v.is_finite() {
+                    true => ((v - self.min) / self.span).clamp(0.0, 1.0),
+                    false => 0.0,
+                };
+                let fill = RGBColor(
+                    (255.0 - t * 222.0) as u8,
+                    (255.0 - t * 143.0) as u8,
+                    (255.0 - t * 75.0) as u8,
+                );
+                let cell = [(x, y), (x + cw, y + ch)];
+                root.draw(&Rectangle::new(cell, fill.filled()))
+                    .map_err(text)?;
+                root.draw(&Rectangle::new(cell, WHITE.stroke_width(1)))
+                    .map_err(text)?;
+                let ink = if t > 0.6 { WHITE } else { BLACK };
+                let value = match v.is_finite() {
+                    true => format!("{v:.3}"),
+                    false => "NaN".into(),
+                };
+                let style = (FONT, 12).into_font().color(&ink);
+                root.draw(&Text::new(value, (x + 26, y + 6), style))
+                    .map_err(text)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Heat map layout: left margin, top margin, cell width, cell height (pixels).
@@ -329,63 +390,6 @@ pub fn alpha_heatmap(
         min + span
     );
     let title = title.as_str();
-    struct Heat<'a> {
-        title: &'a str,
-        weights: &'a [Vec<f64>],
-        edge_labels: &'a [String],
-        op_names: &'a [String],
-        min: f64,
-        span: f64,
-    }
-    impl Picture for Heat<'_> {
-        fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-            let (left, top, cw, ch) = HEAT_GEOMETRY;
-            root.fill(&WHITE).map_err(text)?;
-            root.draw(&Text::new(self.title, (10, 10), (FONT, 18)))
-                .map_err(text)?;
-            for (k, name) in self.op_names.iter().enumerate() {
-                let x = left + cw * k as i32 + 4;
-                root.draw(&Text::new(name.as_str(), (x, top - 20), (FONT, 11)))
-                    .map_err(text)?;
-            }
-            for (e, row) in self.weights.iter().enumerate() {
-                let y = top + ch * e as i32;
-                let label = self
-                    .edge_labels
-                    .get(e)
-                    .cloned()
-                    .unwrap_or_else(|| format!("edge {e}"));
-                root.draw(&Text::new(label, (8, y + 6), (FONT, 12)))
-                    .map_err(text)?;
-                for (k, v) in row.iter().enumerate() {
-                    let x = left + cw * k as i32;
-                    let t = match v.is_finite() {
-                        true => ((v - self.min) / self.span).clamp(0.0, 1.0),
-                        false => 0.0,
-                    };
-                    let fill = RGBColor(
-                        (255.0 - t * 222.0) as u8,
-                        (255.0 - t * 143.0) as u8,
-                        (255.0 - t * 75.0) as u8,
-                    );
-                    let cell = [(x, y), (x + cw, y + ch)];
-                    root.draw(&Rectangle::new(cell, fill.filled()))
-                        .map_err(text)?;
-                    root.draw(&Rectangle::new(cell, WHITE.stroke_width(1)))
-                        .map_err(text)?;
-                    let ink = if t > 0.6 { WHITE } else { BLACK };
-                    let value = match v.is_finite() {
-                        true => format!("{v:.3}"),
-                        false => "NaN".into(),
-                    };
-                    let style = (FONT, 12).into_font().color(&ink);
-                    root.draw(&Text::new(value, (x + 26, y + 6), style))
-                        .map_err(text)?;
-                }
-            }
-            Ok(())
-        }
-    }
     let pic = Heat {
         title,
         weights,

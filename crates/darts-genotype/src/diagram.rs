@@ -130,68 +130,9 @@ impl CellGraph {
                 }
             })
             .collect();
-        // Edges: a cubic from the right side of the source to the left side of the target. An
-        // edge that would pass through another node is bent away (up or down, whichever needs
-        // less) until it clears every box but its own two.
-        let mut curves = Vec::with_capacity(self.edges.len());
-        for &(u, v, _) in &self.edges {
-            let (_, y1) = centre(u);
-            let (_, y2) = centre(v);
-            let (sx, ex) = (nodes[u].x1, nodes[v].x0);
-            let blocked = |c: &Cubic| {
-                c.samples(48).iter().any(|&p| {
-                    nodes
-                        .iter()
-                        .enumerate()
-                        .any(|(k, r)| k != u && k != v && r.grown(6.0).contains(p))
-                })
-            };
-            let straight = Cubic::new((sx, y1), (ex, y2), 0.0);
-            let bent = (1..200)
-                .flat_map(|step| [-1.0, 1.0].map(|sign| sign * 12.0 * step as f64))
-                .map(|bend| Cubic::new((sx, y1), (ex, y2), bend));
-            let chosen = std::iter::once(straight)
-                .chain(bent)
-                .find(|c| !blocked(c))
-                .unwrap_or(straight);
-            curves.push(chosen);
-        }
-        // Labels: the first point along the edge (from its middle outwards) where the label's box
-        // meets no node and no label placed before it; failing that, the box is moved up or down
-        // from the middle of the edge until it is free.
-        let mut labels: Vec<Option<Rect>> = Vec::with_capacity(self.edges.len());
-        let mut placed: Vec<Rect> = Vec::new();
-        let free = |r: &Rect, placed: &[Rect]| {
-            !nodes.iter().any(|n| n.grown(3.0).intersects(r))
-                && !placed.iter().any(|p| p.grown(2.0).intersects(r))
-        };
-        for ((_, _, label), curve) in self.edges.iter().zip(&curves) {
-            if label.is_empty() {
-                labels.push(None);
-                continue;
-            }
-            let w = 7.0 * label.chars().count() as f64 + 8.0;
-            let boxed = |(x, y): (f64, f64)| Rect {
-                x0: x - w / 2.0,
-                y0: y - 9.0,
-                x1: x + w / 2.0,
-                y1: y + 9.0,
-            };
-            let ts = [0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.2, 0.65, 0.35, 0.75, 0.25];
-            let mut spot = ts
-                .iter()
-                .map(|&t| boxed(curve.at(t)))
-                .find(|r| free(r, &placed));
-            if spot.is_none() {
-                let (mx, my) = curve.at(0.5);
-                spot = (1..400)
-                    .flat_map(|k| [-1.0, 1.0].map(|s| boxed((mx, my + s * 4.0 * k as f64))))
-                    .find(|r| free(r, &placed));
-            }
-            let r = spot.unwrap_or_else(|| boxed(curve.at(0.5)));
-            placed.push(r);
-            labels.push(Some(r));
-        }
+        let curves = self.route(&nodes, &centre);
+        let labels = self.place_labels(&nodes, &curves);
+        let placed: Vec<Rect> = labels.iter().flatten().copied().collect();
         // Shift everything so that the picture starts at (20, top_margin).
         let mut all: Vec<Rect> = nodes.clone();
         all.extend(placed.iter().copied());
@@ -220,6 +161,76 @@ impl CellGraph {
                 .map(|l| l.map(|r| r.shifted(dx, dy)))
                 .collect(),
         }
+    }
+
+    /// Edge curves: a cubic from the right side of the source to the left side of the target.
+    /// An edge that would pass through another node is bent away (up or down, whichever needs
+    /// less) until it clears every box but its own two.
+    fn route(&self, nodes: &[Rect], centre: &dyn Fn(usize) -> (f64, f64)) -> Vec<Cubic> {
+        let mut curves = Vec::with_capacity(self.edges.len());
+        for &(u, v, _) in &self.edges {
+            let (_, y1) = centre(u);
+            let (_, y2) = centre(v);
+            let (sx, ex) = (nodes[u].x1, nodes[v].x0);
+            let blocked = |c: &Cubic| {
+                c.samples(48).iter().any(|&p| {
+                    nodes
+                        .iter()
+                        .enumerate()
+                        .any(|(k, r)| k != u && k != v && r.grown(6.0).contains(p))
+                })
+            };
+            let straight = Cubic::new((sx, y1), (ex, y2), 0.0);
+            let bent = (1..200)
+                .flat_map(|step| [-1.0, 1.0].map(|sign| sign * 12.0 * step as f64))
+                .map(|bend| Cubic::new((sx, y1), (ex, y2), bend));
+            let chosen = std::iter::once(straight)
+                .chain(bent)
+                .find(|c| !blocked(c))
+                .unwrap_or(straight);
+            curves.push(chosen);
+        }
+        curves
+    }
+
+    /// Label boxes: the first point along each edge (from its middle outwards) where the box
+    /// meets no node and no label placed before it; failing that, the box is moved up or down
+    /// from the middle of the edge until it is free.
+    fn place_labels(&self, nodes: &[Rect], curves: &[Cubic]) -> Vec<Option<Rect>> {
+        let mut labels: Vec<Option<Rect>> = Vec::with_capacity(self.edges.len());
+        let mut placed: Vec<Rect> = Vec::new();
+        let free = |r: &Rect, placed: &[Rect]| {
+            !nodes.iter().any(|n| n.grown(3.0).intersects(r))
+                && !placed.iter().any(|p| p.grown(2.0).intersects(r))
+        };
+        for ((_, _, label), curve) in self.edges.iter().zip(curves) {
+            if label.is_empty() {
+                labels.push(None);
+                continue;
+            }
+            let w = 7.0 * label.chars().count() as f64 + 8.0;
+            let boxed = |(x, y): (f64, f64)| Rect {
+                x0: x - w / 2.0,
+                y0: y - 9.0,
+                x1: x + w / 2.0,
+                y1: y + 9.0,
+            };
+            let ts = [0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.2, 0.65, 0.35, 0.75, 0.25];
+            let mut spot = ts
+                .iter()
+                .map(|&t| boxed(curve.at(t)))
+                .find(|r| free(r, &placed));
+            if spot.is_none() {
+                let (mx, my) = curve.at(0.5);
+                spot = (1..400)
+                    .flat_map(|k| [-1.0, 1.0].map(|s| boxed((mx, my + s * 4.0 * k as f64))))
+                    .find(|r| free(r, &placed));
+            }
+            let r = spot.unwrap_or_else(|| boxed(curve.at(0.5)));
+            placed.push(r);
+            labels.push(Some(r));
+        }
+        labels
     }
 
     /// A standalone SVG picture: left to right, curved labelled edges, laid out by

@@ -324,6 +324,47 @@ impl RunConfig for PtbSearchConfig {
     }
 }
 
+/// An epoch's record: the pass's losses, the evaluation-mode validation loss, the genotype and
+/// softmax(α) of `model` (epoch and wall time left 0 for the caller).
+fn epoch_record<B: AutodiffBackend>(
+    model: &SearchNet<B>,
+    data: &SearchStreams,
+    cfg: &PtbSearchConfig,
+    pass: &PassStats,
+    device: &B::Device,
+) -> PtbSearchEpoch {
+    let inner = model.valid();
+    let val_loss = evaluate_lm::<B::InnerBackend, _>(
+        &data.val,
+        cfg.common.bptt,
+        cfg.common.nhid,
+        device,
+        |x, h| {
+            let o = inner.forward(x, h, &RnnMasks::none());
+            (o.logits, o.hidden)
+        },
+    );
+    let genotype = model.genotype();
+    PtbSearchEpoch {
+        epoch: 0,
+        train_loss: pass.train_loss,
+        train_ppl: pass.train_loss.exp(),
+        arch_val_loss: pass.arch_val_loss,
+        val_loss,
+        val_ppl: val_loss.exp(),
+        steps: pass.steps,
+        tokens: pass.tokens,
+        seconds: 0.0,
+        genotype_python: python::recurrent_to_python(&genotype),
+        genotype,
+        alphas: model
+            .arch_weights()
+            .into_iter()
+            .map(|r| r.into_iter().map(f64::from).collect())
+            .collect(),
+    }
+}
+
 /// Run (or resume) a recurrent cell search on `device`.
 pub fn run_ptb_search<B: AutodiffBackend>(
     config: &PtbSearchConfig,
@@ -365,37 +406,9 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             opts.progress,
             device,
         )?;
-        let model = search.model.valid();
-        let val_loss = evaluate_lm::<B::InnerBackend, _>(
-            &data.val,
-            cfg.common.bptt,
-            cfg.common.nhid,
-            device,
-            |x, h| {
-                let o = model.forward(x, h, &RnnMasks::none());
-                (o.logits, o.hidden)
-            },
-        );
-        let genotype = search.model.genotype();
-        let rec = PtbSearchEpoch {
-            epoch,
-            train_loss: pass.train_loss,
-            train_ppl: pass.train_loss.exp(),
-            arch_val_loss: pass.arch_val_loss,
-            val_loss,
-            val_ppl: val_loss.exp(),
-            steps: pass.steps,
-            tokens: pass.tokens,
-            seconds: t0.elapsed().as_secs_f64(),
-            genotype_python: python::recurrent_to_python(&genotype),
-            genotype,
-            alphas: search
-                .model
-                .arch_weights()
-                .into_iter()
-                .map(|r| r.into_iter().map(f64::from).collect())
-                .collect(),
-        };
+        let mut rec = epoch_record::<B>(&search.model, &data, &cfg, &pass, device);
+        rec.epoch = epoch;
+        rec.seconds = t0.elapsed().as_secs_f64();
         if opts.progress {
             print_epoch(&rec);
         }
