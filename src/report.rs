@@ -11,8 +11,10 @@
 //! Text is laid out with DejaVu Sans, compiled in (`assets/fonts`), so the PNGs look the same
 //! on every machine.
 
+use darts_genotype::diagram::{CellGraph, Layout};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
 /// A drawn figure.
@@ -48,19 +50,13 @@ trait Picture {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
 }
 
-/// Draw `pic` on an SVG and a bitmap canvas of `size` pixels.
-fn render(title: &str, size: (u32, u32), pic: &impl Picture) -> Result<Figure, ReportError> {
+/// Draw `pic` on a bitmap canvas of `size` pixels and encode it as PNG.
+fn render_png(title: &str, size: (u32, u32), pic: &impl Picture) -> Result<Vec<u8>, ReportError> {
     font_once();
     let fail = |what: String| ReportError {
         title: title.to_string(),
         what,
     };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        pic.draw(&root).map_err(fail)?;
-        root.present().map_err(|e| fail(e.to_string()))?;
-    }
     let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
@@ -76,6 +72,23 @@ fn render(title: &str, size: (u32, u32), pic: &impl Picture) -> Result<Figure, R
         image::ColorType::Rgb8,
     )
     .map_err(|e| fail(e.to_string()))?;
+    Ok(png)
+}
+
+/// Draw `pic` on an SVG and a bitmap canvas of `size` pixels.
+fn render(title: &str, size: (u32, u32), pic: &impl Picture) -> Result<Figure, ReportError> {
+    font_once();
+    let fail = |what: String| ReportError {
+        title: title.to_string(),
+        what,
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        pic.draw(&root).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+    }
+    let png = render_png(title, size, pic)?;
     Ok(Figure { svg, png })
 }
 
@@ -399,6 +412,87 @@ pub fn alpha_heatmap(
         span,
     };
     render(title, size, &pic)
+}
+
+/// A cell diagram drawn from [`CellGraph::layout`] on a bitmap: the PNG beside the SVG of
+/// [`CellGraph::to_svg`].
+pub fn cell_diagram_png(graph: &CellGraph) -> Result<Vec<u8>, ReportError> {
+    struct Diagram<'a>(&'a CellGraph, Layout);
+    impl Picture for Diagram<'_> {
+        fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+            let (g, l) = (self.0, &self.1);
+            let ink = RGBColor(68, 68, 68);
+            let at = |p: (f64, f64)| (p.0.round() as i32, p.1.round() as i32);
+            root.fill(&WHITE).map_err(text)?;
+            for c in &l.curves {
+                let points = c.samples(40);
+                let path: Vec<(i32, i32)> = points.iter().map(|&p| at(p)).collect();
+                root.draw(&PathElement::new(path, ink.stroke_width(2)))
+                    .map_err(text)?;
+                // Arrowhead along the curve's last segment.
+                let (e, b) = (points[40], points[38]);
+                let (dx, dy) = (e.0 - b.0, e.1 - b.1);
+                let n = (dx * dx + dy * dy).sqrt().max(1e-9);
+                let (ux, uy) = (dx / n, dy / n);
+                let head = vec![
+                    at(e),
+                    at((e.0 - 9.0 * ux - 4.5 * uy, e.1 - 9.0 * uy + 4.5 * ux)),
+                    at((e.0 - 9.0 * ux + 4.5 * uy, e.1 - 9.0 * uy - 4.5 * ux)),
+                ];
+                root.draw(&Polygon::new(head, ink.filled())).map_err(text)?;
+            }
+            let centred = |size: u32| {
+                (FONT, size)
+                    .into_font()
+                    .into_text_style(root)
+                    .pos(Pos::new(HPos::Center, VPos::Center))
+            };
+            let boxes = l
+                .labels
+                .iter()
+                .zip(&g.edges)
+                .filter_map(|(r, e)| r.map(|r| (r, e)));
+            for (r, (_, _, label)) in boxes {
+                let rect = [at((r.x0, r.y0)), at((r.x1, r.y1))];
+                root.draw(&Rectangle::new(rect, WHITE.mix(0.9).filled()))
+                    .map_err(text)?;
+                let mid = at(((r.x0 + r.x1) / 2.0, (r.y0 + r.y1) / 2.0));
+                root.draw(&Text::new(label.as_str(), mid, centred(13)))
+                    .map_err(text)?;
+            }
+            let ni = g.inputs.len();
+            for (id, r) in l.nodes.iter().enumerate() {
+                let fill = match id {
+                    id if id < ni => RGBColor(180, 238, 180),
+                    id if id < ni + g.nodes => RGBColor(173, 216, 230),
+                    _ => RGBColor(238, 232, 170),
+                };
+                let rect = [at((r.x0, r.y0)), at((r.x1, r.y1))];
+                root.draw(&Rectangle::new(rect, fill.filled()))
+                    .map_err(text)?;
+                root.draw(&Rectangle::new(rect, BLACK.stroke_width(2)))
+                    .map_err(text)?;
+                let name = graph_name(g, id);
+                let mid = at(((r.x0 + r.x1) / 2.0, (r.y0 + r.y1) / 2.0));
+                root.draw(&Text::new(name, mid, centred(16)))
+                    .map_err(text)?;
+            }
+            Ok(())
+        }
+    }
+    let layout = graph.layout();
+    let size = (layout.width.ceil() as u32, layout.height.ceil() as u32);
+    render_png("cell diagram", size, &Diagram(graph, layout))
+}
+
+/// The name drawn in node `id` of a cell graph.
+fn graph_name(g: &CellGraph, id: usize) -> String {
+    let ni = g.inputs.len();
+    match id {
+        id if id < ni => g.inputs[id].clone(),
+        id if id < ni + g.nodes => (id - ni).to_string(),
+        _ => g.output.clone(),
+    }
 }
 
 #[cfg(test)]

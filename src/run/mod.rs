@@ -21,8 +21,8 @@ mod dir;
 pub mod ptb;
 
 pub(crate) use dir::{
-    append_timing, failpoint, start_run, write, write_checkpoint, write_epoch_genotype,
-    write_figure, write_metrics, EpochRecord,
+    append_timing, failpoint, start_run, write, write_bytes, write_checkpoint,
+    write_epoch_genotype, write_figure, write_metrics, EpochRecord,
 };
 pub use dir::{RunConfig, CHECKPOINT};
 

@@ -5,8 +5,8 @@ use crate::checkpoint;
 use crate::report;
 use crate::run::{
     append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
-    write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError,
-    RunOptions,
+    write_bytes, write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig,
+    RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -233,6 +233,8 @@ fn write_genotype_files(out: &Path, g: &Genotype) -> Result<(), RunError> {
     let r = CellGraph::conv(&g.reduce, &g.reduce_concat);
     write(&out.join("normal.svg"), &n.to_svg())?;
     write(&out.join("reduce.svg"), &r.to_svg())?;
+    write_bytes(&out.join("normal.png"), &report::cell_diagram_png(&n)?)?;
+    write_bytes(&out.join("reduce.png"), &report::cell_diagram_png(&r)?)?;
     write(&out.join("normal.dot"), &n.to_dot())?;
     write(&out.join("reduce.dot"), &r.to_dot())
 }

@@ -5,7 +5,7 @@ use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
 use crate::checkpoint;
 use crate::report;
 use crate::run::{
-    append_timing, check_shared, seed_lock, start_run, write, write_checkpoint,
+    append_timing, check_shared, seed_lock, start_run, write, write_bytes, write_checkpoint,
     write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
@@ -160,6 +160,10 @@ fn write_rnn_genotype(out: &Path, g: &RecurrentGenotype) -> Result<(), RunError>
     )?;
     let graph = CellGraph::recurrent(g);
     write(&out.join("recurrent.svg"), &graph.to_svg())?;
+    write_bytes(
+        &out.join("recurrent.png"),
+        &report::cell_diagram_png(&graph)?,
+    )?;
     write(&out.join("recurrent.dot"), &graph.to_dot())
 }
 
