@@ -213,3 +213,41 @@ pub(super) fn batchify(
         e => e.into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared settings are flattened: stored configurations keep their top-level names,
+    /// and the names of earlier versions (`clip`, `nodes`, no `arch_bn_stats`) still read.
+    #[test]
+    fn stored_configurations_keep_their_names() {
+        let search = PtbSearchConfig::default();
+        let mut v = serde_json::to_value(&search).unwrap();
+        for key in ["bptt", "grad_clip", "emsize", "dropout", "steps", "arch_lr"] {
+            assert!(v.get(key).is_some(), "{key} not at the top level: {v}");
+        }
+        assert!(v.get("common").is_none());
+        let o = v.as_object_mut().unwrap();
+        let clip = o.remove("grad_clip").unwrap();
+        o.insert("clip".into(), clip);
+        let steps = o.remove("steps").unwrap();
+        o.insert("nodes".into(), steps);
+        o.remove("arch_bn_stats");
+        let old: PtbSearchConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(old.common, search.common);
+        assert_eq!(old.steps, search.steps);
+        assert_eq!(
+            old.arch_bn_stats,
+            darts_bilevel::ArchBnStats::WeightStepOnly
+        );
+
+        let g = darts_genotype::catalog::recurrent("DARTS_V2").unwrap();
+        let train = PtbTrainConfig::new(g, "DARTS_V2");
+        let v = serde_json::to_value(&train).unwrap();
+        assert_eq!(v["epochs"], 8000);
+        assert_eq!(v["nonmono"], 5);
+        let back: PtbTrainConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back, train);
+    }
+}
