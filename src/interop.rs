@@ -288,7 +288,10 @@ pub fn export_reference<B: Backend, M: Module<B>>(
         let ours = s.full_path();
         let (key, transposed) =
             reference_key(&ours).ok_or_else(|| InteropError::Unmapped(ours.clone()))?;
-        let values = darts_values(&s, &ours)?;
+        let values = snapshot_values(&s).ok_or_else(|| InteropError::Format {
+            path: path.to_path_buf(),
+            what: format!("`{ours}` cannot be read as f32"),
+        })?;
         let (shape, values) = match transposed {
             true => transpose(&s.shape, &values),
             false => (s.shape.to_vec(), values),
@@ -330,11 +333,11 @@ pub fn export_reference<B: Backend, M: Module<B>>(
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-fn darts_values(s: &burn_store::TensorSnapshot, name: &str) -> Result<Vec<f32>, InteropError> {
+/// A snapshot's values as f32.
+fn snapshot_values(s: &burn_store::TensorSnapshot) -> Option<Vec<f32>> {
     s.to_data()
         .ok()
         .and_then(|d| d.convert::<f32>().to_vec::<f32>().ok())
-        .ok_or_else(|| InteropError::Unmapped(format!("{name} (not readable as f32)")))
 }
 
 /// A 2-D tensor transposed (other ranks unchanged).
