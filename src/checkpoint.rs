@@ -271,10 +271,7 @@ impl Checkpoint {
                 )));
             }
             let data = view.data();
-            let values = data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let values = f32s_from_le(data);
             tensors.push((name.clone(), view.shape().to_vec(), values));
             raw_values.push(data);
         }
@@ -301,8 +298,17 @@ enum Parse {
     Version(u32),
 }
 
-fn le_bytes(v: &[f32]) -> Vec<u8> {
+/// f32 values as little-endian bytes (the safetensors layout).
+pub(crate) fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes as f32 values (a trailing partial value is ignored).
+pub(crate) fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// CRC-32 of the body's JSON, then of each tensor's shape (u64 LE) and values.
@@ -419,15 +425,25 @@ pub fn load_module<B: Backend, M: Module<B>>(
 
 /// Append "`lead`first, second, third and N more" for a non-empty list.
 fn list(out: &mut Vec<String>, lead: &str, items: &[String]) {
+    out.extend(first_of(lead, items, 3));
+}
+
+/// "`lead`a, b, … and N more", showing at most `shown` items; `None` for an empty list.
+pub(crate) fn first_of(lead: &str, items: &[String], shown: usize) -> Option<String> {
     if items.is_empty() {
-        return;
+        return None;
     }
-    let shown = items.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    let head = items
+        .iter()
+        .take(shown)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     let more = match items.len() {
-        n if n > 3 => format!(" and {} more", n - 3),
+        n if n > shown => format!(" and {} more", n - shown),
         _ => String::new(),
     };
-    out.push(format!("{lead}{shown}{more}"));
+    Some(format!("{lead}{head}{more}"))
 }
 
 /// Save `model` and the SGD momentum buffers of `sgd` into `ckpt` (tensors `model.PATH` and,

@@ -167,11 +167,7 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Entry>, InteropEr
         let st = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
         for (name, view) in st.tensors() {
             let values = match view.dtype() {
-                Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
+                Dtype::F32 => checkpoint::f32s_from_le(view.data()),
                 Dtype::F64 => view
                     .data()
                     .chunks_exact(8)
@@ -253,18 +249,8 @@ pub fn import_reference<B: Backend, O: CandidateOp<B, 4>>(
     if !shapes.is_empty() {
         what.push(shapes.join("; "));
     }
-    for (lead, keys) in [("missing keys", &missing), ("unexpected keys", &unexpected)] {
-        if !keys.is_empty() {
-            let shown: Vec<&str> = keys.iter().take(5).map(String::as_str).collect();
-            let more = keys.len().saturating_sub(5);
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
-            what.push(format!("{lead}: {}{more}", shown.join(", ")));
-        }
-    }
+    what.extend(checkpoint::first_of("missing keys: ", &missing, 5));
+    what.extend(checkpoint::first_of("unexpected keys: ", &unexpected, 5));
     if !what.is_empty() {
         return Err(InteropError::Mismatch {
             path: path.to_path_buf(),
@@ -304,7 +290,7 @@ pub fn export_reference<B: Backend, M: Module<B>>(
                 0i64.to_le_bytes().to_vec(),
             ));
         }
-        let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes = checkpoint::le_bytes(&values);
         tensors.push((key, Dtype::F32, shape, bytes));
     }
     let views = tensors

@@ -460,19 +460,15 @@ pub fn cell_diagram_png(graph: &CellGraph) -> Result<Vec<u8>, ReportError> {
                 root.draw(&Text::new(label.as_str(), mid, centred(13)))
                     .map_err(text)?;
             }
-            let ni = g.inputs.len();
             for (id, r) in l.nodes.iter().enumerate() {
-                let fill = match id {
-                    id if id < ni => RGBColor(180, 238, 180),
-                    id if id < ni + g.nodes => RGBColor(173, 216, 230),
-                    _ => RGBColor(238, 232, 170),
-                };
+                let [red, green, blue] = g.fill(id);
+                let fill = RGBColor(red, green, blue);
                 let rect = [at((r.x0, r.y0)), at((r.x1, r.y1))];
                 root.draw(&Rectangle::new(rect, fill.filled()))
                     .map_err(text)?;
                 root.draw(&Rectangle::new(rect, BLACK.stroke_width(2)))
                     .map_err(text)?;
-                let name = graph_name(g, id);
+                let name = g.name(id);
                 let mid = at(((r.x0 + r.x1) / 2.0, (r.y0 + r.y1) / 2.0));
                 root.draw(&Text::new(name, mid, centred(16)))
                     .map_err(text)?;
@@ -483,16 +479,6 @@ pub fn cell_diagram_png(graph: &CellGraph) -> Result<Vec<u8>, ReportError> {
     let layout = graph.layout();
     let size = (layout.width.ceil() as u32, layout.height.ceil() as u32);
     render_png("cell diagram", size, &Diagram(graph, layout))
-}
-
-/// The name drawn in node `id` of a cell graph.
-fn graph_name(g: &CellGraph, id: usize) -> String {
-    let ni = g.inputs.len();
-    match id {
-        id if id < ni => g.inputs[id].clone(),
-        id if id < ni + g.nodes => (id - ni).to_string(),
-        _ => g.output.clone(),
-    }
 }
 
 #[cfg(test)]

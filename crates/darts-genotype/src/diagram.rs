@@ -58,7 +58,20 @@ impl CellGraph {
         }
     }
 
-    fn name(&self, id: usize) -> String {
+    /// The RGB fill of node `id` (Graphviz's darkseagreen2 for inputs, lightblue for
+    /// intermediate nodes, palegoldenrod for the output, as the reference's `visualize.py`).
+    pub fn fill(&self, id: usize) -> [u8; 3] {
+        let ni = self.inputs.len();
+        match id {
+            id if id < ni => [0xb4, 0xee, 0xb4],
+            id if id < ni + self.nodes => [0xad, 0xd8, 0xe6],
+            _ => [0xee, 0xe8, 0xaa],
+        }
+    }
+
+    /// The name drawn in node `id` (an input's name, an intermediate node's index, or the
+    /// output's name).
+    pub fn name(&self, id: usize) -> String {
         let ni = self.inputs.len();
         if id < ni {
             self.inputs[id].clone()
@@ -236,7 +249,6 @@ impl CellGraph {
     /// A standalone SVG picture: left to right, curved labelled edges, laid out by
     /// [`CellGraph::layout`].
     pub fn to_svg(&self) -> String {
-        let ni = self.inputs.len();
         let l = self.layout();
         let (width, height) = (l.width, l.height);
         let mut s = String::new();
@@ -263,14 +275,9 @@ impl CellGraph {
             }
         }
         for (id, r) in l.nodes.iter().enumerate() {
-            let fill = if id < ni {
-                "#b4eeb4"
-            } else if id < ni + self.nodes {
-                "#add8e6"
-            } else {
-                "#eee8aa"
-            };
-            let style = format!("fill=\"{fill}\" stroke=\"black\" stroke-width=\"2\"");
+            let [r8, g8, b8] = self.fill(id);
+            let style =
+                format!("fill=\"#{r8:02x}{g8:02x}{b8:02x}\" stroke=\"black\" stroke-width=\"2\"");
             boxed_text(&mut s, r, &style, 17, 10.0, &self.name(id));
         }
         s.push_str("</svg>\n");

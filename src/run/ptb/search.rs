@@ -328,13 +328,13 @@ impl RunConfig for PtbSearchConfig {
     }
 }
 
-/// An epoch's record: the pass's losses, the evaluation-mode validation loss, the genotype and
-/// softmax(α) of `model` (epoch and wall time left 0 for the caller).
+/// Epoch `epoch`'s record: the pass's losses, the evaluation-mode validation loss, the genotype
+/// and softmax(α) of `model`, and the wall time since `t0`.
 fn epoch_record<B: AutodiffBackend>(
     model: &SearchNet<B>,
     data: &SearchStreams,
     cfg: &PtbSearchConfig,
-    pass: &PassStats,
+    (epoch, pass, t0): (usize, &PassStats, Instant),
     device: &B::Device,
 ) -> PtbSearchEpoch {
     let inner = model.valid();
@@ -350,7 +350,7 @@ fn epoch_record<B: AutodiffBackend>(
     );
     let genotype = model.genotype();
     PtbSearchEpoch {
-        epoch: 0,
+        epoch,
         train_loss: pass.train_loss,
         train_ppl: pass.train_loss.exp(),
         arch_val_loss: pass.arch_val_loss,
@@ -358,7 +358,7 @@ fn epoch_record<B: AutodiffBackend>(
         val_ppl: val_loss.exp(),
         steps: pass.steps,
         tokens: pass.tokens,
-        seconds: 0.0,
+        seconds: t0.elapsed().as_secs_f64(),
         genotype_python: python::recurrent_to_python(&genotype),
         genotype,
         alphas: model
@@ -410,9 +410,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
             opts.progress,
             device,
         )?;
-        let mut rec = epoch_record::<B>(&search.model, &data, &cfg, &pass, device);
-        rec.epoch = epoch;
-        rec.seconds = t0.elapsed().as_secs_f64();
+        let rec = epoch_record::<B>(&search.model, &data, &cfg, (epoch, &pass, t0), device);
         if opts.progress {
             print_epoch(&rec);
         }
