@@ -35,6 +35,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod infer;
 pub mod interop;
+pub mod methods;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod launches;
 

@@ -7,6 +7,7 @@ mod common;
 mod gpu_equivalence;
 mod gpu_kernels;
 mod interop;
+mod methods;
 mod nb201;
 mod ptb;
 mod robustness;

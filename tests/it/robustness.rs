@@ -94,6 +94,9 @@ fn non_finite_metrics_round_trip_through_json() {
         genotype_python: String::new(),
         alphas_normal: vec![vec![0.5, f64::NAN]],
         alphas_reduce: vec![vec![1.0]],
+        edge_weights_normal: None,
+        edge_weights_reduce: None,
+        schedule: None,
     };
     // The drivers store the history through `serde_json::json!` (a `Value`), as here.
     let v = serde_json::json!({ "history": [rec] });

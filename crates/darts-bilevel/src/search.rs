@@ -69,7 +69,7 @@ impl StepStats {
     pub fn non_finite(&self) -> Option<&'static str> {
         if !self.train_loss.is_finite() {
             Some("training loss")
-        } else if !self.val_loss.is_finite() {
+        } else if self.val_size > 0 && !self.val_loss.is_finite() {
             Some("validation loss")
         } else if !self.grad_norm.is_finite() {
             Some("weight-gradient norm")
@@ -256,6 +256,9 @@ struct Meter {
 
 impl Meter {
     fn add(&mut self, loss: f64, correct: Option<f64>, size: usize) {
+        if size == 0 {
+            return;
+        }
         let s = size as f64;
         self.n += s;
         self.loss += loss * s;
@@ -263,9 +266,13 @@ impl Meter {
             *self.correct.get_or_insert(0.0) += c;
         }
     }
+    /// Means over what was added; NaN for the loss when nothing was (an epoch without
+    /// architecture steps has no validation loss).
     fn mean(&self) -> (f64, Option<f64>) {
-        let n = self.n.max(1.0);
-        (self.loss / n, self.correct.map(|c| c / n))
+        if self.n == 0.0 {
+            return (f64::NAN, self.correct.map(|_| f64::NAN));
+        }
+        (self.loss / self.n, self.correct.map(|c| c / self.n))
     }
 }
 
@@ -282,6 +289,10 @@ pub struct Bilevel<B: AutodiffBackend, M: ArchModel<B>> {
     pub weights: WeightConfig,
     /// What [`Bilevel::run_epoch`] does with a non-finite step.
     pub on_non_finite: NonFinitePolicy,
+    /// Whether the steps update α (true by default). Methods with a warm-up (PC-DARTS trains
+    /// only the weights for its first 15 epochs) turn it off for those epochs: a step is then
+    /// the weight step alone, and its validation statistics are empty (`val_size` 0).
+    pub arch_updates: bool,
 }
 
 impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
@@ -293,6 +304,7 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             architect: Architect::new(arch),
             weights,
             on_non_finite: NonFinitePolicy::Stop,
+            arch_updates: true,
         }
     }
 
@@ -308,9 +320,20 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
     /// [`Bilevel::step`], also returning the recurrent states the two passes ended in (for
     /// models that carry state across batches; empty otherwise).
     pub fn step_with_state(&mut self, train: &M::Batch, val: &M::Batch, lr: f64) -> StepOutcome<B> {
-        let (model, ag) = self
-            .architect
-            .step(self.model.clone(), &self.w_opt, train, val, lr);
+        let (model, ag) = if self.arch_updates {
+            self.architect
+                .step(self.model.clone(), &self.w_opt, train, val, lr)
+        } else {
+            let none = crate::architect::ArchGradient {
+                dalpha: Default::default(),
+                val_loss: f64::NAN,
+                val_correct: None,
+                val_size: 0,
+                eps: None,
+                val_state: Vec::new(),
+            };
+            (self.model.clone(), none)
+        };
         let arch = model.arch_param_ids();
         let (model, w) = weight_step_except(
             model,

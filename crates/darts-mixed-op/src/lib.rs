@@ -52,6 +52,7 @@ use burn::module::{Module, ModuleDisplay};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{backend::Backend, Tensor};
 use darts_ops::{DartsOp, OpOptions, Primitive, RnnOp, RnnPrimitive};
+use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 
 /// One candidate operation of a search space.
@@ -132,11 +133,98 @@ impl Relaxation for Sigmoid {
     }
 }
 
+/// A relaxation chosen at run time: the drivers' supernets use it, so that one network type
+/// serves every method (`--method fair-darts` switches to the sigmoid).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnyRelaxation {
+    /// [`Softmax`] over the ops of each edge (DARTS and most successors).
+    #[default]
+    Softmax,
+    /// [`Sigmoid`] of each α independently (FairDARTS).
+    Sigmoid,
+}
+
+impl Relaxation for AnyRelaxation {
+    fn weights<B: Backend>(&self, alpha: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            AnyRelaxation::Softmax => Softmax.weights(alpha),
+            AnyRelaxation::Sigmoid => Sigmoid.weights(alpha),
+        }
+    }
+}
+
+/// A regulariser on the architecture parameters, added to the loss the architecture step
+/// minimises (and, as in the reference codes, to the weight step's loss, where its gradient is
+/// zero). `alphas` are the op-weight parameters of every cell type (`[edges, ops]` each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchRegularizer {
+    /// No regulariser (DARTS).
+    #[default]
+    None,
+    /// FairDARTS's zero-one loss `−w · mean((σ(α) − 1/2)²)` over every α of every cell type
+    /// (reference `separate_loss.py: ConvSeparateLoss`, `w = 10`): pushes each sigmoid weight
+    /// towards 0 or 1.
+    ZeroOne {
+        /// Weight `w`.
+        weight: f64,
+    },
+    /// β-DARTS's Beta-Decay `λ · mean_e logsumexp(α_e)` over the edges `e` of every cell type
+    /// (reference `optimizers/darts/architect.py: mlc_loss`); `λ` is set each epoch by the
+    /// method's schedule.
+    BetaDecay {
+        /// The current `λ`.
+        lambda: f64,
+    },
+}
+
+impl ArchRegularizer {
+    /// The regulariser's value on `alphas`, `None` when there is none (or its weight is 0).
+    pub fn loss<B: Backend>(&self, alphas: &[Tensor<B, 2>]) -> Option<Tensor<B, 1>> {
+        if alphas.is_empty() {
+            return None;
+        }
+        let all = Tensor::cat(alphas.to_vec(), 0);
+        match *self {
+            ArchRegularizer::None => None,
+            ArchRegularizer::ZeroOne { weight } if weight != 0.0 => {
+                let d = sigmoid(all) - 0.5;
+                Some((d.clone() * d).mean() * (-weight))
+            }
+            ArchRegularizer::BetaDecay { lambda } if lambda != 0.0 => {
+                // logsumexp per row, stabilised by the row maximum (held constant).
+                let m = all.clone().max_dim(1).detach();
+                let lse = (all - m.clone()).exp().sum_dim(1).log() + m;
+                Some(lse.mean() * lambda)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// PC-DARTS's channel shuffle: `[N, C, H, W]` viewed as `[N, groups, C/groups, H, W]`, the two
+/// channel axes transposed, flattened back (reference `model_search.py: channel_shuffle`).
+/// Channel `g·(C/groups) + i` moves to `i·groups + g`.
+pub fn channel_shuffle<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, groups, c / groups, h, w])
+        .swap_dims(1, 2)
+        .reshape([n, c, h, w])
+}
+
 /// The mixed operation of one edge: `Σ_k w_k · op_k(x)`.
+///
+/// With partial channels (PC-DARTS, [`MixedOp::new_partial`], `K = partial > 1`) the candidates
+/// are built for `C/K` channels and see only the first `C/K` channels of the input; the other
+/// channels bypass them (through a 2×2 max pool with stride 2 on a reducing edge), the two parts
+/// are concatenated and [`channel_shuffle`]d with `K` groups.
 #[derive(Module, Debug)]
 pub struct MixedOp<B: Backend, O: Module<B>> {
     /// The candidates, in alpha-column order.
     pub ops: Vec<O>,
+    /// Partial-channel factor `K` (1: every channel goes through the candidates).
+    pub partial: usize,
     _b: core::marker::PhantomData<B>,
 }
 
@@ -150,11 +238,32 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
     where
         O: CandidateOp<B, D>,
     {
+        Self::new_partial(space, edge, 1, device)
+    }
+
+    /// Build every candidate of `space` for `C/K` channels of the edge (PC-DARTS partial
+    /// channel connections with `K = partial`; 1 is the plain mixed op). `edge.channels` must be
+    /// a multiple of `partial` (the supernet configuration checks it).
+    pub fn new_partial<const D: usize, S: OpSet<B, D, Op = O>>(
+        space: &S,
+        edge: &EdgeSpec,
+        partial: usize,
+        device: &B::Device,
+    ) -> Self
+    where
+        O: CandidateOp<B, D>,
+    {
+        let partial = partial.max(1);
+        let inner = EdgeSpec {
+            channels: edge.channels / partial,
+            stride: edge.stride,
+        };
         let ops = (0..space.len())
-            .map(|k| space.build(k, edge, device))
+            .map(|k| space.build(k, &inner, device))
             .collect();
         Self {
             ops,
+            partial,
             _b: core::marker::PhantomData,
         }
     }
@@ -204,6 +313,45 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
 
     /// Apply with op weights `w` (`[ops]`).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 1>) -> Tensor<B, D>
+    where
+        O: CandidateOp<B, D>,
+    {
+        if self.partial <= 1 {
+            return self.mix(x, w);
+        }
+        let dims = x.dims();
+        let c = dims[1];
+        let cp = c / self.partial;
+        let part = self.mix(x.clone().narrow(1, 0, cp), w);
+        let rest = x.narrow(1, cp, c - cp);
+        let rest = if part.dims()[2..] == dims[2..] {
+            rest
+        } else {
+            // A reducing edge: the bypassed channels go through MaxPool2d(2, 2).
+            assert!(D == 4, "only image edges change the spatial size");
+            let d = rest.dims();
+            let pooled = darts_ops::kernels::pool2d(
+                rest.reshape([d[0], d[1], d[2], d[3]]),
+                darts_ops::kernels::Pooling::Max,
+                2,
+                2,
+                0,
+            );
+            let mut out = part.dims();
+            out[1] = c - cp;
+            pooled.reshape(out)
+        };
+        let y = Tensor::cat(vec![part, rest], 1);
+        let out = y.dims();
+        let k = self.partial;
+        let spatial = out[2..].iter().product::<usize>();
+        // channel_shuffle for any rank: [N, K, C/K, rest] with the channel axes swapped.
+        y.reshape([out[0], k, c / k, spatial])
+            .swap_dims(1, 2)
+            .reshape(out)
+    }
+
+    fn mix<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 1>) -> Tensor<B, D>
     where
         O: CandidateOp<B, D>,
     {

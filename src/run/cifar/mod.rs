@@ -38,7 +38,7 @@ pub(super) fn load_train(data: &Path, limit: Option<usize>) -> Result<Arc<Cifar1
     Ok(Arc::new(d))
 }
 
-type Net<B> = SearchNetwork<B, DartsOp<B>>;
+type Net<B> = SearchNetwork<B, DartsOp<B>, darts_mixed_op::AnyRelaxation>;
 
 pub(super) fn to_batch<B: Backend>(h: &HostBatch, device: &B::Device) -> ImageBatch<B> {
     ImageBatch::from_host(h.images.clone(), h.dims(), &h.labels, device)

@@ -19,7 +19,8 @@ use darts_cell::{ImageBatch, SearchNetworkConfig};
 use darts_data::cifar::{search_split, Augment, Loader};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, Genotype};
-use darts_mixed_op::{DartsSpace, Softmax};
+use crate::methods::{EpochSchedule, Method, MethodConfig};
+use darts_mixed_op::DartsSpace;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -78,6 +79,34 @@ pub struct SearchConfig {
     /// it.
     #[serde(default = "crate::run::before_bn_setting")]
     pub arch_bn_stats: ArchBnStats,
+    /// Adam betas of the architecture parameters ((0.5, 0.999); FairDARTS uses (0.9, 0.999)).
+    #[serde(default = "darts_arch_betas")]
+    pub arch_betas: (f64, f64),
+    /// The search method's pieces (DARTS by default; see [`crate::methods`]).
+    #[serde(default)]
+    pub method: MethodConfig,
+}
+
+fn darts_arch_betas() -> (f64, f64) {
+    (0.5, 0.999)
+}
+
+impl SearchConfig {
+    /// The defaults with `method`'s preset: its pieces and its reference hyper-parameters
+    /// (batch size, learning rates, Adam betas, epochs).
+    pub fn for_method(method: Method) -> Self {
+        let h = method.hyper();
+        Self {
+            batch_size: h.batch_size,
+            lr: h.lr,
+            lr_min: h.lr_min,
+            arch_lr: h.arch_lr,
+            arch_betas: h.arch_betas,
+            epochs: h.epochs,
+            method: method.config(),
+            ..Default::default()
+        }
+    }
 }
 
 /// How the architecture steps of a search draw their validation batches.
@@ -123,6 +152,8 @@ impl Default for SearchConfig {
             skip_non_finite_steps: false,
             val_sampling: ValSampling::Redraw,
             arch_bn_stats: ArchBnStats::ArchitectToo,
+            arch_betas: darts_arch_betas(),
+            method: MethodConfig::default(),
         }
     }
 }
@@ -170,6 +201,16 @@ pub struct SearchEpoch {
     /// softmax(α) of the reduction cell.
     #[serde(with = "crate::nonfinite::table")]
     pub alphas_reduce: Vec<Vec<f64>>,
+    /// PC-DARTS's normalised edge weights `β̂` of the normal cell, per edge (with edge
+    /// normalisation only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_weights_normal: Option<Vec<f64>>,
+    /// `β̂` of the reduction cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_weights_reduce: Option<Vec<f64>>,
+    /// The method's schedule values of the epoch (absent for plain DARTS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<EpochSchedule>,
 }
 
 /// The result of [`run_search`].
@@ -275,14 +316,19 @@ fn build_search<B: AutodiffBackend>(
     let net: Net<B> = {
         let _guard = seed_lock();
         B::seed(device, cfg.seed);
+        let m = &cfg.method;
         SearchNetworkConfig {
             channels: cfg.init_channels,
             layers: cfg.layers,
             steps: cfg.steps,
             multiplier: cfg.steps,
+            partial_channels: m.partial_channels,
+            edge_normalization: m.edge_normalization,
+            auxiliary_skip: m.auxiliary_skip.is_some(),
+            alpha_init: m.alpha_init,
             ..Default::default()
         }
-        .init::<B, _, _>(&DartsSpace::default(), Softmax, device)?
+        .init::<B, _, _>(&DartsSpace::default(), m.relaxation, device)?
     };
     let mut search = Bilevel::new(
         net,
@@ -303,6 +349,7 @@ fn build_search<B: AutodiffBackend>(
                 Order::First
             },
             arch_lr: cfg.arch_lr,
+            arch_betas: cfg.arch_betas,
             arch_weight_decay: cfg.arch_weight_decay,
             bn_stats: cfg.arch_bn_stats,
             ..Default::default()
@@ -325,6 +372,7 @@ fn search_epoch<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<SearchEpoch, RunError> {
     let t0 = Instant::now();
+    let schedule = apply_schedule(search, &cfg.method, epoch, cfg.epochs);
     let pb = progress(
         loaders.train.batches_per_epoch(),
         format!("epoch {}/{}", epoch + 1, cfg.epochs),
@@ -370,7 +418,13 @@ fn search_epoch<B: AutodiffBackend>(
     let (val_loss, val_acc) =
         evaluate::<B::InnerBackend, _>(&loaders.infer, device, |x| model.forward(x));
     let (an, ar) = search.model.arch_weights();
+    let edges = search.model.edge_weights();
     let genotype = search.model.genotype();
+    let to_f64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+    let (edge_weights_normal, edge_weights_reduce) = match edges {
+        Some((n, r)) => (Some(to_f64(n)), Some(to_f64(r))),
+        None => (None, None),
+    };
     Ok(SearchEpoch {
         epoch,
         lr: stats.lr,
@@ -386,7 +440,26 @@ fn search_epoch<B: AutodiffBackend>(
         genotype,
         alphas_normal: f64s(an),
         alphas_reduce: f64s(ar),
+        edge_weights_normal,
+        edge_weights_reduce,
+        schedule,
     })
+}
+
+/// Set the method's values for `epoch` on the search state: whether α is updated, DARTS−'s
+/// skip scale, the regulariser's weight. Returns them (`None` for plain DARTS, which has no
+/// schedule) for the epoch's record.
+fn apply_schedule<B: AutodiffBackend>(
+    search: &mut Bilevel<B, Net<B>>,
+    method: &MethodConfig,
+    epoch: usize,
+    epochs: usize,
+) -> Option<EpochSchedule> {
+    let s = method.schedule(epoch, epochs);
+    search.arch_updates = s.arch_updates;
+    search.model.aux_scale = s.aux_skip_scale.unwrap_or(0.0);
+    search.model.regularizer = method.regularizer(epoch, epochs);
+    (*method != MethodConfig::default()).then_some(s)
 }
 
 fn print_epoch(rec: &SearchEpoch) {
@@ -436,6 +509,16 @@ impl RunConfig for SearchConfig {
             "lr-min",
             "must be between 0 and --lr",
             self.lr_min,
+        )?;
+        self.method
+            .validate()
+            .map_err(|why| RunError::Config(format!("method: {why}")))?;
+        let k = self.method.partial_channels;
+        check(
+            self.init_channels.is_multiple_of(2 * k),
+            "init-channels",
+            &format!("must be a multiple of 2K = {} with partial channels K = {k} (the candidates see C/K channels, a whole even number)", 2 * k),
+            self.init_channels,
         )?;
         let portion_ok = self.train_portion > 0.0 && self.train_portion < 1.0;
         let portion_rule = "must be strictly between 0 and 1";

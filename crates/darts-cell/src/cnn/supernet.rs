@@ -66,8 +66,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use darts_bilevel::{ArchModel, BatchOutput};
 use darts_genotype::{derive::derive_conv, Genotype};
-use darts_mixed_op::{CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax};
-use darts_ops::cnn::{FactorizedReduce, ReLUConvBN};
+use darts_mixed_op::{ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax};
+use darts_ops::cnn::{FactorizedReduce, Identity, ReLUConvBN};
 use darts_ops::conv::Conv2dConfig;
 use darts_ops::{BatchNorm2d, Conv2d, Linear};
 
@@ -100,6 +100,55 @@ impl<B: Backend> Preprocess<B> {
     }
 }
 
+/// DARTS−'s auxiliary skip connection of an edge: the identity at stride 1, a learnable
+/// non-affine [`FactorizedReduce`] at stride 2 (reference `DARTS-/src/search/model_search.py:
+/// MixedOp`). Its output is added to the mixed op's, scaled by the schedule's `β`.
+#[derive(Module, Debug)]
+pub enum AuxSkip<B: Backend> {
+    /// Stride 1.
+    Identity(Identity),
+    /// Stride 2.
+    Reduce(FactorizedReduce<B>),
+}
+
+impl<B: Backend> AuxSkip<B> {
+    /// The skip of an edge with `channels` in and out and the given stride.
+    pub fn new(channels: usize, stride: usize, device: &B::Device) -> Self {
+        if stride == 1 {
+            AuxSkip::Identity(Identity)
+        } else {
+            AuxSkip::Reduce(FactorizedReduce::new(channels, channels, false, device))
+        }
+    }
+
+    /// Identity or factorized reduction.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            AuxSkip::Identity(_) => x,
+            AuxSkip::Reduce(f) => f.forward(x),
+        }
+    }
+}
+
+/// `x · s` for a one-element `s`, through the row-broadcast path (`[1, numel] · [1, 1]`).
+fn scale_by<B: Backend>(x: Tensor<B, 4>, s: Tensor<B, 1>) -> Tensor<B, 4> {
+    let shape = x.dims();
+    let numel: usize = shape.iter().product();
+    (x.reshape([1, numel]) * s.reshape([1, 1])).reshape(shape)
+}
+
+/// What a search cell's forward takes besides its inputs: the op weights of every edge and,
+/// depending on the method, PC-DARTS's normalised edge weights and DARTS−'s skip scale.
+#[derive(Clone, Debug)]
+pub struct CellWeights<B: Backend> {
+    /// Op weights per edge (`[ops]` each).
+    pub ops: Vec<Tensor<B, 1>>,
+    /// Edge weights `β̂` per edge (`[1]` each; softmax over a node's incoming edges).
+    pub edges: Option<Vec<Tensor<B, 1>>>,
+    /// Scale of the auxiliary skips (DARTS− `β`); ignored when the cell has none.
+    pub aux_scale: f64,
+}
+
 /// A search cell: `steps` nodes, node `i` sums mixed ops over all `2 + i` earlier states; the
 /// output concatenates the last `multiplier` states.
 #[derive(Module, Debug)]
@@ -110,6 +159,8 @@ pub struct SearchCell<B: Backend, O: Module<B>> {
     pub preprocess1: ReLUConvBN<B>,
     /// Mixed ops, node by node, input by input (`Σ_i (2 + i)` edges).
     pub edges: Vec<MixedOp<B, O>>,
+    /// DARTS−'s auxiliary skip per edge (empty when off).
+    pub aux: Vec<AuxSkip<B>>,
     /// Number of intermediate nodes.
     pub steps: usize,
     /// Number of states concatenated into the output.
@@ -127,6 +178,20 @@ impl<B: Backend, O: CandidateOp<B, 4>> SearchCell<B, O> {
         shape: CellShape,
         device: &B::Device,
     ) -> Self {
+        Self::with_options(space, steps, multiplier, shape, 1, false, device)
+    }
+
+    /// Build a cell whose mixed ops use partial channels `partial` (PC-DARTS `K`; 1 = off) and,
+    /// with `aux_skip`, an auxiliary skip per edge (DARTS−).
+    pub fn with_options<S: OpSet<B, 4, Op = O>>(
+        space: &S,
+        steps: usize,
+        multiplier: usize,
+        shape: CellShape,
+        partial: usize,
+        aux_skip: bool,
+        device: &B::Device,
+    ) -> Self {
         let CellShape {
             c_prev_prev,
             c_prev,
@@ -135,23 +200,25 @@ impl<B: Backend, O: CandidateOp<B, 4>> SearchCell<B, O> {
             reduction_prev,
         } = shape;
         let mut edges = Vec::new();
+        let mut aux = Vec::new();
         for i in 0..steps {
             for j in 0..2 + i {
                 let stride = if reduction && j < 2 { 2 } else { 1 };
-                edges.push(MixedOp::new(
-                    space,
-                    &EdgeSpec {
-                        channels: c,
-                        stride,
-                    },
-                    device,
-                ));
+                let spec = EdgeSpec {
+                    channels: c,
+                    stride,
+                };
+                edges.push(MixedOp::new_partial(space, &spec, partial, device));
+                if aux_skip {
+                    aux.push(AuxSkip::new(c, stride, device));
+                }
             }
         }
         Self {
             preprocess0: Preprocess::new(c_prev_prev, c, reduction_prev, false, device),
             preprocess1: ReLUConvBN::new(c_prev, c, 1, 1, 0, false, device),
             edges,
+            aux,
             steps,
             multiplier,
             reduction,
@@ -165,12 +232,30 @@ impl<B: Backend, O: CandidateOp<B, 4>> SearchCell<B, O> {
         s1: Tensor<B, 4>,
         weights: &[Tensor<B, 1>],
     ) -> Tensor<B, 4> {
+        let w = CellWeights {
+            ops: weights.to_vec(),
+            edges: None,
+            aux_scale: 0.0,
+        };
+        self.forward_with(s0, s1, &w)
+    }
+
+    /// Apply with op weights, optional edge weights and the auxiliary skips' scale: edge `e`
+    /// computes `β̂_e · (MixedOp_e(h) + aux_scale · skip_e(h))` (each factor only when present).
+    pub fn forward_with(&self, s0: Tensor<B, 4>, s1: Tensor<B, 4>, w: &CellWeights<B>) -> Tensor<B, 4> {
         let mut states = vec![self.preprocess0.forward(s0), self.preprocess1.forward(s1)];
         let mut offset = 0;
         for _ in 0..self.steps {
             let mut s: Option<Tensor<B, 4>> = None;
             for (j, h) in states.iter().enumerate() {
-                let y = self.edges[offset + j].forward(h.clone(), weights[offset + j].clone());
+                let e = offset + j;
+                let mut y = self.edges[e].forward(h.clone(), w.ops[e].clone());
+                if let Some(skip) = self.aux.get(e).filter(|_| w.aux_scale != 0.0) {
+                    y = y + skip.forward(h.clone()) * w.aux_scale;
+                }
+                if let Some(b) = &w.edges {
+                    y = scale_by(y, b[e].clone());
+                }
                 s = Some(match s {
                     Some(acc) => acc + y,
                     None => y,
@@ -199,6 +284,35 @@ pub struct SearchNetworkConfig {
     pub multiplier: usize,
     /// Stem width multiplier (stem outputs `stem_multiplier · C` channels).
     pub stem_multiplier: usize,
+    /// PC-DARTS partial channel connections: the candidates of an edge see `C/K` of its channels
+    /// (`K = partial_channels`; 1 = off, the DARTS supernet).
+    #[serde(default = "one")]
+    pub partial_channels: usize,
+    /// PC-DARTS edge normalisation: a parameter `β` per edge, softmax over each node's incoming
+    /// edges, node = `Σ_j β̂_j · MixedOp_j` (architecture parameters next to α).
+    #[serde(default)]
+    pub edge_normalization: bool,
+    /// DARTS−'s auxiliary skip connection on every edge.
+    #[serde(default)]
+    pub auxiliary_skip: bool,
+    /// How α (and β) start.
+    #[serde(default)]
+    pub alpha_init: AlphaInit,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// How the architecture parameters are initialised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlphaInit {
+    /// `10⁻³ · N(0, 1)`, the reference DARTS (and PC-DARTS's β).
+    #[default]
+    Random,
+    /// All zero (FairDARTS: every sigmoid weight starts at 1/2).
+    Zeros,
 }
 
 impl Default for SearchNetworkConfig {
@@ -210,6 +324,10 @@ impl Default for SearchNetworkConfig {
             steps: 4,
             multiplier: 4,
             stem_multiplier: 3,
+            partial_channels: 1,
+            edge_normalization: false,
+            auxiliary_skip: false,
+            alpha_init: AlphaInit::Random,
         }
     }
 }
@@ -234,6 +352,13 @@ impl SearchNetworkConfig {
             if v == 0 {
                 return bad(format!("{name} = 0 (must be at least 1)"));
             }
+        }
+        let k = self.partial_channels;
+        if k == 0 || !self.channels.is_multiple_of(2 * k) {
+            return bad(format!(
+                "partial_channels = {k} with channels = {} (the candidates see C/K channels, which must be a whole, even number: C a multiple of 2K)",
+                self.channels
+            ));
         }
         if !(1..=self.steps + 2).contains(&self.multiplier) {
             return bad(format!(
@@ -264,7 +389,7 @@ impl SearchNetworkConfig {
             if reduction {
                 c_cur *= 2;
             }
-            cells.push(SearchCell::new(
+            cells.push(SearchCell::with_options(
                 space,
                 self.steps,
                 self.multiplier,
@@ -275,6 +400,8 @@ impl SearchNetworkConfig {
                     reduction,
                     reduction_prev,
                 },
+                self.partial_channels,
+                self.auxiliary_skip,
                 device,
             ));
             reduction_prev = reduction;
@@ -283,19 +410,40 @@ impl SearchNetworkConfig {
         }
         let k = self.edges();
         let ops = space.len();
+        let init = self.alpha_init;
         let alpha = || {
-            Param::from_tensor(
-                Tensor::random([k, ops], Distribution::Normal(0.0, 1.0), device) * 1e-3,
-            )
+            Param::from_tensor(match init {
+                AlphaInit::Random => {
+                    Tensor::random([k, ops], Distribution::Normal(0.0, 1.0), device) * 1e-3
+                }
+                AlphaInit::Zeros => Tensor::zeros([k, ops], device),
+            })
         };
+        let beta = || {
+            self.edge_normalization.then(|| {
+                Param::from_tensor(match init {
+                    AlphaInit::Random => {
+                        Tensor::random([k], Distribution::Normal(0.0, 1.0), device) * 1e-3
+                    }
+                    AlphaInit::Zeros => Tensor::zeros([k], device),
+                })
+            })
+        };
+        let (alphas_normal, alphas_reduce) = (alpha(), alpha());
+        let (betas_normal, betas_reduce) = (beta(), beta());
         Ok(SearchNetwork {
             stem_conv: Conv2dConfig::new(3, c_stem, 3, 1, 1).init(device),
             stem_bn: BatchNorm2d::new(c_stem, true, device),
             cells,
             classifier: Linear::new(c_p, self.num_classes, device),
-            alphas_normal: alpha(),
-            alphas_reduce: alpha(),
+            alphas_normal,
+            alphas_reduce,
+            betas_normal,
+            betas_reduce,
             relaxation,
+            regularizer: ArchRegularizer::None,
+            aux_scale: 1.0,
+            steps: self.steps,
             op_names: space.names(),
             none_index: space.none_index(),
             multiplier: self.multiplier,
@@ -320,6 +468,20 @@ pub struct SearchNetwork<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
     pub alphas_normal: Param<Tensor<B, 2>>,
     /// α of the reduction cells.
     pub alphas_reduce: Param<Tensor<B, 2>>,
+    /// PC-DARTS edge-normalisation parameters β of the normal cells (`[edges]`), if on.
+    pub betas_normal: Option<Param<Tensor<B, 1>>>,
+    /// β of the reduction cells.
+    pub betas_reduce: Option<Param<Tensor<B, 1>>>,
+    /// Regulariser of the architecture objective (FairDARTS, β-DARTS); set by the method's
+    /// schedule each epoch.
+    #[module(skip)]
+    pub regularizer: ArchRegularizer,
+    /// Scale of DARTS−'s auxiliary skips (its `β`, from 1 down to 0 over the epochs; set by the
+    /// schedule); unused without them.
+    #[module(skip)]
+    pub aux_scale: f64,
+    /// Intermediate nodes per cell.
+    pub steps: usize,
     /// Relaxation (softmax by default).
     #[module(skip)]
     pub relaxation: R,
@@ -333,6 +495,22 @@ pub struct SearchNetwork<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
     pub multiplier: usize,
 }
 
+/// PC-DARTS's edge normalisation: softmax of `β` over the incoming edges of each node (node `i`
+/// has `2 + i`), concatenated back in edge order.
+pub fn edge_softmax<B: Backend>(beta: Tensor<B, 1>, steps: usize) -> Tensor<B, 1> {
+    let mut parts = Vec::with_capacity(steps);
+    let mut start = 0;
+    for i in 0..steps {
+        let n = 2 + i;
+        parts.push(burn::tensor::activation::softmax(
+            beta.clone().slice(start..start + n),
+            0,
+        ));
+        start += n;
+    }
+    Tensor::cat(parts, 0)
+}
+
 fn rows<B: Backend>(w: Tensor<B, 2>) -> Vec<Tensor<B, 1>> {
     let [k, n] = w.dims();
     (0..k)
@@ -344,13 +522,23 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
     /// Logits for `x` (`[N, 3, H, W]`). The relaxation is recomputed in every forward (Burn's
     /// backward consumes the graph, so nothing derived from α is cached).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let wn = rows(self.relaxation.weights(self.alphas_normal.val()));
-        let wr = rows(self.relaxation.weights(self.alphas_reduce.val()));
+        let weights = |alpha: &Param<Tensor<B, 2>>, beta: &Option<Param<Tensor<B, 1>>>| {
+            CellWeights {
+                ops: rows(self.relaxation.weights(alpha.val())),
+                edges: beta.as_ref().map(|b| {
+                    let w = edge_softmax(b.val(), self.steps);
+                    (0..w.dims()[0]).map(|e| w.clone().slice(e..e + 1)).collect()
+                }),
+                aux_scale: self.aux_scale,
+            }
+        };
+        let wn = weights(&self.alphas_normal, &self.betas_normal);
+        let wr = weights(&self.alphas_reduce, &self.betas_reduce);
         let s = self.stem_bn.forward(self.stem_conv.forward(x));
         let (mut s0, mut s1) = (s.clone(), s);
         for cell in &self.cells {
             let w = if cell.reduction { &wr } else { &wn };
-            let s2 = cell.forward(s0, s1.clone(), w);
+            let s2 = cell.forward_with(s0, s1.clone(), w);
             s0 = s1;
             s1 = s2;
         }
@@ -372,17 +560,47 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
         )
     }
 
-    /// The derived genotype (top-2 non-`none` edges per node, see [`darts_genotype::derive`]).
+    /// The normalised edge weights `β̂` `(normal, reduce)` (softmax over each node's incoming
+    /// edges), when the supernet has edge normalisation.
+    pub fn edge_weights(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let read = |b: &Option<Param<Tensor<B, 1>>>| {
+            b.as_ref()
+                .map(|b| darts_ops::to_f32s(&edge_softmax(b.val(), self.steps)))
+        };
+        Some((read(&self.betas_normal)?, read(&self.betas_reduce)?))
+    }
+
+    /// The derived genotype: top-2 non-`none` edges per node by their strongest op weight (see
+    /// [`darts_genotype::derive`]); with edge normalisation the op weights of edge `e` are
+    /// first scaled by `β̂_e` (PC-DARTS: β decides which edges, not which op).
     pub fn genotype(&self) -> Genotype {
-        let (n, r) = self.arch_weights();
+        let (mut n, mut r) = self.arch_weights();
+        if let Some((bn, br)) = self.edge_weights() {
+            for (rows, b) in [(&mut n, bn), (&mut r, br)] {
+                for (row, s) in rows.iter_mut().zip(b) {
+                    row.iter_mut().for_each(|w| *w *= s);
+                }
+            }
+        }
         let names: Vec<&str> = self.op_names.iter().map(String::as_str).collect();
         derive_conv(&n, &r, self.multiplier, &names, self.none_index)
             .expect("supernet alphas have the shape of its cells")
     }
 
-    /// Ids of `alphas_normal` and `alphas_reduce`.
+    /// Ids of the architecture parameters: `alphas_normal`, `alphas_reduce` and, with edge
+    /// normalisation, `betas_normal`, `betas_reduce`.
     pub fn alpha_ids(&self) -> Vec<ParamId> {
-        vec![self.alphas_normal.id, self.alphas_reduce.id]
+        let mut ids = vec![self.alphas_normal.id, self.alphas_reduce.id];
+        for b in [&self.betas_normal, &self.betas_reduce].into_iter().flatten() {
+            ids.push(b.id);
+        }
+        ids
+    }
+
+    /// The regulariser's value at the current α (see [`ArchRegularizer`]).
+    pub fn regularization(&self) -> Option<Tensor<B, 1>> {
+        self.regularizer
+            .loss(&[self.alphas_normal.val(), self.alphas_reduce.val()])
     }
 
     /// Number of trainable weights (α and BN running statistics excluded).
@@ -402,11 +620,16 @@ where
 
     fn forward_batch(&self, batch: &ImageBatch<B>) -> BatchOutput<B> {
         let logits = self.forward(batch.images.clone());
-        BatchOutput::new(
-            cross_entropy(logits.clone(), batch.targets.clone()),
-            Some(correct(logits.detach(), batch.targets.clone())),
-            batch.len(),
-        )
+        let ce = cross_entropy(logits.clone(), batch.targets.clone());
+        let correct = Some(correct(logits.detach(), batch.targets.clone()));
+        match self.regularization() {
+            None => BatchOutput::new(ce, correct, batch.len()),
+            Some(reg) => {
+                let mut out = BatchOutput::new(ce.clone() + reg, correct, batch.len());
+                out.raw_loss = Some(ce);
+                out
+            }
+        }
     }
 
     fn arch_param_ids(&self) -> Vec<ParamId> {

@@ -1,0 +1,541 @@
+//! The successor methods (`darts::methods`): exact parameter counts, their equations against
+//! hand-computed values, the gradients they change against central differences, their
+//! schedules, their derivation rules, and a tiny end-to-end search for each on real CIFAR-10
+//! (valid genotype, resume equal to an uninterrupted run).
+
+use crate::common::*;
+use burn::backend::Flex;
+use burn::module::Param;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use darts::bilevel::ArchModel;
+use darts::cell::cnn::supernet::{edge_softmax, AlphaInit};
+use darts::cifar::{run_search, RunOptions, SearchConfig};
+use darts::methods::{Method, MethodConfig};
+use darts::mixed_op::{channel_shuffle, AnyRelaxation, ArchRegularizer, MixedOp};
+use darts::prelude::*;
+use std::path::{Path, PathBuf};
+
+type Net<Bk> = SearchNetwork<Bk, DartsOp<Bk>, AnyRelaxation>;
+
+fn supernet_with(cfg: SearchNetworkConfig) -> Net<Flex> {
+    cfg.init::<Flex, _, _>(
+        &DartsSpace::default(),
+        AnyRelaxation::Softmax,
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn values_of(t: Tensor<Flex, 4>) -> Vec<f64> {
+    t.into_data().convert::<f64>().to_vec::<f64>().unwrap()
+}
+
+// ------------------------------------------------------------------ parameter counts
+
+#[test]
+fn pc_darts_supernet_has_the_reference_weight_count() {
+    let net = supernet_with(SearchNetworkConfig {
+        partial_channels: 4,
+        edge_normalization: true,
+        ..Default::default()
+    });
+    assert_eq!(net.num_weights(), 299_578);
+    // β: one per edge and cell type, architecture parameters like α.
+    assert_eq!(net.betas_normal.as_ref().unwrap().dims(), [14]);
+    assert_eq!(net.betas_reduce.as_ref().unwrap().dims(), [14]);
+    let all = darts::ops::trainable_params(&net, &[]);
+    assert_eq!(all - net.num_weights(), 2 * 14 * 8 + 2 * 14);
+    assert_eq!(net.alpha_ids().len(), 4);
+}
+
+#[test]
+fn darts_minus_supernet_has_the_reference_weight_count() {
+    let net = supernet_with(SearchNetworkConfig {
+        auxiliary_skip: true,
+        ..Default::default()
+    });
+    // 1,930,618 + a non-affine FactorizedReduce(C, C) on each of the 8 reducing edges of the
+    // two reduction cells (C = 32 and 64: 8·(32² + 64²) = 40,960).
+    assert_eq!(net.num_weights(), 1_971_578);
+}
+
+#[test]
+fn partial_channels_must_divide_the_channels() {
+    let e = SearchNetworkConfig {
+        channels: 4,
+        layers: 3,
+        partial_channels: 4,
+        ..Default::default()
+    }
+    .init::<Flex, _, _>(
+        &DartsSpace::default(),
+        AnyRelaxation::Softmax,
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("partial_channels = 4"), "{e}");
+}
+
+// ------------------------------------------------------------------ PC-DARTS equations
+
+#[test]
+fn channel_shuffle_moves_channel_g_i_to_i_g() {
+    let dev = Default::default();
+    let x = Tensor::<Flex, 4>::from_data(
+        TensorData::new((0..8).map(|v| v as f32).collect::<Vec<_>>(), [1, 8, 1, 1]),
+        &dev,
+    );
+    // C = 8, K = 4 groups of 2: output channel i·4 + g is input channel g·2 + i.
+    assert_eq!(
+        values_of(channel_shuffle(x, 4)),
+        vec![0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]
+    );
+}
+
+/// The partial-channel mixed op equals its definition written out: the candidates on the first
+/// C/K channels, the rest passed through (max-pooled 2×2 on a reducing edge), concatenated,
+/// shuffled.
+#[test]
+fn partial_channel_mixed_op_matches_its_definition() {
+    let dev = Default::default();
+    for stride in [1, 2] {
+        let edge = EdgeSpec {
+            channels: 8,
+            stride,
+        };
+        let m = seeded(11, || {
+            MixedOp::<Flex, DartsOp<Flex>>::new_partial(&DartsSpace::default(), &edge, 4, &dev)
+        });
+        let x = seeded(12, || {
+            Tensor::<Flex, 4>::random([2, 8, 6, 6], Distribution::Normal(0.0, 1.0), &dev)
+        });
+        let w = Tensor::<Flex, 1>::from_floats([0.1, 0.2, 0.05, 0.15, 0.1, 0.2, 0.1, 0.1], &dev);
+        let got = m.forward(x.clone(), w.clone());
+        let part = x.clone().slice([0..2, 0..2]);
+        let mut mixed: Option<Tensor<Flex, 4>> = None;
+        let wv: Vec<f32> = w.into_data().to_vec().unwrap();
+        for (k, op) in m.ops.iter().enumerate() {
+            let y = op.forward(part.clone()) * wv[k];
+            mixed = Some(match mixed {
+                Some(a) => a + y,
+                None => y,
+            });
+        }
+        let mixed = mixed.unwrap();
+        let rest = x.slice([0..2, 2..8]);
+        let rest = if stride == 2 {
+            burn::tensor::module::max_pool2d(rest, [2, 2], [2, 2], [0, 0], [1, 1], false)
+        } else {
+            rest
+        };
+        let cat = Tensor::cat(vec![mixed, rest], 1);
+        let [n, c, h, ww] = cat.dims();
+        let want = cat
+            .reshape([n, 4, c / 4, h, ww])
+            .swap_dims(1, 2)
+            .reshape([n, c, h, ww]);
+        assert_eq!(got.dims(), want.dims());
+        let (g, e) = (values_of(got), values_of(want));
+        let err = g.iter().zip(&e).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-5, "stride {stride}: max error {err}");
+    }
+}
+
+#[test]
+fn edge_normalisation_is_a_softmax_per_node() {
+    let dev = Default::default();
+    // Two nodes: edges (0, 1) of node 0, edges (2, 3, 4) of node 1.
+    let beta = Tensor::<Flex, 1>::from_floats([0.0, 1.0, 0.0, 0.0, 2.0], &dev);
+    let w: Vec<f64> = edge_softmax(beta, 2)
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    let e = std::f64::consts::E;
+    let want = [
+        1.0 / (1.0 + e),
+        e / (1.0 + e),
+        1.0 / (2.0 + e * e),
+        1.0 / (2.0 + e * e),
+        e * e / (2.0 + e * e),
+    ];
+    for (a, b) in w.iter().zip(want) {
+        assert!((a - b).abs() < 1e-6, "{w:?} vs {want:?}");
+    }
+}
+
+/// Sets α and β of a (2-node) supernet by hand.
+fn with_arch<Bk: burn::tensor::backend::Backend>(
+    mut net: Net<Bk>,
+    alpha: [[f32; 8]; 5],
+    beta: [f32; 5],
+) -> Net<Bk> {
+    let dev = net.alphas_normal.val().device();
+    let a = Tensor::<Bk, 2>::from_data(
+        TensorData::new(alpha.iter().flatten().copied().collect::<Vec<_>>(), [5, 8]),
+        &dev,
+    );
+    let b = Tensor::<Bk, 1>::from_data(TensorData::new(beta.to_vec(), [5]), &dev);
+    net.alphas_normal = Param::from_tensor(a.clone());
+    net.alphas_reduce = Param::from_tensor(a);
+    net.betas_normal = Some(Param::from_tensor(b.clone()));
+    net.betas_reduce = Some(Param::from_tensor(b));
+    net
+}
+
+/// β decides the edges, α the op: an edge with a strong op but a small β̂ loses to an edge with
+/// a weaker op and a large β̂ (reference `model_search.py: genotype`, W = softmax(α)·β̂).
+#[test]
+fn pc_darts_derivation_weights_ops_by_edge() {
+    let net = supernet_with(SearchNetworkConfig {
+        channels: 8,
+        layers: 3,
+        steps: 2,
+        multiplier: 2,
+        partial_channels: 4,
+        edge_normalization: true,
+        ..Default::default()
+    });
+    // Op columns: none, max, avg, skip, sep3, sep5, dil3, dil5.
+    let mut alpha = [[0.0f32; 8]; 5];
+    alpha[0][4] = 3.0; // node 0, input 0: sep_conv_3x3, strong
+    alpha[1][5] = 1.0; // node 0, input 1: sep_conv_5x5, weaker
+    alpha[2][6] = 3.0; // node 1, input 0: dil_conv_3x3, strong
+    alpha[3][3] = 1.0; // node 1, input 1: skip_connect
+    alpha[4][7] = 0.5; // node 1, input 2: dil_conv_5x5, weakest
+    // Without edge weights (β = 0: uniform β̂) node 1 keeps inputs 0 and 1.
+    let plain = with_arch(net.clone(), alpha, [0.0; 5]).genotype();
+    let inputs: Vec<usize> = plain.normal.iter().map(|g| g.input).collect();
+    assert_eq!(inputs, vec![0, 1, 0, 1]);
+    // β favours input 2 of node 1 strongly: it now beats input 0's stronger op.
+    let g = with_arch(net, alpha, [0.0, 0.0, -4.0, 0.0, 4.0]).genotype();
+    let node1: Vec<(&str, usize)> = g.normal[2..]
+        .iter()
+        .map(|g| (g.op.as_str(), g.input))
+        .collect();
+    assert_eq!(node1, vec![("dil_conv_5x5", 2), ("skip_connect", 1)]);
+    // Node 0 is unchanged (equal β): its ops come from α alone.
+    assert_eq!(g.normal[0].op, "sep_conv_3x3");
+    assert_eq!(g.normal[1].op, "sep_conv_5x5");
+}
+
+/// ∂L/∂(α, β) of a PC-DARTS supernet by autodiff against central differences (f64): edge
+/// normalisation and the partial-channel mixed op are differentiated correctly.
+#[test]
+fn pc_darts_arch_gradient_matches_finite_differences() {
+    let dev = Default::default();
+    let net = seeded(23, || {
+        SearchNetworkConfig {
+            channels: 8,
+            layers: 3,
+            steps: 2,
+            multiplier: 2,
+            partial_channels: 4,
+            edge_normalization: true,
+            ..Default::default()
+        }
+        .init::<B, _, _>(&DartsSpace::default(), AnyRelaxation::Softmax, &dev)
+        .unwrap()
+    });
+    let n = alpha_vec(&net).len();
+    assert_eq!(n, 2 * 5 * 8 + 2 * 5);
+    let a0: Vec<f64> = (0..n).map(|i| ((i * 37 % 17) as f64 - 8.0) * 0.1).collect();
+    let net = to_f64(with_alpha(net, &a0));
+    let b = batch_f64(batch(4, 8, 0.0));
+    check_gradient(&net, &b, &a0);
+}
+
+fn check_gradient<M: ArchModel<B>>(net: &M, b: &M::Batch, a0: &[f64]) {
+    let ga = darts::bilevel::architect::loss_gradients(net, b).arch;
+    let g = flat(&ga, &net.arch_param_ids());
+    let f = |a: &[f64]| scalar(with_alpha(net.clone(), a).loss(b));
+    let mut dirs: Vec<Vec<f64>> = vec![unit(g.clone())];
+    for k in 0..2 {
+        let r: Vec<f64> = (0..g.len())
+            .map(|i| (((i * 7919 + k * 104729) % 1000) as f64 / 500.0) - 1.0)
+            .collect();
+        dirs.push(unit(r));
+    }
+    for d in dirs {
+        let fd = central_difference(&f, a0, &d, 1e-5);
+        let ad = dot(&g, &d);
+        let tol = 1e-6 * norm(&g);
+        assert!((fd - ad).abs() < tol, "fd {fd} vs autodiff {ad} (tol {tol})");
+    }
+}
+
+// ------------------------------------------------------------------ regularisers
+
+#[test]
+fn beta_decay_and_zero_one_losses_match_hand_values() {
+    let dev = Default::default();
+    let a = Tensor::<Flex, 2>::from_floats([[0.0, 1.0], [2.0, -1.0]], &dev);
+    let b = Tensor::<Flex, 2>::from_floats([[0.5, 0.5]], &dev);
+    let v = |r: ArchRegularizer| -> f64 {
+        r.loss(&[a.clone(), b.clone()])
+            .unwrap()
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap()[0]
+    };
+    let lse = |x: f64, y: f64| (x.exp() + y.exp()).ln();
+    let beta = (lse(0.0, 1.0) + lse(2.0, -1.0) + lse(0.5, 0.5)) / 3.0;
+    assert!((v(ArchRegularizer::BetaDecay { lambda: 2.0 }) - 2.0 * beta).abs() < 1e-6);
+    let s = |x: f64| 1.0 / (1.0 + (-x).exp()) - 0.5;
+    let zo = -10.0 * [0.0, 1.0, 2.0, -1.0, 0.5, 0.5].map(|x| s(x) * s(x)).iter().sum::<f64>() / 6.0;
+    assert!((v(ArchRegularizer::ZeroOne { weight: 10.0 }) - zo).abs() < 1e-6);
+    assert!(ArchRegularizer::None.loss(&[a.clone()]).is_none());
+    assert!(ArchRegularizer::BetaDecay { lambda: 0.0 }.loss(&[a]).is_none());
+}
+
+/// The regularised architecture objective (Beta-Decay, and FairDARTS's zero-one loss on a
+/// sigmoid supernet) differentiated by autodiff against central differences (f64).
+#[test]
+fn regularised_arch_gradients_match_finite_differences() {
+    let dev = Default::default();
+    for (reg, relax) in [
+        (ArchRegularizer::BetaDecay { lambda: 7.5 }, AnyRelaxation::Softmax),
+        (ArchRegularizer::ZeroOne { weight: 10.0 }, AnyRelaxation::Sigmoid),
+    ] {
+        let mut net = seeded(29, || {
+            SearchNetworkConfig {
+                channels: 4,
+                layers: 3,
+                steps: 2,
+                multiplier: 2,
+                ..Default::default()
+            }
+            .init::<B, _, _>(&DartsSpace::default(), relax, &dev)
+            .unwrap()
+        });
+        net.regularizer = reg;
+        let n = alpha_vec(&net).len();
+        let a0: Vec<f64> = (0..n).map(|i| ((i * 41 % 13) as f64 - 6.0) * 0.15).collect();
+        let net = to_f64(with_alpha(net, &a0));
+        let b = batch_f64(batch(4, 8, 0.0));
+        // The regulariser is in the objective: the loss differs from the cross-entropy.
+        let out = net.forward_batch(&b);
+        let (l, ce) = (scalar(out.loss), scalar(out.raw_loss.unwrap()));
+        assert!((l - ce).abs() > 1e-3, "{reg:?}: {l} vs {ce}");
+        check_gradient(&net, &b, &a0);
+    }
+}
+
+// ------------------------------------------------------------------ DARTS−
+
+/// The auxiliary skip adds `β · skip(x)` to every edge: with the candidates' weights all zero
+/// (α = −∞ except `none`) a stride-1 cell is a sum of scaled identities.
+#[test]
+fn darts_minus_skip_is_scaled_identity_on_normal_edges() {
+    let dev = Default::default();
+    let cell = seeded(31, || {
+        darts::cell::cnn::supernet::SearchCell::<Flex, DartsOp<Flex>>::with_options(
+            &DartsSpace::default(),
+            2,
+            2,
+            darts::cell::CellShape {
+                c_prev_prev: 4,
+                c_prev: 4,
+                c: 4,
+                reduction: false,
+                reduction_prev: false,
+            },
+            1,
+            true,
+            &dev,
+        )
+    });
+    let s0 = seeded(32, || Tensor::<Flex, 4>::random([2, 4, 5, 5], Distribution::Default, &dev));
+    let s1 = seeded(33, || Tensor::<Flex, 4>::random([2, 4, 5, 5], Distribution::Default, &dev));
+    // Only `none` weighted: every mixed op outputs 0.
+    let none = Tensor::<Flex, 1>::from_floats([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &dev);
+    let w = darts::cell::cnn::supernet::CellWeights {
+        ops: vec![none; 5],
+        edges: None,
+        aux_scale: 0.5,
+    };
+    let out = cell.forward_with(s0.clone(), s1.clone(), &w);
+    // Node 0 = 0.5·(h0 + h1); node 1 = 0.5·(h0 + h1 + node0) = 0.75·(h0 + h1).
+    let h0 = cell.preprocess0.forward(s0);
+    let h1 = cell.preprocess1.forward(s1);
+    let sum = h0 + h1;
+    let want = Tensor::cat(vec![sum.clone() * 0.5, sum * 0.75], 1);
+    let err = values_of(out)
+        .iter()
+        .zip(values_of(want))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-5, "max error {err}");
+}
+
+// ------------------------------------------------------------------ schedules
+
+#[test]
+fn schedules_take_the_reference_values() {
+    let pc = Method::PcDarts.config();
+    assert!(!pc.schedule(0, 50).arch_updates);
+    assert!(!pc.schedule(14, 50).arch_updates);
+    assert!(pc.schedule(15, 50).arch_updates);
+    let minus = Method::DartsMinus.config();
+    for (e, beta) in [(0, 1.0), (25, 0.5), (49, 0.02)] {
+        let got = minus.schedule(e, 50).aux_skip_scale.unwrap();
+        assert!((got - beta).abs() < 1e-12, "epoch {e}: {got}");
+    }
+    let bd = Method::BetaDarts.config();
+    for (e, lambda) in [(0, 0.0), (10, 5.0), (49, 24.5)] {
+        assert_eq!(bd.schedule(e, 50).beta_decay_lambda, Some(lambda));
+    }
+    let d = MethodConfig::default();
+    let s = d.schedule(3, 50);
+    assert!(s.arch_updates && s.aux_skip_scale.is_none() && s.beta_decay_lambda.is_none());
+    assert_eq!("pc-darts".parse::<Method>().unwrap(), Method::PcDarts);
+    assert!("gdas2".parse::<Method>().is_err());
+    let h = Method::PcDarts.hyper();
+    assert_eq!((h.batch_size, h.lr, h.lr_min, h.arch_lr), (256, 0.1, 0.0, 6e-4));
+}
+
+#[test]
+fn zero_alpha_init_starts_every_weight_at_one_half_under_sigmoid() {
+    let net = SearchNetworkConfig {
+        channels: 4,
+        layers: 3,
+        alpha_init: AlphaInit::Zeros,
+        ..Default::default()
+    }
+    .init::<Flex, _, _>(
+        &DartsSpace::default(),
+        AnyRelaxation::Sigmoid,
+        &Default::default(),
+    )
+    .unwrap();
+    let (n, r) = net.arch_weights();
+    assert!(n.iter().chain(&r).flatten().all(|w| *w == 0.5));
+}
+
+// ------------------------------------------------------------------ end to end
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("darts-methods-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn tiny(data: &Path, method: Method) -> SearchConfig {
+    let mut m = method.config();
+    // One epoch of warm-up instead of 15, so that the two epochs see both phases.
+    if m.arch_warmup_epochs > 0 {
+        m.arch_warmup_epochs = 1;
+    }
+    SearchConfig {
+        data: data.to_path_buf(),
+        limit_images: Some(32),
+        batch_size: 8,
+        epochs: 2,
+        init_channels: 8,
+        layers: 3,
+        steps: 2,
+        seed: 7,
+        method: m,
+        ..Default::default()
+    }
+}
+
+/// Every method searches end to end on real CIFAR-10 and derives a valid genotype; its epochs
+/// record the schedule; PC-DARTS's warm-up epoch leaves α untouched and the next one moves it.
+#[test]
+fn every_method_searches_end_to_end() {
+    let Some(data) = real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    for method in [Method::PcDarts, Method::DartsMinus, Method::BetaDarts] {
+        let out = tmp(method.name());
+        let cfg = tiny(&data, method);
+        let s = run_search::<B>(
+            &cfg,
+            &RunOptions {
+                out: out.clone(),
+                progress: false,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{method}: {e}"));
+        s.genotype.validate().unwrap();
+        assert_eq!(s.genotype.normal.len(), 4);
+        let sched: Vec<_> = s.history.iter().map(|e| e.schedule.unwrap()).collect();
+        match method {
+            Method::PcDarts => {
+                assert!(!sched[0].arch_updates && sched[1].arch_updates);
+                assert!(s.history[0].arch_val_loss.is_nan());
+                assert!(s.history[1].arch_val_loss.is_finite());
+                let b = s.history[1].edge_weights_normal.as_ref().unwrap();
+                assert_eq!(b.len(), 5);
+                // Warm-up: α (and β) still at their initial values after epoch 0.
+                assert_eq!(s.history[0].alphas_normal.len(), 5);
+                let e0 = s.history[0].edge_weights_normal.as_ref().unwrap();
+                assert!(e0.iter().all(|w| (w - 0.5).abs() < 1e-2 || (w - 1.0 / 3.0).abs() < 1e-2));
+            }
+            Method::DartsMinus => {
+                assert_eq!(sched[0].aux_skip_scale, Some(1.0));
+                assert_eq!(sched[1].aux_skip_scale, Some(0.5));
+            }
+            Method::BetaDarts => {
+                assert_eq!(sched[1].beta_decay_lambda, Some(0.5));
+            }
+            Method::Darts => unreachable!(),
+        }
+        let text = std::fs::read_to_string(out.join("genotype.json")).unwrap();
+        assert_eq!(darts::genotype::parse_conv_any(&text).unwrap(), s.genotype);
+        std::fs::remove_dir_all(&out).ok();
+    }
+}
+
+/// A PC-DARTS search stopped after its warm-up epoch and resumed ends with the α, β and
+/// genotype of the uninterrupted run (the schedule is recomputed from the epoch).
+#[test]
+fn resumed_pc_darts_search_matches_uninterrupted() {
+    let Some(data) = real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    let cfg = tiny(&data, Method::PcDarts);
+    let full = tmp("pc-full");
+    let a = run_search::<B>(
+        &cfg,
+        &RunOptions {
+            out: full.clone(),
+            progress: false,
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    let cut = tmp("pc-cut");
+    run_search::<B>(
+        &cfg,
+        &RunOptions {
+            out: cut.clone(),
+            stop_after: Some(1),
+            progress: false,
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    let b = run_search::<B>(
+        &SearchConfig::default(),
+        &RunOptions {
+            out: cut.clone(),
+            resume: true,
+            progress: false,
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(b.alphas, a.alphas);
+    assert_eq!(b.genotype, a.genotype);
+    assert_eq!(b.history[1].train_loss, a.history[1].train_loss);
+    std::fs::remove_dir_all(&full).ok();
+    std::fs::remove_dir_all(&cut).ok();
+}
