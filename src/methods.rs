@@ -24,6 +24,7 @@
 //! code, the defaults and every difference from its reference code.
 
 use darts_cell::cnn::supernet::AlphaInit;
+use darts_genotype::derive::Derivation;
 use darts_mixed_op::{AnyRelaxation, ArchRegularizer};
 use serde::{Deserialize, Serialize};
 
@@ -40,25 +41,30 @@ pub enum Method {
     /// DARTS− (Chu et al., ICLR 2021; Meituan-AutoML/DARTS-): an auxiliary skip on every edge,
     /// scaled from 1 down to 0.
     DartsMinus,
+    /// FairDARTS (Chu et al., ECCV 2020; xiaomi-automl/FairDARTS): independent sigmoid weights,
+    /// no `none`, the zero-one loss, a threshold derivation.
+    FairDarts,
     /// β-DARTS (Ye et al., CVPR 2022; Sunshine-Ye/Beta-DARTS): the Beta-Decay regulariser on α.
     BetaDarts,
 }
 
 impl Method {
     /// Every method, in the order of `docs/methods.md`.
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 5] = [
         Method::Darts,
         Method::PcDarts,
         Method::DartsMinus,
+        Method::FairDarts,
         Method::BetaDarts,
     ];
 
-    /// The command-line name (`darts`, `pc-darts`, `darts-minus`, `beta-darts`).
+    /// The command-line name (`darts`, `pc-darts`, `darts-minus`, `fair-darts`, `beta-darts`).
     pub fn name(self) -> &'static str {
         match self {
             Method::Darts => "darts",
             Method::PcDarts => "pc-darts",
             Method::DartsMinus => "darts-minus",
+            Method::FairDarts => "fair-darts",
             Method::BetaDarts => "beta-darts",
         }
     }
@@ -76,6 +82,14 @@ impl Method {
             },
             Method::DartsMinus => MethodConfig {
                 auxiliary_skip: Some(SkipDecay::default()),
+                ..base
+            },
+            Method::FairDarts => MethodConfig {
+                relaxation: AnyRelaxation::Sigmoid,
+                alpha_init: AlphaInit::Zeros,
+                exclude_none: true,
+                zero_one: Some(10.0),
+                derivation: Derivation::Threshold { threshold: 0.85 },
                 ..base
             },
             Method::BetaDarts => MethodConfig {
@@ -105,6 +119,16 @@ impl Method {
                 arch_lr: 6e-4,
                 ..darts
             },
+            // FairDARTS/fairdarts/train_search.py: batch 128, lr 0.005 → 0.001, arch lr 3e-3
+            // with betas (0.9, 0.999) (its `--arch_lr_gamma`).
+            Method::FairDarts => MethodHyper {
+                batch_size: 128,
+                lr: 0.005,
+                lr_min: 0.001,
+                arch_lr: 3e-3,
+                arch_betas: (0.9, 0.999),
+                ..darts
+            },
         }
     }
 }
@@ -117,7 +141,7 @@ impl std::fmt::Display for Method {
 
 /// An unknown method name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown method `{0}` (known: darts, pc-darts, darts-minus, beta-darts)")]
+#[error("unknown method `{0}` (known: darts, pc-darts, darts-minus, fair-darts, beta-darts)")]
 pub struct UnknownMethod(pub String);
 
 impl std::str::FromStr for Method {
@@ -167,6 +191,13 @@ pub struct MethodConfig {
     pub relaxation: AnyRelaxation,
     /// Initial α.
     pub alpha_init: AlphaInit,
+    /// Leave `none` out of the candidates (FairDARTS: its sigmoid weights are independent, so
+    /// there is nothing for `none` to absorb).
+    pub exclude_none: bool,
+    /// FairDARTS's zero-one loss weight `w` (10), if on.
+    pub zero_one: Option<f64>,
+    /// How the genotype is derived.
+    pub derivation: Derivation,
 }
 
 impl Default for MethodConfig {
@@ -180,6 +211,9 @@ impl Default for MethodConfig {
             beta_decay: None,
             relaxation: AnyRelaxation::Softmax,
             alpha_init: AlphaInit::Random,
+            exclude_none: false,
+            zero_one: None,
+            derivation: Derivation::TopK,
         }
     }
 }
@@ -252,12 +286,27 @@ impl MethodConfig {
         }
     }
 
-    /// The regulariser of the architecture objective at `epoch`.
+    /// The regularisers of the architecture objective at `epoch`.
     pub fn regularizer(&self, epoch: usize, epochs: usize) -> ArchRegularizer {
-        match self.schedule(epoch, epochs).beta_decay_lambda {
-            Some(lambda) => ArchRegularizer::BetaDecay { lambda },
-            None => ArchRegularizer::None,
+        ArchRegularizer {
+            zero_one: self.zero_one.unwrap_or(0.0),
+            beta_decay: self
+                .schedule(epoch, epochs)
+                .beta_decay_lambda
+                .unwrap_or(0.0),
         }
+    }
+
+    /// The candidate ops of the supernet: the DARTS primitives, without `none` when
+    /// [`MethodConfig::exclude_none`].
+    pub fn space(&self) -> darts_mixed_op::DartsSpace {
+        let mut space = darts_mixed_op::DartsSpace::default();
+        if self.exclude_none {
+            space
+                .primitives
+                .retain(|p| *p != darts_ops::Primitive::None);
+        }
+        space
     }
 
     /// Check the settings (a partial-channel factor of 0, a non-finite schedule value).
@@ -270,6 +319,14 @@ impl MethodConfig {
                 return Err(format!(
                     "auxiliary skip: beta0 must be finite and epochs at least 1 (got {s:?})"
                 ));
+            }
+        }
+        if self.zero_one.is_some_and(|w| !w.is_finite()) {
+            return Err("zero_one must be finite".into());
+        }
+        if let Derivation::Threshold { threshold } = self.derivation {
+            if !threshold.is_finite() {
+                return Err("the derivation threshold must be finite".into());
             }
         }
         if let Some(b) = self.beta_decay {

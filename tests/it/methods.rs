@@ -281,12 +281,27 @@ fn beta_decay_and_zero_one_losses_match_hand_values() {
     };
     let lse = |x: f64, y: f64| (x.exp() + y.exp()).ln();
     let beta = (lse(0.0, 1.0) + lse(2.0, -1.0) + lse(0.5, 0.5)) / 3.0;
-    assert!((v(ArchRegularizer::BetaDecay { lambda: 2.0 }) - 2.0 * beta).abs() < 1e-6);
+    let bd = |l: f64| ArchRegularizer {
+        beta_decay: l,
+        ..Default::default()
+    };
+    let zo = |w: f64| ArchRegularizer {
+        zero_one: w,
+        ..Default::default()
+    };
+    assert!((v(bd(2.0)) - 2.0 * beta).abs() < 1e-6);
     let s = |x: f64| 1.0 / (1.0 + (-x).exp()) - 0.5;
-    let zo = -10.0 * [0.0, 1.0, 2.0, -1.0, 0.5, 0.5].map(|x| s(x) * s(x)).iter().sum::<f64>() / 6.0;
-    assert!((v(ArchRegularizer::ZeroOne { weight: 10.0 }) - zo).abs() < 1e-6);
-    assert!(ArchRegularizer::None.loss(&[a.clone()]).is_none());
-    assert!(ArchRegularizer::BetaDecay { lambda: 0.0 }.loss(&[a]).is_none());
+    let zero_one =
+        -10.0 * [0.0, 1.0, 2.0, -1.0, 0.5, 0.5].map(|x| s(x) * s(x)).iter().sum::<f64>() / 6.0;
+    assert!((v(zo(10.0)) - zero_one).abs() < 1e-6);
+    // Both terms on: their sum.
+    let both = ArchRegularizer {
+        zero_one: 10.0,
+        beta_decay: 2.0,
+    };
+    assert!((v(both) - zero_one - 2.0 * beta).abs() < 1e-6);
+    assert!(ArchRegularizer::default().loss(&[a.clone()]).is_none());
+    assert!(bd(0.0).loss(&[a]).is_none());
 }
 
 /// The regularised architecture objective (Beta-Decay, and FairDARTS's zero-one loss on a
@@ -295,8 +310,20 @@ fn beta_decay_and_zero_one_losses_match_hand_values() {
 fn regularised_arch_gradients_match_finite_differences() {
     let dev = Default::default();
     for (reg, relax) in [
-        (ArchRegularizer::BetaDecay { lambda: 7.5 }, AnyRelaxation::Softmax),
-        (ArchRegularizer::ZeroOne { weight: 10.0 }, AnyRelaxation::Sigmoid),
+        (
+            ArchRegularizer {
+                beta_decay: 7.5,
+                ..Default::default()
+            },
+            AnyRelaxation::Softmax,
+        ),
+        (
+            ArchRegularizer {
+                zero_one: 10.0,
+                ..Default::default()
+            },
+            AnyRelaxation::Sigmoid,
+        ),
     ] {
         let mut net = seeded(29, || {
             SearchNetworkConfig {
@@ -413,6 +440,70 @@ fn zero_alpha_init_starts_every_weight_at_one_half_under_sigmoid() {
     assert!(n.iter().chain(&r).flatten().all(|w| *w == 0.5));
 }
 
+// ------------------------------------------------------------------ FairDARTS
+
+/// A FairDARTS supernet with hand-set α derives a genotype whose nodes have 0, 1 or 2 inputs
+/// (sigmoid ≥ 0.85), and the derived network builds from it: absent nodes are left out of the
+/// concat (the reference's `DCOCell`), so the cell's output has one block of C channels per
+/// present node.
+#[test]
+fn fair_darts_derives_sparse_cells_that_build() {
+    let m = Method::FairDarts.config();
+    let mut net = SearchNetworkConfig {
+        channels: 4,
+        layers: 3,
+        steps: 3,
+        multiplier: 3,
+        alpha_init: m.alpha_init,
+        ..Default::default()
+    }
+    .init::<Flex, _, _>(&m.space(), m.relaxation, &Default::default())
+    .unwrap();
+    net.derivation = m.derivation;
+    assert_eq!(net.op_names.len(), 7);
+    assert_eq!(net.none_index, None);
+    // 9 edges (2 + 3 + 4). Columns: max, avg, skip, sep3, sep5, dil3, dil5.
+    let mut a = vec![[-3.0f32; 7]; 9];
+    a[0][3] = 3.0; // node 2 ← 0: sep_conv_3x3 (σ = 0.95)
+    a[1][2] = 1.0; // node 2 ← 1: skip (σ = 0.73, dropped)
+    // node 3: nothing above the threshold
+    a[5][4] = 2.0; // node 4 ← 0: sep_conv_5x5 (σ = 0.88)
+    a[8][5] = 4.0; // node 4 ← 3 (absent node): dil_conv_3x3 (σ = 0.98)
+    let t = Tensor::<Flex, 2>::from_data(
+        TensorData::new(a.iter().flatten().copied().collect::<Vec<_>>(), [9, 7]),
+        &Default::default(),
+    );
+    net.alphas_normal = Param::from_tensor(t.clone());
+    net.alphas_reduce = Param::from_tensor(t);
+    let g = net.genotype();
+    assert_eq!(
+        g.normal,
+        vec![
+            Gene::to("sep_conv_3x3", 2, 0),
+            Gene::to("dil_conv_3x3", 4, 3),
+            Gene::to("sep_conv_5x5", 4, 0),
+        ]
+    );
+    assert_eq!(g.normal_concat, vec![2, 4]);
+    let text = darts::genotype::python::to_python(&g);
+    assert!(text.contains("('sep_conv_3x3', 2, 0)"), "{text}");
+    // The gene from absent node 3 is dropped when building: node 4 has one op.
+    let eval = EvalNetworkConfig {
+        channels: 4,
+        layers: 3,
+        ..Default::default()
+    }
+    .init::<Flex>(&g, &Default::default())
+    .unwrap();
+    assert_eq!(eval.cells[0].ops.len(), 2);
+    assert_eq!(eval.cells[0].multiplier(), 2);
+    assert!(eval.cells[0].drop_per_node);
+    let x = seeded(41, || {
+        Tensor::<Flex, 4>::random([2, 3, 16, 16], Distribution::Default, &Default::default())
+    });
+    assert_eq!(eval.forward(x, 0.0).logits.dims(), [2, 10]);
+}
+
 // ------------------------------------------------------------------ end to end
 
 fn tmp(name: &str) -> PathBuf {
@@ -448,7 +539,12 @@ fn every_method_searches_end_to_end() {
     let Some(data) = real_data("cifar-10-batches-bin") else {
         return;
     };
-    for method in [Method::PcDarts, Method::DartsMinus, Method::BetaDarts] {
+    for method in [
+        Method::PcDarts,
+        Method::DartsMinus,
+        Method::FairDarts,
+        Method::BetaDarts,
+    ] {
         let out = tmp(method.name());
         let cfg = tiny(&data, method);
         let s = run_search::<B>(
@@ -462,7 +558,9 @@ fn every_method_searches_end_to_end() {
         )
         .unwrap_or_else(|e| panic!("{method}: {e}"));
         s.genotype.validate().unwrap();
-        assert_eq!(s.genotype.normal.len(), 4);
+        if method != Method::FairDarts {
+            assert_eq!(s.genotype.normal.len(), 4);
+        }
         let sched: Vec<_> = s.history.iter().map(|e| e.schedule.unwrap()).collect();
         match method {
             Method::PcDarts => {
@@ -482,6 +580,18 @@ fn every_method_searches_end_to_end() {
             }
             Method::BetaDarts => {
                 assert_eq!(sched[1].beta_decay_lambda, Some(0.5));
+            }
+            Method::FairDarts => {
+                // Seven candidates (no `none`), sigmoid weights near 1/2 after two tiny
+                // epochs: nothing reaches 0.85, every node is dropped.
+                let w = &s.history[1].alphas_normal;
+                assert!(w.iter().all(|r| r.len() == 7));
+                assert!(w.iter().flatten().all(|x| (x - 0.5).abs() < 0.05), "{w:?}");
+                assert!(s.genotype.normal.is_empty() && s.genotype.normal_concat.is_empty());
+                let e = EvalNetworkConfig::default()
+                    .init::<Flex>(&s.genotype, &Default::default())
+                    .unwrap_err();
+                assert!(e.to_string().contains("no node"), "{e}");
             }
             Method::Darts => unreachable!(),
         }

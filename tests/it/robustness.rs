@@ -608,10 +608,7 @@ fn genotype_parsers_survive_thousands_of_mutated_inputs() {
     let g: Genotype = parse_conv_any(&json).unwrap();
     assert_eq!(
         g.normal[0],
-        Gene {
-            op: "sep_conv_3x3".into(),
-            input: 0
-        }
+        Gene::new("sep_conv_3x3", 0)
     );
 }
 

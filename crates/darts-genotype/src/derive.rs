@@ -15,6 +15,8 @@
 //! edges differently, exactly as in the reference.
 
 use crate::{Gene, Genotype, RecurrentGenotype};
+#[cfg(test)]
+use crate::GenotypeError;
 
 /// Errors from derivation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -167,6 +169,84 @@ pub fn derive_conv_k(
     })
 }
 
+/// How a convolutional supernet's weights become a genotype.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Derivation {
+    /// The DARTS rule ([`derive_conv`]): the two strongest edges per node, each with its
+    /// strongest op.
+    #[default]
+    TopK,
+    /// FairDARTS's `threshold_sparse` ([`derive_conv_threshold`]): the two strongest edges per
+    /// node, each kept only if its strongest op's weight reaches `threshold` (0.85), so a node
+    /// has 0–2 inputs and the genes name their nodes.
+    Threshold {
+        /// The weight an op must reach.
+        threshold: f32,
+    },
+}
+
+impl Derivation {
+    /// Apply the rule (`multiplier` is used by [`Derivation::TopK`] only).
+    pub fn derive(
+        &self,
+        normal: &[Vec<f32>],
+        reduce: &[Vec<f32>],
+        multiplier: usize,
+        op_names: &[&str],
+        none_index: Option<usize>,
+    ) -> Result<Genotype, DeriveError> {
+        match *self {
+            Derivation::TopK => derive_conv(normal, reduce, multiplier, op_names, none_index),
+            Derivation::Threshold { threshold } => {
+                derive_conv_threshold(normal, reduce, threshold, op_names, none_index)
+            }
+        }
+    }
+}
+
+/// FairDARTS's derivation (`parse_method='threshold_sparse'`, reference `fairdarts/utils.py:
+/// parse`): per node the two strongest edges (by their strongest op other than `none`, ties as
+/// in [`derive_cell`]), each kept, with its strongest op, only when that op's weight is at
+/// least `threshold`. The genes name their nodes ([`Gene::to`]); the concat lists the nodes
+/// that kept at least one gene (the reference's `DCOCell` concatenates exactly those). A cell
+/// that keeps nothing has no genes and an empty concat.
+pub fn derive_conv_threshold(
+    normal: &[Vec<f32>],
+    reduce: &[Vec<f32>],
+    threshold: f32,
+    op_names: &[&str],
+    none_index: Option<usize>,
+) -> Result<Genotype, DeriveError> {
+    let cell = |weights: &[Vec<f32>]| -> Result<(Vec<Gene>, Vec<usize>), DeriveError> {
+        let genes = derive_cell(weights, 2, 2, op_names, none_index)?;
+        let steps = steps_for_rows(weights.len(), 2).unwrap_or(0);
+        let mut kept = Vec::new();
+        let mut start = 0;
+        for (i, pair) in genes.chunks(2).enumerate().take(steps) {
+            for g in pair {
+                let row = &weights[start + g.input];
+                let k = op_names.iter().position(|n| *n == g.op).unwrap_or(0);
+                if key(row[k]) >= threshold {
+                    kept.push(Gene::to(g.op.clone(), i + 2, g.input));
+                }
+            }
+            start += 2 + i;
+        }
+        let mut concat: Vec<usize> = kept.iter().filter_map(|g| g.node).collect();
+        concat.dedup();
+        Ok((kept, concat))
+    };
+    let (normal, normal_concat) = cell(normal)?;
+    let (reduce, reduce_concat) = cell(reduce)?;
+    Ok(Genotype {
+        normal,
+        normal_concat,
+        reduce,
+        reduce_concat,
+    })
+}
+
 /// Derive a recurrent genotype (k = 1 per node; node `i + 1` reads one of the states `0..=i`);
 /// concat is every intermediate node, as in the reference.
 pub fn derive_recurrent(
@@ -287,5 +367,72 @@ mod tests {
         let g = derive_cell(&w, 2, 2, &OPS, Some(0)).unwrap();
         assert_eq!(g[0], Gene::new("max_pool_3x3", 1));
         assert_eq!(g[1], Gene::new("avg_pool_3x3", 0));
+    }
+
+    /// FairDARTS: the two strongest edges per node, kept only at or above the threshold; the
+    /// genes name their nodes, the concat lists the nodes that kept something.
+    #[test]
+    fn threshold_keeps_zero_one_or_two_inputs_per_node() {
+        // Sigmoid weights of a 2-node cell (5 edges), ops without `none` (7 columns).
+        let ops7 = &OPS[1..];
+        let row = |k: usize, w: f32| {
+            let mut r = vec![0.1f32; 7];
+            r[k] = w;
+            r
+        };
+        let w = vec![
+            row(2, 0.90), // node 2, input 0: skip_connect 0.90 — kept
+            row(3, 0.80), // node 2, input 1: sep_conv_3x3 0.80 — below 0.85
+            row(0, 0.84), // node 3, input 0: max_pool 0.84 — below
+            row(4, 0.86), // node 3, input 1: sep_conv_5x5 0.86 — kept
+            row(5, 0.99), // node 3, input 2: dil_conv_3x3 0.99 — kept (strongest)
+        ];
+        let g = derive_conv_threshold(&w, &w, 0.85, ops7, None).unwrap();
+        assert_eq!(
+            g.normal,
+            vec![
+                Gene::to("skip_connect", 2, 0),
+                Gene::to("dil_conv_3x3", 3, 2),
+                Gene::to("sep_conv_5x5", 3, 1),
+            ]
+        );
+        assert_eq!(g.normal_concat, vec![2, 3]);
+        g.validate().unwrap();
+        // Nothing reaches 0.95 except one edge of node 3: node 2 has no input.
+        let g = derive_conv_threshold(&w, &w, 0.95, ops7, None).unwrap();
+        assert_eq!(g.normal, vec![Gene::to("dil_conv_3x3", 3, 2)]);
+        assert_eq!(g.normal_concat, vec![3]);
+        g.validate().unwrap();
+        // Nothing at all: an empty (valid, unbuildable) cell.
+        let g = derive_conv_threshold(&w, &w, 1.5, ops7, None).unwrap();
+        assert!(g.normal.is_empty() && g.normal_concat.is_empty());
+        g.validate().unwrap();
+        // The Python notation carries the nodes: `('op', to, from)`.
+        let g = derive_conv_threshold(&w, &w, 0.85, ops7, None).unwrap();
+        let text = crate::python::to_python(&g);
+        assert!(text.contains("('dil_conv_3x3', 3, 2)"), "{text}");
+        assert_eq!(crate::python::parse_conv(&text).unwrap(), g);
+        let json = g.to_json();
+        assert_eq!(crate::parse_conv_any(&json).unwrap(), g);
+        assert_eq!(Derivation::Threshold { threshold: 0.85 }.derive(&w, &w, 2, ops7, None).unwrap(), g);
+    }
+
+    #[test]
+    fn named_cells_are_validated() {
+        let base = |normal: Vec<Gene>, concat: Vec<usize>| Genotype {
+            normal,
+            normal_concat: concat,
+            reduce: vec![Gene::new("skip_connect", 0), Gene::new("skip_connect", 1)],
+            reduce_concat: vec![2],
+        };
+        let e = base(vec![Gene::to("a", 3, 0), Gene::to("b", 2, 0)], vec![2, 3]);
+        assert!(matches!(e.validate(), Err(GenotypeError::NodeOrder { .. })));
+        let e = base(vec![Gene::to("a", 2, 2)], vec![2]);
+        assert!(matches!(e.validate(), Err(GenotypeError::BadInput { .. })));
+        let e = base(vec![Gene::to("a", 2, 0), Gene::new("b", 1)], vec![2]);
+        assert!(matches!(e.validate(), Err(GenotypeError::MixedLayout { .. })));
+        let e = base(vec![Gene::to("a", 3, 0)], vec![2]);
+        assert!(matches!(e.validate(), Err(GenotypeError::BadConcat { .. })));
+        base(vec![Gene::to("a", 3, 0), Gene::to("b", 3, 1)], vec![3]).validate().unwrap();
     }
 }

@@ -21,12 +21,15 @@ pub struct CellGraph {
 }
 
 impl CellGraph {
-    /// A convolutional cell from its genes (two per node) and concat list.
+    /// A convolutional cell from its genes (two per node, or naming their nodes) and concat
+    /// list. A node that no gene feeds is drawn without inputs.
     pub fn conv(genes: &[Gene], concat: &[usize]) -> Self {
-        let steps = genes.len() / 2;
+        let targets = crate::gene_targets(genes);
+        let last = targets.iter().chain(concat).copied().max().unwrap_or(1);
+        let steps = last.saturating_sub(1);
         let mut edges = Vec::new();
-        for (k, g) in genes.iter().enumerate() {
-            edges.push((g.input, 2 + k / 2, g.op.clone()));
+        for (g, &to) in genes.iter().zip(&targets) {
+            edges.push((g.input, to, g.op.clone()));
         }
         for &c in concat {
             edges.push((c, 2 + steps, String::new()));

@@ -37,16 +37,47 @@ pub struct Gene {
     pub op: String,
     /// Index of the input state.
     pub input: usize,
+    /// The state (intermediate node, from 2) this gene feeds, when the cell names it: FairDARTS's
+    /// `(op, to, from)` genes, for cells whose nodes have any number of inputs (0–2 after its
+    /// threshold). `None` (the DARTS layout): two genes per node, node `i` gets genes `2i` and
+    /// `2i + 1`. A cell uses one layout or the other, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<usize>,
 }
 
 impl Gene {
-    /// Build a gene.
+    /// A gene of the DARTS layout (its node implied by its position).
     pub fn new(op: impl Into<String>, input: usize) -> Self {
         Self {
             op: op.into(),
             input,
+            node: None,
         }
     }
+
+    /// A gene that names the state it feeds (`node` ≥ 2 for convolutional cells).
+    pub fn to(op: impl Into<String>, node: usize, input: usize) -> Self {
+        Self {
+            op: op.into(),
+            input,
+            node: Some(node),
+        }
+    }
+}
+
+/// The state each gene of a convolutional cell feeds (`2 + g/2` in the DARTS layout, the named
+/// node otherwise).
+pub fn gene_targets(genes: &[Gene]) -> Vec<usize> {
+    genes
+        .iter()
+        .enumerate()
+        .map(|(g, gene)| gene.node.unwrap_or(2 + g / 2))
+        .collect()
+}
+
+/// Whether a cell names its genes' nodes (FairDARTS's layout).
+pub fn names_nodes(genes: &[Gene]) -> bool {
+    genes.first().is_some_and(|g| g.node.is_some())
 }
 
 /// A convolutional genotype: a normal cell and a reduction cell.
@@ -115,6 +146,24 @@ pub enum GenotypeError {
         /// Which cell.
         cell: &'static str,
     },
+    /// Some genes name their node and others do not.
+    #[error("{cell} cell, gene {gene}: genes either all name their node, ('op', node, input), or none does, ('op', input)")]
+    MixedLayout {
+        /// Which cell.
+        cell: &'static str,
+        /// Index of the first gene that differs.
+        gene: usize,
+    },
+    /// Genes that name their nodes are out of node order.
+    #[error("{cell} cell, gene {gene}: node {node} comes after a later node (genes must be in node order, nodes from 2)")]
+    NodeOrder {
+        /// Which cell.
+        cell: &'static str,
+        /// Index of the gene.
+        gene: usize,
+        /// Its node.
+        node: usize,
+    },
     /// An operation name is not known to the search space.
     #[error("{cell} cell, gene {gene}: unknown operation `{op}` (known: {known})")]
     UnknownOp {
@@ -134,6 +183,17 @@ fn validate_conv_cell(
     genes: &[Gene],
     concat: &[usize],
 ) -> Result<(), GenotypeError> {
+    if genes.is_empty() && concat.is_empty() {
+        // A cell of which a threshold derivation (FairDARTS) kept nothing: a valid record of
+        // the search, not a buildable cell (the derived network refuses it).
+        return Ok(());
+    }
+    if names_nodes(genes) {
+        return validate_named_cell(cell, genes, concat);
+    }
+    if let Some(gene) = genes.iter().position(|g| g.node.is_some()) {
+        return Err(GenotypeError::MixedLayout { cell, gene });
+    }
     if genes.is_empty() || !genes.len().is_multiple_of(2) {
         return Err(GenotypeError::OddGeneCount {
             cell,
@@ -168,15 +228,59 @@ fn validate_conv_cell(
     Ok(())
 }
 
+/// A cell whose genes name their nodes: nodes from 2 in non-decreasing order, inputs earlier
+/// states, concat a non-empty list of nodes that genes feed.
+fn validate_named_cell(
+    cell: &'static str,
+    genes: &[Gene],
+    concat: &[usize],
+) -> Result<(), GenotypeError> {
+    let mut last = 2;
+    for (g, gene) in genes.iter().enumerate() {
+        let Some(node) = gene.node else {
+            return Err(GenotypeError::MixedLayout { cell, gene: g });
+        };
+        if node < last {
+            return Err(GenotypeError::NodeOrder { cell, gene: g, node });
+        }
+        last = node;
+        if gene.input >= node {
+            return Err(GenotypeError::BadInput {
+                cell,
+                gene: g,
+                node: node - 2,
+                input: gene.input,
+                max: node,
+            });
+        }
+    }
+    if concat.is_empty() {
+        return Err(GenotypeError::EmptyConcat { cell });
+    }
+    let states = concat.iter().copied().chain([last]).max().unwrap_or(2) + 1;
+    let fed: Vec<usize> = gene_targets(genes);
+    for &index in concat {
+        if index < 2 || !fed.contains(&index) {
+            return Err(GenotypeError::BadConcat {
+                cell,
+                index,
+                states,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Genotype {
-    /// Number of intermediate nodes of the normal cell.
+    /// Number of intermediate nodes of the normal cell (for cells that name their nodes: the
+    /// highest node fed, minus the two inputs).
     pub fn normal_steps(&self) -> usize {
-        self.normal.len() / 2
+        cell_steps(&self.normal)
     }
 
     /// Number of intermediate nodes of the reduction cell.
     pub fn reduce_steps(&self) -> usize {
-        self.reduce.len() / 2
+        cell_steps(&self.reduce)
     }
 
     /// Check the structure: two genes per node, inputs from earlier states, concat in range.
@@ -242,6 +346,14 @@ impl RecurrentGenotype {
     /// Serialize to pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("genotype serialises")
+    }
+}
+
+fn cell_steps(genes: &[Gene]) -> usize {
+    if names_nodes(genes) {
+        gene_targets(genes).into_iter().max().map_or(0, |n| n - 1)
+    } else {
+        genes.len() / 2
     }
 }
 

@@ -10,7 +10,9 @@
 //!
 //! The leading name may be any identifier (`Genotype`, `PC_DARTS_cifar = Genotype`, ...) or be
 //! absent; strings may use single or double quotes; gene lists may be grouped per node
-//! (`[[('a', 0), ('b', 1)], ...]`, as some repositories write them) and are flattened.
+//! (`[[('a', 0), ('b', 1)], ...]`, as some repositories write them) and are flattened. A gene
+//! may also name the node it feeds, FairDARTS's `('op', to, from)` (cells whose nodes have zero
+//! to two inputs, [`Gene::node`]).
 //! Malformed text yields a [`ParseError`] with line, column and what was expected; the parser
 //! never panics.
 
@@ -176,10 +178,17 @@ impl<'a> Parser<'a> {
         self.expect('(')?;
         let op = self.string()?;
         self.expect(',')?;
-        let input = self.int()?;
-        self.eat(',');
+        let first = self.int()?;
+        // FairDARTS's `('op', to, from)`: the node the gene feeds, then its input.
+        let gene = if self.eat(',') && self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            let input = self.int()?;
+            self.eat(',');
+            Gene::to(op, first, input)
+        } else {
+            Gene::new(op, first)
+        };
         self.expect(')')?;
-        Ok(Gene { op, input })
+        Ok(gene)
     }
 
     /// A `[...]` list of genes (possibly nested per node) or of integers.
@@ -434,7 +443,10 @@ pub fn parse_recurrent(text: &str) -> Result<RecurrentGenotype, ParseError> {
 fn fmt_genes(genes: &[Gene]) -> String {
     let items: Vec<String> = genes
         .iter()
-        .map(|g| format!("('{}', {})", g.op, g.input))
+        .map(|g| match g.node {
+            Some(node) => format!("('{}', {node}, {})", g.op, g.input),
+            None => format!("('{}', {})", g.op, g.input),
+        })
         .collect();
     format!("[{}]", items.join(", "))
 }

@@ -154,52 +154,48 @@ impl Relaxation for AnyRelaxation {
     }
 }
 
-/// A regulariser on the architecture parameters, added to the loss the architecture step
-/// minimises (and, as in the reference codes, to the weight step's loss, where its gradient is
-/// zero). `alphas` are the op-weight parameters of every cell type (`[edges, ops]` each).
+/// Regularisers on the architecture parameters, added to the loss the architecture step
+/// minimises (and, as in the reference codes, to the weight step's loss, where their gradient
+/// is zero). A weight of 0 turns a term off; both terms may be on. `alphas` are the op-weight
+/// parameters of every cell type (`[edges, ops]` each).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ArchRegularizer {
-    /// No regulariser (DARTS).
-    #[default]
-    None,
+#[serde(default)]
+pub struct ArchRegularizer {
     /// FairDARTS's zero-one loss `−w · mean((σ(α) − 1/2)²)` over every α of every cell type
     /// (reference `separate_loss.py: ConvSeparateLoss`, `w = 10`): pushes each sigmoid weight
-    /// towards 0 or 1.
-    ZeroOne {
-        /// Weight `w`.
-        weight: f64,
-    },
+    /// towards 0 or 1. This is `w`.
+    pub zero_one: f64,
     /// β-DARTS's Beta-Decay `λ · mean_e logsumexp(α_e)` over the edges `e` of every cell type
-    /// (reference `optimizers/darts/architect.py: mlc_loss`); `λ` is set each epoch by the
-    /// method's schedule.
-    BetaDecay {
-        /// The current `λ`.
-        lambda: f64,
-    },
+    /// (reference `optimizers/darts/architect.py: mlc_loss`). This is `λ`, set each epoch by
+    /// the method's schedule.
+    pub beta_decay: f64,
 }
 
 impl ArchRegularizer {
-    /// The regulariser's value on `alphas`, `None` when there is none (or its weight is 0).
+    /// The regularisers' value on `alphas`, `None` when every term is off.
     pub fn loss<B: Backend>(&self, alphas: &[Tensor<B, 2>]) -> Option<Tensor<B, 1>> {
         if alphas.is_empty() {
             return None;
         }
         let all = Tensor::cat(alphas.to_vec(), 0);
-        match *self {
-            ArchRegularizer::None => None,
-            ArchRegularizer::ZeroOne { weight } if weight != 0.0 => {
-                let d = sigmoid(all) - 0.5;
-                Some((d.clone() * d).mean() * (-weight))
-            }
-            ArchRegularizer::BetaDecay { lambda } if lambda != 0.0 => {
-                // logsumexp per row, stabilised by the row maximum (held constant).
-                let m = all.clone().max_dim(1).detach();
-                let lse = (all - m.clone()).exp().sum_dim(1).log() + m;
-                Some(lse.mean() * lambda)
-            }
-            _ => None,
+        let mut total: Option<Tensor<B, 1>> = None;
+        let mut add = |t: Tensor<B, 1>| {
+            total = Some(match total.take() {
+                Some(acc) => acc + t,
+                None => t,
+            })
+        };
+        if self.zero_one != 0.0 {
+            let d = sigmoid(all.clone()) - 0.5;
+            add((d.clone() * d).mean() * (-self.zero_one));
         }
+        if self.beta_decay != 0.0 {
+            // logsumexp per row, stabilised by the row maximum (held constant).
+            let m = all.clone().max_dim(1).detach();
+            let lse = (all - m.clone()).exp().sum_dim(1).log() + m;
+            add(lse.mean() * self.beta_decay);
+        }
+        total
     }
 }
 

@@ -20,7 +20,6 @@ use darts_data::cifar::{search_split, Augment, Loader};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, Genotype};
 use crate::methods::{EpochSchedule, Method, MethodConfig};
-use darts_mixed_op::DartsSpace;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -328,8 +327,10 @@ fn build_search<B: AutodiffBackend>(
             alpha_init: m.alpha_init,
             ..Default::default()
         }
-        .init::<B, _, _>(&DartsSpace::default(), m.relaxation, device)?
+        .init::<B, _, _>(&m.space(), m.relaxation, device)?
     };
+    let mut net = net;
+    net.derivation = cfg.method.derivation;
     let mut search = Bilevel::new(
         net,
         WeightConfig {

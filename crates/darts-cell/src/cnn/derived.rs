@@ -40,10 +40,15 @@ pub struct EvalCell<B: Backend, O: Module<B> = DartsOp<B>> {
     pub preprocess0: Preprocess<B>,
     /// Preprocessing of `s1`.
     pub preprocess1: ReLUConvBN<B>,
-    /// Ops, two per node.
+    /// Ops, in gene order (two per node in the DARTS layout).
     pub ops: Vec<O>,
     /// Input state of each op.
     pub indices: Vec<usize>,
+    /// The state each op feeds (non-decreasing).
+    pub targets: Vec<usize>,
+    /// FairDARTS's cells (genes that name their nodes, reference `DCOCell`): drop path applies
+    /// to each node's sum rather than to each non-identity op.
+    pub drop_per_node: bool,
     /// States concatenated into the output.
     pub concat: Vec<usize>,
     /// Whether this is a reduction cell.
@@ -66,8 +71,38 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
             reduction,
             reduction_prev,
         } = shape;
-        let mut ops = Vec::with_capacity(genes.len());
-        for g in genes {
+        if genes.is_empty() {
+            return Err(CellError::Config(
+                "a cell of the genotype has no node (a threshold derivation kept none of its edges); it cannot be built".into(),
+            ));
+        }
+        let named = darts_genotype::names_nodes(genes);
+        let all_targets = darts_genotype::gene_targets(genes);
+        // Named cells (FairDARTS): a node is present when a gene feeds it from a present state;
+        // genes reading an absent node are dropped (the reference's `DCOCell` skips them at
+        // run time), and so are absent nodes from the concat.
+        let mut present: Vec<usize> = vec![0, 1];
+        let mut kept = Vec::with_capacity(genes.len());
+        for (g, &to) in genes.iter().zip(&all_targets) {
+            if !named || present.contains(&g.input) {
+                kept.push((g, to));
+                if !present.contains(&to) {
+                    present.push(to);
+                }
+            }
+        }
+        let concat: Vec<usize> = concat
+            .iter()
+            .copied()
+            .filter(|c| !named || present.contains(c))
+            .collect();
+        if concat.is_empty() {
+            return Err(CellError::Config(
+                "a cell of the genotype has no node reachable from its inputs".into(),
+            ));
+        }
+        let mut ops = Vec::with_capacity(kept.len());
+        for (g, _) in &kept {
             let stride = if reduction && g.input < 2 { 2 } else { 1 };
             let k = crate::op_index(space, &g.op)?;
             ops.push(space.build(
@@ -83,8 +118,10 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
             preprocess0: Preprocess::new(c_prev_prev, c, reduction_prev, true, device),
             preprocess1: ReLUConvBN::new(c_prev, c, 1, 1, 0, true, device),
             ops,
-            indices: genes.iter().map(|g| g.input).collect(),
-            concat: concat.to_vec(),
+            indices: kept.iter().map(|(g, _)| g.input).collect(),
+            targets: kept.iter().map(|(_, to)| *to).collect(),
+            drop_per_node: named,
+            concat,
             reduction,
         })
     }
@@ -96,23 +133,40 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
 
     /// Apply; `drop_prob > 0` applies drop path to every non-identity op output.
     pub fn forward(&self, s0: Tensor<B, 4>, s1: Tensor<B, 4>, drop_prob: f64) -> Tensor<B, 4> {
-        let mut states = vec![self.preprocess0.forward(s0), self.preprocess1.forward(s1)];
-        for i in 0..self.ops.len() / 2 {
+        let last = self.targets.iter().copied().max().unwrap_or(1);
+        let mut states: Vec<Option<Tensor<B, 4>>> = vec![None; last + 1];
+        states[0] = Some(self.preprocess0.forward(s0));
+        states[1] = Some(self.preprocess1.forward(s1));
+        let mut k = 0;
+        while k < self.ops.len() {
+            let to = self.targets[k];
             let mut s: Option<Tensor<B, 4>> = None;
-            for k in [2 * i, 2 * i + 1] {
+            while k < self.ops.len() && self.targets[k] == to {
                 let op = &self.ops[k];
-                let mut h = op.forward(states[self.indices[k]].clone());
-                if drop_prob > 0.0 && !op.is_identity() {
+                let x = states[self.indices[k]].clone().expect("inputs precede their node");
+                let mut h = op.forward(x);
+                if drop_prob > 0.0 && !self.drop_per_node && !op.is_identity() {
                     h = drop_path(h, drop_prob);
                 }
                 s = Some(match s {
                     Some(acc) => acc + h,
                     None => h,
                 });
+                k += 1;
             }
-            states.push(s.expect("two ops per node"));
+            let mut s = s.expect("a node has an op");
+            if drop_prob > 0.0 && self.drop_per_node {
+                s = drop_path(s, drop_prob);
+            }
+            states[to] = Some(s);
         }
-        Tensor::cat(self.concat.iter().map(|&i| states[i].clone()).collect(), 1)
+        Tensor::cat(
+            self.concat
+                .iter()
+                .map(|&i| states[i].clone().expect("concat lists present states"))
+                .collect(),
+            1,
+        )
     }
 }
 

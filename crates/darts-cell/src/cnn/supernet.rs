@@ -65,7 +65,7 @@ use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use darts_bilevel::{ArchModel, BatchOutput};
-use darts_genotype::{derive::derive_conv, Genotype};
+use darts_genotype::{derive::Derivation, Genotype};
 use darts_mixed_op::{ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax};
 use darts_ops::cnn::{FactorizedReduce, Identity, ReLUConvBN};
 use darts_ops::conv::Conv2dConfig;
@@ -441,7 +441,8 @@ impl SearchNetworkConfig {
             betas_normal,
             betas_reduce,
             relaxation,
-            regularizer: ArchRegularizer::None,
+            regularizer: ArchRegularizer::default(),
+            derivation: Derivation::TopK,
             aux_scale: 1.0,
             steps: self.steps,
             op_names: space.names(),
@@ -476,6 +477,10 @@ pub struct SearchNetwork<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
     /// schedule each epoch.
     #[module(skip)]
     pub regularizer: ArchRegularizer,
+    /// How [`SearchNetwork::genotype`] discretises (the DARTS top-2 rule by default; FairDARTS's
+    /// threshold).
+    #[module(skip)]
+    pub derivation: Derivation,
     /// Scale of DARTS−'s auxiliary skips (its `β`, from 1 down to 0 over the epochs; set by the
     /// schedule); unused without them.
     #[module(skip)]
@@ -570,8 +575,9 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
         Some((read(&self.betas_normal)?, read(&self.betas_reduce)?))
     }
 
-    /// The derived genotype: top-2 non-`none` edges per node by their strongest op weight (see
-    /// [`darts_genotype::derive`]); with edge normalisation the op weights of edge `e` are
+    /// The derived genotype by [`SearchNetwork::derivation`]: by default the top-2 non-`none`
+    /// edges per node by their strongest op weight (see [`darts_genotype::derive`]); with edge
+    /// normalisation the op weights of edge `e` are
     /// first scaled by `β̂_e` (PC-DARTS: β decides which edges, not which op).
     pub fn genotype(&self) -> Genotype {
         let (mut n, mut r) = self.arch_weights();
@@ -583,7 +589,8 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
             }
         }
         let names: Vec<&str> = self.op_names.iter().map(String::as_str).collect();
-        derive_conv(&n, &r, self.multiplier, &names, self.none_index)
+        self.derivation
+            .derive(&n, &r, self.multiplier, &names, self.none_index)
             .expect("supernet alphas have the shape of its cells")
     }
 
