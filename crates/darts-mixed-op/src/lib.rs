@@ -48,6 +48,8 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod stochastic;
+
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{backend::Backend, Tensor};

@@ -429,13 +429,18 @@ impl SearchNetworkConfig {
                 })
             })
         };
+        // Draw order as the DARTS supernet always had it (pinned results depend on it): the
+        // cells (above), the stem, the classifier, α, then β.
+        let stem_conv = Conv2dConfig::new(3, c_stem, 3, 1, 1).init(device);
+        let stem_bn = BatchNorm2d::new(c_stem, true, device);
+        let classifier = Linear::new(c_p, self.num_classes, device);
         let (alphas_normal, alphas_reduce) = (alpha(), alpha());
         let (betas_normal, betas_reduce) = (beta(), beta());
         Ok(SearchNetwork {
-            stem_conv: Conv2dConfig::new(3, c_stem, 3, 1, 1).init(device),
-            stem_bn: BatchNorm2d::new(c_stem, true, device),
+            stem_conv,
+            stem_bn,
             cells,
-            classifier: Linear::new(c_p, self.num_classes, device),
+            classifier,
             alphas_normal,
             alphas_reduce,
             betas_normal,
