@@ -35,9 +35,9 @@ pub mod checkpoint;
 pub mod device;
 pub mod infer;
 pub mod interop;
-pub mod methods;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod launches;
+pub mod methods;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}

@@ -23,7 +23,8 @@
 //! `docs/methods.md` has one section per method: what it changes, the equations, where in the
 //! code, the defaults and every difference from its reference code.
 
-use darts_cell::cnn::supernet::AlphaInit;
+use darts_bilevel::Perturbation;
+use darts_cell::cnn::supernet::{AlphaInit, Sampling};
 use darts_genotype::derive::Derivation;
 use darts_mixed_op::{AnyRelaxation, ArchRegularizer};
 use serde::{Deserialize, Serialize};
@@ -41,31 +42,52 @@ pub enum Method {
     /// DARTS− (Chu et al., ICLR 2021; Meituan-AutoML/DARTS-): an auxiliary skip on every edge,
     /// scaled from 1 down to 0.
     DartsMinus,
+    /// GDAS (Dong and Yang, CVPR 2019; D-X-Y/AutoDL-Projects): one hard Gumbel-softmax sample
+    /// per edge and forward, only the sampled candidate computed, τ from 10 to 0.1; weight step
+    /// first.
+    Gdas,
     /// FairDARTS (Chu et al., ECCV 2020; xiaomi-automl/FairDARTS): independent sigmoid weights,
     /// no `none`, the zero-one loss, a threshold derivation.
     FairDarts,
+    /// SDARTS-RS (Chen and Hsieh, ICML 2020; xiangning-chen/SmoothDARTS): the weight step on
+    /// `softmax(α)` plus uniform noise.
+    SdartsRs,
+    /// SDARTS-ADV: the weight step on adversarially perturbed `softmax(α)` (7-step PGD).
+    SdartsAdv,
     /// β-DARTS (Ye et al., CVPR 2022; Sunshine-Ye/Beta-DARTS): the Beta-Decay regulariser on α.
     BetaDarts,
+    /// DrNAS (Chen et al., ICLR 2021; xiangning-chen/DrNAS): Dirichlet op weights with
+    /// concentration `ELU(α) + 1`, pathwise gradients, partial channels.
+    Drnas,
 }
 
 impl Method {
     /// Every method, in the order of `docs/methods.md`.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 9] = [
         Method::Darts,
         Method::PcDarts,
+        Method::Gdas,
         Method::DartsMinus,
         Method::FairDarts,
+        Method::SdartsRs,
+        Method::SdartsAdv,
         Method::BetaDarts,
+        Method::Drnas,
     ];
 
-    /// The command-line name (`darts`, `pc-darts`, `darts-minus`, `fair-darts`, `beta-darts`).
+    /// The command-line name (`darts`, `pc-darts`, `gdas`, `darts-minus`, `fair-darts`,
+    /// `sdarts-rs`, `sdarts-adv`, `beta-darts`, `drnas`).
     pub fn name(self) -> &'static str {
         match self {
             Method::Darts => "darts",
             Method::PcDarts => "pc-darts",
+            Method::Gdas => "gdas",
             Method::DartsMinus => "darts-minus",
             Method::FairDarts => "fair-darts",
+            Method::SdartsRs => "sdarts-rs",
+            Method::SdartsAdv => "sdarts-adv",
             Method::BetaDarts => "beta-darts",
+            Method::Drnas => "drnas",
         }
     }
 
@@ -96,6 +118,32 @@ impl Method {
                 beta_decay: Some(BetaDecaySchedule::default()),
                 ..base
             },
+            Method::Gdas => MethodConfig {
+                gumbel: Some(TauSchedule::default()),
+                weights_first: true,
+                ..base
+            },
+            Method::SdartsRs => MethodConfig {
+                perturbation: Some(PerturbSchedule {
+                    attack: Attack::Random,
+                    epsilon_max: 0.3,
+                }),
+                ..base
+            },
+            Method::SdartsAdv => MethodConfig {
+                perturbation: Some(PerturbSchedule {
+                    attack: Attack::Pgd { steps: 7 },
+                    epsilon_max: 0.3,
+                }),
+                ..base
+            },
+            Method::Drnas => MethodConfig {
+                dirichlet: true,
+                exclude_none: true,
+                bn_after_pool: false,
+                partial_channels: 6,
+                ..base
+            },
         }
     }
 
@@ -105,12 +153,38 @@ impl Method {
             batch_size: 64,
             lr: 0.025,
             lr_min: 0.001,
+            weight_decay: 3e-4,
             arch_lr: 3e-4,
             arch_betas: (0.5, 0.999),
             epochs: 50,
+            init_channels: 16,
+            layers: 8,
         };
         match self {
-            Method::Darts | Method::DartsMinus | Method::BetaDarts => darts,
+            Method::Darts
+            | Method::DartsMinus
+            | Method::BetaDarts
+            | Method::SdartsRs
+            | Method::SdartsAdv => darts,
+            // AutoDL-Projects configs/search-opts/GDAS-NASNet-CIFAR.config and
+            // scripts-search/NASNet-space-search-by-GDAS.sh: cosine 0.025 → 0.001 over 250
+            // epochs, weight decay 5e-4, batch 256 (its SGD is Nesterov; ours is not).
+            Method::Gdas => MethodHyper {
+                batch_size: 256,
+                weight_decay: 5e-4,
+                epochs: 250,
+                ..darts
+            },
+            // DrNAS/DARTS-space/train_search.py: lr 0.1 → 0, arch lr 6e-4, the network at
+            // C = 36, 20 cells (its argument defaults), two 25-epoch stages.
+            Method::Drnas => MethodHyper {
+                lr: 0.1,
+                lr_min: 0.0,
+                arch_lr: 6e-4,
+                init_channels: 36,
+                layers: 20,
+                ..darts
+            },
             // PC-DARTS/train_search.py: batch 256, lr 0.1 → 0, arch lr 6e-4.
             Method::PcDarts => MethodHyper {
                 batch_size: 256,
@@ -141,7 +215,7 @@ impl std::fmt::Display for Method {
 
 /// An unknown method name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown method `{0}` (known: darts, pc-darts, darts-minus, fair-darts, beta-darts)")]
+#[error("unknown method `{0}` (known: darts, pc-darts, gdas, darts-minus, fair-darts, sdarts-rs, sdarts-adv, beta-darts, drnas)")]
 pub struct UnknownMethod(pub String);
 
 impl std::str::FromStr for Method {
@@ -163,12 +237,18 @@ pub struct MethodHyper {
     pub lr: f64,
     /// Final weight learning rate.
     pub lr_min: f64,
+    /// SGD weight decay.
+    pub weight_decay: f64,
     /// Adam learning rate of the architecture parameters.
     pub arch_lr: f64,
     /// Adam betas of the architecture parameters.
     pub arch_betas: (f64, f64),
     /// Epochs.
     pub epochs: usize,
+    /// Initial channels of the supernet.
+    pub init_channels: usize,
+    /// Cells of the supernet.
+    pub layers: usize,
 }
 
 /// Which pieces of the successor methods a search uses. The default is DARTS.
@@ -198,6 +278,60 @@ pub struct MethodConfig {
     pub zero_one: Option<f64>,
     /// How the genotype is derived.
     pub derivation: Derivation,
+    /// GDAS's hard Gumbel-softmax sampling and its temperature schedule.
+    pub gumbel: Option<TauSchedule>,
+    /// DrNAS's Dirichlet sampling of the op weights.
+    pub dirichlet: bool,
+    /// DrNAS's optional KL regulariser towards `Dir(1)`: its scale.
+    pub dirichlet_kl: Option<f64>,
+    /// SDARTS's perturbation of the weight step and its `ε` schedule.
+    pub perturbation: Option<PerturbSchedule>,
+    /// Weight step before the architecture step (GDAS).
+    pub weights_first: bool,
+    /// A non-affine BatchNorm after each pooling candidate (the DARTS supernet; DrNAS has none).
+    pub bn_after_pool: bool,
+}
+
+/// GDAS's temperature: `τ(e) = τ_max − (τ_max − τ_min) · e / (E − 1)` (reference
+/// `GDAS.py: set_tau`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TauSchedule {
+    /// `τ_max` (10).
+    pub max: f64,
+    /// `τ_min` (0.1).
+    pub min: f64,
+}
+
+impl Default for TauSchedule {
+    fn default() -> Self {
+        Self {
+            max: 10.0,
+            min: 0.1,
+        }
+    }
+}
+
+/// Which SDARTS perturbation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attack {
+    /// SDARTS-RS: uniform noise.
+    Random,
+    /// SDARTS-ADV: projected gradient ascent.
+    Pgd {
+        /// Steps (7).
+        steps: usize,
+    },
+}
+
+/// SDARTS's perturbation with `ε(e) = 0.03 + (ε_max − 0.03) · e / E`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PerturbSchedule {
+    /// RS or ADV.
+    pub attack: Attack,
+    /// `ε_max` (0.3).
+    pub epsilon_max: f64,
 }
 
 impl Default for MethodConfig {
@@ -214,6 +348,12 @@ impl Default for MethodConfig {
             exclude_none: false,
             zero_one: None,
             derivation: Derivation::TopK,
+            gumbel: None,
+            dirichlet: false,
+            dirichlet_kl: None,
+            perturbation: None,
+            weights_first: false,
+            bn_after_pool: true,
         }
     }
 }
@@ -269,6 +409,12 @@ pub struct EpochSchedule {
     pub aux_skip_scale: Option<f64>,
     /// β-DARTS's `λ`, if the method has the regulariser.
     pub beta_decay_lambda: Option<f64>,
+    /// GDAS's temperature `τ`, if the method samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gumbel_tau: Option<f64>,
+    /// SDARTS's `ε`, if the method perturbs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perturbation_epsilon: Option<f64>,
 }
 
 impl MethodConfig {
@@ -283,13 +429,40 @@ impl MethodConfig {
                 s.beta0 * ((end - e) / end).max(0.0)
             }),
             beta_decay_lambda: self.beta_decay.map(|b| b.lambda_max * e / b.ramp_epochs),
+            gumbel_tau: self.gumbel.map(|t| {
+                let span = epochs.saturating_sub(1).max(1) as f64;
+                t.max - (t.max - t.min) * e / span
+            }),
+            perturbation_epsilon: self
+                .perturbation
+                .map(|p| darts_bilevel::perturb::epsilon_at(p.epsilon_max, epoch, epochs)),
         }
+    }
+
+    /// The supernet's sampling at `epoch`.
+    pub fn sampling(&self, epoch: usize, epochs: usize) -> Sampling {
+        match (self.schedule(epoch, epochs).gumbel_tau, self.dirichlet) {
+            (Some(tau), _) => Sampling::Gumbel { tau },
+            (None, true) => Sampling::Dirichlet,
+            (None, false) => Sampling::None,
+        }
+    }
+
+    /// SDARTS's perturbation at `epoch`.
+    pub fn perturbation(&self, epoch: usize, epochs: usize) -> Option<Perturbation> {
+        let p = self.perturbation?;
+        let epsilon = darts_bilevel::perturb::epsilon_at(p.epsilon_max, epoch, epochs);
+        Some(match p.attack {
+            Attack::Random => Perturbation::Random { epsilon },
+            Attack::Pgd { steps } => Perturbation::Pgd { epsilon, steps },
+        })
     }
 
     /// The regularisers of the architecture objective at `epoch`.
     pub fn regularizer(&self, epoch: usize, epochs: usize) -> ArchRegularizer {
         ArchRegularizer {
             zero_one: self.zero_one.unwrap_or(0.0),
+            dirichlet_kl: self.dirichlet_kl.unwrap_or(0.0),
             beta_decay: self
                 .schedule(epoch, epochs)
                 .beta_decay_lambda
@@ -300,7 +473,10 @@ impl MethodConfig {
     /// The candidate ops of the supernet: the DARTS primitives, without `none` when
     /// [`MethodConfig::exclude_none`].
     pub fn space(&self) -> darts_mixed_op::DartsSpace {
-        let mut space = darts_mixed_op::DartsSpace::default();
+        let mut space = darts_mixed_op::DartsSpace {
+            bn_after_pool: self.bn_after_pool,
+            ..Default::default()
+        };
         if self.exclude_none {
             space
                 .primitives
@@ -321,8 +497,28 @@ impl MethodConfig {
                 ));
             }
         }
-        if self.zero_one.is_some_and(|w| !w.is_finite()) {
-            return Err("zero_one must be finite".into());
+        if self.zero_one.is_some_and(|w| !w.is_finite())
+            || self.dirichlet_kl.is_some_and(|w| !w.is_finite())
+        {
+            return Err("zero_one and dirichlet_kl must be finite".into());
+        }
+        if self.gumbel.is_some() && self.dirichlet {
+            return Err("gumbel and dirichlet sampling exclude each other".into());
+        }
+        if let Some(t) = self.gumbel {
+            if !(t.max > 0.0 && t.min > 0.0 && t.max.is_finite()) {
+                return Err(format!("gumbel: temperatures must be positive (got {t:?})"));
+            }
+        }
+        if let Some(p) = self.perturbation {
+            if !(p.epsilon_max >= 0.0 && p.epsilon_max.is_finite()) {
+                return Err(format!(
+                    "perturbation: epsilon_max must be finite, ≥ 0 (got {p:?})"
+                ));
+            }
+            if p.attack == (Attack::Pgd { steps: 0 }) {
+                return Err("perturbation: PGD needs at least one step".into());
+            }
         }
         if let Derivation::Threshold { threshold } = self.derivation {
             if !threshold.is_finite() {

@@ -136,7 +136,11 @@ fn partial_channel_mixed_op_matches_its_definition() {
             .reshape([n, c, h, ww]);
         assert_eq!(got.dims(), want.dims());
         let (g, e) = (values_of(got), values_of(want));
-        let err = g.iter().zip(&e).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let err = g
+            .iter()
+            .zip(&e)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(err < 1e-5, "stride {stride}: max error {err}");
     }
 }
@@ -203,7 +207,7 @@ fn pc_darts_derivation_weights_ops_by_edge() {
     alpha[2][6] = 3.0; // node 1, input 0: dil_conv_3x3, strong
     alpha[3][3] = 1.0; // node 1, input 1: skip_connect
     alpha[4][7] = 0.5; // node 1, input 2: dil_conv_5x5, weakest
-    // Without edge weights (β = 0: uniform β̂) node 1 keeps inputs 0 and 1.
+                       // Without edge weights (β = 0: uniform β̂) node 1 keeps inputs 0 and 1.
     let plain = with_arch(net.clone(), alpha, [0.0; 5]).genotype();
     let inputs: Vec<usize> = plain.normal.iter().map(|g| g.input).collect();
     assert_eq!(inputs, vec![0, 1, 0, 1]);
@@ -260,7 +264,10 @@ fn check_gradient<M: ArchModel<B>>(net: &M, b: &M::Batch, a0: &[f64]) {
         let fd = central_difference(&f, a0, &d, 1e-5);
         let ad = dot(&g, &d);
         let tol = 1e-6 * norm(&g);
-        assert!((fd - ad).abs() < tol, "fd {fd} vs autodiff {ad} (tol {tol})");
+        assert!(
+            (fd - ad).abs() < tol,
+            "fd {fd} vs autodiff {ad} (tol {tol})"
+        );
     }
 }
 
@@ -291,13 +298,18 @@ fn beta_decay_and_zero_one_losses_match_hand_values() {
     };
     assert!((v(bd(2.0)) - 2.0 * beta).abs() < 1e-6);
     let s = |x: f64| 1.0 / (1.0 + (-x).exp()) - 0.5;
-    let zero_one =
-        -10.0 * [0.0, 1.0, 2.0, -1.0, 0.5, 0.5].map(|x| s(x) * s(x)).iter().sum::<f64>() / 6.0;
+    let zero_one = -10.0
+        * [0.0, 1.0, 2.0, -1.0, 0.5, 0.5]
+            .map(|x| s(x) * s(x))
+            .iter()
+            .sum::<f64>()
+        / 6.0;
     assert!((v(zo(10.0)) - zero_one).abs() < 1e-6);
     // Both terms on: their sum.
     let both = ArchRegularizer {
         zero_one: 10.0,
         beta_decay: 2.0,
+        ..Default::default()
     };
     assert!((v(both) - zero_one - 2.0 * beta).abs() < 1e-6);
     assert!(ArchRegularizer::default().loss(&[a.clone()]).is_none());
@@ -338,7 +350,9 @@ fn regularised_arch_gradients_match_finite_differences() {
         });
         net.regularizer = reg;
         let n = alpha_vec(&net).len();
-        let a0: Vec<f64> = (0..n).map(|i| ((i * 41 % 13) as f64 - 6.0) * 0.15).collect();
+        let a0: Vec<f64> = (0..n)
+            .map(|i| ((i * 41 % 13) as f64 - 6.0) * 0.15)
+            .collect();
         let net = to_f64(with_alpha(net, &a0));
         let b = batch_f64(batch(4, 8, 0.0));
         // The regulariser is in the objective: the loss differs from the cross-entropy.
@@ -373,14 +387,19 @@ fn darts_minus_skip_is_scaled_identity_on_normal_edges() {
             &dev,
         )
     });
-    let s0 = seeded(32, || Tensor::<Flex, 4>::random([2, 4, 5, 5], Distribution::Default, &dev));
-    let s1 = seeded(33, || Tensor::<Flex, 4>::random([2, 4, 5, 5], Distribution::Default, &dev));
+    let s0 = seeded(32, || {
+        Tensor::<Flex, 4>::random([2, 4, 5, 5], Distribution::Default, &dev)
+    });
+    let s1 = seeded(33, || {
+        Tensor::<Flex, 4>::random([2, 4, 5, 5], Distribution::Default, &dev)
+    });
     // Only `none` weighted: every mixed op outputs 0.
     let none = Tensor::<Flex, 1>::from_floats([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &dev);
     let w = darts::cell::cnn::supernet::CellWeights {
         ops: vec![none; 5],
         edges: None,
         aux_scale: 0.5,
+        index: None,
     };
     let out = cell.forward_with(s0.clone(), s1.clone(), &w);
     // Node 0 = 0.5·(h0 + h1); node 1 = 0.5·(h0 + h1 + node0) = 0.75·(h0 + h1).
@@ -413,13 +432,23 @@ fn schedules_take_the_reference_values() {
     for (e, lambda) in [(0, 0.0), (10, 5.0), (49, 24.5)] {
         assert_eq!(bd.schedule(e, 50).beta_decay_lambda, Some(lambda));
     }
+    let g = Method::Gdas.config();
+    assert_eq!(g.schedule(0, 250).gumbel_tau, Some(10.0));
+    assert!((g.schedule(249, 250).gumbel_tau.unwrap() - 0.1).abs() < 1e-12);
+    assert!(g.weights_first);
+    let rs = Method::SdartsRs.config();
+    assert_eq!(rs.schedule(0, 50).perturbation_epsilon, Some(0.03));
+    assert!((rs.schedule(25, 50).perturbation_epsilon.unwrap() - 0.165).abs() < 1e-12);
     let d = MethodConfig::default();
     let s = d.schedule(3, 50);
     assert!(s.arch_updates && s.aux_skip_scale.is_none() && s.beta_decay_lambda.is_none());
     assert_eq!("pc-darts".parse::<Method>().unwrap(), Method::PcDarts);
     assert!("gdas2".parse::<Method>().is_err());
     let h = Method::PcDarts.hyper();
-    assert_eq!((h.batch_size, h.lr, h.lr_min, h.arch_lr), (256, 0.1, 0.0, 6e-4));
+    assert_eq!(
+        (h.batch_size, h.lr, h.lr_min, h.arch_lr),
+        (256, 0.1, 0.0, 6e-4)
+    );
 }
 
 #[test]
@@ -466,7 +495,7 @@ fn fair_darts_derives_sparse_cells_that_build() {
     let mut a = vec![[-3.0f32; 7]; 9];
     a[0][3] = 3.0; // node 2 ← 0: sep_conv_3x3 (σ = 0.95)
     a[1][2] = 1.0; // node 2 ← 1: skip (σ = 0.73, dropped)
-    // node 3: nothing above the threshold
+                   // node 3: nothing above the threshold
     a[5][4] = 2.0; // node 4 ← 0: sep_conv_5x5 (σ = 0.88)
     a[8][5] = 4.0; // node 4 ← 3 (absent node): dil_conv_3x3 (σ = 0.98)
     let t = Tensor::<Flex, 2>::from_data(
@@ -504,6 +533,334 @@ fn fair_darts_derives_sparse_cells_that_build() {
     assert_eq!(eval.forward(x, 0.0).logits.dims(), [2, 10]);
 }
 
+// ------------------------------------------------------------------ GDAS
+
+/// The hard Gumbel-softmax sample against its definition with the same noise: the value is the
+/// one-hot of `argmax((log_softmax(α) + g)/τ)`, and its (straight-through) gradient is the
+/// gradient of the soft sample `softmax((log_softmax(α) + g)/τ)`, checked by central differences.
+#[test]
+fn gdas_sample_is_one_hot_with_the_soft_gradient() {
+    use darts::mixed_op::stochastic::{gumbel_hard, gumbel_noise, NoiseSource};
+    let dev = Default::default();
+    let (rows, cols, tau) = (3, 4, 2.5);
+    let a0: Vec<f64> = vec![
+        0.3, -0.2, 0.9, 0.1, 1.5, 0.0, -1.0, 0.4, -0.3, -0.3, 0.2, 0.8,
+    ];
+    let c: Vec<f64> = (0..rows * cols)
+        .map(|i| ((i * 5 % 7) as f64) - 3.0)
+        .collect();
+    let g = gumbel_noise(&NoiseSource::new(17), rows * cols);
+    // The soft sample and the weighted sum Σ c·probs on the host.
+    let soft = |a: &[f64]| -> Vec<f64> {
+        let mut out = Vec::new();
+        for r in 0..rows {
+            let row = &a[r * cols..(r + 1) * cols];
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            let z: Vec<f64> = (0..cols)
+                .map(|k| (row[k] - lse + g[r * cols + k]) / tau)
+                .collect();
+            let zm = z.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = z.iter().map(|x| (x - zm).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            out.extend(e.iter().map(|x| x / sum));
+        }
+        out
+    };
+    let alpha =
+        Tensor::<B, 2>::from_data(TensorData::new(a0.clone(), [rows, cols]), &dev).require_grad();
+    let (hard, index) = gumbel_hard(alpha.clone(), tau, &NoiseSource::new(17));
+    let p = soft(&a0);
+    for r in 0..rows {
+        let row = &p[r * cols..(r + 1) * cols];
+        let best = (0..cols).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+        assert_eq!(index[r], best);
+    }
+    let h: Vec<f64> = hard.clone().into_data().convert::<f64>().to_vec().unwrap();
+    for (i, v) in h.iter().enumerate() {
+        let want = if index[i / cols] == i % cols {
+            1.0
+        } else {
+            0.0
+        };
+        assert!((v - want).abs() < 1e-6, "{h:?}");
+    }
+    let ct = Tensor::<B, 2>::from_data(TensorData::new(c.clone(), [rows, cols]), &dev);
+    let grads = (hard * ct).sum().backward();
+    let ga: Vec<f64> = alpha
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    let f = |a: &[f64]| soft(a).iter().zip(&c).map(|(p, c)| p * c).sum::<f64>();
+    for d in coordinates(rows * cols) {
+        let fd = central_difference(&f, &a0, &d, 1e-6);
+        let ad = dot(&ga, &d);
+        assert!(
+            (fd - ad).abs() < 1e-4 * (1.0 + fd.abs()),
+            "fd {fd} vs straight-through {ad}"
+        );
+    }
+    // Fresh draws per forward, the same sequence for the same seed.
+    let n = NoiseSource::new(17);
+    let first = gumbel_hard(alpha.clone(), tau, &n).1;
+    assert_eq!(first, index);
+    let again: Vec<Vec<usize>> = (0..20)
+        .map(|_| gumbel_hard(alpha.clone(), tau, &n).1)
+        .collect();
+    assert!(again.iter().any(|i| *i != index), "20 draws all equal");
+}
+
+/// GDAS's edge computes only the sampled candidate: `op_k(x) · w_k`.
+#[test]
+fn gdas_edge_computes_only_the_sampled_op() {
+    let dev = Default::default();
+    let edge = EdgeSpec {
+        channels: 4,
+        stride: 1,
+    };
+    let m = seeded(51, || {
+        MixedOp::<Flex, DartsOp<Flex>>::new(&DartsSpace::default(), &edge, &dev)
+    });
+    let x = seeded(52, || {
+        Tensor::<Flex, 4>::random([2, 4, 5, 5], Distribution::Normal(0.0, 1.0), &dev)
+    });
+    let w = Tensor::<Flex, 1>::from_floats([0.0, 0.0, 0.0, 0.0, 0.0, 0.75, 0.0, 0.0], &dev);
+    let got = m.forward_single(x.clone(), w, 5);
+    let want = m.ops[5].forward(x) * 0.75;
+    let err = values_of(got)
+        .iter()
+        .zip(values_of(want))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-6, "{err}");
+}
+
+// ------------------------------------------------------------------ DrNAS
+
+/// The pathwise derivative of a Gamma sample by implicit differentiation equals the derivative
+/// of the sample at a fixed quantile `u` (the inverse CDF, solved by bisection, differentiated
+/// by central differences).
+#[test]
+fn gamma_sample_gradient_matches_the_inverse_cdf_derivative() {
+    use darts::mixed_op::stochastic::{gamma_p, gamma_sample_grad};
+    let quantile = |a: f64, u: f64| -> f64 {
+        let (mut lo, mut hi) = (0.0f64, 200.0f64);
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if gamma_p(a, mid) < u {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        0.5 * (lo + hi)
+    };
+    for a in [0.3, 0.9, 1.0, 2.5, 7.0] {
+        for u in [0.05, 0.3, 0.5, 0.8, 0.97] {
+            let z = quantile(a, u);
+            let h = 1e-4 * a;
+            let fd = (quantile(a + h, u) - quantile(a - h, u)) / (2.0 * h);
+            let ours = gamma_sample_grad(a, z);
+            assert!(
+                (fd - ours).abs() < 1e-5 * (1.0 + fd.abs()),
+                "a {a} u {u}: inverse-CDF {fd} vs implicit {ours}"
+            );
+        }
+    }
+}
+
+/// The Dirichlet sample: rows on the simplex; over many draws its mean is `c / Σc`, and the mean
+/// of its pathwise gradients is the gradient of that mean (the estimator is unbiased).
+#[test]
+fn dirichlet_samples_and_pathwise_gradients_are_unbiased() {
+    use darts::mixed_op::stochastic::{dirichlet_rsample, NoiseSource};
+    let dev = Default::default();
+    let c0 = [0.7f64, 1.5, 3.0];
+    let n = NoiseSource::new(3);
+    let draws = 3000;
+    let mut mean = [0.0f64; 3];
+    let mut grad = [0.0f64; 3]; // ∂w₀/∂c_j, averaged
+    for _ in 0..draws {
+        let c = Tensor::<B, 2>::from_data(
+            TensorData::new(c0.to_vec(), [1, 3]),
+            (&dev, burn::tensor::DType::F64),
+        )
+        .require_grad();
+        let w = dirichlet_rsample(c.clone(), &n);
+        let v: Vec<f64> = w.clone().into_data().convert::<f64>().to_vec().unwrap();
+        assert!((v.iter().sum::<f64>() - 1.0).abs() < 1e-9 && v.iter().all(|x| *x > 0.0));
+        for k in 0..3 {
+            mean[k] += v[k] / draws as f64;
+        }
+        let grads = w.slice([0..1, 0..1]).sum().backward();
+        let g: Vec<f64> = c
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .convert::<f64>()
+            .to_vec()
+            .unwrap();
+        for k in 0..3 {
+            grad[k] += g[k] / draws as f64;
+        }
+    }
+    let s: f64 = c0.iter().sum();
+    for k in 0..3 {
+        assert!((mean[k] - c0[k] / s).abs() < 0.02, "mean {mean:?}");
+    }
+    // ∂(c₀/s)/∂c_j = (δ₀ⱼ·s − c₀)/s².
+    let want = [(s - c0[0]) / (s * s), -c0[0] / (s * s), -c0[0] / (s * s)];
+    for k in 0..3 {
+        assert!(
+            (grad[k] - want[k]).abs() < 0.025,
+            "pathwise {grad:?} vs {want:?}"
+        );
+    }
+}
+
+/// DrNAS's KL regulariser: the closed form at hand-checked points, and its gradient (through
+/// the surrogate) against central differences.
+#[test]
+fn dirichlet_kl_matches_closed_form_and_differences() {
+    use darts::mixed_op::stochastic::{dirichlet_kl_uniform, ln_gamma};
+    let dev = Default::default();
+    // KL(Dir(1) ‖ Dir(1)) = 0; KL(Dir(2, 1) ‖ Dir(1, 1)) = ln 2 − 1/2 (Beta(2,1) vs uniform).
+    let f64s = (&dev, burn::tensor::DType::F64);
+    let kl = |v: Vec<f64>, cols: usize| -> f64 {
+        let n = v.len() / cols;
+        let t = Tensor::<B, 2>::from_data(TensorData::new(v, [n, cols]), f64s);
+        scalar(dirichlet_kl_uniform(t))
+    };
+    assert!(kl(vec![1.0, 1.0, 1.0], 3).abs() < 1e-12);
+    assert!((kl(vec![2.0, 1.0], 2) - (2f64.ln() - 0.5)).abs() < 1e-9);
+    assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-12);
+    let c0 = vec![0.6, 1.3, 2.2, 0.9, 1.0, 4.0];
+    let t = Tensor::<B, 2>::from_data(TensorData::new(c0.clone(), [2, 3]), f64s).require_grad();
+    let grads = dirichlet_kl_uniform(t.clone()).backward();
+    let g: Vec<f64> = t
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    let f = |c: &[f64]| kl(c.to_vec(), 3);
+    for d in coordinates(6) {
+        let fd = central_difference(&f, &c0, &d, 1e-5);
+        assert!(
+            (fd - dot(&g, &d)).abs() < 1e-6,
+            "fd {fd} vs {}",
+            dot(&g, &d)
+        );
+    }
+}
+
+// ------------------------------------------------------------------ SDARTS
+
+#[test]
+fn sdarts_clip_is_the_reference_projection() {
+    use darts::bilevel::perturb::clip_rows;
+    let mut a = vec![
+        0.5, -0.2, 0.9, /* */ -0.1, -0.3, -0.2, /* */ 1.4, 0.2, 0.2,
+    ];
+    clip_rows(&mut a, 3);
+    let want = [
+        0.5 / 1.4,
+        0.0,
+        0.9 / 1.4,
+        1.0,
+        0.0,
+        0.0,
+        1.0 / 1.4,
+        0.2 / 1.4,
+        0.2 / 1.4,
+    ];
+    for (x, w) in a.iter().zip(want) {
+        assert!((x - w).abs() < 1e-12, "{a:?}");
+    }
+}
+
+/// SDARTS-RS perturbs within the ε ball and returns to the simplex; SDARTS-ADV's result is at
+/// least as bad for the weight step's loss as the unperturbed weights (or is them: reverted),
+/// and stays within ε of them before the projection's renormalisation.
+#[test]
+fn sdarts_perturbations_stay_in_the_ball_and_ascend() {
+    use darts::bilevel::perturb::perturbed_op_weights;
+    use darts::bilevel::Perturbation;
+    use darts::mixed_op::stochastic::NoiseSource;
+    let dev = Default::default();
+    let net = seeded(61, || {
+        SearchNetworkConfig {
+            channels: 4,
+            layers: 3,
+            steps: 2,
+            multiplier: 2,
+            ..Default::default()
+        }
+        .init::<B, _, _>(&DartsSpace::default(), AnyRelaxation::Softmax, &dev)
+        .unwrap()
+    });
+    let b = batch(4, 8, 0.0);
+    let a0: Vec<Vec<f64>> = net
+        .op_weights()
+        .iter()
+        .map(|t| t.clone().into_data().convert::<f64>().to_vec().unwrap())
+        .collect();
+    let host = |a: &[Tensor<Flex, 2>]| -> Vec<Vec<f64>> {
+        a.iter()
+            .map(|t| t.clone().into_data().convert::<f64>().to_vec().unwrap())
+            .collect()
+    };
+    let eps = 0.1;
+    let rs = perturbed_op_weights(
+        &net,
+        &b,
+        &Perturbation::Random { epsilon: eps },
+        &NoiseSource::new(1),
+    )
+    .unwrap();
+    let rs = host(&rs);
+    let loss = |a: &[Vec<f64>]| -> f64 {
+        let t: Vec<Tensor<B, 2>> = a
+            .iter()
+            .map(|v| Tensor::from_data(TensorData::new(v.clone(), [5, 8]), &dev))
+            .collect();
+        darts::ops::mode::eval_mode(|| scalar(net.forward_with_op_weights(&b, &t).loss))
+    };
+    for (a, p) in a0.iter().zip(&rs) {
+        for (r0, r) in a.chunks(8).zip(p.chunks(8)) {
+            assert!((r.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+            assert!(r.iter().all(|x| *x >= 0.0));
+            // Before renormalisation each entry moved by at most ε: after it, a row of 8
+            // entries moves by at most (1 + 8ε)-ish; check the looser bound 2ε + 8ε.
+            assert!(r0.iter().zip(r).all(|(x, y)| (x - y).abs() <= 10.0 * eps));
+        }
+    }
+    assert_ne!(rs, a0);
+    let adv = perturbed_op_weights(
+        &net,
+        &b,
+        &Perturbation::Pgd {
+            epsilon: eps,
+            steps: 7,
+        },
+        &NoiseSource::new(2),
+    )
+    .unwrap();
+    let adv = host(&adv);
+    assert!(
+        loss(&adv) >= loss(&a0) - 1e-9,
+        "{} < {}",
+        loss(&adv),
+        loss(&a0)
+    );
+    // The model without op weights (the default trait method) is left alone.
+    assert!(net.op_weights().len() == 2);
+}
+
 // ------------------------------------------------------------------ end to end
 
 fn tmp(name: &str) -> PathBuf {
@@ -523,7 +880,8 @@ fn tiny(data: &Path, method: Method) -> SearchConfig {
         limit_images: Some(32),
         batch_size: 8,
         epochs: 2,
-        init_channels: 8,
+        // A multiple of 2K for partial channels (PC-DARTS K = 4, DrNAS K = 6).
+        init_channels: 4 * m.partial_channels.max(2),
         layers: 3,
         steps: 2,
         seed: 7,
@@ -539,12 +897,7 @@ fn every_method_searches_end_to_end() {
     let Some(data) = real_data("cifar-10-batches-bin") else {
         return;
     };
-    for method in [
-        Method::PcDarts,
-        Method::DartsMinus,
-        Method::FairDarts,
-        Method::BetaDarts,
-    ] {
+    for method in Method::ALL.into_iter().skip(1) {
         let out = tmp(method.name());
         let cfg = tiny(&data, method);
         let s = run_search::<B>(
@@ -572,7 +925,9 @@ fn every_method_searches_end_to_end() {
                 // Warm-up: α (and β) still at their initial values after epoch 0.
                 assert_eq!(s.history[0].alphas_normal.len(), 5);
                 let e0 = s.history[0].edge_weights_normal.as_ref().unwrap();
-                assert!(e0.iter().all(|w| (w - 0.5).abs() < 1e-2 || (w - 1.0 / 3.0).abs() < 1e-2));
+                assert!(e0
+                    .iter()
+                    .all(|w| (w - 0.5).abs() < 1e-2 || (w - 1.0 / 3.0).abs() < 1e-2));
             }
             Method::DartsMinus => {
                 assert_eq!(sched[0].aux_skip_scale, Some(1.0));
@@ -592,6 +947,19 @@ fn every_method_searches_end_to_end() {
                     .init::<Flex>(&s.genotype, &Default::default())
                     .unwrap_err();
                 assert!(e.to_string().contains("no node"), "{e}");
+            }
+            Method::Gdas => {
+                let tau = sched[1].gumbel_tau.unwrap();
+                assert!((tau - 0.1).abs() < 1e-12, "{tau}");
+                assert!(s.history.iter().all(|e| e.arch_val_loss.is_finite()));
+            }
+            Method::SdartsRs | Method::SdartsAdv => {
+                assert_eq!(sched[0].perturbation_epsilon, Some(0.03));
+                let e1 = sched[1].perturbation_epsilon.unwrap();
+                assert!((e1 - (0.03 + 0.27 / 2.0)).abs() < 1e-12);
+            }
+            Method::Drnas => {
+                assert!(s.history[1].alphas_normal.iter().all(|r| r.len() == 7));
             }
             Method::Darts => unreachable!(),
         }

@@ -606,10 +606,7 @@ fn genotype_parsers_survive_thousands_of_mutated_inputs() {
     // The parsers still read the unmutated texts.
     assert!(conv.iter().all(|s| python::parse_conv(s).is_ok()));
     let g: Genotype = parse_conv_any(&json).unwrap();
-    assert_eq!(
-        g.normal[0],
-        Gene::new("sep_conv_3x3", 0)
-    );
+    assert_eq!(g.normal[0], Gene::new("sep_conv_3x3", 0));
 }
 
 // ---------------------------------------------------------------- 6, 10: kills and resume

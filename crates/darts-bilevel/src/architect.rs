@@ -88,6 +88,25 @@ pub trait ArchModel<B: AutodiffBackend>: AutodiffModule<B> + Clone {
     fn loss(&self, batch: &Self::Batch) -> Tensor<B, 1> {
         self.forward_batch(batch).loss
     }
+
+    /// The relaxed op weights that a weight-step perturbation ([`crate::Perturbation`], SDARTS)
+    /// perturbs: one `[edges, ops]` matrix per cell type, detached. Empty (the default): the
+    /// model has none, and a perturbation leaves its weight step alone.
+    fn op_weights(&self) -> Vec<Tensor<B::InnerBackend, 2>> {
+        Vec::new()
+    }
+
+    /// The weight step's forward with the op weights replaced by `weights` (shaped as
+    /// [`ArchModel::op_weights`] returns them, possibly perturbed, possibly requiring
+    /// gradients). Default: [`ArchModel::forward_train`], ignoring them.
+    fn forward_with_op_weights(
+        &self,
+        batch: &Self::Batch,
+        weights: &[Tensor<B, 2>],
+    ) -> BatchOutput<B> {
+        let _ = weights;
+        self.forward_train(batch)
+    }
 }
 
 /// First- or second-order architecture gradient.

@@ -8,6 +8,7 @@
 pub mod architect;
 pub mod optim;
 pub mod params;
+pub mod perturb;
 pub mod search;
 
 pub use architect::{
@@ -18,6 +19,7 @@ pub use architect::{
 pub use optim::{
     clip_grad_norm, Adam, AdamMoments, AdamState, Asgd, CosineLr, OptimStateError, Sgd, SgdState,
 };
+pub use perturb::Perturbation;
 pub use search::{
     weight_step, weight_step_except, Bilevel, EpochStats, NonFinitePolicy, NonFiniteStep,
     SearchEvent, StepOutcome, StepStats, WeightConfig, WeightStep,

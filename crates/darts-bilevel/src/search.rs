@@ -4,9 +4,11 @@
 use crate::architect::{join_parameter_graphs, ArchModel, Architect, ArchitectConfig};
 use crate::optim::{clip_grad_norm, CosineLr, Sgd};
 use crate::params::{gradients, set_values, values, FlatParams};
+use crate::perturb::{perturbed_op_weights, Perturbation};
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
+use darts_mixed_op::stochastic::NoiseSource;
 use darts_ops::record_bn_updates;
 use serde::{Deserialize, Serialize};
 
@@ -209,6 +211,15 @@ where
     )
 }
 
+/// What the weight step's forward hands back besides the loss: the loss to report, the
+/// correct count, the batch size and the recurrent state.
+type WeightAux<B> = (
+    Option<Tensor<B, 1>>,
+    Option<Tensor<B, 1>>,
+    usize,
+    Vec<Tensor<<B as AutodiffBackend>::InnerBackend, 2>>,
+);
+
 /// Events emitted by [`Bilevel::run_epoch`].
 #[derive(Clone, Debug)]
 pub enum SearchEvent<'a> {
@@ -293,6 +304,13 @@ pub struct Bilevel<B: AutodiffBackend, M: ArchModel<B>> {
     /// only the weights for its first 15 epochs) turn it off for those epochs: a step is then
     /// the weight step alone, and its validation statistics are empty (`val_size` 0).
     pub arch_updates: bool,
+    /// Take the weight step before the architecture step (GDAS's order; DARTS, false, updates
+    /// α first).
+    pub weights_first: bool,
+    /// SDARTS: perturb the op weights of each weight step (`None`: no perturbation).
+    pub perturbation: Option<Perturbation>,
+    /// Random numbers of the perturbations (restarted each epoch by the driver).
+    pub noise: NoiseSource,
 }
 
 impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
@@ -305,6 +323,9 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             weights,
             on_non_finite: NonFinitePolicy::Stop,
             arch_updates: true,
+            weights_first: false,
+            perturbation: None,
+            noise: NoiseSource::default(),
         }
     }
 
@@ -320,34 +341,16 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
     /// [`Bilevel::step`], also returning the recurrent states the two passes ended in (for
     /// models that carry state across batches; empty otherwise).
     pub fn step_with_state(&mut self, train: &M::Batch, val: &M::Batch, lr: f64) -> StepOutcome<B> {
-        let (model, ag) = if self.arch_updates {
-            self.architect
-                .step(self.model.clone(), &self.w_opt, train, val, lr)
+        let model = self.model.clone();
+        let (model, ag, w) = if self.weights_first {
+            let (model, w) = self.weight_step(model, train, lr);
+            let (model, ag) = self.arch_step(model, train, val, lr);
+            (model, ag, w)
         } else {
-            let none = crate::architect::ArchGradient {
-                dalpha: Default::default(),
-                val_loss: f64::NAN,
-                val_correct: None,
-                val_size: 0,
-                eps: None,
-                val_state: Vec::new(),
-            };
-            (self.model.clone(), none)
+            let (model, ag) = self.arch_step(model, train, val, lr);
+            let (model, w) = self.weight_step(model, train, lr);
+            (model, ag, w)
         };
-        let arch = model.arch_param_ids();
-        let (model, w) = weight_step_except(
-            model,
-            &mut self.w_opt,
-            lr,
-            self.weights.grad_clip,
-            &arch,
-            |m| {
-                let out = m.forward_train(train);
-                let reported = out.raw_loss.map(|l| l.detach());
-                let correct = out.correct.map(|c| c.detach());
-                (out.loss, (reported, correct, out.size, out.state))
-            },
-        );
         self.model = model;
         let (reported, correct, size, state) = w.aux;
         let train_loss = darts_ops::to_f64(&reported.map_or(w.loss, |l| l.inner()));
@@ -366,6 +369,64 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             train_state: state,
             val_state: ag.val_state,
         }
+    }
+
+    /// The architecture step (or nothing, with [`Bilevel::arch_updates`] off).
+    fn arch_step(
+        &mut self,
+        model: M,
+        train: &M::Batch,
+        val: &M::Batch,
+        lr: f64,
+    ) -> (M, crate::architect::ArchGradient<B>) {
+        if self.arch_updates {
+            self.architect.step(model, &self.w_opt, train, val, lr)
+        } else {
+            let none = crate::architect::ArchGradient {
+                dalpha: Default::default(),
+                val_loss: f64::NAN,
+                val_correct: None,
+                val_size: 0,
+                eps: None,
+                val_state: Vec::new(),
+            };
+            (model, none)
+        }
+    }
+
+    /// The weight step on `train` (with SDARTS's perturbed op weights when
+    /// [`Bilevel::perturbation`] is set), α frozen.
+    #[allow(clippy::type_complexity)]
+    fn weight_step(
+        &mut self,
+        model: M,
+        train: &M::Batch,
+        lr: f64,
+    ) -> (M, WeightStep<B, WeightAux<B>>) {
+        let arch = model.arch_param_ids();
+        let perturbed = self
+            .perturbation
+            .and_then(|p| perturbed_op_weights(&model, train, &p, &self.noise));
+        weight_step_except(
+            model,
+            &mut self.w_opt,
+            lr,
+            self.weights.grad_clip,
+            &arch,
+            |m| {
+                let out = match &perturbed {
+                    Some(a) => {
+                        let a: Vec<Tensor<B, 2>> =
+                            a.iter().map(|t| Tensor::from_inner(t.clone())).collect();
+                        m.forward_with_op_weights(train, &a)
+                    }
+                    None => m.forward_train(train),
+                };
+                let reported = out.raw_loss.map(|l| l.detach());
+                let correct = out.correct.map(|c| c.detach());
+                (out.loss, (reported, correct, out.size, out.state))
+            },
+        )
     }
 
     /// Whether every architecture parameter is finite (reads α back from the device).

@@ -14,9 +14,9 @@
 //! compares values within a node, passing raw alphas gives the same argmax per edge but may rank
 //! edges differently, exactly as in the reference.
 
-use crate::{Gene, Genotype, RecurrentGenotype};
 #[cfg(test)]
 use crate::GenotypeError;
+use crate::{Gene, Genotype, RecurrentGenotype};
 
 /// Errors from derivation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -414,7 +414,12 @@ mod tests {
         assert_eq!(crate::python::parse_conv(&text).unwrap(), g);
         let json = g.to_json();
         assert_eq!(crate::parse_conv_any(&json).unwrap(), g);
-        assert_eq!(Derivation::Threshold { threshold: 0.85 }.derive(&w, &w, 2, ops7, None).unwrap(), g);
+        assert_eq!(
+            Derivation::Threshold { threshold: 0.85 }
+                .derive(&w, &w, 2, ops7, None)
+                .unwrap(),
+            g
+        );
     }
 
     #[test]
@@ -430,9 +435,14 @@ mod tests {
         let e = base(vec![Gene::to("a", 2, 2)], vec![2]);
         assert!(matches!(e.validate(), Err(GenotypeError::BadInput { .. })));
         let e = base(vec![Gene::to("a", 2, 0), Gene::new("b", 1)], vec![2]);
-        assert!(matches!(e.validate(), Err(GenotypeError::MixedLayout { .. })));
+        assert!(matches!(
+            e.validate(),
+            Err(GenotypeError::MixedLayout { .. })
+        ));
         let e = base(vec![Gene::to("a", 3, 0)], vec![2]);
         assert!(matches!(e.validate(), Err(GenotypeError::BadConcat { .. })));
-        base(vec![Gene::to("a", 3, 0), Gene::to("b", 3, 1)], vec![3]).validate().unwrap();
+        base(vec![Gene::to("a", 3, 0), Gene::to("b", 3, 1)], vec![3])
+            .validate()
+            .unwrap();
     }
 }

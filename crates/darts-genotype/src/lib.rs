@@ -241,7 +241,11 @@ fn validate_named_cell(
             return Err(GenotypeError::MixedLayout { cell, gene: g });
         };
         if node < last {
-            return Err(GenotypeError::NodeOrder { cell, gene: g, node });
+            return Err(GenotypeError::NodeOrder {
+                cell,
+                gene: g,
+                node,
+            });
         }
         last = node;
         if gene.input >= node {

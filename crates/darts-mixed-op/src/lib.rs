@@ -171,6 +171,9 @@ pub struct ArchRegularizer {
     /// (reference `optimizers/darts/architect.py: mlc_loss`). This is `λ`, set each epoch by
     /// the method's schedule.
     pub beta_decay: f64,
+    /// DrNAS's optional `scale · Σ_e KL(Dir(ELU(α_e) + 1) ‖ Dir(1))` (reference `reg_type='kl'`,
+    /// `_get_kl_reg`). This is the scale.
+    pub dirichlet_kl: f64,
 }
 
 impl ArchRegularizer {
@@ -194,8 +197,12 @@ impl ArchRegularizer {
         if self.beta_decay != 0.0 {
             // logsumexp per row, stabilised by the row maximum (held constant).
             let m = all.clone().max_dim(1).detach();
-            let lse = (all - m.clone()).exp().sum_dim(1).log() + m;
+            let lse = (all.clone() - m.clone()).exp().sum_dim(1).log() + m;
             add(lse.mean() * self.beta_decay);
+        }
+        if self.dirichlet_kl != 0.0 {
+            let c = all.clone().clamp_min(0.0) + all.clamp_max(0.0).exp();
+            add(stochastic::dirichlet_kl_uniform(c) * self.dirichlet_kl);
         }
         total
     }
@@ -314,13 +321,45 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
     where
         O: CandidateOp<B, D>,
     {
+        self.partial_channels(x, |x| self.mix(x, w))
+    }
+
+    /// GDAS's forward: only candidate `index` is computed, `op_index(x) · w[index]` (reference
+    /// `search_cells.py: MixedOp.forward_gdas`; `w` carries the straight-through gradient), with
+    /// partial channels as in [`MixedOp::forward`].
+    pub fn forward_single<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        w: Tensor<B, 1>,
+        index: usize,
+    ) -> Tensor<B, D>
+    where
+        O: CandidateOp<B, D>,
+    {
+        self.partial_channels(x, |x| {
+            let y = self.ops[index].forward(x);
+            let shape = y.dims();
+            let numel: usize = shape.iter().product();
+            let wk = w.slice(index..index + 1).reshape([1, 1]);
+            (y.reshape([1, numel]) * wk).reshape(shape)
+        })
+    }
+
+    /// `candidates(x)` on all channels, or, with partial channels, on the first `C/K` with the
+    /// rest bypassed and the channels shuffled.
+    fn partial_channels<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        candidates: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
+    ) -> Tensor<B, D> {
         if self.partial <= 1 {
-            return self.mix(x, w);
+            return candidates(x);
         }
         let dims = x.dims();
         let c = dims[1];
         let cp = c / self.partial;
-        let part = self.mix(x.clone().narrow(1, 0, cp), w);
+        let part = candidates(x.clone().narrow(1, 0, cp));
+
         let rest = x.narrow(1, cp, c - cp);
         let rest = if part.dims()[2..] == dims[2..] {
             rest

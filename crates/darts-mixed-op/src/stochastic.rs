@@ -99,10 +99,7 @@ pub fn gumbel_hard<B: Backend>(
 ) -> (Tensor<B, 2>, Vec<usize>) {
     let [rows, cols] = alpha.dims();
     loop {
-        let mut rng = noise.rng();
-        let g: Vec<f64> = (0..rows * cols)
-            .map(|_| -(-open01(&mut rng).ln()).ln())
-            .collect();
+        let g = gumbel_noise(noise, rows * cols);
         let logits = (log_softmax(alpha.clone(), 1) + constant_like(g.clone(), &alpha)) / tau;
         let probs = softmax(logits, 1);
         let p = to_f64s(&probs);
@@ -129,6 +126,12 @@ pub fn gumbel_hard<B: Backend>(
         let hard = constant_like(one_hot, &alpha) - probs.clone().detach() + probs;
         return (hard, index);
     }
+}
+
+/// `n` standard Gumbel numbers `−ln E`, `E ~ Exp(1)` (i.e. `−ln(−ln U)`), one draw of `noise`.
+pub fn gumbel_noise(noise: &NoiseSource, n: usize) -> Vec<f64> {
+    let mut rng = noise.rng();
+    (0..n).map(|_| -(-open01(&mut rng).ln()).ln()).collect()
 }
 
 /// A standard normal number (Box–Muller).
@@ -185,30 +188,30 @@ pub fn ln_gamma(x: f64) -> f64 {
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + s.ln()
 }
 
-/// The digamma function `ψ(x) = d ln Γ(x) / dx` for `x > 0` (recurrence to `x ≥ 6`, then the
-/// asymptotic series).
+/// The digamma function `ψ(x) = d ln Γ(x) / dx` for `x > 0` (recurrence to `x ≥ 12`, then the
+/// asymptotic series: truncation error below 1e-16, so that differences of nearby values that
+/// take different numbers of recurrence steps stay smooth).
 pub fn digamma(mut x: f64) -> f64 {
     let mut r = 0.0;
-    while x < 6.0 {
+    while x < 12.0 {
         r -= 1.0 / x;
         x += 1.0;
     }
     let f = 1.0 / (x * x);
-    r + x.ln() - 0.5 / x
+    r + x.ln()
+        - 0.5 / x
         - f * (1.0 / 12.0 - f * (1.0 / 120.0 - f * (1.0 / 252.0 - f * (1.0 / 240.0 - f / 132.0))))
 }
 
-/// The trigamma function `ψ′(x)` for `x > 0`.
+/// The trigamma function `ψ′(x)` for `x > 0` (as [`digamma`]).
 pub fn trigamma(mut x: f64) -> f64 {
     let mut r = 0.0;
-    while x < 6.0 {
+    while x < 12.0 {
         r += 1.0 / (x * x);
         x += 1.0;
     }
     let f = 1.0 / (x * x);
-    r + 1.0 / x
-        + f / 2.0
-        + f / x * (1.0 / 6.0 - f * (1.0 / 30.0 - f * (1.0 / 42.0 - f / 30.0)))
+    r + 1.0 / x + f / 2.0 + f / x * (1.0 / 6.0 - f * (1.0 / 30.0 - f * (1.0 / 42.0 - f / 30.0)))
 }
 
 /// The regularised lower incomplete gamma function `P(a, x)` (series for `x < a + 1`, Lentz's

@@ -2,6 +2,7 @@
 
 use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint;
+use crate::methods::{EpochSchedule, Method, MethodConfig};
 use crate::report;
 use crate::run::{
     append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
@@ -19,7 +20,6 @@ use darts_cell::{ImageBatch, SearchNetworkConfig};
 use darts_data::cifar::{search_split, Augment, Loader};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, Genotype};
-use crate::methods::{EpochSchedule, Method, MethodConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -99,6 +99,9 @@ impl SearchConfig {
             batch_size: h.batch_size,
             lr: h.lr,
             lr_min: h.lr_min,
+            weight_decay: h.weight_decay,
+            init_channels: h.init_channels,
+            layers: h.layers,
             arch_lr: h.arch_lr,
             arch_betas: h.arch_betas,
             epochs: h.epochs,
@@ -373,7 +376,7 @@ fn search_epoch<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<SearchEpoch, RunError> {
     let t0 = Instant::now();
-    let schedule = apply_schedule(search, &cfg.method, epoch, cfg.epochs);
+    let schedule = apply_schedule(search, &cfg.method, cfg.seed, epoch, cfg.epochs);
     let pb = progress(
         loaders.train.batches_per_epoch(),
         format!("epoch {}/{}", epoch + 1, cfg.epochs),
@@ -453,13 +456,19 @@ fn search_epoch<B: AutodiffBackend>(
 fn apply_schedule<B: AutodiffBackend>(
     search: &mut Bilevel<B, Net<B>>,
     method: &MethodConfig,
+    seed: u64,
     epoch: usize,
     epochs: usize,
 ) -> Option<EpochSchedule> {
     let s = method.schedule(epoch, epochs);
     search.arch_updates = s.arch_updates;
+    search.weights_first = method.weights_first;
+    search.perturbation = method.perturbation(epoch, epochs);
+    search.noise.start_epoch(seed ^ 0x5D_A275, epoch);
     search.model.aux_scale = s.aux_skip_scale.unwrap_or(0.0);
     search.model.regularizer = method.regularizer(epoch, epochs);
+    search.model.sampling = method.sampling(epoch, epochs);
+    search.model.noise.start_epoch(seed, epoch);
     (*method != MethodConfig::default()).then_some(s)
 }
 

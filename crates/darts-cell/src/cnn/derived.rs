@@ -143,7 +143,9 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
             let mut s: Option<Tensor<B, 4>> = None;
             while k < self.ops.len() && self.targets[k] == to {
                 let op = &self.ops[k];
-                let x = states[self.indices[k]].clone().expect("inputs precede their node");
+                let x = states[self.indices[k]]
+                    .clone()
+                    .expect("inputs precede their node");
                 let mut h = op.forward(x);
                 if drop_prob > 0.0 && !self.drop_per_node && !op.is_identity() {
                     h = drop_path(h, drop_prob);

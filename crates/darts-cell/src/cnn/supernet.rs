@@ -66,6 +66,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use darts_bilevel::{ArchModel, BatchOutput};
 use darts_genotype::{derive::Derivation, Genotype};
+use darts_mixed_op::stochastic::{self, NoiseSource};
 use darts_mixed_op::{ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax};
 use darts_ops::cnn::{FactorizedReduce, Identity, ReLUConvBN};
 use darts_ops::conv::Conv2dConfig;
@@ -147,6 +148,8 @@ pub struct CellWeights<B: Backend> {
     pub edges: Option<Vec<Tensor<B, 1>>>,
     /// Scale of the auxiliary skips (DARTS− `β`); ignored when the cell has none.
     pub aux_scale: f64,
+    /// GDAS: the one candidate each edge computes (`None`: every candidate, weighted).
+    pub index: Option<Vec<usize>>,
 }
 
 /// A search cell: `steps` nodes, node `i` sums mixed ops over all `2 + i` earlier states; the
@@ -236,20 +239,31 @@ impl<B: Backend, O: CandidateOp<B, 4>> SearchCell<B, O> {
             ops: weights.to_vec(),
             edges: None,
             aux_scale: 0.0,
+            index: None,
         };
         self.forward_with(s0, s1, &w)
     }
 
     /// Apply with op weights, optional edge weights and the auxiliary skips' scale: edge `e`
     /// computes `β̂_e · (MixedOp_e(h) + aux_scale · skip_e(h))` (each factor only when present).
-    pub fn forward_with(&self, s0: Tensor<B, 4>, s1: Tensor<B, 4>, w: &CellWeights<B>) -> Tensor<B, 4> {
+    pub fn forward_with(
+        &self,
+        s0: Tensor<B, 4>,
+        s1: Tensor<B, 4>,
+        w: &CellWeights<B>,
+    ) -> Tensor<B, 4> {
         let mut states = vec![self.preprocess0.forward(s0), self.preprocess1.forward(s1)];
         let mut offset = 0;
         for _ in 0..self.steps {
             let mut s: Option<Tensor<B, 4>> = None;
             for (j, h) in states.iter().enumerate() {
                 let e = offset + j;
-                let mut y = self.edges[e].forward(h.clone(), w.ops[e].clone());
+                let mut y = match &w.index {
+                    Some(index) => {
+                        self.edges[e].forward_single(h.clone(), w.ops[e].clone(), index[e])
+                    }
+                    None => self.edges[e].forward(h.clone(), w.ops[e].clone()),
+                };
                 if let Some(skip) = self.aux.get(e).filter(|_| w.aux_scale != 0.0) {
                     y = y + skip.forward(h.clone()) * w.aux_scale;
                 }
@@ -449,6 +463,8 @@ impl SearchNetworkConfig {
             regularizer: ArchRegularizer::default(),
             derivation: Derivation::TopK,
             aux_scale: 1.0,
+            sampling: Sampling::None,
+            noise: NoiseSource::default(),
             steps: self.steps,
             op_names: space.names(),
             none_index: space.none_index(),
@@ -486,6 +502,13 @@ pub struct SearchNetwork<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
     /// threshold).
     #[module(skip)]
     pub derivation: Derivation,
+    /// How each forward turns α into op weights: the relaxation (DARTS), or a sample (GDAS's
+    /// hard Gumbel-softmax, DrNAS's Dirichlet).
+    #[module(skip)]
+    pub sampling: Sampling,
+    /// Random numbers of the samples (restarted each epoch by the driver).
+    #[module(skip)]
+    pub noise: NoiseSource,
     /// Scale of DARTS−'s auxiliary skips (its `β`, from 1 down to 0 over the epochs; set by the
     /// schedule); unused without them.
     #[module(skip)]
@@ -503,6 +526,29 @@ pub struct SearchNetwork<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
     pub none_index: Option<usize>,
     /// States concatenated per cell.
     pub multiplier: usize,
+}
+
+/// How a supernet's forward turns α into the op weights of its edges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// The relaxation's weights (`softmax(α)` in DARTS), every candidate computed.
+    #[default]
+    None,
+    /// GDAS: per edge a hard Gumbel-softmax sample at temperature `tau`
+    /// ([`darts_mixed_op::stochastic::gumbel_hard`]); only the sampled candidate is computed.
+    Gumbel {
+        /// Temperature `τ` (10 → 0.1 over the search).
+        tau: f64,
+    },
+    /// DrNAS: per edge a Dirichlet sample with concentration `ELU(α) + 1`
+    /// ([`darts_mixed_op::stochastic::dirichlet_rsample`]), every candidate computed.
+    Dirichlet,
+}
+
+/// `ELU(x) + 1` (DrNAS's concentration), positive everywhere.
+pub fn elu_plus_one<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone().clamp_min(0.0) + x.clamp_max(0.0).exp()
 }
 
 /// PC-DARTS's edge normalisation: softmax of `β` over the incoming edges of each node (node `i`
@@ -532,18 +578,48 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
     /// Logits for `x` (`[N, 3, H, W]`). The relaxation is recomputed in every forward (Burn's
     /// backward consumes the graph, so nothing derived from α is cached).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let weights = |alpha: &Param<Tensor<B, 2>>, beta: &Option<Param<Tensor<B, 1>>>| {
-            CellWeights {
-                ops: rows(self.relaxation.weights(alpha.val())),
-                edges: beta.as_ref().map(|b| {
-                    let w = edge_softmax(b.val(), self.steps);
-                    (0..w.dims()[0]).map(|e| w.clone().slice(e..e + 1)).collect()
-                }),
-                aux_scale: self.aux_scale,
+        let sample = |alpha: Tensor<B, 2>| -> (Tensor<B, 2>, Option<Vec<usize>>) {
+            match self.sampling {
+                Sampling::None => (self.relaxation.weights(alpha), None),
+                Sampling::Gumbel { tau } => {
+                    let (w, index) = stochastic::gumbel_hard(alpha, tau, &self.noise);
+                    (w, Some(index))
+                }
+                Sampling::Dirichlet => (
+                    stochastic::dirichlet_rsample(elu_plus_one(alpha), &self.noise),
+                    None,
+                ),
             }
         };
-        let wn = weights(&self.alphas_normal, &self.betas_normal);
-        let wr = weights(&self.alphas_reduce, &self.betas_reduce);
+        let (wn, index_n) = sample(self.alphas_normal.val());
+        let (wr, index_r) = sample(self.alphas_reduce.val());
+        self.forward_weighted(x, [(wn, index_n), (wr, index_r)])
+    }
+
+    /// Logits with the op weights of the normal and the reduction cells given (each `[edges,
+    /// ops]`, with GDAS's sampled index per edge when only that candidate is computed) instead of
+    /// drawn from α: SDARTS's perturbed weights. Edge normalisation and the auxiliary skips
+    /// apply as in [`SearchNetwork::forward`].
+    pub fn forward_weighted(
+        &self,
+        x: Tensor<B, 4>,
+        [(wn, index_n), (wr, index_r)]: [(Tensor<B, 2>, Option<Vec<usize>>); 2],
+    ) -> Tensor<B, 2> {
+        let weights = |w: Tensor<B, 2>,
+                       index: Option<Vec<usize>>,
+                       beta: &Option<Param<Tensor<B, 1>>>| CellWeights {
+            ops: rows(w),
+            edges: beta.as_ref().map(|b| {
+                let w = edge_softmax(b.val(), self.steps);
+                (0..w.dims()[0])
+                    .map(|e| w.clone().slice(e..e + 1))
+                    .collect()
+            }),
+            aux_scale: self.aux_scale,
+            index,
+        };
+        let wn = weights(wn, index_n, &self.betas_normal);
+        let wr = weights(wr, index_r, &self.betas_reduce);
         let s = self.stem_bn.forward(self.stem_conv.forward(x));
         let (mut s0, mut s1) = (s.clone(), s);
         for cell in &self.cells {
@@ -603,7 +679,10 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
     /// normalisation, `betas_normal`, `betas_reduce`.
     pub fn alpha_ids(&self) -> Vec<ParamId> {
         let mut ids = vec![self.alphas_normal.id, self.alphas_reduce.id];
-        for b in [&self.betas_normal, &self.betas_reduce].into_iter().flatten() {
+        for b in [&self.betas_normal, &self.betas_reduce]
+            .into_iter()
+            .flatten()
+        {
             ids.push(b.id);
         }
         ids
@@ -646,5 +725,27 @@ where
 
     fn arch_param_ids(&self) -> Vec<ParamId> {
         self.alpha_ids()
+    }
+
+    /// `relaxation(α)` of the normal and the reduction cells (SDARTS perturbs these).
+    fn op_weights(&self) -> Vec<Tensor<B::InnerBackend, 2>> {
+        vec![
+            self.relaxation.weights(self.alphas_normal.val()).inner(),
+            self.relaxation.weights(self.alphas_reduce.val()).inner(),
+        ]
+    }
+
+    /// The cross-entropy with the given op weights (the reference SDARTS weight step's
+    /// `model(input, updateType='weight')`).
+    fn forward_with_op_weights(&self, batch: &ImageBatch<B>, w: &[Tensor<B, 2>]) -> BatchOutput<B> {
+        let logits = self.forward_weighted(
+            batch.images.clone(),
+            [(w[0].clone(), None), (w[1].clone(), None)],
+        );
+        BatchOutput::new(
+            cross_entropy(logits.clone(), batch.targets.clone()),
+            Some(correct(logits.detach(), batch.targets.clone())),
+            batch.len(),
+        )
     }
 }
