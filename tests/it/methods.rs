@@ -861,6 +861,152 @@ fn sdarts_perturbations_stay_in_the_ball_and_ascend() {
     assert!(net.op_weights().len() == 2);
 }
 
+// ------------------------------------------------------------------ DARTS-PT
+
+#[test]
+fn pt_projection_mask_matches_its_definition() {
+    use darts::cell::cnn::supernet::CellProjection;
+    // 2 nodes (edges 0–1 and 2–4), 3 candidates.
+    let p = CellProjection {
+        ops: vec![None, Some(2), None, None, None],
+        edges: vec![None, Some(vec![2, 4])],
+        masked: vec![(0, Some(1)), (4, None)],
+    };
+    let (mask, hot) = p.mask(2, 3);
+    #[rustfmt::skip]
+    let want_mask = [
+        1.0, 0.0, 1.0, // edge 0: op 1 masked for an evaluation
+        0.0, 0.0, 0.0, // edge 1: decided (op 2)
+        1.0, 1.0, 1.0, // edge 2: kept, undecided
+        0.0, 0.0, 0.0, // edge 3: removed by the node's decision
+        0.0, 0.0, 0.0, // edge 4: masked whole
+    ];
+    #[rustfmt::skip]
+    let want_hot = [
+        0.0, 0.0, 0.0,
+        0.0, 0.0, 1.0,
+        0.0, 0.0, 0.0,
+        0.0, 0.0, 0.0,
+        0.0, 0.0, 0.0,
+    ];
+    assert_eq!(mask, want_mask);
+    assert_eq!(hot, want_hot);
+    assert!(CellProjection::default().is_empty());
+}
+
+/// A supernet whose every edge and node is decided derives exactly the decisions, whatever α.
+#[test]
+fn pt_decisions_become_the_genotype() {
+    let mut net = supernet_with(SearchNetworkConfig {
+        channels: 4,
+        layers: 3,
+        steps: 2,
+        multiplier: 2,
+        ..Default::default()
+    });
+    for p in [&mut net.projection.normal, &mut net.projection.reduce] {
+        p.ops = vec![Some(4), Some(3), Some(7), Some(1), Some(5)];
+        p.edges = vec![None, Some(vec![4, 2])];
+    }
+    let g = net.genotype();
+    let genes: Vec<(&str, usize)> = g.normal.iter().map(|g| (g.op.as_str(), g.input)).collect();
+    assert_eq!(
+        genes,
+        vec![
+            ("sep_conv_3x3", 0),
+            ("skip_connect", 1),
+            ("dil_conv_5x5", 0),
+            ("sep_conv_5x5", 2),
+        ]
+    );
+    let (w, _) = net.arch_weights();
+    assert_eq!(w[3], vec![0.0; 8]);
+    assert_eq!(w[4][5], 1.0);
+}
+
+/// DARTS-PT end to end after a tiny DARTS search: every edge and every node with more than two
+/// inputs gets one decision per cell type, each op decision picks the removal with the lowest
+/// accuracy, and the genotype is the decisions.
+#[test]
+fn darts_pt_selects_after_a_search() {
+    let Some(data) = real_data("cifar-10-batches-bin") else {
+        return;
+    };
+    let out = tmp("pt");
+    let cfg = SearchConfig {
+        select: darts::cifar::Selection::Pt { interval: 1 },
+        ..tiny(&data, Method::Darts)
+    };
+    let s = run_search::<B>(
+        &cfg,
+        &RunOptions {
+            out: out.clone(),
+            progress: false,
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    let pt: darts::cifar::PtSelection =
+        serde_json::from_str(&std::fs::read_to_string(out.join("selection.json")).unwrap())
+            .unwrap();
+    // 5 edges + 1 node with three inputs, per cell type; 1·(6 − 1) + 1 tuning epochs.
+    assert_eq!(pt.decisions.len(), 12);
+    assert_eq!(pt.tune_epochs, 6);
+    assert_eq!(pt.genotype, s.genotype);
+    for d in &pt.decisions {
+        if d.kind == "op" {
+            let min = d.accuracies.iter().map(|a| a.1).fold(f64::MAX, f64::min);
+            let chosen = d.accuracies.iter().find(|a| a.0 == d.chosen[0]).unwrap().1;
+            assert_eq!(chosen, min, "{d:?}");
+            assert_eq!(d.accuracies.len(), 8);
+        } else {
+            assert_eq!((d.target, d.chosen.len()), (1, 2));
+        }
+    }
+    for (cell, genes) in [
+        ("normal", &s.genotype.normal),
+        ("reduce", &s.genotype.reduce),
+    ] {
+        let op_of = |e: usize| {
+            pt.decisions
+                .iter()
+                .find(|d| d.cell == cell && d.kind == "op" && d.target == e)
+                .unwrap()
+                .chosen[0]
+        };
+        let kept = &pt
+            .decisions
+            .iter()
+            .find(|d| d.cell == cell && d.kind == "edge")
+            .unwrap()
+            .chosen;
+        let names = darts::ops::Primitive::DARTS.map(|p| p.name());
+        // Node 0 keeps its two edges (0, 1); node 1 the two it kept (edges 2..5 read 0, 1, 2).
+        let mut want: Vec<(String, usize)> = vec![
+            (names[op_of(0)].to_string(), 0),
+            (names[op_of(1)].to_string(), 1),
+        ];
+        want.sort();
+        let mut got: Vec<(String, usize)> =
+            genes[..2].iter().map(|g| (g.op.clone(), g.input)).collect();
+        got.sort();
+        if !names[op_of(0)].eq("none") && !names[op_of(1)].eq("none") {
+            assert_eq!(got, want, "{cell}");
+        }
+        // Node 1 reads the two kept edges (edge 2 + j reads state j), unless `none` was
+        // chosen for one (the derivation never picks `none`; the reference's neither).
+        if kept.iter().all(|&e| op_of(e) != 0) {
+            let mut node1: Vec<usize> = genes[2..].iter().map(|g| g.input + 2).collect();
+            node1.sort();
+            let mut k = kept.clone();
+            k.sort();
+            assert_eq!(node1, k, "{cell}");
+        }
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
 // ------------------------------------------------------------------ end to end
 
 fn tmp(name: &str) -> PathBuf {

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod search;
+mod select;
 mod train;
 
 pub use super::{RunError, RunOptions};
@@ -24,6 +25,7 @@ pub use super::{RunError, RunOptions};
 /// Why a network needs at least 3 cells.
 const LAYERS_RULE: &str = "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)";
 pub use search::{run_search, SearchConfig, SearchEpoch, SearchSummary, ValSampling};
+pub use select::{PtDecision, PtSelection, Selection};
 pub use train::{
     evaluate_weights, run_train, TrainConfig, TrainEpoch, TrainSummary, WeightsEvaluation, WEIGHTS,
 };

@@ -1,5 +1,6 @@
 //! Architecture search on CIFAR-10 (reference `cnn/train_search.py`).
 
+use super::select::{select_pt, Selection};
 use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint;
 use crate::methods::{EpochSchedule, Method, MethodConfig};
@@ -84,6 +85,10 @@ pub struct SearchConfig {
     /// The search method's pieces (DARTS by default; see [`crate::methods`]).
     #[serde(default)]
     pub method: MethodConfig,
+    /// How the final genotype is chosen: the method's derivation (default) or DARTS-PT's
+    /// perturbation-based selection ([`Selection::Pt`]).
+    #[serde(default)]
+    pub select: Selection,
 }
 
 fn darts_arch_betas() -> (f64, f64) {
@@ -156,6 +161,7 @@ impl Default for SearchConfig {
             arch_bn_stats: ArchBnStats::ArchitectToo,
             arch_betas: darts_arch_betas(),
             method: MethodConfig::default(),
+            select: Selection::Darts,
         }
     }
 }
@@ -284,10 +290,10 @@ fn write_genotype_files(out: &Path, g: &Genotype) -> Result<(), RunError> {
 
 /// The three loaders of a search: weights (train part, augmented), architecture (val part,
 /// augmented) and evaluation (val part, plain).
-struct SearchLoaders {
-    train: Loader,
-    val: Loader,
-    infer: Loader,
+pub(super) struct SearchLoaders {
+    pub(super) train: Loader,
+    pub(super) val: Loader,
+    pub(super) infer: Loader,
 }
 
 impl SearchLoaders {
@@ -524,6 +530,9 @@ impl RunConfig for SearchConfig {
             .validate()
             .map_err(|why| RunError::Config(format!("method: {why}")))?;
         let k = self.method.partial_channels;
+        if let Selection::Pt { interval } = self.select {
+            check(interval >= 1, "pt-interval", "must be at least 1", interval)?;
+        }
         check(
             self.init_channels.is_multiple_of(2 * k),
             "init-channels",
@@ -567,8 +576,23 @@ pub fn run_search<B: AutodiffBackend>(
         history.push(rec);
         commit_epoch(out, &cfg, &history, &search, &op_names)?;
     }
-    let genotype = search.model.genotype();
+    let mut genotype = search.model.genotype();
     if !stopped_early {
+        if let Selection::Pt { interval } = cfg.select {
+            // The method's schedule as at its last epoch (e.g. SDARTS's ε), fresh noise.
+            apply_schedule(
+                &mut search,
+                &cfg.method,
+                cfg.seed ^ 0x97,
+                end - 1,
+                cfg.epochs,
+            );
+            let pt = select_pt(&mut search, &loaders, &cfg, interval, opts.progress, device)?;
+            let json =
+                serde_json::to_string_pretty(&pt).map_err(|e| RunError::Config(e.to_string()))?;
+            write(&out.join("selection.json"), &json)?;
+            genotype = pt.genotype;
+        }
         write_genotype_files(out, &genotype)?;
     }
     let ids = search.model.alpha_ids();

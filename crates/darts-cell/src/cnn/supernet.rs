@@ -465,6 +465,7 @@ impl SearchNetworkConfig {
             aux_scale: 1.0,
             sampling: Sampling::None,
             noise: NoiseSource::default(),
+            projection: Projection::default(),
             steps: self.steps,
             op_names: space.names(),
             none_index: space.none_index(),
@@ -509,6 +510,10 @@ pub struct SearchNetwork<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
     /// Random numbers of the samples (restarted each epoch by the driver).
     #[module(skip)]
     pub noise: NoiseSource,
+    /// DARTS-PT's decisions, applied to the op weights of every forward and of
+    /// [`SearchNetwork::arch_weights`] (empty: none).
+    #[module(skip)]
+    pub projection: Projection,
     /// Scale of DARTS−'s auxiliary skips (its `β`, from 1 down to 0 over the epochs; set by the
     /// schedule); unused without them.
     #[module(skip)]
@@ -544,6 +549,79 @@ pub enum Sampling {
     /// DrNAS: per edge a Dirichlet sample with concentration `ELU(α) + 1`
     /// ([`darts_mixed_op::stochastic::dirichlet_rsample`]), every candidate computed.
     Dirichlet,
+}
+
+/// DARTS-PT's decisions on one cell type (reference `darts-pt/sota/cnn/
+/// model_search_darts_proj.py: get_projected_weights`): edges whose op was chosen carry that
+/// op's one-hot weights, nodes whose inputs were chosen give their other edges zero weights,
+/// and `masked` entries are zeroed while a candidate decision is evaluated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CellProjection {
+    /// Per edge, the op chosen for it (empty: no edge decided yet).
+    pub ops: Vec<Option<usize>>,
+    /// Per intermediate node (index `i` is state `2 + i`), the edges kept.
+    pub edges: Vec<Option<Vec<usize>>>,
+    /// Weights zeroed for an evaluation: `(edge, Some(op))` one op of an edge, `(edge, None)`
+    /// the whole edge.
+    pub masked: Vec<(usize, Option<usize>)>,
+}
+
+impl CellProjection {
+    /// Whether the projection changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.iter().all(Option::is_none)
+            && self.edges.iter().all(Option::is_none)
+            && self.masked.is_empty()
+    }
+
+    /// `(mask, one_hot)` such that the projected weights are `w ⊙ mask + one_hot`, for a cell of
+    /// `steps` nodes and `ops` candidates (row-major `[edges, ops]`).
+    pub fn mask(&self, steps: usize, ops: usize) -> (Vec<f64>, Vec<f64>) {
+        let edges: usize = (0..steps).map(|i| 2 + i).sum();
+        let mut mask = vec![1.0; edges * ops];
+        let mut hot = vec![0.0; edges * ops];
+        let clear = |e: usize, mask: &mut [f64], hot: &mut [f64]| {
+            for k in 0..ops {
+                mask[e * ops + k] = 0.0;
+                hot[e * ops + k] = 0.0;
+            }
+        };
+        for (e, op) in self.ops.iter().enumerate().take(edges) {
+            if let Some(k) = op {
+                clear(e, &mut mask, &mut hot);
+                hot[e * ops + k] = 1.0;
+            }
+        }
+        for (i, kept) in self.edges.iter().enumerate().take(steps) {
+            if let Some(kept) = kept {
+                let start = i * (i + 3) / 2;
+                for e in start..start + 2 + i {
+                    if !kept.contains(&e) {
+                        clear(e, &mut mask, &mut hot);
+                    }
+                }
+            }
+        }
+        for &(e, op) in &self.masked {
+            match op {
+                Some(k) => {
+                    mask[e * ops + k] = 0.0;
+                    hot[e * ops + k] = 0.0;
+                }
+                None => clear(e, &mut mask, &mut hot),
+            }
+        }
+        (mask, hot)
+    }
+}
+
+/// DARTS-PT's decisions on both cell types.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Projection {
+    /// Normal cells.
+    pub normal: CellProjection,
+    /// Reduction cells.
+    pub reduce: CellProjection,
 }
 
 /// `ELU(x) + 1` (DrNAS's concentration), positive everywhere.
@@ -618,8 +696,8 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
             aux_scale: self.aux_scale,
             index,
         };
-        let wn = weights(wn, index_n, &self.betas_normal);
-        let wr = weights(wr, index_r, &self.betas_reduce);
+        let wn = weights(self.project(wn, false), index_n, &self.betas_normal);
+        let wr = weights(self.project(wr, true), index_r, &self.betas_reduce);
         let s = self.stem_bn.forward(self.stem_conv.forward(x));
         let (mut s0, mut s1) = (s.clone(), s);
         for cell in &self.cells {
@@ -633,17 +711,40 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
         self.classifier.forward(pooled)
     }
 
-    /// Relaxed weights `(normal, reduce)` as nested vectors (`[edges][ops]`).
+    /// Relaxed weights `(normal, reduce)` as nested vectors (`[edges][ops]`), with DARTS-PT's
+    /// decisions applied.
     pub fn arch_weights(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-        let to_rows = |a: Tensor<B, 2>| -> Vec<Vec<f32>> {
+        let to_rows = |a: Tensor<B, 2>, reduce: bool| -> Vec<Vec<f32>> {
             let [_, n] = a.dims();
-            let v = darts_ops::to_f32s(&self.relaxation.weights(a));
+            let v = darts_ops::to_f32s(&self.project(self.relaxation.weights(a), reduce));
             v.chunks(n).map(|c| c.to_vec()).collect()
         };
         (
-            to_rows(self.alphas_normal.val()),
-            to_rows(self.alphas_reduce.val()),
+            to_rows(self.alphas_normal.val(), false),
+            to_rows(self.alphas_reduce.val(), true),
         )
+    }
+
+    /// The op weights `w` (`[edges, ops]`) of the normal (or reduction) cells with DARTS-PT's
+    /// decisions applied (`w` itself when there are none).
+    pub fn project(&self, w: Tensor<B, 2>, reduce: bool) -> Tensor<B, 2> {
+        let p = if reduce {
+            &self.projection.reduce
+        } else {
+            &self.projection.normal
+        };
+        if p.is_empty() {
+            return w;
+        }
+        let [edges, ops] = w.dims();
+        let (mask, hot) = p.mask(self.steps, ops);
+        let like = |v: Vec<f64>| {
+            Tensor::<B, 2>::from_data(
+                burn::tensor::TensorData::new(v, [edges, ops]),
+                (&w.device(), w.dtype()),
+            )
+        };
+        w.clone() * like(mask) + like(hot)
     }
 
     /// The normalised edge weights `β̂` `(normal, reduce)` (softmax over each node's incoming
