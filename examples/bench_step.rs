@@ -45,6 +45,14 @@ struct Args {
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
+    /// Search method (darts, pc-darts, gdas, darts-minus, fair-darts, sdarts-rs, sdarts-adv,
+    /// beta-darts, drnas), its schedule taken at epoch 25 of 50 (PC-DARTS past its warm-up).
+    #[arg(long, default_value = "darts")]
+    method: darts::methods::Method,
+    /// Override the method's partial-channel factor K (DrNAS's 6 needs C to be a multiple of
+    /// 12; config B has C = 8).
+    #[arg(long)]
+    partial_channels: Option<usize>,
     /// Count kernel launches and buffer reservations of one fwd+bwd and one search step
     /// (wgpu/CUDA only; CubeCL's launch log is written to this file).
     #[arg(long)]
@@ -108,15 +116,18 @@ impl BackendTask for Bench {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> String {
         let (a, log) = (self.0, self.1);
         B::seed(&device, a.seed);
-        let net = SearchNetworkConfig {
+        let mut method = a.method.config();
+        if let Some(k) = a.partial_channels {
+            method.partial_channels = k;
+        }
+        let base = SearchNetworkConfig {
             channels: a.channels,
             layers: a.layers,
             steps: a.nodes,
             multiplier: a.nodes,
             ..Default::default()
-        }
-        .init::<B, _, _>(&DartsSpace::default(), Softmax, &device)
-        .unwrap_or_else(|e| {
+        };
+        let net = method.supernet::<B>(base, &device).unwrap_or_else(|e| {
             eprintln!("error: {e}");
             std::process::exit(2)
         });
@@ -156,6 +167,7 @@ impl BackendTask for Bench {
                 ..Default::default()
             },
         );
+        method.apply(&mut s, a.seed, 25, 50);
         let sync = |x: f64| x; // losses are read back each step, which synchronises the device
         let mut fwd = Vec::new();
         // One untimed pass first (the PyTorch script warms up with two), then timed passes of
@@ -209,7 +221,8 @@ impl BackendTask for Bench {
         let fwd_med = median(fwd.clone());
         let gflops = 3.0 * 2.0 * macs / (fwd_med / 1e3) / 1e9;
         format!(
-            "{{\"impl\": \"darts-burn\", \"device\": \"{}\", \"order\": {}, \"batch\": {}, \"layers\": {}, \"channels\": {}, \"nodes\": {}, \"params\": {}, \"step_ms_median\": {:.1}, \"step_ms_min\": {:.1}, \"fwd_bwd_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"fwd_gmacs\": {:.3}, \"fwd_bwd_gflops_per_s\": {:.2}, \"fwd_bwd_counts\": {}, \"step_counts\": {}}}",
+            "{{\"impl\": \"darts-burn\", \"method\": \"{}\", \"device\": \"{}\", \"order\": {}, \"batch\": {}, \"layers\": {}, \"channels\": {}, \"nodes\": {}, \"params\": {}, \"step_ms_median\": {:.1}, \"step_ms_min\": {:.1}, \"fwd_bwd_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"fwd_gmacs\": {:.3}, \"fwd_bwd_gflops_per_s\": {:.2}, \"fwd_bwd_counts\": {}, \"step_counts\": {}}}",
+            a.method,
             a.device,
             a.order,
             a.batch,

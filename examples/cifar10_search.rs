@@ -13,7 +13,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
-use darts::cifar::{run_search, RunOptions, SearchConfig, ValSampling};
+use darts::cifar::{run_search, RunOptions, SearchConfig, Selection, ValSampling};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use std::path::PathBuf;
 
@@ -28,6 +28,14 @@ enum ValSamplingArg {
     Redraw,
     /// Shuffled passes over the validation split.
     Cycle,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum SelectArg {
+    /// The method's derivation from the architecture weights.
+    Darts,
+    /// DARTS-PT.
+    Pt,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -51,6 +59,33 @@ struct Args {
     /// Settings for flags not given (default: quick with the sample, paper with --data).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
+    /// Search method: darts, pc-darts, gdas, darts-minus, fair-darts, sdarts-rs, sdarts-adv,
+    /// beta-darts, drnas. Sets the method's pieces and, with the paper preset, its reference
+    /// hyper-parameters (flags given explicitly win). See docs/methods.md.
+    #[arg(long, default_value = "darts")]
+    method: darts::methods::Method,
+    /// How the final genotype is chosen: darts (from α) or pt (DARTS-PT's perturbation-based
+    /// selection with fine-tuning, after the search).
+    #[arg(long, value_enum, default_value = "darts")]
+    select: SelectArg,
+    /// DARTS-PT: fine-tuning epochs between decisions (the reference's 5).
+    #[arg(long, default_value_t = 5)]
+    pt_interval: usize,
+    /// Add PC-DARTS's partial channels with this K to any method (1 = off).
+    #[arg(long)]
+    partial_channels: Option<usize>,
+    /// Add PC-DARTS's edge normalisation to any method.
+    #[arg(long)]
+    edge_normalization: bool,
+    /// Epochs at the start that train only the weights (PC-DARTS: 15).
+    #[arg(long)]
+    arch_warmup_epochs: Option<usize>,
+    /// Add DARTS−'s auxiliary skip (decaying from 1 to 0) to any method.
+    #[arg(long)]
+    auxiliary_skip: bool,
+    /// Add β-DARTS's Beta-Decay regulariser with this λ_max (λ = λ_max · epoch / 100).
+    #[arg(long)]
+    beta_decay: Option<f64>,
     /// cpu | wgpu[:N] | cuda[:N]
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -159,14 +194,37 @@ fn main() {
     });
     let mut c = SearchConfig {
         data: a.data.clone().unwrap_or(sample),
-        ..Default::default()
+        ..SearchConfig::for_method(a.method)
     };
+    if let Some(k) = a.partial_channels {
+        c.method.partial_channels = k;
+    }
+    c.method.edge_normalization |= a.edge_normalization;
+    if let Some(n) = a.arch_warmup_epochs {
+        c.method.arch_warmup_epochs = n;
+    }
+    if a.auxiliary_skip && c.method.auxiliary_skip.is_none() {
+        c.method.auxiliary_skip = Some(Default::default());
+    }
+    if let Some(lambda_max) = a.beta_decay {
+        c.method.beta_decay = Some(darts::methods::BetaDecaySchedule {
+            lambda_max,
+            ..Default::default()
+        });
+    }
+    if a.select == SelectArg::Pt {
+        c.select = Selection::Pt {
+            interval: a.pt_interval,
+        };
+    }
     if preset == Preset::Quick {
         c.limit_images = Some(320);
         c.batch_size = 16;
         c.epochs = 2;
-        c.init_channels = 4;
+        // Partial channels need C to be a multiple of 2K.
+        c.init_channels = 4.max(2 * c.method.partial_channels);
         c.layers = 3;
+        c.method.arch_warmup_epochs = c.method.arch_warmup_epochs.min(1);
     }
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f { c.$f = v; } )* };
@@ -218,9 +276,10 @@ fn main() {
     };
     if !opts.resume {
         eprintln!(
-            "searching on {} ({} preset{}), device {spec}, output {}",
+            "searching on {} ({} preset, {}{}), device {spec}, output {}",
             c.data.display(),
             format!("{preset:?}").to_lowercase(),
+            a.method,
             if c.unrolled {
                 ", second order"
             } else {

@@ -25,6 +25,11 @@
 
 use darts_bilevel::Perturbation;
 use darts_cell::cnn::supernet::{AlphaInit, Sampling};
+use darts_cell::{SearchNetwork, SearchNetworkConfig};
+
+/// The supernet type every method runs on: the DARTS candidates (or a subset), with the
+/// relaxation chosen at run time.
+pub type MethodNet<B> = SearchNetwork<B, darts_ops::DartsOp<B>, AnyRelaxation>;
 use darts_genotype::derive::Derivation;
 use darts_mixed_op::{AnyRelaxation, ArchRegularizer};
 use serde::{Deserialize, Serialize};
@@ -456,6 +461,49 @@ impl MethodConfig {
             Attack::Random => Perturbation::Random { epsilon },
             Attack::Pgd { steps } => Perturbation::Pgd { epsilon, steps },
         })
+    }
+
+    /// The supernet of `base` (channels, cells, nodes) with this method's pieces: its op set,
+    /// relaxation, partial channels, edge normalisation, auxiliary skips, α initialisation and
+    /// derivation. Seed the backend first for a reproducible initialisation.
+    pub fn supernet<B: burn::tensor::backend::Backend>(
+        &self,
+        base: SearchNetworkConfig,
+        device: &B::Device,
+    ) -> Result<MethodNet<B>, darts_cell::CellError> {
+        let mut net = SearchNetworkConfig {
+            partial_channels: self.partial_channels,
+            edge_normalization: self.edge_normalization,
+            auxiliary_skip: self.auxiliary_skip.is_some(),
+            alpha_init: self.alpha_init,
+            ..base
+        }
+        .init::<B, _, _>(&self.space(), self.relaxation, device)?;
+        net.derivation = self.derivation;
+        Ok(net)
+    }
+
+    /// Set this method's values for `epoch` (of `epochs`) on a search: whether α is updated,
+    /// the step order, SDARTS's perturbation, DARTS−'s skip scale, the regularisers, the
+    /// sampling and its temperature, and the noise sources (restarted for the epoch from
+    /// `seed`). Returns the schedule's values.
+    pub fn apply<B: burn::tensor::backend::AutodiffBackend>(
+        &self,
+        search: &mut darts_bilevel::Bilevel<B, MethodNet<B>>,
+        seed: u64,
+        epoch: usize,
+        epochs: usize,
+    ) -> EpochSchedule {
+        let s = self.schedule(epoch, epochs);
+        search.arch_updates = s.arch_updates;
+        search.weights_first = self.weights_first;
+        search.perturbation = self.perturbation(epoch, epochs);
+        search.noise.start_epoch(seed ^ 0x5D_A275, epoch);
+        search.model.aux_scale = s.aux_skip_scale.unwrap_or(0.0);
+        search.model.regularizer = self.regularizer(epoch, epochs);
+        search.model.sampling = self.sampling(epoch, epochs);
+        search.model.noise.start_epoch(seed, epoch);
+        s
     }
 
     /// The regularisers of the architecture objective at `epoch`.

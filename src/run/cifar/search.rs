@@ -324,22 +324,17 @@ fn build_search<B: AutodiffBackend>(
     let net: Net<B> = {
         let _guard = seed_lock();
         B::seed(device, cfg.seed);
-        let m = &cfg.method;
-        SearchNetworkConfig {
-            channels: cfg.init_channels,
-            layers: cfg.layers,
-            steps: cfg.steps,
-            multiplier: cfg.steps,
-            partial_channels: m.partial_channels,
-            edge_normalization: m.edge_normalization,
-            auxiliary_skip: m.auxiliary_skip.is_some(),
-            alpha_init: m.alpha_init,
-            ..Default::default()
-        }
-        .init::<B, _, _>(&m.space(), m.relaxation, device)?
+        cfg.method.supernet::<B>(
+            SearchNetworkConfig {
+                channels: cfg.init_channels,
+                layers: cfg.layers,
+                steps: cfg.steps,
+                multiplier: cfg.steps,
+                ..Default::default()
+            },
+            device,
+        )?
     };
-    let mut net = net;
-    net.derivation = cfg.method.derivation;
     let mut search = Bilevel::new(
         net,
         WeightConfig {
@@ -456,9 +451,7 @@ fn search_epoch<B: AutodiffBackend>(
     })
 }
 
-/// Set the method's values for `epoch` on the search state: whether α is updated, DARTS−'s
-/// skip scale, the regulariser's weight. Returns them (`None` for plain DARTS, which has no
-/// schedule) for the epoch's record.
+/// [`MethodConfig::apply`]; `None` for plain DARTS (no schedule to record).
 fn apply_schedule<B: AutodiffBackend>(
     search: &mut Bilevel<B, Net<B>>,
     method: &MethodConfig,
@@ -466,15 +459,7 @@ fn apply_schedule<B: AutodiffBackend>(
     epoch: usize,
     epochs: usize,
 ) -> Option<EpochSchedule> {
-    let s = method.schedule(epoch, epochs);
-    search.arch_updates = s.arch_updates;
-    search.weights_first = method.weights_first;
-    search.perturbation = method.perturbation(epoch, epochs);
-    search.noise.start_epoch(seed ^ 0x5D_A275, epoch);
-    search.model.aux_scale = s.aux_skip_scale.unwrap_or(0.0);
-    search.model.regularizer = method.regularizer(epoch, epochs);
-    search.model.sampling = method.sampling(epoch, epochs);
-    search.model.noise.start_epoch(seed, epoch);
+    let s = method.apply(search, seed, epoch, epochs);
     (*method != MethodConfig::default()).then_some(s)
 }
 
