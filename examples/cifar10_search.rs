@@ -296,6 +296,11 @@ fn main() {
                 "final genotype: {}",
                 darts::genotype::python::to_python(&s.genotype)
             );
+            if s.genotype.normal.is_empty() || s.genotype.reduce.is_empty() {
+                eprintln!(
+                    "note: a cell kept no edge: the threshold derivation (FairDARTS, sigmoid weights ≥ 0.85) found none yet; a longer search moves the weights towards 0 or 1"
+                );
+            }
             println!(
                 "wrote {}/{{genotype.json,genotype.py,normal.svg,reduce.svg,metrics.jsonl,checkpoint.safetensors}} and charts (loss, accuracy, alphas_normal, alphas_reduce, alphas_*_final; .svg and .png) in {:.0}s",
                 opts.out.display(),

@@ -14,8 +14,16 @@
 //! [`ArchModel`] impl (loss and which parameters are α). The architect, optimisers, data loader
 //! and device dispatch are the library's.
 //!
+//! The successor methods that apply to this space reuse the library's pieces from here too
+//! (`--method`): GDAS (`stochastic::gumbel_hard` and `MixedOp::forward_single`), DrNAS
+//! (`stochastic::dirichlet_rsample`), β-DARTS (`ArchRegularizer`), DARTS− (an identity skip on
+//! every edge, scaled by the schedule) and SDARTS (`ArchModel::op_weights` /
+//! `forward_with_op_weights`, perturbed by the library's `Bilevel`), with the schedules of
+//! `darts::methods`.
+//!
 //! ```text
 //! cargo run --example custom_space_nb201                  # quick run on the shipped sample
+//! cargo run --example custom_space_nb201 -- --method gdas
 //! cargo run --release --example custom_space_nb201 -- --data /path/to/cifar-10-batches-bin \
 //!     --channels 16 --cells 5 --epochs 50 --batch-size 64 --limit-images 50000
 //! ```
@@ -34,7 +42,10 @@ use darts::cell::ImageBatch;
 use darts::data::cifar::{search_split, Augment, Cifar10, Loader};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::genotype::nb201::{Nb201Arch, NB201_OPS};
-use darts::mixed_op::{CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax};
+use darts::cell::cnn::supernet::{elu_plus_one, Sampling};
+use darts::methods::Method;
+use darts::mixed_op::stochastic::{self, NoiseSource};
+use darts::mixed_op::{ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax};
 use darts::ops::cnn::{Identity, Pool, ReLUConvBN, Zero};
 use darts::ops::conv::Conv2dConfig;
 use darts::ops::{BatchNorm2d, Conv2d, Linear};
@@ -130,14 +141,27 @@ impl<B: Backend> Nb201Cell<B> {
         }
     }
 
-    /// Apply with one weight row per edge.
-    pub fn forward(&self, x: Tensor<B, 4>, w: &[Tensor<B, 1>]) -> Tensor<B, 4> {
+    /// Apply with one weight row per edge; with `index` (GDAS) each edge computes only its
+    /// sampled candidate; `skip` (DARTS−) adds `skip · input` to every edge.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        w: &[Tensor<B, 1>],
+        index: Option<&[usize]>,
+        skip: f64,
+    ) -> Tensor<B, 4> {
         let mut states = vec![x];
         let mut e = 0;
         for i in 1..=self.nodes {
             let mut sum: Option<Tensor<B, 4>> = None;
             for state in &states[..i] {
-                let y = self.edges[e].forward(state.clone(), w[e].clone());
+                let mut y = match index {
+                    Some(ix) => self.edges[e].forward_single(state.clone(), w[e].clone(), ix[e]),
+                    None => self.edges[e].forward(state.clone(), w[e].clone()),
+                };
+                if skip != 0.0 {
+                    y = y + state.clone() * skip;
+                }
                 sum = Some(match sum {
                     Some(s) => s + y,
                     None => y,
@@ -197,6 +221,18 @@ pub struct Nb201Net<B: Backend> {
     classifier: Linear<B>,
     /// α, `[6, 5]`, shared by every cell.
     pub alphas: Param<Tensor<B, 2>>,
+    /// Sampled op weights (GDAS, DrNAS) or the softmax.
+    #[module(skip)]
+    pub sampling: Sampling,
+    /// Random numbers of the samples.
+    #[module(skip)]
+    pub noise: NoiseSource,
+    /// Regularisers of the architecture objective (β-DARTS).
+    #[module(skip)]
+    pub regularizer: ArchRegularizer,
+    /// DARTS−'s skip scale (0: no skip).
+    #[module(skip)]
+    pub skip: f64,
 }
 
 impl<B: Backend> Nb201Net<B> {
@@ -223,12 +259,37 @@ impl<B: Backend> Nb201Net<B> {
             alphas: Param::from_tensor(
                 Tensor::random([6, NB201_OPS.len()], Distribution::Normal(0.0, 1.0), device) * 1e-3,
             ),
+            sampling: Sampling::None,
+            noise: NoiseSource::default(),
+            regularizer: ArchRegularizer::default(),
+            skip: 0.0,
         }
     }
 
-    /// Logits.
+    /// Logits, with op weights from α (softmax, or a sample).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let w = Softmax.weights(self.alphas.val());
+        let alpha = self.alphas.val();
+        let (w, index) = match self.sampling {
+            Sampling::None => (Softmax.weights(alpha), None),
+            Sampling::Gumbel { tau } => {
+                let (w, index) = stochastic::gumbel_hard(alpha, tau, &self.noise);
+                (w, Some(index))
+            }
+            Sampling::Dirichlet => (
+                stochastic::dirichlet_rsample(elu_plus_one(alpha), &self.noise),
+                None,
+            ),
+        };
+        self.forward_weights(x, w, index)
+    }
+
+    /// Logits with the op weights `w` (`[6, 5]`) given.
+    pub fn forward_weights(
+        &self,
+        x: Tensor<B, 4>,
+        w: Tensor<B, 2>,
+        index: Option<Vec<usize>>,
+    ) -> Tensor<B, 2> {
         let [edges, ops] = w.dims();
         let rows: Vec<Tensor<B, 1>> = (0..edges)
             .map(|e| w.clone().slice([e..e + 1, 0..ops]).reshape([ops]))
@@ -236,7 +297,7 @@ impl<B: Backend> Nb201Net<B> {
         let mut h = self.stem_bn.forward(self.stem.forward(x));
         for s in &self.stages {
             h = match s {
-                Stage::Cell(c) => c.forward(h, &rows),
+                Stage::Cell(c) => c.forward(h, &rows, index.as_deref(), self.skip),
                 Stage::Reduce(r) => r.forward(h),
             };
         }
@@ -261,15 +322,33 @@ impl<B: AutodiffBackend> ArchModel<B> for Nb201Net<B> {
 
     fn forward_batch(&self, b: &ImageBatch<B>) -> BatchOutput<B> {
         let logits = self.forward(b.images.clone());
+        let ce = cross_entropy(logits.clone(), b.targets.clone());
+        let correct = Some(correct(logits.detach(), b.targets.clone()));
+        match self.regularizer.loss(&[self.alphas.val()]) {
+            None => BatchOutput::new(ce, correct, b.len()),
+            Some(reg) => {
+                let mut out = BatchOutput::new(ce.clone() + reg, correct, b.len());
+                out.raw_loss = Some(ce);
+                out
+            }
+        }
+    }
+
+    fn arch_param_ids(&self) -> Vec<ParamId> {
+        vec![self.alphas.id]
+    }
+
+    fn op_weights(&self) -> Vec<Tensor<B::InnerBackend, 2>> {
+        vec![Softmax.weights(self.alphas.val()).inner()]
+    }
+
+    fn forward_with_op_weights(&self, b: &ImageBatch<B>, w: &[Tensor<B, 2>]) -> BatchOutput<B> {
+        let logits = self.forward_weights(b.images.clone(), w[0].clone(), None);
         BatchOutput::new(
             cross_entropy(logits.clone(), b.targets.clone()),
             Some(correct(logits.detach(), b.targets.clone())),
             b.len(),
         )
-    }
-
-    fn arch_param_ids(&self) -> Vec<ParamId> {
-        vec![self.alphas.id]
     }
 }
 
@@ -294,6 +373,23 @@ pub struct Nb201Search {
     pub order: Order,
     /// Seed.
     pub seed: u64,
+    /// Search method: DARTS, or one of the successors that apply to this space (GDAS, DARTS−,
+    /// SDARTS-RS/ADV, β-DARTS, DrNAS).
+    pub method: Method,
+}
+
+/// Why a method does not run on this space.
+#[derive(Debug)]
+pub struct NotOnNb201(pub Method);
+
+impl std::fmt::Display for NotOnNb201 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} does not apply to the NAS-Bench-201 space here (supported: darts, gdas, darts-minus, sdarts-rs, sdarts-adv, beta-darts, drnas)",
+            self.0
+        )
+    }
 }
 
 /// Run the search; `on_epoch` sees every epoch's statistics and architecture.
@@ -301,7 +397,14 @@ pub fn search<B: AutodiffBackend>(
     s: &Nb201Search,
     device: &B::Device,
     mut on_epoch: impl FnMut(usize, &EpochStats, &Nb201Arch),
-) -> Result<Nb201Arch, darts::data::cifar::CifarError> {
+) -> Result<Nb201Arch, Box<dyn std::error::Error>> {
+    if matches!(
+        s.method,
+        Method::PcDarts | Method::FairDarts
+    ) {
+        return Err(NotOnNb201(s.method).to_string().into());
+    }
+    let method = s.method.config();
     let mut data = Cifar10::load_train(&s.data)?;
     if s.limit_images < data.len() {
         data = data.subset(&(0..s.limit_images).collect::<Vec<_>>());
@@ -338,6 +441,16 @@ pub fn search<B: AutodiffBackend>(
         ImageBatch::<B>::from_host(h.images.clone(), h.dims(), &h.labels, device)
     };
     for epoch in 0..s.epochs {
+        // The method's values for the epoch, as `MethodConfig::apply` sets them on the DARTS
+        // supernet.
+        let sched = method.schedule(epoch, s.epochs);
+        bilevel.weights_first = method.weights_first;
+        bilevel.perturbation = method.perturbation(epoch, s.epochs);
+        bilevel.noise.start_epoch(s.seed ^ 0x5D_A275, epoch);
+        bilevel.model.sampling = method.sampling(epoch, s.epochs);
+        bilevel.model.noise.start_epoch(s.seed, epoch);
+        bilevel.model.regularizer = method.regularizer(epoch, s.epochs);
+        bilevel.model.skip = sched.aux_skip_scale.unwrap_or(0.0);
         let steps = s.max_steps.unwrap_or(usize::MAX);
         let t = train.epoch(epoch, 0).take(steps).map(to_batch);
         let mut v = (0..)
@@ -377,6 +490,9 @@ struct Args {
     unrolled: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// darts, gdas, darts-minus, sdarts-rs, sdarts-adv, beta-darts or drnas.
+    #[arg(long, default_value = "darts")]
+    method: Method,
 }
 
 /// A count that must be at least 1 (clap reports the flag and the value otherwise).
@@ -391,7 +507,7 @@ fn positive(s: &str) -> Result<usize, String> {
 struct Task(Nb201Search);
 
 impl BackendTask for Task {
-    type Output = Result<Nb201Arch, darts::data::cifar::CifarError>;
+    type Output = Result<Nb201Arch, Box<dyn std::error::Error>>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         search::<B>(&self.0, &device, |epoch, st, arch| {
             println!(
@@ -423,6 +539,7 @@ fn main() {
             Order::First
         },
         seed: a.seed,
+        method: a.method,
     };
     let spec: DeviceSpec = match a.device.parse() {
         Ok(s) => s,
