@@ -38,14 +38,16 @@ use darts::bilevel::{
     ArchModel, ArchitectConfig, BatchOutput, Bilevel, CosineLr, EpochStats, Order, WeightConfig,
 };
 use darts::cell::batch::{correct, cross_entropy};
+use darts::cell::cnn::supernet::{elu_plus_one, Sampling};
 use darts::cell::ImageBatch;
 use darts::data::cifar::{search_split, Augment, Cifar10, Loader};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::genotype::nb201::{Nb201Arch, NB201_OPS};
-use darts::cell::cnn::supernet::{elu_plus_one, Sampling};
 use darts::methods::Method;
 use darts::mixed_op::stochastic::{self, NoiseSource};
-use darts::mixed_op::{ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax};
+use darts::mixed_op::{
+    ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax,
+};
 use darts::ops::cnn::{Identity, Pool, ReLUConvBN, Zero};
 use darts::ops::conv::Conv2dConfig;
 use darts::ops::{BatchNorm2d, Conv2d, Linear};
@@ -398,10 +400,7 @@ pub fn search<B: AutodiffBackend>(
     device: &B::Device,
     mut on_epoch: impl FnMut(usize, &EpochStats, &Nb201Arch),
 ) -> Result<Nb201Arch, Box<dyn std::error::Error>> {
-    if matches!(
-        s.method,
-        Method::PcDarts | Method::FairDarts
-    ) {
+    if matches!(s.method, Method::PcDarts | Method::FairDarts) {
         return Err(NotOnNb201(s.method).to_string().into());
     }
     let method = s.method.config();
@@ -446,7 +445,7 @@ pub fn search<B: AutodiffBackend>(
         let sched = method.schedule(epoch, s.epochs);
         bilevel.weights_first = method.weights_first;
         bilevel.perturbation = method.perturbation(epoch, s.epochs);
-        bilevel.noise.start_epoch(s.seed ^ 0x5D_A275, epoch);
+        bilevel.noise.start_epoch(s.seed ^ 0x005D_A275, epoch);
         bilevel.model.sampling = method.sampling(epoch, s.epochs);
         bilevel.model.noise.start_epoch(s.seed, epoch);
         bilevel.model.regularizer = method.regularizer(epoch, s.epochs);

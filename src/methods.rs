@@ -498,7 +498,7 @@ impl MethodConfig {
         search.arch_updates = s.arch_updates;
         search.weights_first = self.weights_first;
         search.perturbation = self.perturbation(epoch, epochs);
-        search.noise.start_epoch(seed ^ 0x5D_A275, epoch);
+        search.noise.start_epoch(seed ^ 0x005D_A275, epoch);
         search.model.aux_scale = s.aux_skip_scale.unwrap_or(0.0);
         search.model.regularizer = self.regularizer(epoch, epochs);
         search.model.sampling = self.sampling(epoch, epochs);
@@ -554,12 +554,14 @@ impl MethodConfig {
             return Err("gumbel and dirichlet sampling exclude each other".into());
         }
         if let Some(t) = self.gumbel {
-            if !(t.max > 0.0 && t.min > 0.0 && t.max.is_finite()) {
+            let positive = t.max > 0.0 && t.min > 0.0 && t.max.is_finite();
+            if !positive {
                 return Err(format!("gumbel: temperatures must be positive (got {t:?})"));
             }
         }
         if let Some(p) = self.perturbation {
-            if !(p.epsilon_max >= 0.0 && p.epsilon_max.is_finite()) {
+            let finite = p.epsilon_max >= 0.0 && p.epsilon_max.is_finite();
+            if !finite {
                 return Err(format!(
                     "perturbation: epsilon_max must be finite, ≥ 0 (got {p:?})"
                 ));
@@ -574,7 +576,8 @@ impl MethodConfig {
             }
         }
         if let Some(b) = self.beta_decay {
-            if !b.lambda_max.is_finite() || !(b.ramp_epochs > 0.0) {
+            let ramp_ok = b.ramp_epochs.is_finite() && b.ramp_epochs > 0.0;
+            if !b.lambda_max.is_finite() || !ramp_ok {
                 return Err(format!(
                     "beta decay: lambda_max must be finite and ramp_epochs positive (got {b:?})"
                 ));

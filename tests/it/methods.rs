@@ -312,7 +312,7 @@ fn beta_decay_and_zero_one_losses_match_hand_values() {
         ..Default::default()
     };
     assert!((v(both) - zero_one - 2.0 * beta).abs() < 1e-6);
-    assert!(ArchRegularizer::default().loss(&[a.clone()]).is_none());
+    assert!(ArchRegularizer::default().loss(std::slice::from_ref(&a)).is_none());
     assert!(bd(0.0).loss(&[a]).is_none());
 }
 

@@ -47,7 +47,7 @@ impl NoiseSource {
     /// The generator of the next draw.
     pub fn rng(&self) -> StdRng {
         let k = self.counter.fetch_add(1, Ordering::Relaxed);
-        StdRng::seed_from_u64(mix(mix(mix(0x5DA2_75u64, self.seed), self.epoch), k))
+        StdRng::seed_from_u64(mix(mix(mix(0x005D_A275_u64, self.seed), self.epoch), k))
     }
 
     /// Draws taken so far in this epoch.

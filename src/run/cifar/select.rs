@@ -64,7 +64,7 @@ pub struct PtDecision {
     pub accuracies: Vec<(usize, f64)>,
 }
 
-/// The result of [`select_pt`].
+/// The result of DARTS-PT (`selection.json` of a search run with [`Selection::Pt`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PtSelection {
     /// The decisions, in order.

@@ -104,6 +104,8 @@ impl<B: Backend> Preprocess<B> {
 /// DARTS−'s auxiliary skip connection of an edge: the identity at stride 1, a learnable
 /// non-affine [`FactorizedReduce`] at stride 2 (reference `DARTS-/src/search/model_search.py:
 /// MixedOp`). Its output is added to the mixed op's, scaled by the schedule's `β`.
+// One per edge, built once: boxing the larger variant would gain nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AuxSkip<B: Backend> {
     /// Stride 1.
