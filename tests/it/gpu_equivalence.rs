@@ -1,7 +1,8 @@
 //! The same networks with the same weights and inputs on flex (CPU) and on a GPU backend:
 //! a tiny conv + BN network (outputs and every gradient within 1e-4), a whole search supernet
 //! forward and backward (every weight and α gradient within 1e-3), the first- and second-order
-//! architecture gradients (within 1e-3), and the strided 1×1 convolution. Each check runs on
+//! architecture gradients (within 1e-3), the strided 1×1 convolution, and the supernets of the
+//! successor methods (PC-DARTS, DARTS−, GDAS). Each check runs on
 //! wgpu with `--features wgpu` (on a machine without a GPU through Mesa's software Vulkan
 //! driver, lavapipe, which `scripts/test.sh` installs) and on CUDA with `--features cuda` and
 //! `--ignored` (benches/gpu_run.sh, on a lent GPU).
@@ -335,6 +336,73 @@ fn check_strided_pointwise_conv<G: AutodiffBackend>(gpu: &G::Device) {
     }
 }
 
+/// The successor methods' supernets (PC-DARTS's partial channels and edge normalisation,
+/// DARTS−'s auxiliary skips, GDAS's sampled single op per edge with the same noise on both
+/// backends) forward and backward agree between flex and the GPU backend within 1e-3.
+fn check_method_supernets<G: AutodiffBackend>(gpu: &G::Device) {
+    use darts::bilevel::ArchModel;
+    use darts::methods::{Method, MethodNet};
+    use darts::mixed_op::stochastic::NoiseSource;
+    fn build<B: AutodiffBackend>(
+        method: Method,
+        w: Option<&[TensorData]>,
+        device: &B::Device,
+    ) -> MethodNet<B> {
+        let m = method.config();
+        let base = darts::cell::SearchNetworkConfig {
+            channels: 8,
+            layers: 3,
+            steps: 2,
+            multiplier: 2,
+            ..Default::default()
+        };
+        let mut net = m.supernet::<B>(base, device).unwrap();
+        net.aux_scale = m.schedule(10, 50).aux_skip_scale.unwrap_or(0.0);
+        net.sampling = m.sampling(10, 50);
+        net.noise = NoiseSource::new(9);
+        match w {
+            Some(w) => net.map(&mut Load(w.to_vec(), 0)),
+            None => net,
+        }
+    }
+    fn pass<B: AutodiffBackend>(
+        method: Method,
+        w: &[TensorData],
+        x: &TensorData,
+        device: &B::Device,
+    ) -> (f32, Vec<Vec<f32>>) {
+        let net = build::<B>(method, Some(w), device);
+        let batch = image_batch::<B>(x, device);
+        darts::bilevel::join_parameter_graphs(&net);
+        let loss = net.forward_batch(&batch).loss;
+        let l: f32 = loss.clone().into_data().to_vec::<f32>().unwrap()[0];
+        let grads = loss.backward();
+        let mut v = Grads::<B>(&grads, Vec::new());
+        net.visit(&mut v);
+        (l, v.1.iter().map(|d| d.to_vec::<f32>().unwrap()).collect())
+    }
+    let dev = Default::default();
+    let x = fixed_data(&[4, 3, 16, 16], 40, 1.5);
+    for method in [Method::PcDarts, Method::DartsMinus, Method::Gdas] {
+        let w = fixed_weights(&build::<Autodiff<Flex>>(method, None, &dev), 4);
+        let (l_cpu, g_cpu) = pass::<Autodiff<Flex>>(method, &w, &x, &dev);
+        let (l_gpu, g_gpu) = pass::<G>(method, &w, &x, gpu);
+        assert!(
+            (l_cpu - l_gpu).abs() <= 1e-4 * l_cpu.abs().max(1.0),
+            "{method}: {l_cpu} vs {l_gpu}"
+        );
+        assert_eq!(g_cpu.len(), g_gpu.len(), "{method}");
+        for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
+            let worst = worst_relative(a, b);
+            assert!(
+                worst < 1e-3,
+                "{method}: gradient {i} ({} values): {worst}",
+                a.len()
+            );
+        }
+    }
+}
+
 /// The checks above on `--device wgpu` (in CI: Mesa's software Vulkan driver).
 #[cfg(feature = "wgpu")]
 mod wgpu {
@@ -359,6 +427,11 @@ mod wgpu {
     #[test]
     fn strided_pointwise_conv_agrees_with_flex() {
         super::check_strided_pointwise_conv::<G>(&Default::default());
+    }
+
+    #[test]
+    fn method_supernets_agree_with_flex() {
+        super::check_method_supernets::<G>(&Default::default());
     }
 }
 
@@ -391,5 +464,11 @@ mod cuda {
     #[ignore = "needs an NVIDIA GPU; run with --ignored"]
     fn strided_pointwise_conv_agrees_with_flex() {
         super::check_strided_pointwise_conv::<G>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn method_supernets_agree_with_flex() {
+        super::check_method_supernets::<G>(&Default::default());
     }
 }

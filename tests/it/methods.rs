@@ -312,7 +312,9 @@ fn beta_decay_and_zero_one_losses_match_hand_values() {
         ..Default::default()
     };
     assert!((v(both) - zero_one - 2.0 * beta).abs() < 1e-6);
-    assert!(ArchRegularizer::default().loss(std::slice::from_ref(&a)).is_none());
+    assert!(ArchRegularizer::default()
+        .loss(std::slice::from_ref(&a))
+        .is_none());
     assert!(bd(0.0).loss(&[a]).is_none());
 }
 
@@ -1115,51 +1117,69 @@ fn every_method_searches_end_to_end() {
     }
 }
 
-/// A PC-DARTS search stopped after its warm-up epoch and resumed ends with the α, β and
-/// genotype of the uninterrupted run (the schedule is recomputed from the epoch).
+/// A search stopped after its first epoch and resumed ends with the α (and β), genotype and
+/// losses of the uninterrupted run: PC-DARTS across its warm-up boundary, and the methods that
+/// draw random numbers (GDAS's Gumbel samples in every forward, SDARTS-RS's noise in every
+/// weight step), whose noise is keyed by (seed, epoch, draw).
 #[test]
-fn resumed_pc_darts_search_matches_uninterrupted() {
+fn resumed_method_searches_match_uninterrupted() {
     let Some(data) = real_data("cifar-10-batches-bin") else {
         return;
     };
-    let cfg = tiny(&data, Method::PcDarts);
-    let full = tmp("pc-full");
-    let a = run_search::<B>(
-        &cfg,
-        &RunOptions {
-            out: full.clone(),
-            progress: false,
-            ..Default::default()
-        },
-        &Default::default(),
-    )
-    .unwrap();
-    let cut = tmp("pc-cut");
-    run_search::<B>(
-        &cfg,
-        &RunOptions {
-            out: cut.clone(),
-            stop_after: Some(1),
-            progress: false,
-            ..Default::default()
-        },
-        &Default::default(),
-    )
-    .unwrap();
-    let b = run_search::<B>(
-        &SearchConfig::default(),
-        &RunOptions {
-            out: cut.clone(),
-            resume: true,
-            progress: false,
-            ..Default::default()
-        },
-        &Default::default(),
-    )
-    .unwrap();
-    assert_eq!(b.alphas, a.alphas);
-    assert_eq!(b.genotype, a.genotype);
-    assert_eq!(b.history[1].train_loss, a.history[1].train_loss);
-    std::fs::remove_dir_all(&full).ok();
-    std::fs::remove_dir_all(&cut).ok();
+    for method in [Method::PcDarts, Method::Gdas, Method::SdartsRs] {
+        let cfg = tiny(&data, method);
+        let full = tmp(&format!("{method}-full"));
+        let a = run_search::<B>(
+            &cfg,
+            &RunOptions {
+                out: full.clone(),
+                progress: false,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let cut = tmp(&format!("{method}-cut"));
+        run_search::<B>(
+            &cfg,
+            &RunOptions {
+                out: cut.clone(),
+                stop_after: Some(1),
+                progress: false,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let b = run_search::<B>(
+            &SearchConfig::default(),
+            &RunOptions {
+                out: cut.clone(),
+                resume: true,
+                progress: false,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(b.alphas, a.alphas, "{method}");
+        assert_eq!(b.genotype, a.genotype, "{method}");
+        assert_eq!(b.history[1].train_loss, a.history[1].train_loss, "{method}");
+        // And a second uninterrupted run is the same run.
+        let again = tmp(&format!("{method}-again"));
+        let c = run_search::<B>(
+            &cfg,
+            &RunOptions {
+                out: again.clone(),
+                progress: false,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(c.alphas, a.alphas, "{method}: not deterministic");
+        std::fs::remove_dir_all(&again).ok();
+        std::fs::remove_dir_all(&full).ok();
+        std::fs::remove_dir_all(&cut).ok();
+    }
 }
