@@ -126,6 +126,7 @@ impl Method {
             Method::Gdas => MethodConfig {
                 gumbel: Some(TauSchedule::default()),
                 weights_first: true,
+                nesterov: true,
                 ..base
             },
             Method::SdartsRs => MethodConfig {
@@ -173,7 +174,7 @@ impl Method {
             | Method::SdartsAdv => darts,
             // AutoDL-Projects configs/search-opts/GDAS-NASNet-CIFAR.config and
             // scripts-search/NASNet-space-search-by-GDAS.sh: cosine 0.025 → 0.001 over 250
-            // epochs, weight decay 5e-4, batch 256 (its SGD is Nesterov; ours is not).
+            // epochs, weight decay 5e-4, Nesterov momentum 0.9, batch 256.
             Method::Gdas => MethodHyper {
                 batch_size: 256,
                 weight_decay: 5e-4,
@@ -295,6 +296,9 @@ pub struct MethodConfig {
     pub weights_first: bool,
     /// A non-affine BatchNorm after each pooling candidate (the DARTS supernet; DrNAS has none).
     pub bn_after_pool: bool,
+    /// Nesterov momentum in the weight optimiser (GDAS's search configuration). The
+    /// second-order virtual step keeps DARTS's formula whatever this says (GDAS is first order).
+    pub nesterov: bool,
 }
 
 /// GDAS's temperature: `τ(e) = τ_max − (τ_max − τ_min) · e / (E − 1)` (reference
@@ -359,6 +363,7 @@ impl Default for MethodConfig {
             perturbation: None,
             weights_first: false,
             bn_after_pool: true,
+            nesterov: false,
         }
     }
 }
@@ -497,6 +502,7 @@ impl MethodConfig {
         let s = self.schedule(epoch, epochs);
         search.arch_updates = s.arch_updates;
         search.weights_first = self.weights_first;
+        search.w_opt.nesterov = self.nesterov;
         search.perturbation = self.perturbation(epoch, epochs);
         search.noise.start_epoch(seed ^ 0x005D_A275, epoch);
         search.model.aux_scale = s.aux_skip_scale.unwrap_or(0.0);

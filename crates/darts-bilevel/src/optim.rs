@@ -76,6 +76,9 @@ pub struct Sgd<B: Backend> {
     pub momentum: f64,
     /// L2 weight decay added to the gradient (3e-4 in DARTS).
     pub weight_decay: f64,
+    /// Nesterov momentum (PyTorch's `nesterov=True`: the step is `d + momentum·buf` instead of
+    /// `buf`; GDAS's search uses it, DARTS does not).
+    pub nesterov: bool,
     /// Momentum buffers (absent until a parameter's first step, as in PyTorch).
     buffers: BTreeMap<ParamId, Tensor<B, 1>>,
 }
@@ -86,12 +89,14 @@ impl<B: Backend> Sgd<B> {
         Self {
             momentum,
             weight_decay,
+            nesterov: false,
             buffers: BTreeMap::new(),
         }
     }
 
     /// One step: for each parameter with a gradient, `d = g + wd·p`;
-    /// `buf = d` (first step) or `momentum·buf + d`; `p ← p − lr·buf`.
+    /// `buf = d` (first step) or `momentum·buf + d`; `p ← p − lr·buf` (with
+    /// [`Sgd::nesterov`]: `p ← p − lr·(d + momentum·buf)`), as `torch.optim.SGD`.
     /// Returns the new values (only for parameters in `grads`).
     pub fn step(
         &mut self,
@@ -112,7 +117,11 @@ impl<B: Backend> Sgd<B> {
                     None => d,
                 };
                 self.buffers.insert(*id, buf.clone());
-                d = buf;
+                d = if self.nesterov {
+                    d + buf * self.momentum
+                } else {
+                    buf
+                };
             }
             out.insert(*id, p.clone() - d * lr);
         }
@@ -390,6 +399,22 @@ mod tests {
         for (x, y) in a.iter().zip(b) {
             assert!((*x as f64 - y).abs() < 1e-6, "{a:?} vs {b:?}");
         }
+    }
+
+    /// `torch.optim.SGD(nesterov=True)`: the step is `d + momentum·buf`.
+    #[test]
+    fn nesterov_sgd_matches_pytorch_hand_computation() {
+        let id = ParamId::new();
+        let mut opt = Sgd::<Flex>::new(0.9, 0.0);
+        opt.nesterov = true;
+        let mut p = BTreeMap::from([(id, t(&[1.0]))]);
+        let g = BTreeMap::from([(id, t(&[0.5]))]);
+        // step 1: buf = 0.5; step = 0.5 + 0.9·0.5 = 0.95; p = 1 − 0.095
+        p = opt.step(0.1, &p, &g);
+        close(&v(&p[&id]), &[0.905]);
+        // step 2: buf = 0.9·0.5 + 0.5 = 0.95; step = 0.5 + 0.9·0.95 = 1.355; p = 0.905 − 0.1355
+        p = opt.step(0.1, &p, &g);
+        close(&v(&p[&id]), &[0.7695]);
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub(super) fn select_pt<B: AutodiffBackend>(
     }
     // Fine-tuning: SGD restarted at lr/10, cosine over the tuning epochs.
     search.w_opt = Sgd::new(cfg.momentum, cfg.weight_decay);
+    search.w_opt.nesterov = cfg.method.nesterov;
     let lr = CosineLr {
         max: cfg.lr / 10.0,
         min: cfg.lr_min,
