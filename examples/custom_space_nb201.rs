@@ -24,6 +24,7 @@
 //! ```text
 //! cargo run --example custom_space_nb201                  # quick run on the shipped sample
 //! cargo run --example custom_space_nb201 -- --method gdas
+//! cargo run --example custom_space_nb201 -- --select-pt 1   # DARTS-PT's op selection after
 //! cargo run --release --example custom_space_nb201 -- --data /path/to/cifar-10-batches-bin \
 //!     --channels 16 --cells 5 --epochs 50 --batch-size 64 --limit-images 50000
 //! ```
@@ -38,7 +39,9 @@ use darts::bilevel::{
     ArchModel, ArchitectConfig, BatchOutput, Bilevel, CosineLr, EpochStats, Order, WeightConfig,
 };
 use darts::cell::batch::{correct, cross_entropy};
-use darts::cell::cnn::supernet::{elu_plus_one, Sampling};
+use burn::module::AutodiffModule;
+use darts::cell::cnn::supernet::{elu_plus_one, CellProjection, Sampling};
+use darts::select::{perturbation_select, PtCell, PtDecision, PtTarget};
 use darts::cell::ImageBatch;
 use darts::data::cifar::{search_split, Augment, Cifar10, Loader};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
@@ -235,6 +238,14 @@ pub struct Nb201Net<B: Backend> {
     /// DARTS−'s skip scale (0: no skip).
     #[module(skip)]
     pub skip: f64,
+    /// DARTS-PT's decisions (op decisions only: the benchmark's cell keeps every edge).
+    #[module(skip)]
+    pub projection: CellProjection,
+}
+
+/// The edges of nodes 1, 2, 3 of the NAS-Bench-201 cell (node `i` reads nodes `0..i`).
+pub fn nb201_node_edges() -> Vec<std::ops::Range<usize>> {
+    vec![0..1, 1..3, 3..6]
 }
 
 impl<B: Backend> Nb201Net<B> {
@@ -265,6 +276,7 @@ impl<B: Backend> Nb201Net<B> {
             noise: NoiseSource::default(),
             regularizer: ArchRegularizer::default(),
             skip: 0.0,
+            projection: CellProjection::default(),
         }
     }
 
@@ -292,6 +304,7 @@ impl<B: Backend> Nb201Net<B> {
         w: Tensor<B, 2>,
         index: Option<Vec<usize>>,
     ) -> Tensor<B, 2> {
+        let w = self.projection.apply(w, &nb201_node_edges());
         let [edges, ops] = w.dims();
         let rows: Vec<Tensor<B, 1>> = (0..edges)
             .map(|e| w.clone().slice([e..e + 1, 0..ops]).reshape([ops]))
@@ -309,9 +322,12 @@ impl<B: Backend> Nb201Net<B> {
             .forward(h.mean_dims(&[2, 3]).reshape([n, c]))
     }
 
-    /// The derived cell in NAS-Bench-201 notation (argmax per edge).
+    /// The derived cell in NAS-Bench-201 notation (argmax per edge, DARTS-PT's decisions
+    /// applied).
     pub fn arch(&self) -> Nb201Arch {
-        let w = Softmax.weights(self.alphas.val());
+        let w = self
+            .projection
+            .apply(Softmax.weights(self.alphas.val()), &nb201_node_edges());
         let [_, ops] = w.dims();
         let v: Vec<f32> = w.into_data().convert::<f32>().to_vec().expect("f32");
         let rows: Vec<Vec<f32>> = v.chunks(ops).map(|c| c.to_vec()).collect();
@@ -378,6 +394,9 @@ pub struct Nb201Search {
     /// Search method: DARTS, or one of the successors that apply to this space (GDAS, DARTS−,
     /// SDARTS-RS/ADV, β-DARTS, DrNAS).
     pub method: Method,
+    /// DARTS-PT's selection after the search, with this many fine-tuning epochs between
+    /// decisions (`None`: the argmax of α).
+    pub select_pt: Option<usize>,
 }
 
 /// Why a method does not run on this space.
@@ -398,8 +417,70 @@ impl std::fmt::Display for NotOnNb201 {
 pub fn search<B: AutodiffBackend>(
     s: &Nb201Search,
     device: &B::Device,
-    mut on_epoch: impl FnMut(usize, &EpochStats, &Nb201Arch),
+    on_epoch: impl FnMut(usize, &EpochStats, &Nb201Arch),
 ) -> Result<Nb201Arch, Box<dyn std::error::Error>> {
+    Ok(search_with_decisions::<B>(s, device, on_epoch)?.0)
+}
+
+/// DARTS-PT's view of the NAS-Bench-201 search: accuracy on the validation half in training
+/// mode, fine-tuning epochs of the bilevel steps.
+struct PtNb201<'a, B: AutodiffBackend> {
+    bilevel: &'a mut Bilevel<B, Nb201Net<B>>,
+    train: &'a Loader,
+    val: &'a Loader,
+    eval: &'a Loader,
+    steps: usize,
+    lr: CosineLr,
+    device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> PtTarget for PtNb201<'_, B> {
+    type Error = std::convert::Infallible;
+
+    fn accuracy(&mut self, p: &[CellProjection]) -> f64 {
+        let mut net = self.bilevel.model.clone();
+        net.projection = p[0].clone();
+        let net = net.valid();
+        let (mut ok, mut n) = (0.0, 0.0);
+        darts::ops::mode::train_mode(|| {
+            for h in self.eval.epoch(0, 0) {
+                let b = ImageBatch::<B::InnerBackend>::from_host(
+                    h.images.clone(),
+                    h.dims(),
+                    &h.labels,
+                    self.device,
+                );
+                let c = correct(net.forward(b.images), b.targets);
+                ok += c.into_data().convert::<f64>().to_vec::<f64>().expect("count")[0];
+                n += h.len() as f64;
+            }
+        });
+        ok / n.max(1.0)
+    }
+
+    fn tune(&mut self, epoch: usize, _: usize, p: &[CellProjection]) -> Result<(), Self::Error> {
+        self.bilevel.model.projection = p[0].clone();
+        let to_batch = |h: darts::data::cifar::HostBatch| {
+            ImageBatch::<B>::from_host(h.images.clone(), h.dims(), &h.labels, self.device)
+        };
+        let key = (1 << 30) + epoch;
+        let mut t = self.train.epoch(key, 0).take(self.steps).map(to_batch);
+        let mut v = (0..)
+            .flat_map(|k| self.val.epoch(key * 1000 + k, 0))
+            .map(to_batch);
+        let lr = self.lr.at(epoch);
+        self.bilevel
+            .run_epoch_with(key, |_, _| Some((t.next()?, v.next()?, lr)), |_| {});
+        Ok(())
+    }
+}
+
+/// [`search`], also returning DARTS-PT's decisions when [`Nb201Search::select_pt`] is set.
+pub fn search_with_decisions<B: AutodiffBackend>(
+    s: &Nb201Search,
+    device: &B::Device,
+    mut on_epoch: impl FnMut(usize, &EpochStats, &Nb201Arch),
+) -> Result<(Nb201Arch, Vec<PtDecision>), Box<dyn std::error::Error>> {
     if matches!(s.method, Method::PcDarts | Method::FairDarts) {
         return Err(NotOnNb201(s.method).to_string().into());
     }
@@ -418,6 +499,7 @@ pub fn search<B: AutodiffBackend>(
         l.stream = stream;
         l
     };
+    let eval = Loader::new(data.clone(), val_idx.clone(), s.batch_size);
     let (train, val) = (loader(train_idx, 1), loader(val_idx, 2));
     B::seed(device, s.seed);
     let net = Nb201Net::<B>::new(s.channels, s.cells, 10, device);
@@ -458,7 +540,38 @@ pub fn search<B: AutodiffBackend>(
         let stats = bilevel.run_epoch(epoch, t, &mut v, |_| {});
         on_epoch(epoch, &stats, &bilevel.model.arch());
     }
-    Ok(bilevel.model.arch())
+    let mut decisions = Vec::new();
+    if let Some(interval) = s.select_pt {
+        let cell = PtCell {
+            name: "cell".into(),
+            ops: NB201_OPS.len(),
+            node_edges: nb201_node_edges(),
+            topology: false,
+        };
+        // Six op decisions: `interval · 5 + 1` fine-tuning epochs at a tenth of the learning
+        // rate, with SGD restarted.
+        bilevel.w_opt = darts::bilevel::Sgd::new(0.9, 3e-4);
+        let mut target = PtNb201 {
+            bilevel: &mut bilevel,
+            train: &train,
+            val: &val,
+            eval: &eval,
+            steps: s.max_steps.unwrap_or(usize::MAX),
+            lr: CosineLr {
+                max: 0.0025,
+                min: 0.001,
+                epochs: interval * 5 + 1,
+            },
+            device,
+        };
+        let out = match perturbation_select(&mut target, &[cell], interval, s.seed) {
+            Ok(out) => out,
+            Err(never) => match never {},
+        };
+        bilevel.model.projection = out.projections[0].clone();
+        decisions = out.decisions;
+    }
+    Ok((bilevel.model.arch(), decisions))
 }
 
 #[derive(Parser, Debug)]
@@ -492,6 +605,10 @@ struct Args {
     /// darts, gdas, darts-minus, sdarts-rs, sdarts-adv, beta-darts or drnas.
     #[arg(long, default_value = "darts")]
     method: Method,
+    /// Choose each edge's op with DARTS-PT after the search, this many fine-tuning epochs
+    /// between decisions (the reference's 5).
+    #[arg(long, value_parser = positive)]
+    select_pt: Option<usize>,
 }
 
 /// A count that must be at least 1 (clap reports the flag and the value otherwise).
@@ -539,6 +656,7 @@ fn main() {
         },
         seed: a.seed,
         method: a.method,
+        select_pt: a.select_pt,
     };
     let spec: DeviceSpec = match a.device.parse() {
         Ok(s) => s,

@@ -44,6 +44,7 @@ pub mod guide {}
 pub mod nonfinite;
 pub mod report;
 pub mod run;
+pub mod select;
 
 /// The CIFAR-10 drivers ([`run::cifar`]), at their earlier path.
 pub use run::cifar;

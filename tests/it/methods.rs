@@ -874,7 +874,7 @@ fn pt_projection_mask_matches_its_definition() {
         edges: vec![None, Some(vec![2, 4])],
         masked: vec![(0, Some(1)), (4, None)],
     };
-    let (mask, hot) = p.mask(2, 3);
+    let (mask, hot) = p.mask(&darts::cell::cnn::supernet::darts_node_edges(2), 3);
     #[rustfmt::skip]
     let want_mask = [
         1.0, 0.0, 1.0, // edge 0: op 1 masked for an evaluation

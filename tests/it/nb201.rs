@@ -59,6 +59,40 @@ fn settings(order: Order) -> Nb201Search {
         order,
         seed: 1,
         method: darts::methods::Method::Darts,
+        select_pt: None,
+    }
+}
+
+/// DARTS-PT on the NAS-Bench-201 cell: one op decision per edge (the cell keeps all six edges),
+/// each the removal with the lowest accuracy, and the architecture is the decisions.
+#[test]
+fn nb201_darts_pt_decides_every_edge() {
+    let dev = Default::default();
+    let s = Nb201Search {
+        epochs: 1,
+        max_steps: Some(1),
+        select_pt: Some(1),
+        ..settings(Order::First)
+    };
+    let (arch, decisions) = example::search_with_decisions::<B>(&s, &dev, |_, _, _| {}).unwrap();
+    assert_eq!(decisions.len(), 6);
+    let mut edges: Vec<usize> = decisions.iter().map(|d| d.target).collect();
+    edges.sort();
+    assert_eq!(edges, (0..6).collect::<Vec<_>>());
+    for d in &decisions {
+        assert_eq!(d.kind, "op");
+        assert_eq!(d.accuracies.len(), NB201_OPS.len());
+        let min = d.accuracies.iter().map(|a| a.1).fold(f64::MAX, f64::min);
+        assert_eq!(d.accuracies[d.chosen[0]].1, min);
+    }
+    // Edges in order: node 1 ← 0, node 2 ← 0, 1, node 3 ← 0, 1, 2; each carries its decision.
+    let flat: Vec<&str> = arch
+        .nodes
+        .iter()
+        .flat_map(|n| n.iter().map(|(op, _)| op.as_str()))
+        .collect();
+    for d in &decisions {
+        assert_eq!(flat[d.target], NB201_OPS[d.chosen[0]], "{arch}");
     }
 }
 

@@ -1,23 +1,9 @@
-//! DARTS-PT (Wang et al., ICLR 2021; reference `ruocwang/darts-pt`, `sota/cnn/projection.py`):
-//! perturbation-based architecture selection after a search, instead of reading the genotype off
-//! the largest α.
-//!
-//! Starting from the searched supernet, the weights are fine-tuned (SGD restarted at a tenth of
-//! the search's learning rate, cosine to `lr_min`, the architecture steps going on) for
-//! `interval · P + 1` epochs, where `P = edges + (nodes − 1) − 1` decisions are taken, one every
-//! `interval` epochs, on both cell types:
-//!
-//! 1. **Operations**, one undecided edge at a time in random order: for each candidate, the
-//!    validation accuracy of the supernet with that candidate's weight zeroed on that edge; the
-//!    candidate whose removal *lowers* the accuracy most is the edge's op (its weights become the
-//!    op's one-hot vector).
-//! 2. **Topology**, one node with more than two inputs at a time in random order: while more
-//!    than two edges remain, the edge whose removal (all its weights zeroed) leaves the highest
-//!    accuracy goes.
-//!
-//! The evaluations run in training mode (batch statistics, as the reference's
-//! `infer(..., _eval=False)`) over the whole validation split, without gradients. The genotype is
-//! then derived from the projected weights by the usual rule.
+//! DARTS-PT after a CIFAR-10 search ([`crate::select`] does the decisions): the target is the
+//! searched supernet. Candidate decisions are evaluated over the whole validation split in
+//! training mode (batch statistics, as the reference's `infer(..., _eval=False)`), without
+//! gradients. Fine-tuning restarts SGD at a tenth of the search's learning rate, cosine to
+//! `lr_min`, and keeps the architecture steps going. The genotype is then derived from the
+//! projected weights by the usual rule.
 
 use super::search::{SearchLoaders, ValSampling};
 use super::{evaluate, to_batch, Net, SearchConfig};
@@ -25,11 +11,11 @@ use crate::run::{progress, RunError};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use darts_bilevel::{CosineLr, Sgd};
-use darts_cell::cnn::supernet::CellProjection;
+pub use crate::select::PtDecision;
+use crate::select::{perturbation_select, PtCell, PtTarget};
+use darts_cell::cnn::supernet::{darts_node_edges, CellProjection};
 use darts_cell::ImageBatch;
 use darts_genotype::Genotype;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// How the genotype is chosen after the search.
@@ -46,24 +32,6 @@ pub enum Selection {
     },
 }
 
-/// One DARTS-PT decision, as written to `selection.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PtDecision {
-    /// Fine-tuning epoch at which it was taken.
-    pub epoch: usize,
-    /// `normal` or `reduce`.
-    pub cell: String,
-    /// `op` (an edge's operation) or `edge` (a node's inputs).
-    pub kind: String,
-    /// The edge (for `op`) or the node, 0-based among the intermediate nodes (for `edge`).
-    pub target: usize,
-    /// The op index chosen (for `op`) or the edges kept (for `edge`).
-    pub chosen: Vec<usize>,
-    /// Validation accuracy of each evaluated removal, in evaluation order: `(removed, acc)`,
-    /// `removed` an op index (for `op`) or an edge (for `edge`).
-    pub accuracies: Vec<(usize, f64)>,
-}
-
 /// The result of DARTS-PT (`selection.json` of a search run with [`Selection::Pt`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PtSelection {
@@ -75,37 +43,44 @@ pub struct PtSelection {
     pub tune_epochs: usize,
 }
 
-/// Edges of node `i`.
-fn node_edges(i: usize) -> std::ops::Range<usize> {
-    let start = i * (i + 3) / 2;
-    start..start + 2 + i
+/// The searched supernet as DARTS-PT's target: evaluations on the validation split in training
+/// mode, fine-tuning epochs of the search's steps.
+struct Target<'a, B: AutodiffBackend> {
+    search: &'a mut darts_bilevel::Bilevel<B, Net<B>>,
+    loaders: &'a SearchLoaders,
+    cfg: &'a SearchConfig,
+    lr: CosineLr,
+    device: &'a B::Device,
+    progress: indicatif::ProgressBar,
 }
 
-fn cell_of<B: AutodiffBackend>(net: &mut Net<B>, reduce: bool) -> &mut CellProjection {
-    if reduce {
-        &mut net.projection.reduce
-    } else {
-        &mut net.projection.normal
+fn set<B: AutodiffBackend>(net: &mut Net<B>, p: &[CellProjection]) {
+    net.projection.normal = p[0].clone();
+    net.projection.reduce = p[1].clone();
+}
+
+impl<B: AutodiffBackend> PtTarget for Target<'_, B> {
+    type Error = RunError;
+
+    fn accuracy(&mut self, p: &[CellProjection]) -> f64 {
+        let mut net = self.search.model.clone();
+        set(&mut net, p);
+        let eval = net.valid();
+        darts_ops::mode::train_mode(|| {
+            evaluate::<B::InnerBackend, _>(&self.loaders.infer, self.device, |x| eval.forward(x)).1
+        })
+    }
+
+    fn tune(&mut self, epoch: usize, _: usize, p: &[CellProjection]) -> Result<(), RunError> {
+        set(&mut self.search.model, p);
+        let lr = self.lr.at(epoch);
+        tune_epoch(self.search, self.loaders, self.cfg, epoch, lr, self.device)?;
+        self.progress.inc(1);
+        Ok(())
     }
 }
 
-/// Validation accuracy of the supernet with `mask` added to the projection of one cell type.
-fn accuracy_with<B: AutodiffBackend>(
-    search: &darts_bilevel::Bilevel<B, Net<B>>,
-    loaders: &SearchLoaders,
-    device: &B::Device,
-    reduce: bool,
-    mask: (usize, Option<usize>),
-) -> f64 {
-    let mut net = search.model.clone();
-    cell_of(&mut net, reduce).masked.push(mask);
-    let eval = net.valid();
-    darts_ops::mode::train_mode(|| {
-        evaluate::<B::InnerBackend, _>(&loaders.infer, device, |x| eval.forward(x)).1
-    })
-}
-
-/// Run DARTS-PT on the searched supernet in `search`; see the module documentation.
+/// Run DARTS-PT on the searched supernet in `search` ([`crate::select`]).
 pub(super) fn select_pt<B: AutodiffBackend>(
     search: &mut darts_bilevel::Bilevel<B, Net<B>>,
     loaders: &SearchLoaders,
@@ -114,98 +89,41 @@ pub(super) fn select_pt<B: AutodiffBackend>(
     show: bool,
     device: &B::Device,
 ) -> Result<PtSelection, RunError> {
-    let steps = cfg.steps;
-    let edges: usize = (0..steps).map(|i| 2 + i).sum();
     let ops = search.model.op_names.len();
-    let wide_nodes: Vec<usize> = (0..steps).filter(|&i| 2 + i > 2).collect();
-    let decisions_total = edges + wide_nodes.len();
-    let tune_epochs = interval * decisions_total.saturating_sub(1) + 1;
-    for reduce in [false, true] {
-        let p = cell_of(&mut search.model, reduce);
-        p.ops = vec![None; edges];
-        p.edges = vec![None; steps];
-        p.masked.clear();
-    }
+    let cells: Vec<PtCell> = ["normal", "reduce"]
+        .into_iter()
+        .map(|name| PtCell {
+            name: name.into(),
+            ops,
+            node_edges: darts_node_edges(cfg.steps),
+            topology: true,
+        })
+        .collect();
+    let edges = cells[0].node_edges.last().map_or(0, |r| r.end);
+    let wide = cells[0].node_edges.iter().filter(|r| r.len() > 2).count();
+    let tune_epochs = interval * (edges + wide).saturating_sub(1) + 1;
     // Fine-tuning: SGD restarted at lr/10, cosine over the tuning epochs.
     search.w_opt = Sgd::new(cfg.momentum, cfg.weight_decay);
     search.w_opt.nesterov = cfg.method.nesterov;
-    let lr = CosineLr {
-        max: cfg.lr / 10.0,
-        min: cfg.lr_min,
-        epochs: tune_epochs,
+    let mut target = Target {
+        search,
+        loaders,
+        cfg,
+        lr: CosineLr {
+            max: cfg.lr / 10.0,
+            min: cfg.lr_min,
+            epochs: tune_epochs,
+        },
+        device,
+        progress: progress(tune_epochs, "DARTS-PT".into(), show),
     };
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0xDA27_5E1E);
-    let mut decisions = Vec::new();
-    let mut undecided_edges: [Vec<usize>; 2] = [(0..edges).collect(), (0..edges).collect()];
-    let mut undecided_nodes: [Vec<usize>; 2] = [wide_nodes.clone(), wide_nodes.clone()];
-    let pb = progress(tune_epochs, "DARTS-PT".into(), show);
-    for t in 0..tune_epochs {
-        if t % interval.max(1) == 0 || t + 1 == tune_epochs {
-            for (c, reduce) in [(0, false), (1, true)] {
-                let cell = if reduce { "reduce" } else { "normal" };
-                if !undecided_edges[c].is_empty() {
-                    let pick = rng.random_range(0..undecided_edges[c].len());
-                    let e = undecided_edges[c].remove(pick);
-                    let accs: Vec<(usize, f64)> = (0..ops)
-                        .map(|k| {
-                            (
-                                k,
-                                accuracy_with(search, loaders, device, reduce, (e, Some(k))),
-                            )
-                        })
-                        .collect();
-                    // The op whose removal hurts most (lowest accuracy; first on ties).
-                    let best = accs
-                        .iter()
-                        .fold(accs[0], |b, &a| if a.1 < b.1 { a } else { b })
-                        .0;
-                    cell_of(&mut search.model, reduce).ops[e] = Some(best);
-                    decisions.push(PtDecision {
-                        epoch: t,
-                        cell: cell.into(),
-                        kind: "op".into(),
-                        target: e,
-                        chosen: vec![best],
-                        accuracies: accs,
-                    });
-                } else if !undecided_nodes[c].is_empty() {
-                    let pick = rng.random_range(0..undecided_nodes[c].len());
-                    let i = undecided_nodes[c].remove(pick);
-                    let mut kept: Vec<usize> = node_edges(i).collect();
-                    let mut accs = Vec::new();
-                    while kept.len() > 2 {
-                        let mut worst: Option<(usize, f64)> = None;
-                        for &e in &kept {
-                            let acc = accuracy_with(search, loaders, device, reduce, (e, None));
-                            accs.push((e, acc));
-                            // The edge whose removal leaves the highest accuracy (first on ties).
-                            if worst.is_none_or(|w| acc > w.1) {
-                                worst = Some((e, acc));
-                            }
-                        }
-                        let drop = worst.expect("edges to evaluate").0;
-                        kept.retain(|&e| e != drop);
-                    }
-                    cell_of(&mut search.model, reduce).edges[i] = Some(kept.clone());
-                    decisions.push(PtDecision {
-                        epoch: t,
-                        cell: cell.into(),
-                        kind: "edge".into(),
-                        target: i,
-                        chosen: kept,
-                        accuracies: accs,
-                    });
-                }
-            }
-        }
-        tune_epoch(search, loaders, cfg, t, lr.at(t), device)?;
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let out = perturbation_select(&mut target, &cells, interval, cfg.seed)?;
+    target.progress.finish_and_clear();
+    set(&mut target.search.model, &out.projections);
     Ok(PtSelection {
-        genotype: search.model.genotype(),
-        decisions,
-        tune_epochs,
+        genotype: target.search.model.genotype(),
+        decisions: out.decisions,
+        tune_epochs: out.tune_epochs,
     })
 }
 

@@ -71,6 +71,7 @@ use darts_mixed_op::{ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Rel
 use darts_ops::cnn::{FactorizedReduce, Identity, ReLUConvBN};
 use darts_ops::conv::Conv2dConfig;
 use darts_ops::{BatchNorm2d, Conv2d, Linear};
+use std::ops::Range;
 
 /// Preprocessing of a cell input: [`FactorizedReduce`] when the previous cell reduced (for
 /// `s0`), else a 1×1 [`ReLUConvBN`].
@@ -576,10 +577,11 @@ impl CellProjection {
             && self.masked.is_empty()
     }
 
-    /// `(mask, one_hot)` such that the projected weights are `w ⊙ mask + one_hot`, for a cell of
-    /// `steps` nodes and `ops` candidates (row-major `[edges, ops]`).
-    pub fn mask(&self, steps: usize, ops: usize) -> (Vec<f64>, Vec<f64>) {
-        let edges: usize = (0..steps).map(|i| 2 + i).sum();
+    /// `(mask, one_hot)` such that the projected weights are `w ⊙ mask + one_hot`, for a cell
+    /// whose node `i` reads the edges `node_edges[i]` (consecutive, in order; the last range
+    /// ends at the edge count) and `ops` candidates (row-major `[edges, ops]`).
+    pub fn mask(&self, node_edges: &[Range<usize>], ops: usize) -> (Vec<f64>, Vec<f64>) {
+        let edges = node_edges.last().map_or(0, |r| r.end);
         let mut mask = vec![1.0; edges * ops];
         let mut hot = vec![0.0; edges * ops];
         let clear = |e: usize, mask: &mut [f64], hot: &mut [f64]| {
@@ -594,10 +596,9 @@ impl CellProjection {
                 hot[e * ops + k] = 1.0;
             }
         }
-        for (i, kept) in self.edges.iter().enumerate().take(steps) {
+        for (kept, range) in self.edges.iter().zip(node_edges) {
             if let Some(kept) = kept {
-                let start = i * (i + 3) / 2;
-                for e in start..start + 2 + i {
+                for e in range.clone() {
                     if !kept.contains(&e) {
                         clear(e, &mut mask, &mut hot);
                     }
@@ -615,6 +616,34 @@ impl CellProjection {
         }
         (mask, hot)
     }
+
+    /// The op weights `w` (`[edges, ops]`) with the decisions applied (`w` itself when there
+    /// are none); see [`CellProjection::mask`].
+    pub fn apply<B: Backend>(&self, w: Tensor<B, 2>, node_edges: &[Range<usize>]) -> Tensor<B, 2> {
+        if self.is_empty() {
+            return w;
+        }
+        let [edges, ops] = w.dims();
+        let (mask, hot) = self.mask(node_edges, ops);
+        let like = |v: Vec<f64>| {
+            Tensor::<B, 2>::from_data(
+                burn::tensor::TensorData::new(v, [edges, ops]),
+                (&w.device(), w.dtype()),
+            )
+        };
+        w.clone() * like(mask) + like(hot)
+    }
+}
+
+/// The edges of each intermediate node of a DARTS cell of `steps` nodes: node `i` reads the
+/// `2 + i` edges from `i(i + 3)/2`.
+pub fn darts_node_edges(steps: usize) -> Vec<Range<usize>> {
+    (0..steps)
+        .map(|i| {
+            let start = i * (i + 3) / 2;
+            start..start + 2 + i
+        })
+        .collect()
 }
 
 /// DARTS-PT's decisions on both cell types.
@@ -735,18 +764,7 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
         } else {
             &self.projection.normal
         };
-        if p.is_empty() {
-            return w;
-        }
-        let [edges, ops] = w.dims();
-        let (mask, hot) = p.mask(self.steps, ops);
-        let like = |v: Vec<f64>| {
-            Tensor::<B, 2>::from_data(
-                burn::tensor::TensorData::new(v, [edges, ops]),
-                (&w.device(), w.dtype()),
-            )
-        };
-        w.clone() * like(mask) + like(hot)
+        p.apply(w, &darts_node_edges(self.steps))
     }
 
     /// The normalised edge weights `β̂` `(normal, reduce)` (softmax over each node's incoming
