@@ -29,6 +29,7 @@
 //!     --channels 16 --cells 5 --epochs 50 --batch-size 64 --limit-images 50000
 //! ```
 
+use burn::module::AutodiffModule;
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -39,9 +40,7 @@ use darts::bilevel::{
     ArchModel, ArchitectConfig, BatchOutput, Bilevel, CosineLr, EpochStats, Order, WeightConfig,
 };
 use darts::cell::batch::{correct, cross_entropy};
-use burn::module::AutodiffModule;
 use darts::cell::cnn::supernet::{elu_plus_one, CellProjection, Sampling};
-use darts::select::{perturbation_select, PtCell, PtDecision, PtTarget};
 use darts::cell::ImageBatch;
 use darts::data::cifar::{search_split, Augment, Cifar10, Loader};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
@@ -54,6 +53,7 @@ use darts::mixed_op::{
 use darts::ops::cnn::{Identity, Pool, ReLUConvBN, Zero};
 use darts::ops::conv::Conv2dConfig;
 use darts::ops::{BatchNorm2d, Conv2d, Linear};
+use darts::select::{perturbation_select, PtCell, PtDecision, PtTarget};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -451,7 +451,11 @@ impl<B: AutodiffBackend> PtTarget for PtNb201<'_, B> {
                     self.device,
                 );
                 let c = correct(net.forward(b.images), b.targets);
-                ok += c.into_data().convert::<f64>().to_vec::<f64>().expect("count")[0];
+                ok += c
+                    .into_data()
+                    .convert::<f64>()
+                    .to_vec::<f64>()
+                    .expect("count")[0];
                 n += h.len() as f64;
             }
         });

@@ -125,7 +125,8 @@ pub fn perturbation_select<T: PtTarget>(
             masked: Vec::new(),
         })
         .collect();
-    let mut undecided_edges: Vec<Vec<usize>> = cells.iter().map(|c| (0..c.edges()).collect()).collect();
+    let mut undecided_edges: Vec<Vec<usize>> =
+        cells.iter().map(|c| (0..c.edges()).collect()).collect();
     let mut undecided_nodes: Vec<Vec<usize>> = cells.iter().map(PtCell::wide_nodes).collect();
     let mut rng = StdRng::seed_from_u64(seed ^ 0xDA27_5E1E);
     let mut decisions = Vec::new();

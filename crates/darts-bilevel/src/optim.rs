@@ -113,8 +113,8 @@ impl<B: Backend> Sgd<B> {
             }
             if self.momentum != 0.0 {
                 let buf = match self.buffers.remove(id) {
-                    Some(b) => b * self.momentum + d,
-                    None => d,
+                    Some(b) => b * self.momentum + d.clone(),
+                    None => d.clone(),
                 };
                 self.buffers.insert(*id, buf.clone());
                 d = if self.nesterov {

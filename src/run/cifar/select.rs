@@ -8,11 +8,11 @@
 use super::search::{SearchLoaders, ValSampling};
 use super::{evaluate, to_batch, Net, SearchConfig};
 use crate::run::{progress, RunError};
+pub use crate::select::PtDecision;
+use crate::select::{perturbation_select, PtCell, PtTarget};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use darts_bilevel::{CosineLr, Sgd};
-pub use crate::select::PtDecision;
-use crate::select::{perturbation_select, PtCell, PtTarget};
 use darts_cell::cnn::supernet::{darts_node_edges, CellProjection};
 use darts_cell::ImageBatch;
 use darts_genotype::Genotype;
