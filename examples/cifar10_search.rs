@@ -178,6 +178,14 @@ impl BackendTask for Task {
     }
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 fn main() {
     let matches = Args::command().get_matches();
     let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -221,8 +229,12 @@ fn main() {
         c.limit_images = Some(320);
         c.batch_size = 16;
         c.epochs = 2;
-        // Partial channels need C to be a multiple of 2K.
-        c.init_channels = 4.max(2 * c.method.partial_channels);
+        // Partial channels need C to be a multiple of every K (12 for DrNAS's 6 and 4).
+        c.init_channels = c
+            .method
+            .all_partial_channels()
+            .into_iter()
+            .fold(4, |c, k| (c * k) / gcd(c, k));
         c.layers = 3;
         c.method.arch_warmup_epochs = c.method.arch_warmup_epochs.min(1);
     }

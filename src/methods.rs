@@ -148,6 +148,16 @@ impl Method {
                 exclude_none: true,
                 bn_after_pool: false,
                 partial_channels: 6,
+                progressive: Some(vec![
+                    ProgressiveStage {
+                        partial_channels: 6,
+                        keep_ops: 7,
+                    },
+                    ProgressiveStage {
+                        partial_channels: 4,
+                        keep_ops: 4,
+                    },
+                ]),
                 ..base
             },
         }
@@ -299,6 +309,20 @@ pub struct MethodConfig {
     /// Nesterov momentum in the weight optimiser (GDAS's search configuration). The
     /// second-order virtual step keeps DARTS's formula whatever this says (GDAS is first order).
     pub nesterov: bool,
+    /// DrNAS's progressive search: the epochs split into equal stages, each with its partial
+    /// channels and number of candidates kept per edge (`None`: one stage with
+    /// [`MethodConfig::partial_channels`] and every candidate).
+    pub progressive: Option<Vec<ProgressiveStage>>,
+}
+
+/// One stage of DrNAS's progressive search (reference `train_search.py`: `ks = [6, 4]`,
+/// `num_keeps = [7, 4]`, `train_epochs = [25, 25]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressiveStage {
+    /// Partial-channel factor `K` of the stage.
+    pub partial_channels: usize,
+    /// Candidates kept per edge from the stage's start.
+    pub keep_ops: usize,
 }
 
 /// GDAS's temperature: `τ(e) = τ_max − (τ_max − τ_min) · e / (E − 1)` (reference
@@ -364,6 +388,7 @@ impl Default for MethodConfig {
             weights_first: false,
             bn_after_pool: true,
             nesterov: false,
+            progressive: None,
         }
     }
 }
@@ -458,6 +483,55 @@ impl MethodConfig {
         }
     }
 
+    /// The progressive stage of `epoch` (0 without stages): the epochs split into equal
+    /// parts, stage `s` starting at epoch `⌈s·E/n⌉`.
+    pub fn stage_at(&self, epoch: usize, epochs: usize) -> usize {
+        match &self.progressive {
+            Some(stages) if !stages.is_empty() => {
+                let n = stages.len();
+                (0..n)
+                    .rev()
+                    .find(|&s| epoch * n >= s * epochs)
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Every partial-channel factor the search uses (the constraint `C % K == 0` holds for
+    /// each).
+    pub fn all_partial_channels(&self) -> Vec<usize> {
+        let mut ks = vec![self.partial_channels];
+        if let Some(stages) = &self.progressive {
+            ks.extend(stages.iter().map(|s| s.partial_channels));
+        }
+        ks
+    }
+
+    /// Move a search into progressive stage `stage` (≥ 1): prune and widen the supernet
+    /// ([`SearchNetwork::prune_and_widen`]) and grow the weight optimiser's momentum buffers
+    /// with it, the copied channels drawn from a generator seeded by `(seed, stage)`. Does
+    /// nothing without that stage.
+    pub fn enter_stage<B: burn::tensor::backend::AutodiffBackend>(
+        &self,
+        search: &mut darts_bilevel::Bilevel<B, MethodNet<B>>,
+        stage: usize,
+        seed: u64,
+    ) {
+        let Some(st) = self.progressive.as_ref().and_then(|s| s.get(stage)) else {
+            return;
+        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (0x000D_A275 + stage as u64));
+        let mut draw = |high: usize, count: usize| -> Vec<usize> {
+            (0..count).map(|_| rng.random_range(0..high.max(1))).collect()
+        };
+        let net = search.model.clone();
+        let (net, growths) = net.prune_and_widen(st.keep_ops, st.partial_channels, &mut draw);
+        search.model = net;
+        search.w_opt.grow(&growths);
+    }
+
     /// SDARTS's perturbation at `epoch`.
     pub fn perturbation(&self, epoch: usize, epochs: usize) -> Option<Perturbation> {
         let p = self.perturbation?;
@@ -548,6 +622,13 @@ impl MethodConfig {
             if !s.beta0.is_finite() || s.epochs == Some(0) {
                 return Err(format!(
                     "auxiliary skip: beta0 must be finite and epochs at least 1 (got {s:?})"
+                ));
+            }
+        }
+        if let Some(stages) = &self.progressive {
+            if stages.iter().any(|s| s.partial_channels == 0 || s.keep_ops == 0) {
+                return Err(format!(
+                    "progressive: every stage needs partial_channels and keep_ops of at least 1 (got {stages:?})"
                 ));
             }
         }

@@ -62,7 +62,7 @@ fn darts_minus_supernet_has_the_reference_weight_count() {
 #[test]
 fn partial_channels_must_divide_the_channels() {
     let e = SearchNetworkConfig {
-        channels: 4,
+        channels: 6,
         layers: 3,
         partial_channels: 4,
         ..Default::default()
@@ -760,6 +760,127 @@ fn dirichlet_kl_matches_closed_form_and_differences() {
     }
 }
 
+/// Widening replicates channels: every grown tensor is the old one followed by copies of the
+/// drawn channels, a depthwise convolution keeps one group per channel, and an optimiser's
+/// flattened state grows the same way.
+#[test]
+fn drnas_widening_replicates_channels() {
+    use darts::ops::wider::Widening;
+    use darts::ops::{DartsOp, OpOptions, Primitive};
+    let dev = Default::default();
+    let opts = OpOptions {
+        affine: false,
+        bn_after_pool: false,
+    };
+    for (prim, stride) in [
+        (Primitive::SepConv3x3, 1),
+        (Primitive::DilConv5x5, 1),
+        (Primitive::SkipConnect, 2),
+    ] {
+        let op: DartsOp<Flex> = seeded(71, || prim.build(4, stride, opts, &dev));
+        let before = all_tensors(&op);
+        let mut calls = 0;
+        let mut draw = |high: usize, count: usize| -> Vec<usize> {
+            calls += 1;
+            (0..count).map(|i| (i * 3 + calls) % high).collect()
+        };
+        let mut w = Widening::default();
+        let wide = w.op(op, 6, &mut draw);
+        let x = seeded(72, || {
+            Tensor::<Flex, 4>::random([2, 6, 8, 8], Distribution::Default, &dev)
+        });
+        let y = wide.forward(x);
+        assert_eq!(y.dims()[1], 6, "{prim:?}");
+        for g in &w.growths {
+            let old = before.iter().find(|(id, _)| *id == g.id).unwrap().1.clone();
+            let n: usize = g.shape.iter().product();
+            assert_eq!(old.len(), n);
+            // The grown state: the old values first, then the copies (checked on a flat
+            // stand-in for an optimiser buffer).
+            let t = Tensor::<Flex, 1>::from_data(TensorData::new(old.clone(), [n]), &dev);
+            let grown: Vec<f32> = g.apply_flat(t).into_data().to_vec().unwrap();
+            assert_eq!(&grown[..n], &old[..], "{prim:?}");
+            assert!(grown.len() > n);
+        }
+        if let DartsOp::SepConv(s) = &wide {
+            assert_eq!(s.first.depthwise.groups, 6);
+            assert_eq!(s.first.depthwise.weight.dims(), [6, 1, 3, 3]);
+            assert_eq!(s.second.pointwise.weight.dims(), [6, 6, 1, 1]);
+        }
+    }
+}
+
+fn all_tensors<M: burn::module::Module<Flex>>(m: &M) -> Vec<(burn::module::ParamId, Vec<f32>)> {
+    struct C(Vec<(burn::module::ParamId, Vec<f32>)>);
+    impl burn::module::ModuleVisitor<Flex> for C {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Flex, D>>) {
+            self.0.push((p.id, p.val().into_data().to_vec().unwrap()));
+        }
+    }
+    let mut c = C(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+/// DrNAS's pruning keeps each edge's `keep` strongest candidates (their α unchanged, the
+/// others 0), and the op weights of a pruned candidate are exactly 0 in every forward (a
+/// Dirichlet sample renormalised over the kept ones) and in the derivation's softmax.
+#[test]
+fn drnas_pruning_masks_the_weakest_candidates() {
+    let m = Method::Drnas.config();
+    let mut net = m
+        .supernet::<Flex>(
+            SearchNetworkConfig {
+                channels: 24,
+                layers: 3,
+                steps: 2,
+                multiplier: 2,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+    let a: Vec<f32> = (0..5 * 7).map(|i| ((i * 13 % 11) as f32) * 0.1).collect();
+    let t = Tensor::<Flex, 2>::from_data(TensorData::new(a.clone(), [5, 7]), &Default::default());
+    net.alphas_normal = Param::from_tensor(t.clone());
+    net.alphas_reduce = Param::from_tensor(t);
+    let weights_before = net.num_weights();
+    let mut draw = |high: usize, count: usize| (0..count).map(|i| i % high).collect::<Vec<_>>();
+    let (net, growths) = net.prune_and_widen(4, 4, &mut draw);
+    assert!(!growths.is_empty());
+    assert!(net.num_weights() > weights_before, "widening adds weights");
+    let kept: Vec<f32> = darts::ops::to_f32s(&net.alphas_normal.val());
+    let mask: Vec<f32> = darts::ops::to_f32s(&net.op_mask_normal.as_ref().unwrap().val());
+    for e in 0..5 {
+        let row = &a[e * 7..(e + 1) * 7];
+        let mut order: Vec<usize> = (0..7).collect();
+        order.sort_by(|&x, &y| row[y].partial_cmp(&row[x]).unwrap());
+        for (rank, &k) in order.iter().enumerate() {
+            let on = rank < 4;
+            assert_eq!(mask[e * 7 + k], if on { 1.0 } else { 0.0 }, "edge {e}");
+            assert_eq!(kept[e * 7 + k], if on { row[k] } else { 0.0 });
+        }
+    }
+    let (w, _) = net.arch_weights();
+    for (e, r) in w.iter().enumerate() {
+        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        for (k, x) in r.iter().enumerate() {
+            assert_eq!(*x == 0.0, mask[e * 7 + k] == 0.0);
+        }
+    }
+    // A forward with Dirichlet samples runs on the widened supernet (K = 4 now).
+    let mut net = net;
+    net.sampling = m.sampling(30, 50);
+    net.noise = darts::mixed_op::stochastic::NoiseSource::new(5);
+    let x = seeded(73, || {
+        Tensor::<Flex, 4>::random([2, 3, 16, 16], Distribution::Default, &Default::default())
+    });
+    assert_eq!(net.forward(x).dims(), [2, 10]);
+    assert_eq!(m.stage_at(24, 50), 0);
+    assert_eq!(m.stage_at(25, 50), 1);
+    assert_eq!(m.stage_at(1, 2), 1);
+}
+
 // ------------------------------------------------------------------ SDARTS
 
 #[test]
@@ -1028,7 +1149,7 @@ fn tiny(data: &Path, method: Method) -> SearchConfig {
         limit_images: Some(32),
         batch_size: 8,
         epochs: 2,
-        // A multiple of 2K for partial channels (PC-DARTS K = 4, DrNAS K = 6).
+        // A multiple of every K for partial channels (PC-DARTS 4: 16; DrNAS 6 then 4: 24).
         init_channels: 4 * m.partial_channels.max(2),
         layers: 3,
         steps: 2,
@@ -1107,7 +1228,17 @@ fn every_method_searches_end_to_end() {
                 assert!((e1 - (0.03 + 0.27 / 2.0)).abs() < 1e-12);
             }
             Method::Drnas => {
-                assert!(s.history[1].alphas_normal.iter().all(|r| r.len() == 7));
+                // Stage 1 (K = 6, all seven candidates), then stage 2 from epoch 1 (K = 4,
+                // four candidates kept per edge: the three others weigh exactly 0).
+                assert!(s.history.iter().all(|e| e.alphas_normal.iter().all(|r| r.len() == 7)));
+                let zeros = |r: &Vec<f64>| r.iter().filter(|w| **w == 0.0).count();
+                assert!(s.history[0].alphas_normal.iter().all(|r| zeros(r) == 0));
+                for cell in [&s.history[1].alphas_normal, &s.history[1].alphas_reduce] {
+                    for r in cell {
+                        assert_eq!(zeros(r), 3, "{r:?}");
+                        assert!((r.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+                    }
+                }
             }
             Method::Darts => unreachable!(),
         }
@@ -1118,15 +1249,16 @@ fn every_method_searches_end_to_end() {
 }
 
 /// A search stopped after its first epoch and resumed ends with the α (and β), genotype and
-/// losses of the uninterrupted run: PC-DARTS across its warm-up boundary, and the methods that
-/// draw random numbers (GDAS's Gumbel samples in every forward, SDARTS-RS's noise in every
-/// weight step), whose noise is keyed by (seed, epoch, draw).
+/// losses of the uninterrupted run: PC-DARTS across its warm-up boundary, DrNAS across its
+/// progressive stage change (pruning and widening), and the methods that draw random numbers
+/// (GDAS's Gumbel samples in every forward, SDARTS-RS's noise in every weight step, DrNAS's
+/// Dirichlet samples), whose noise is keyed by (seed, epoch, draw).
 #[test]
 fn resumed_method_searches_match_uninterrupted() {
     let Some(data) = real_data("cifar-10-batches-bin") else {
         return;
     };
-    for method in [Method::PcDarts, Method::Gdas, Method::SdartsRs] {
+    for method in [Method::PcDarts, Method::Gdas, Method::SdartsRs, Method::Drnas] {
         let cfg = tiny(&data, method);
         let full = tmp(&format!("{method}-full"));
         let a = run_search::<B>(

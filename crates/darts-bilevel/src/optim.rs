@@ -133,6 +133,17 @@ impl<B: Backend> Sgd<B> {
         self.buffers.get(id)
     }
 
+    /// Grow the momentum buffers of widened parameters as the parameters grew (DrNAS's
+    /// `net2wider.configure_optimizer`: the copied channels take the momentum of their
+    /// sources).
+    pub fn grow(&mut self, growths: &[darts_ops::wider::Growth]) {
+        for g in growths {
+            if let Some(buf) = self.buffers.remove(&g.id) {
+                self.buffers.insert(g.id, g.apply_flat(buf));
+            }
+        }
+    }
+
     /// The state as a record keyed by parameter position: `ids` are the module's parameter ids
     /// in visit order ([`crate::params::all_ids`]), so the record means the same in another
     /// process, where the ids differ.

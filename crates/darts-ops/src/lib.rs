@@ -22,6 +22,7 @@ pub mod count;
 pub mod kernels;
 pub mod mode;
 pub mod rnn;
+pub mod wider;
 
 pub use bn::{record_bn_updates, BatchNorm2d, BnUpdates};
 pub use cnn::{ConvSpec, DartsOp, OpOptions, Primitive};

@@ -519,9 +519,9 @@ impl RunConfig for SearchConfig {
             check(interval >= 1, "pt-interval", "must be at least 1", interval)?;
         }
         check(
-            self.init_channels.is_multiple_of(2 * k),
+            self.init_channels.is_multiple_of(k),
             "init-channels",
-            &format!("must be a multiple of 2K = {} with partial channels K = {k} (the candidates see C/K channels, a whole even number)", 2 * k),
+            &format!("must be a multiple of K = {k} with partial channels (the candidates see C/K channels)"),
             self.init_channels,
         )?;
         let portion_ok = self.train_portion > 0.0 && self.train_portion < 1.0;
@@ -547,13 +547,24 @@ pub fn run_search<B: AutodiffBackend>(
     let mut search = build_search::<B>(&cfg, device)?;
     let params = search.model.num_weights();
     let op_names = search.model.op_names.clone();
+    let start = history.len();
+    // DrNAS's progressive stages: a resumed run rebuilds the shapes of its stage before its
+    // checkpoint (which holds the values) is loaded.
+    let mut stage = cfg.method.stage_at(start, cfg.epochs);
+    for s in 1..=stage {
+        cfg.method.enter_stage(&mut search, s, cfg.seed);
+    }
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;
     }
-    let start = history.len();
     let stopped_early = opts.stop_after.is_some_and(|n| n.max(start) < cfg.epochs);
     let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
     for epoch in start..end {
+        let now = cfg.method.stage_at(epoch, cfg.epochs);
+        if now != stage {
+            cfg.method.enter_stage(&mut search, now, cfg.seed);
+            stage = now;
+        }
         let rec = search_epoch(&mut search, &loaders, &cfg, epoch, opts.progress, device)?;
         if opts.progress {
             print_epoch(&rec);

@@ -371,9 +371,9 @@ impl SearchNetworkConfig {
             }
         }
         let k = self.partial_channels;
-        if k == 0 || !self.channels.is_multiple_of(2 * k) {
+        if k == 0 || !self.channels.is_multiple_of(k) {
             return bad(format!(
-                "partial_channels = {k} with channels = {} (the candidates see C/K channels, which must be a whole, even number: C a multiple of 2K)",
+                "partial_channels = {k} with channels = {} (the candidates see C/K channels: C must be a multiple of K)",
                 self.channels
             ));
         }
@@ -460,6 +460,8 @@ impl SearchNetworkConfig {
             classifier,
             alphas_normal,
             alphas_reduce,
+            op_mask_normal: None,
+            op_mask_reduce: None,
             betas_normal,
             betas_reduce,
             relaxation,
@@ -494,6 +496,12 @@ pub struct SearchNetwork<B: Backend, O: Module<B>, R: Relaxation = Softmax> {
     pub alphas_normal: Param<Tensor<B, 2>>,
     /// α of the reduction cells.
     pub alphas_reduce: Param<Tensor<B, 2>>,
+    /// DrNAS's op mask of the normal cells (`[edges, ops]`, 1 = kept), after its progressive
+    /// pruning: the op weights of pruned candidates are zero and each edge's weights are
+    /// renormalised over the kept ones. Not trainable.
+    pub op_mask_normal: Option<Param<Tensor<B, 2>>>,
+    /// The op mask of the reduction cells.
+    pub op_mask_reduce: Option<Param<Tensor<B, 2>>>,
     /// PC-DARTS edge-normalisation parameters β of the normal cells (`[edges]`), if on.
     pub betas_normal: Option<Param<Tensor<B, 1>>>,
     /// β of the reduction cells.
@@ -727,6 +735,8 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
             aux_scale: self.aux_scale,
             index,
         };
+        let wn = self.masked(wn, false);
+        let wr = self.masked(wr, true);
         let wn = weights(self.project(wn, false), index_n, &self.betas_normal);
         let wr = weights(self.project(wr, true), index_r, &self.betas_reduce);
         let s = self.stem_bn.forward(self.stem_conv.forward(x));
@@ -747,13 +757,32 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
     pub fn arch_weights(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let to_rows = |a: Tensor<B, 2>, reduce: bool| -> Vec<Vec<f32>> {
             let [_, n] = a.dims();
-            let v = darts_ops::to_f32s(&self.project(self.relaxation.weights(a), reduce));
+            let w = self.masked(self.relaxation.weights(a), reduce);
+            let v = darts_ops::to_f32s(&self.project(w, reduce));
             v.chunks(n).map(|c| c.to_vec()).collect()
         };
         (
             to_rows(self.alphas_normal.val(), false),
             to_rows(self.alphas_reduce.val(), true),
         )
+    }
+
+    /// `w` with DrNAS's op mask applied (pruned candidates zero, each edge renormalised over
+    /// the kept ones; `w` itself without a mask), reference `utils.py: process_step_vector`.
+    pub fn masked(&self, w: Tensor<B, 2>, reduce: bool) -> Tensor<B, 2> {
+        let mask = if reduce {
+            &self.op_mask_reduce
+        } else {
+            &self.op_mask_normal
+        };
+        match mask {
+            None => w,
+            Some(m) => {
+                let kept = w * m.val();
+                let sum = kept.clone().sum_dim(1);
+                kept / sum
+            }
+        }
     }
 
     /// The op weights `w` (`[edges, ops]`) of the normal (or reduction) cells with DARTS-PT's
@@ -815,9 +844,102 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
             .loss(&[self.alphas_normal.val(), self.alphas_reduce.val()])
     }
 
-    /// Number of trainable weights (α and BN running statistics excluded).
+    /// Number of trainable weights (α, β, DrNAS's op masks and BN running statistics
+    /// excluded).
     pub fn num_weights(&self) -> usize {
-        darts_ops::trainable_params(self, &self.alpha_ids())
+        let mut exclude = self.alpha_ids();
+        for m in [&self.op_mask_normal, &self.op_mask_reduce].into_iter().flatten() {
+            exclude.push(m.id);
+        }
+        darts_ops::trainable_params(self, &exclude)
+    }
+}
+
+impl<B: Backend, R: Relaxation> SearchNetwork<B, darts_ops::DartsOp<B>, R> {
+    /// DrNAS's step between two stages of its progressive search (reference
+    /// `DARTS-space/train_search.py`, `model_search.py: pruning, wider`, `utils.py: prune`):
+    ///
+    /// 1. **Prune** each edge to its `keep` strongest candidates by α (candidates already
+    ///    pruned rank last): the op mask keeps them, their α keep their values, every other α
+    ///    becomes 0 (`prune(..., reset=False)`).
+    /// 2. **Widen** every candidate from `C/K` to `C/partial` channels by replicating channels
+    ///    ([`darts_ops::wider`]), `draw` choosing which.
+    ///
+    /// Returns the network and the growth of every parameter (to grow the optimiser's state the
+    /// same way, [`darts_bilevel::Sgd::grow`]).
+    pub fn prune_and_widen(
+        mut self,
+        keep: usize,
+        partial: usize,
+        draw: &mut darts_ops::wider::Draw<'_>,
+    ) -> (Self, Vec<darts_ops::wider::Growth>) {
+        let device = self.alphas_normal.val().device();
+        for reduce in [false, true] {
+            let (alpha, mask) = if reduce {
+                (&mut self.alphas_reduce, &mut self.op_mask_reduce)
+            } else {
+                (&mut self.alphas_normal, &mut self.op_mask_normal)
+            };
+            let a = alpha.val();
+            let [edges, ops] = a.dims();
+            let keep = keep.min(ops);
+            if keep == ops && mask.is_none() {
+                continue;
+            }
+            let values = darts_ops::to_f64s(&a);
+            let old = mask.as_ref().map(|m| darts_ops::to_f64s(&m.val()));
+            let mut new_alpha = vec![0.0; edges * ops];
+            let mut new_mask = vec![0.0; edges * ops];
+            for e in 0..edges {
+                let mut order: Vec<usize> = (0..ops).collect();
+                let score = |k: usize| {
+                    let pruned = old.as_ref().is_some_and(|m| m[e * ops + k] == 0.0);
+                    values[e * ops + k] - if pruned { 1e6 } else { 0.0 }
+                };
+                // Strongest first; ties keep the lower index (a stable sort).
+                order.sort_by(|&x, &y| score(y).partial_cmp(&score(x)).unwrap_or(std::cmp::Ordering::Equal));
+                for &k in order.iter().take(keep) {
+                    new_alpha[e * ops + k] = values[e * ops + k];
+                    new_mask[e * ops + k] = 1.0;
+                }
+            }
+            let like = |v: Vec<f64>| {
+                Tensor::<B, 2>::from_data(
+                    burn::tensor::TensorData::new(v, [edges, ops]),
+                    (&device, a.dtype()),
+                )
+            };
+            let (id, old_alpha, mapper) = alpha.clone().consume();
+            let mut t = like(new_alpha);
+            if old_alpha.is_require_grad() {
+                t = t.require_grad();
+            }
+            *alpha = Param::from_mapped_value(id, t, mapper);
+            let mask_id = mask.as_ref().map_or_else(ParamId::new, |m| m.id);
+            *mask = Some(Param::initialized(mask_id, like(new_mask)));
+        }
+        let mut widening = darts_ops::wider::Widening::default();
+        let cells = std::mem::take(&mut self.cells);
+        self.cells = cells
+            .into_iter()
+            .map(|mut cell| {
+                let c = cell.preprocess1.conv.weight.dims()[0];
+                let inner = c / partial.max(1);
+                cell.edges = std::mem::take(&mut cell.edges)
+                    .into_iter()
+                    .map(|mut edge| {
+                        edge.ops = std::mem::take(&mut edge.ops)
+                            .into_iter()
+                            .map(|op| widening.op(op, inner, draw))
+                            .collect();
+                        edge.partial = partial.max(1);
+                        edge
+                    })
+                    .collect();
+                cell
+            })
+            .collect();
+        (self, widening.growths)
     }
 }
 
