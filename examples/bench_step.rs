@@ -49,8 +49,8 @@ struct Args {
     /// beta-darts, drnas), its schedule taken at epoch 25 of 50 (PC-DARTS past its warm-up).
     #[arg(long, default_value = "darts")]
     method: darts::methods::Method,
-    /// Override the method's partial-channel factor K (DrNAS's 6 needs C to be a multiple of
-    /// 12; config B has C = 8).
+    /// Override the method's partial-channel factor K (DrNAS's first-stage 6 needs C to be a
+    /// multiple of 6; config B has C = 8).
     #[arg(long)]
     partial_channels: Option<usize>,
     /// Count kernel launches and buffer reservations of one fwd+bwd and one search step

@@ -489,10 +489,7 @@ impl MethodConfig {
         match &self.progressive {
             Some(stages) if !stages.is_empty() => {
                 let n = stages.len();
-                (0..n)
-                    .rev()
-                    .find(|&s| epoch * n >= s * epochs)
-                    .unwrap_or(0)
+                (0..n).rev().find(|&s| epoch * n >= s * epochs).unwrap_or(0)
             }
             _ => 0,
         }
@@ -524,7 +521,9 @@ impl MethodConfig {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (0x000D_A275 + stage as u64));
         let mut draw = |high: usize, count: usize| -> Vec<usize> {
-            (0..count).map(|_| rng.random_range(0..high.max(1))).collect()
+            (0..count)
+                .map(|_| rng.random_range(0..high.max(1)))
+                .collect()
         };
         let net = search.model.clone();
         let (net, growths) = net.prune_and_widen(st.keep_ops, st.partial_channels, &mut draw);
@@ -626,7 +625,10 @@ impl MethodConfig {
             }
         }
         if let Some(stages) = &self.progressive {
-            if stages.iter().any(|s| s.partial_channels == 0 || s.keep_ops == 0) {
+            if stages
+                .iter()
+                .any(|s| s.partial_channels == 0 || s.keep_ops == 0)
+            {
                 return Err(format!(
                     "progressive: every stage needs partial_channels and keep_ops of at least 1 (got {stages:?})"
                 ));

@@ -791,16 +791,43 @@ fn drnas_widening_replicates_channels() {
         });
         let y = wide.forward(x);
         assert_eq!(y.dims()[1], 6, "{prim:?}");
+        let after = all_tensors(&wide);
+        let mut current: std::collections::HashMap<_, _> = before.into_iter().collect();
         for g in &w.growths {
-            let old = before.iter().find(|(id, _)| *id == g.id).unwrap().1.clone();
-            let n: usize = g.shape.iter().product();
-            assert_eq!(old.len(), n);
-            // The grown state: the old values first, then the copies (checked on a flat
-            // stand-in for an optimiser buffer).
-            let t = Tensor::<Flex, 1>::from_data(TensorData::new(old.clone(), [n]), &dev);
+            let old = current[&g.id].clone();
+            // `g.shape` padded to 4-D; the grown tensor by its definition: along `g.dim`, the
+            // old entries, then entry `index[j]` for the j-th new one.
+            let mut sh = g.shape.clone();
+            sh.resize(4, 1);
+            let mut out_sh = sh.clone();
+            out_sh[g.dim] += g.index.len();
+            let at =
+                |s: &[usize], i: [usize; 4]| ((i[0] * s[1] + i[1]) * s[2] + i[2]) * s[3] + i[3];
+            let mut want = vec![0.0f32; out_sh.iter().product()];
+            for a in 0..out_sh[0] {
+                for b in 0..out_sh[1] {
+                    for c in 0..out_sh[2] {
+                        for d in 0..out_sh[3] {
+                            let mut src = [a, b, c, d];
+                            if src[g.dim] >= sh[g.dim] {
+                                src[g.dim] = g.index[src[g.dim] - sh[g.dim]];
+                            }
+                            want[at(&out_sh, [a, b, c, d])] = old[at(&sh, src)];
+                        }
+                    }
+                }
+            }
+            // The same growth applied to a flattened stand-in for an optimiser buffer.
+            let n = old.len();
+            let t = Tensor::<Flex, 1>::from_data(TensorData::new(old, [n]), &dev);
             let grown: Vec<f32> = g.apply_flat(t).into_data().to_vec().unwrap();
-            assert_eq!(&grown[..n], &old[..], "{prim:?}");
-            assert!(grown.len() > n);
+            assert_eq!(grown, want, "{prim:?}");
+            current.insert(g.id, want);
+        }
+        // After every growth (a pointwise weight grows its inputs, then its outputs), the
+        // widened module holds exactly the grown values.
+        for (id, v) in &after {
+            assert_eq!(&current[id], v, "{prim:?}");
         }
         if let DartsOp::SepConv(s) = &wide {
             assert_eq!(s.first.depthwise.groups, 6);
@@ -1230,7 +1257,10 @@ fn every_method_searches_end_to_end() {
             Method::Drnas => {
                 // Stage 1 (K = 6, all seven candidates), then stage 2 from epoch 1 (K = 4,
                 // four candidates kept per edge: the three others weigh exactly 0).
-                assert!(s.history.iter().all(|e| e.alphas_normal.iter().all(|r| r.len() == 7)));
+                assert!(s
+                    .history
+                    .iter()
+                    .all(|e| e.alphas_normal.iter().all(|r| r.len() == 7)));
                 let zeros = |r: &Vec<f64>| r.iter().filter(|w| **w == 0.0).count();
                 assert!(s.history[0].alphas_normal.iter().all(|r| zeros(r) == 0));
                 for cell in [&s.history[1].alphas_normal, &s.history[1].alphas_reduce] {
@@ -1258,7 +1288,12 @@ fn resumed_method_searches_match_uninterrupted() {
     let Some(data) = real_data("cifar-10-batches-bin") else {
         return;
     };
-    for method in [Method::PcDarts, Method::Gdas, Method::SdartsRs, Method::Drnas] {
+    for method in [
+        Method::PcDarts,
+        Method::Gdas,
+        Method::SdartsRs,
+        Method::Drnas,
+    ] {
         let cfg = tiny(&data, method);
         let full = tmp(&format!("{method}-full"));
         let a = run_search::<B>(

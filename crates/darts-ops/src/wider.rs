@@ -163,7 +163,12 @@ impl Widening {
     }
 
     /// One DARTS candidate to `c_new` channels (reference `operations.py: *.wider`).
-    pub fn op<B: Backend>(&mut self, op: DartsOp<B>, c_new: usize, draw: &mut Draw<'_>) -> DartsOp<B> {
+    pub fn op<B: Backend>(
+        &mut self,
+        op: DartsOp<B>,
+        c_new: usize,
+        draw: &mut Draw<'_>,
+    ) -> DartsOp<B> {
         match op {
             DartsOp::SepConv(s) => {
                 let first = self.dil(s.first, c_new, draw);

@@ -548,9 +548,12 @@ pub fn run_search<B: AutodiffBackend>(
     let params = search.model.num_weights();
     let op_names = search.model.op_names.clone();
     let start = history.len();
-    // DrNAS's progressive stages: a resumed run rebuilds the shapes of its stage before its
-    // checkpoint (which holds the values) is loaded.
-    let mut stage = cfg.method.stage_at(start, cfg.epochs);
+    // DrNAS's progressive stages: a resumed run rebuilds the shapes of the stage its
+    // checkpoint was written in (after epoch `start − 1`) before loading it; the loop below
+    // enters a new stage at the start of its first epoch.
+    let mut stage = start
+        .checked_sub(1)
+        .map_or(0, |last| cfg.method.stage_at(last, cfg.epochs));
     for s in 1..=stage {
         cfg.method.enter_stage(&mut search, s, cfg.seed);
     }

@@ -848,7 +848,10 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
     /// excluded).
     pub fn num_weights(&self) -> usize {
         let mut exclude = self.alpha_ids();
-        for m in [&self.op_mask_normal, &self.op_mask_reduce].into_iter().flatten() {
+        for m in [&self.op_mask_normal, &self.op_mask_reduce]
+            .into_iter()
+            .flatten()
+        {
             exclude.push(m.id);
         }
         darts_ops::trainable_params(self, &exclude)
@@ -897,7 +900,11 @@ impl<B: Backend, R: Relaxation> SearchNetwork<B, darts_ops::DartsOp<B>, R> {
                     values[e * ops + k] - if pruned { 1e6 } else { 0.0 }
                 };
                 // Strongest first; ties keep the lower index (a stable sort).
-                order.sort_by(|&x, &y| score(y).partial_cmp(&score(x)).unwrap_or(std::cmp::Ordering::Equal));
+                order.sort_by(|&x, &y| {
+                    score(y)
+                        .partial_cmp(&score(x))
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
                 for &k in order.iter().take(keep) {
                     new_alpha[e * ops + k] = values[e * ops + k];
                     new_mask[e * ops + k] = 1.0;
