@@ -68,9 +68,10 @@ struct Args {
     /// selection with fine-tuning, after the search).
     #[arg(long, value_enum, default_value = "darts")]
     select: SelectArg,
-    /// DARTS-PT: fine-tuning epochs between decisions (the reference's 5).
-    #[arg(long, default_value_t = 5)]
-    pt_interval: usize,
+    /// DARTS-PT: fine-tuning epochs between decisions (default: the reference's 5; 1 with the
+    /// quick preset).
+    #[arg(long)]
+    pt_interval: Option<usize>,
     /// Add PC-DARTS's partial channels with this K to any method (1 = off).
     #[arg(long)]
     partial_channels: Option<usize>,
@@ -221,8 +222,9 @@ fn main() {
         });
     }
     if a.select == SelectArg::Pt {
+        let quick = if preset == Preset::Quick { 1 } else { 5 };
         c.select = Selection::Pt {
-            interval: a.pt_interval,
+            interval: a.pt_interval.unwrap_or(quick),
         };
     }
     if preset == Preset::Quick {
