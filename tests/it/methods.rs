@@ -1,7 +1,8 @@
 //! The successor methods (`darts::methods`): exact parameter counts, their equations against
 //! hand-computed values, the gradients they change against central differences, their
-//! schedules, their derivation rules, and a tiny end-to-end search for each on real CIFAR-10
-//! (valid genotype, resume equal to an uninterrupted run).
+//! schedules, their derivation rules, and a tiny end-to-end search for each on the CIFAR-10
+//! sample shipped in `data/cifar10-sample` (valid genotype, resume equal to an uninterrupted
+//! run).
 
 use crate::common::*;
 use burn::backend::Flex;
@@ -1079,9 +1080,7 @@ fn pt_decisions_become_the_genotype() {
 /// accuracy, and the genotype is the decisions.
 #[test]
 fn darts_pt_selects_after_a_search() {
-    let Some(data) = real_data("cifar-10-batches-bin") else {
-        return;
-    };
+    let data = sample();
     let out = tmp("pt");
     let cfg = SearchConfig {
         select: darts::cifar::Selection::Pt { interval: 1 },
@@ -1165,6 +1164,11 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// The CIFAR-10 sample shipped in the repository (1,000 images in the official binary layout).
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-sample")
+}
+
 fn tiny(data: &Path, method: Method) -> SearchConfig {
     let mut m = method.config();
     // One epoch of warm-up instead of 15, so that the two epochs see both phases.
@@ -1186,13 +1190,12 @@ fn tiny(data: &Path, method: Method) -> SearchConfig {
     }
 }
 
-/// Every method searches end to end on real CIFAR-10 and derives a valid genotype; its epochs
+/// Every method searches end to end on the shipped CIFAR-10 sample and derives a valid
+/// genotype; its epochs
 /// record the schedule; PC-DARTS's warm-up epoch leaves α untouched and the next one moves it.
 #[test]
 fn every_method_searches_end_to_end() {
-    let Some(data) = real_data("cifar-10-batches-bin") else {
-        return;
-    };
+    let data = sample();
     for method in Method::ALL.into_iter().skip(1) {
         let out = tmp(method.name());
         let cfg = tiny(&data, method);
@@ -1285,9 +1288,7 @@ fn every_method_searches_end_to_end() {
 /// Dirichlet samples), whose noise is keyed by (seed, epoch, draw).
 #[test]
 fn resumed_method_searches_match_uninterrupted() {
-    let Some(data) = real_data("cifar-10-batches-bin") else {
-        return;
-    };
+    let data = sample();
     for method in [
         Method::PcDarts,
         Method::Gdas,
