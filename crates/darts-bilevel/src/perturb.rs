@@ -84,14 +84,6 @@ pub fn clip_rows(a: &mut [f64], cols: usize) {
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
-fn host<B: AutodiffBackend>(t: &Tensor<Inner<B>, 2>) -> Vec<f64> {
-    t.clone()
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .expect("float tensor")
-}
-
 fn device_like<B: AutodiffBackend>(v: &[f64], like: &Tensor<Inner<B>, 2>) -> Tensor<Inner<B>, 2> {
     Tensor::from_data(
         TensorData::new(v.to_vec(), like.dims()),
@@ -118,13 +110,7 @@ fn loss_at<B: AutodiffBackend, M: ArchModel<B>>(
         })
         .collect();
     let out = frozen.forward_with_op_weights(batch, &leaves);
-    let loss: f64 = out
-        .loss
-        .clone()
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .expect("loss")[0];
+    let loss = darts_ops::to_f64(&out.loss);
     if !grad {
         return (loss, Vec::new());
     }
@@ -133,12 +119,7 @@ fn loss_at<B: AutodiffBackend, M: ArchModel<B>>(
         .iter()
         .map(|l| {
             l.grad(&grads)
-                .map(|g| {
-                    g.into_data()
-                        .convert::<f64>()
-                        .to_vec::<f64>()
-                        .expect("gradient")
-                })
+                .map(|g| darts_ops::to_f64s(&g))
                 .unwrap_or_else(|| vec![0.0; l.dims().iter().product()])
         })
         .collect();
@@ -159,7 +140,7 @@ pub fn perturbed_op_weights<B: AutodiffBackend, M: ArchModel<B>>(
         return None;
     }
     let eps = p.epsilon();
-    let a0: Vec<Vec<f64>> = a0t.iter().map(host::<B>).collect();
+    let a0: Vec<Vec<f64>> = a0t.iter().map(darts_ops::to_f64s).collect();
     let cols: Vec<usize> = a0t.iter().map(|t| t.dims()[1]).collect();
     let mut rng = noise.rng();
     let mut a: Vec<Vec<f64>> = a0

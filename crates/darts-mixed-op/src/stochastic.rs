@@ -64,14 +64,6 @@ fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn to_f64s<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
-    t.clone()
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .expect("float tensor")
-}
-
 fn constant_like<B: Backend>(v: Vec<f64>, like: &Tensor<B, 2>) -> Tensor<B, 2> {
     let dims = like.dims();
     Tensor::<B, 2>::from_data(TensorData::new(v, dims), (&like.device(), like.dtype()))
@@ -102,7 +94,7 @@ pub fn gumbel_hard<B: Backend>(
         let g = gumbel_noise(noise, rows * cols);
         let logits = (log_softmax(alpha.clone(), 1) + constant_like(g.clone(), &alpha)) / tau;
         let probs = softmax(logits, 1);
-        let p = to_f64s(&probs);
+        let p = darts_ops::to_f64s(&probs);
         if g.iter().chain(&p).any(|x| !x.is_finite()) {
             continue;
         }
@@ -285,7 +277,7 @@ pub fn dirichlet_rsample<B: Backend>(
     concentration: Tensor<B, 2>,
     noise: &NoiseSource,
 ) -> Tensor<B, 2> {
-    let c = to_f64s(&concentration);
+    let c = darts_ops::to_f64s(&concentration);
     let mut rng = noise.rng();
     let z: Vec<f64> = c
         .iter()
@@ -309,7 +301,7 @@ pub fn dirichlet_rsample<B: Backend>(
 /// `model_search.py: _get_kl_reg`, with `torch.distributions.kl_divergence`).
 pub fn dirichlet_kl_uniform<B: Backend>(concentration: Tensor<B, 2>) -> Tensor<B, 1> {
     let [rows, cols] = concentration.dims();
-    let c = to_f64s(&concentration);
+    let c = darts_ops::to_f64s(&concentration);
     let mut value = 0.0;
     let mut grad = vec![0.0; c.len()];
     for r in 0..rows {
