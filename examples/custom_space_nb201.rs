@@ -39,7 +39,7 @@ use clap::Parser;
 use darts::bilevel::{
     ArchModel, ArchitectConfig, BatchOutput, Bilevel, CosineLr, EpochStats, Order, WeightConfig,
 };
-use darts::cell::batch::{correct, cross_entropy};
+use darts::cell::batch::correct;
 use darts::cell::cnn::supernet::{elu_plus_one, CellProjection, Sampling};
 use darts::cell::ImageBatch;
 use darts::data::cifar::{search_split, Augment, Cifar10, Loader};
@@ -339,17 +339,8 @@ impl<B: AutodiffBackend> ArchModel<B> for Nb201Net<B> {
     type Batch = ImageBatch<B>;
 
     fn forward_batch(&self, b: &ImageBatch<B>) -> BatchOutput<B> {
-        let logits = self.forward(b.images.clone());
-        let ce = cross_entropy(logits.clone(), b.targets.clone());
-        let correct = Some(correct(logits.detach(), b.targets.clone()));
-        match self.regularizer.loss(&[self.alphas.val()]) {
-            None => BatchOutput::new(ce, correct, b.len()),
-            Some(reg) => {
-                let mut out = BatchOutput::new(ce.clone() + reg, correct, b.len());
-                out.raw_loss = Some(ce);
-                out
-            }
-        }
+        let reg = self.regularizer.loss(&[self.alphas.val()]);
+        b.output(self.forward(b.images.clone()), reg)
     }
 
     fn arch_param_ids(&self) -> Vec<ParamId> {
@@ -361,11 +352,9 @@ impl<B: AutodiffBackend> ArchModel<B> for Nb201Net<B> {
     }
 
     fn forward_with_op_weights(&self, b: &ImageBatch<B>, w: &[Tensor<B, 2>]) -> BatchOutput<B> {
-        let logits = self.forward_weights(b.images.clone(), w[0].clone(), None);
-        BatchOutput::new(
-            cross_entropy(logits.clone(), b.targets.clone()),
-            Some(correct(logits.detach(), b.targets.clone())),
-            b.len(),
+        b.output(
+            self.forward_weights(b.images.clone(), w[0].clone(), None),
+            None,
         )
     }
 }

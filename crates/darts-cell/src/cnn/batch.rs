@@ -1,7 +1,9 @@
 //! Image batches and the classification loss.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use darts_bilevel::BatchOutput;
 
 /// A batch of images `[N, 3, H, W]` with integer class targets `[N]`.
 #[derive(Clone, Debug)]
@@ -34,6 +36,28 @@ impl<B: Backend> ImageBatch<B> {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl<B: AutodiffBackend> ImageBatch<B> {
+    /// What a classifier's pass on this batch produced: the mean cross-entropy of `logits`,
+    /// plus `regularization` when there is one (the cross-entropy alone is then the reported
+    /// loss, [`BatchOutput::raw_loss`]), and the correct count.
+    pub fn output(
+        &self,
+        logits: Tensor<B, 2>,
+        regularization: Option<Tensor<B, 1>>,
+    ) -> BatchOutput<B> {
+        let ce = cross_entropy(logits.clone(), self.targets.clone());
+        let correct = Some(correct(logits.detach(), self.targets.clone()));
+        match regularization {
+            None => BatchOutput::new(ce, correct, self.len()),
+            Some(reg) => {
+                let mut out = BatchOutput::new(ce.clone() + reg, correct, self.len());
+                out.raw_loss = Some(ce);
+                out
+            }
+        }
     }
 }
 

@@ -59,7 +59,7 @@
 //! assert!(g.normal.iter().all(|gene| gene.op == "skip" || gene.op == "my_conv_3x3"));
 //! ```
 
-use crate::cnn::batch::{correct, cross_entropy, ImageBatch};
+use crate::cnn::batch::ImageBatch;
 use crate::{CellError, CellShape};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -960,17 +960,7 @@ where
     type Batch = ImageBatch<B>;
 
     fn forward_batch(&self, batch: &ImageBatch<B>) -> BatchOutput<B> {
-        let logits = self.forward(batch.images.clone());
-        let ce = cross_entropy(logits.clone(), batch.targets.clone());
-        let correct = Some(correct(logits.detach(), batch.targets.clone()));
-        match self.regularization() {
-            None => BatchOutput::new(ce, correct, batch.len()),
-            Some(reg) => {
-                let mut out = BatchOutput::new(ce.clone() + reg, correct, batch.len());
-                out.raw_loss = Some(ce);
-                out
-            }
-        }
+        batch.output(self.forward(batch.images.clone()), self.regularization())
     }
 
     fn arch_param_ids(&self) -> Vec<ParamId> {
@@ -992,10 +982,6 @@ where
             batch.images.clone(),
             [(w[0].clone(), None), (w[1].clone(), None)],
         );
-        BatchOutput::new(
-            cross_entropy(logits.clone(), batch.targets.clone()),
-            Some(correct(logits.detach(), batch.targets.clone())),
-            batch.len(),
-        )
+        batch.output(logits, None)
     }
 }
