@@ -18,8 +18,8 @@
 //! (`--method`): GDAS (`stochastic::gumbel_hard` and `MixedOp::forward_single`), DrNAS
 //! (`stochastic::dirichlet_rsample`), β-DARTS (`ArchRegularizer`), DARTS− (an identity skip on
 //! every edge, scaled by the schedule) and SDARTS (`ArchModel::op_weights` /
-//! `forward_with_op_weights`, perturbed by the library's `Bilevel`), with the schedules of
-//! `darts::methods`.
+//! `forward_with_op_weights`, perturbed by the library's `Bilevel`); `MethodConfig::apply` sets
+//! each epoch's values through the example's `MethodSupernet` impl.
 //!
 //! ```text
 //! cargo run --example custom_space_nb201                  # quick run on the shipped sample
@@ -45,7 +45,7 @@ use darts::cell::ImageBatch;
 use darts::data::cifar::{search_split, Augment, Cifar10, Loader};
 use darts::device::{dispatch, BackendTask, DeviceSpec};
 use darts::genotype::nb201::{Nb201Arch, NB201_OPS};
-use darts::methods::Method;
+use darts::methods::{Method, MethodSupernet};
 use darts::mixed_op::stochastic::{self, NoiseSource};
 use darts::mixed_op::{
     ArchRegularizer, CandidateOp, EdgeSpec, MixedOp, OpSet, Relaxation, Softmax,
@@ -335,6 +335,21 @@ impl<B: Backend> Nb201Net<B> {
     }
 }
 
+impl<B: Backend> MethodSupernet for Nb201Net<B> {
+    fn set_aux_scale(&mut self, scale: f64) {
+        self.skip = scale;
+    }
+    fn set_regularizer(&mut self, regularizer: ArchRegularizer) {
+        self.regularizer = regularizer;
+    }
+    fn set_sampling(&mut self, sampling: Sampling) {
+        self.sampling = sampling;
+    }
+    fn noise_mut(&mut self) -> &mut NoiseSource {
+        &mut self.noise
+    }
+}
+
 impl<B: AutodiffBackend> ArchModel<B> for Nb201Net<B> {
     type Batch = ImageBatch<B>;
 
@@ -515,16 +530,8 @@ pub fn search_with_decisions<B: AutodiffBackend>(
         ImageBatch::<B>::from_host(h.images.clone(), h.dims(), &h.labels, device)
     };
     for epoch in 0..s.epochs {
-        // The method's values for the epoch, as `MethodConfig::apply` sets them on the DARTS
-        // supernet.
-        let sched = method.schedule(epoch, s.epochs);
-        bilevel.weights_first = method.weights_first;
-        bilevel.perturbation = method.perturbation(epoch, s.epochs);
-        bilevel.noise.start_epoch(s.seed ^ 0x005D_A275, epoch);
-        bilevel.model.sampling = method.sampling(epoch, s.epochs);
-        bilevel.model.noise.start_epoch(s.seed, epoch);
-        bilevel.model.regularizer = method.regularizer(epoch, s.epochs);
-        bilevel.model.skip = sched.aux_skip_scale.unwrap_or(0.0);
+        // The method's values for the epoch (the library sets them through `MethodSupernet`).
+        method.apply(&mut bilevel, s.seed, epoch, s.epochs);
         let steps = s.max_steps.unwrap_or(usize::MAX);
         let t = train.epoch(epoch, 0).take(steps).map(to_batch);
         let mut v = (0..)

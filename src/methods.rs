@@ -27,6 +27,39 @@ use darts_bilevel::Perturbation;
 use darts_cell::cnn::supernet::{AlphaInit, Sampling};
 use darts_cell::{SearchNetwork, SearchNetworkConfig};
 
+/// A supernet that a method's per-epoch values are set on ([`MethodConfig::apply`]): the DARTS
+/// supernet, and a user's own (the NAS-Bench-201 example implements it).
+pub trait MethodSupernet {
+    /// DARTS−'s skip scale `β` (0: no skip).
+    fn set_aux_scale(&mut self, scale: f64);
+    /// The regularisers of the architecture objective.
+    fn set_regularizer(&mut self, regularizer: ArchRegularizer);
+    /// How the forward turns α into op weights.
+    fn set_sampling(&mut self, sampling: Sampling);
+    /// The random numbers of the samples.
+    fn noise_mut(&mut self) -> &mut darts_mixed_op::stochastic::NoiseSource;
+}
+
+impl<B, O, R> MethodSupernet for SearchNetwork<B, O, R>
+where
+    B: burn::tensor::backend::Backend,
+    O: burn::module::Module<B>,
+    R: darts_mixed_op::Relaxation,
+{
+    fn set_aux_scale(&mut self, scale: f64) {
+        self.aux_scale = scale;
+    }
+    fn set_regularizer(&mut self, regularizer: ArchRegularizer) {
+        self.regularizer = regularizer;
+    }
+    fn set_sampling(&mut self, sampling: Sampling) {
+        self.sampling = sampling;
+    }
+    fn noise_mut(&mut self) -> &mut darts_mixed_op::stochastic::NoiseSource {
+        &mut self.noise
+    }
+}
+
 /// The supernet type every method runs on: the DARTS candidates (or a subset), with the
 /// relaxation chosen at run time.
 pub type MethodNet<B> = SearchNetwork<B, darts_ops::DartsOp<B>, AnyRelaxation>;
@@ -565,23 +598,28 @@ impl MethodConfig {
     /// the step order, SDARTS's perturbation, DARTS−'s skip scale, the regularisers, the
     /// sampling and its temperature, and the noise sources (restarted for the epoch from
     /// `seed`). Returns the schedule's values.
-    pub fn apply<B: burn::tensor::backend::AutodiffBackend>(
+    pub fn apply<B, M>(
         &self,
-        search: &mut darts_bilevel::Bilevel<B, MethodNet<B>>,
+        search: &mut darts_bilevel::Bilevel<B, M>,
         seed: u64,
         epoch: usize,
         epochs: usize,
-    ) -> EpochSchedule {
+    ) -> EpochSchedule
+    where
+        B: burn::tensor::backend::AutodiffBackend,
+        M: darts_bilevel::ArchModel<B> + MethodSupernet,
+    {
         let s = self.schedule(epoch, epochs);
         search.arch_updates = s.arch_updates;
         search.weights_first = self.weights_first;
         search.w_opt.nesterov = self.nesterov;
         search.perturbation = self.perturbation(epoch, epochs);
         search.noise.start_epoch(seed ^ 0x005D_A275, epoch);
-        search.model.aux_scale = s.aux_skip_scale.unwrap_or(0.0);
-        search.model.regularizer = self.regularizer(epoch, epochs);
-        search.model.sampling = self.sampling(epoch, epochs);
-        search.model.noise.start_epoch(seed, epoch);
+        let model = &mut search.model;
+        model.set_aux_scale(s.aux_skip_scale.unwrap_or(0.0));
+        model.set_regularizer(self.regularizer(epoch, epochs));
+        model.set_sampling(self.sampling(epoch, epochs));
+        model.noise_mut().start_epoch(seed, epoch);
         s
     }
 
