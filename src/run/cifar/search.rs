@@ -314,6 +314,32 @@ impl SearchLoaders {
             infer: Loader::new(data.clone(), val_idx, cfg.batch_size),
         })
     }
+
+    /// The validation batches of the architecture steps of one epoch. [`ValSampling::Redraw`]:
+    /// step `s` takes the first batch of the permutation keyed `redraw_key + s`;
+    /// [`ValSampling::Cycle`]: the shuffled passes keyed `cycle_key`, `cycle_key + 1`, … one
+    /// after the other. The callers' keys keep different epochs (and the search's from
+    /// DARTS-PT's fine-tuning) apart.
+    pub(super) fn val_stream<'a, B: AutodiffBackend>(
+        &'a self,
+        sampling: ValSampling,
+        redraw_key: usize,
+        cycle_key: usize,
+        device: &'a B::Device,
+    ) -> Box<dyn Iterator<Item = ImageBatch<B>> + 'a> {
+        let val = &self.val;
+        match sampling {
+            ValSampling::Redraw => Box::new((0..).map(move |step: usize| {
+                let key = redraw_key + step;
+                to_batch::<B>(&val.batch(key, 0, &val.order(key)), device)
+            })),
+            ValSampling::Cycle => Box::new(
+                (0..)
+                    .flat_map(move |k| val.epoch(cycle_key + k, 0))
+                    .map(|h| to_batch::<B>(&h, device)),
+            ),
+        }
+    }
 }
 
 /// The supernet (seeded) and the bilevel optimisation state of `cfg`.
@@ -387,21 +413,13 @@ fn search_epoch<B: AutodiffBackend>(
         .train
         .epoch(epoch, 0)
         .map(|h| to_batch::<B>(&h, device));
-    let val = &loaders.val;
-    let mut val_stream: Box<dyn Iterator<Item = ImageBatch<B>>> = match cfg.val_sampling {
-        // The first batch of a fresh permutation each step. The key keeps the draws of
-        // different (epoch, step) pairs apart from each other and from the cycling passes.
-        ValSampling::Redraw => Box::new((0..).map(move |step: usize| {
-            let key = (1 << 40) + epoch * (1 << 20) + step;
-            to_batch::<B>(&val.batch(key, 0, &val.order(key)), device)
-        })),
-        // Reshuffled passes of the val split, one after the other.
-        ValSampling::Cycle => Box::new(
-            (0..)
-                .flat_map(move |k| val.epoch(epoch * 1000 + k, 0))
-                .map(|h| to_batch::<B>(&h, device)),
-        ),
-    };
+    // Redraw keys above 2^40 stay apart from the cycling passes' (epoch · 1000 + k).
+    let mut val_stream = loaders.val_stream::<B>(
+        cfg.val_sampling,
+        (1 << 40) + epoch * (1 << 20),
+        epoch * 1000,
+        device,
+    );
     let stats = search.run_epoch(epoch, train_batches, &mut val_stream, |ev| {
         let SearchEvent::Step { stats, .. } = ev;
         pb.inc(1);

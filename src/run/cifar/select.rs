@@ -5,7 +5,7 @@
 //! `lr_min`, and keeps the architecture steps going. The genotype is then derived from the
 //! projected weights by the usual rule.
 
-use super::search::{SearchLoaders, ValSampling};
+use super::search::SearchLoaders;
 use super::{evaluate, to_batch, Net, SearchConfig};
 use crate::run::{progress, RunError};
 pub use crate::select::PtDecision;
@@ -14,7 +14,6 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use darts_bilevel::{CosineLr, Sgd};
 use darts_cell::cnn::supernet::{darts_node_edges, CellProjection};
-use darts_cell::ImageBatch;
 use darts_genotype::Genotype;
 use serde::{Deserialize, Serialize};
 
@@ -142,18 +141,12 @@ fn tune_epoch<B: AutodiffBackend>(
         .train
         .epoch(key, 0)
         .map(|h| to_batch::<B>(&h, device));
-    let val = &loaders.val;
-    let mut val_stream: Box<dyn Iterator<Item = ImageBatch<B>>> = match cfg.val_sampling {
-        ValSampling::Redraw => Box::new((0..).map(move |step: usize| {
-            let k = (1 << 41) + t * (1 << 20) + step;
-            to_batch::<B>(&val.batch(k, 0, &val.order(k)), device)
-        })),
-        ValSampling::Cycle => Box::new(
-            (0..)
-                .flat_map(move |k| val.epoch((1 << 31) + t * 1000 + k, 0))
-                .map(|h| to_batch::<B>(&h, device)),
-        ),
-    };
+    let mut val_stream = loaders.val_stream::<B>(
+        cfg.val_sampling,
+        (1 << 41) + t * (1 << 20),
+        (1 << 31) + t * 1000,
+        device,
+    );
     let stats = search.run_epoch_with(
         key,
         |_, _| Some((train.next()?, val_stream.next()?, lr)),
