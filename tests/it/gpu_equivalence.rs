@@ -210,36 +210,53 @@ fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
 /// wgpu — the GPU path of the depthwise convolutions, 1×1 convolutions as matrix products,
 /// pooling and BatchNorm against the CPU kernels.
 fn check_search_supernet<G: AutodiffBackend>(gpu: &G::Device) {
-    use darts::bilevel::ArchModel;
     let dev = Default::default();
     let w = fixed_weights(&supernet::<Autodiff<Flex>>(None, &dev), 2);
     let x = fixed_data(&[4, 3, 16, 16], 20, 1.5);
-    fn pass<B: AutodiffBackend>(
-        w: &[TensorData],
-        x: &TensorData,
-        device: &B::Device,
-    ) -> (f32, Vec<Vec<f32>>) {
-        let net = supernet::<B>(Some(w), device);
-        let batch = image_batch::<B>(x, device);
-        darts::bilevel::join_parameter_graphs(&net);
-        let loss = net.forward_batch(&batch).loss;
-        let l: f32 = loss.clone().into_data().to_vec::<f32>().unwrap()[0];
-        let grads = loss.backward();
-        let mut v = Grads::<B>(&grads, Vec::new());
-        net.visit(&mut v);
-        (l, v.1.iter().map(|d| d.to_vec::<f32>().unwrap()).collect())
-    }
-    let (l_cpu, g_cpu) = pass::<Autodiff<Flex>>(&w, &x, &dev);
-    let (l_gpu, g_gpu) = pass::<G>(&w, &x, gpu);
+    let cpu = loss_and_gradients(&supernet::<Autodiff<Flex>>(Some(&w), &dev), &x, &dev);
+    let gpu = loss_and_gradients(&supernet::<G>(Some(&w), gpu), &x, gpu);
+    assert!(cpu.1.len() > 100, "only {} gradients", cpu.1.len());
+    assert_agree("supernet", cpu, gpu);
+}
+
+/// The loss of `net` on the batch `x` and the gradient of every parameter (visit order).
+fn loss_and_gradients<
+    B: AutodiffBackend,
+    M: darts::bilevel::ArchModel<B, Batch = darts::cell::ImageBatch<B>>,
+>(
+    net: &M,
+    x: &TensorData,
+    device: &B::Device,
+) -> (f32, Vec<Vec<f32>>) {
+    let batch = image_batch::<B>(x, device);
+    darts::bilevel::join_parameter_graphs(net);
+    let loss = net.forward_batch(&batch).loss;
+    let l: f32 = loss.clone().into_data().to_vec::<f32>().unwrap()[0];
+    let grads = loss.backward();
+    let mut v = Grads::<B>(&grads, Vec::new());
+    net.visit(&mut v);
+    (l, v.1.iter().map(|d| d.to_vec::<f32>().unwrap()).collect())
+}
+
+/// The losses within 1e-4 relative and every gradient within 1e-3 (relative to its largest
+/// value) between the CPU and the GPU pass.
+fn assert_agree(
+    label: &str,
+    (l_cpu, g_cpu): (f32, Vec<Vec<f32>>),
+    (l_gpu, g_gpu): (f32, Vec<Vec<f32>>),
+) {
     assert!(
         (l_cpu - l_gpu).abs() <= 1e-4 * l_cpu.abs().max(1.0),
-        "{l_cpu} vs {l_gpu}"
+        "{label}: {l_cpu} vs {l_gpu}"
     );
-    assert_eq!(g_cpu.len(), g_gpu.len());
-    assert!(g_cpu.len() > 100, "only {} gradients", g_cpu.len());
+    assert_eq!(g_cpu.len(), g_gpu.len(), "{label}");
     for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
         let worst = worst_relative(a, b);
-        assert!(worst < 1e-3, "gradient {i} ({} values): {worst}", a.len());
+        assert!(
+            worst < 1e-3,
+            "{label}: gradient {i} ({} values): {worst}",
+            a.len()
+        );
     }
 }
 
@@ -340,7 +357,6 @@ fn check_strided_pointwise_conv<G: AutodiffBackend>(gpu: &G::Device) {
 /// DARTS−'s auxiliary skips, GDAS's sampled single op per edge with the same noise on both
 /// backends) forward and backward agree between flex and the GPU backend within 1e-3.
 fn check_method_supernets<G: AutodiffBackend>(gpu: &G::Device) {
-    use darts::bilevel::ArchModel;
     use darts::methods::{Method, MethodNet};
     use darts::mixed_op::stochastic::NoiseSource;
     fn build<B: AutodiffBackend>(
@@ -365,41 +381,13 @@ fn check_method_supernets<G: AutodiffBackend>(gpu: &G::Device) {
             None => net,
         }
     }
-    fn pass<B: AutodiffBackend>(
-        method: Method,
-        w: &[TensorData],
-        x: &TensorData,
-        device: &B::Device,
-    ) -> (f32, Vec<Vec<f32>>) {
-        let net = build::<B>(method, Some(w), device);
-        let batch = image_batch::<B>(x, device);
-        darts::bilevel::join_parameter_graphs(&net);
-        let loss = net.forward_batch(&batch).loss;
-        let l: f32 = loss.clone().into_data().to_vec::<f32>().unwrap()[0];
-        let grads = loss.backward();
-        let mut v = Grads::<B>(&grads, Vec::new());
-        net.visit(&mut v);
-        (l, v.1.iter().map(|d| d.to_vec::<f32>().unwrap()).collect())
-    }
     let dev = Default::default();
     let x = fixed_data(&[4, 3, 16, 16], 40, 1.5);
     for method in [Method::PcDarts, Method::DartsMinus, Method::Gdas] {
         let w = fixed_weights(&build::<Autodiff<Flex>>(method, None, &dev), 4);
-        let (l_cpu, g_cpu) = pass::<Autodiff<Flex>>(method, &w, &x, &dev);
-        let (l_gpu, g_gpu) = pass::<G>(method, &w, &x, gpu);
-        assert!(
-            (l_cpu - l_gpu).abs() <= 1e-4 * l_cpu.abs().max(1.0),
-            "{method}: {l_cpu} vs {l_gpu}"
-        );
-        assert_eq!(g_cpu.len(), g_gpu.len(), "{method}");
-        for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
-            let worst = worst_relative(a, b);
-            assert!(
-                worst < 1e-3,
-                "{method}: gradient {i} ({} values): {worst}",
-                a.len()
-            );
-        }
+        let cpu = loss_and_gradients(&build::<Autodiff<Flex>>(method, Some(&w), &dev), &x, &dev);
+        let gpu = loss_and_gradients(&build::<G>(method, Some(&w), gpu), &x, gpu);
+        assert_agree(method.name(), cpu, gpu);
     }
 }
 

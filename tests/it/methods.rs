@@ -31,6 +31,15 @@ fn values_of(t: Tensor<Flex, 4>) -> Vec<f64> {
     t.into_data().convert::<f64>().to_vec::<f64>().unwrap()
 }
 
+/// The largest absolute difference between two tensors' values.
+fn max_abs_diff(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f64 {
+    values_of(a)
+        .iter()
+        .zip(values_of(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
 // ------------------------------------------------------------------ parameter counts
 
 #[test]
@@ -136,12 +145,7 @@ fn partial_channel_mixed_op_matches_its_definition() {
             .swap_dims(1, 2)
             .reshape([n, c, h, ww]);
         assert_eq!(got.dims(), want.dims());
-        let (g, e) = (values_of(got), values_of(want));
-        let err = g
-            .iter()
-            .zip(&e)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let err = max_abs_diff(got, want);
         assert!(err < 1e-5, "stride {stride}: max error {err}");
     }
 }
@@ -410,11 +414,7 @@ fn darts_minus_skip_is_scaled_identity_on_normal_edges() {
     let h1 = cell.preprocess1.forward(s1);
     let sum = h0 + h1;
     let want = Tensor::cat(vec![sum.clone() * 0.5, sum * 0.75], 1);
-    let err = values_of(out)
-        .iter()
-        .zip(values_of(want))
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let err = max_abs_diff(out, want);
     assert!(err < 1e-5, "max error {err}");
 }
 
@@ -633,11 +633,7 @@ fn gdas_edge_computes_only_the_sampled_op() {
     let w = Tensor::<Flex, 1>::from_floats([0.0, 0.0, 0.0, 0.0, 0.0, 0.75, 0.0, 0.0], &dev);
     let got = m.forward_single(x.clone(), w, 5);
     let want = m.ops[5].forward(x) * 0.75;
-    let err = values_of(got)
-        .iter()
-        .zip(values_of(want))
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let err = max_abs_diff(got, want);
     assert!(err < 1e-6, "{err}");
 }
 
@@ -1086,16 +1082,7 @@ fn darts_pt_selects_after_a_search() {
         select: darts::cifar::Selection::Pt { interval: 1 },
         ..tiny(&data, Method::Darts)
     };
-    let s = run_search::<B>(
-        &cfg,
-        &RunOptions {
-            out: out.clone(),
-            progress: false,
-            ..Default::default()
-        },
-        &Default::default(),
-    )
-    .unwrap();
+    let s = search_into(&cfg, &out, None, false).unwrap();
     let pt: darts::cifar::PtSelection =
         serde_json::from_str(&std::fs::read_to_string(out.join("selection.json")).unwrap())
             .unwrap();
@@ -1158,6 +1145,24 @@ fn darts_pt_selects_after_a_search() {
 
 // ------------------------------------------------------------------ end to end
 
+/// A search of `cfg` into `out` (quiet), stopped after `stop_after` epochs or resumed from
+/// `out` when asked.
+fn search_into(
+    cfg: &SearchConfig,
+    out: &Path,
+    stop_after: Option<usize>,
+    resume: bool,
+) -> Result<darts::cifar::SearchSummary, darts::cifar::RunError> {
+    let opts = RunOptions {
+        out: out.to_path_buf(),
+        stop_after,
+        resume,
+        progress: false,
+        ..Default::default()
+    };
+    run_search::<B>(cfg, &opts, &Default::default())
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("darts-methods-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -1199,16 +1204,7 @@ fn every_method_searches_end_to_end() {
     for method in Method::ALL.into_iter().skip(1) {
         let out = tmp(method.name());
         let cfg = tiny(&data, method);
-        let s = run_search::<B>(
-            &cfg,
-            &RunOptions {
-                out: out.clone(),
-                progress: false,
-                ..Default::default()
-            },
-            &Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let s = search_into(&cfg, &out, None, false).unwrap_or_else(|e| panic!("{method}: {e}"));
         s.genotype.validate().unwrap();
         if method != Method::FairDarts {
             assert_eq!(s.genotype.normal.len(), 4);
@@ -1297,54 +1293,17 @@ fn resumed_method_searches_match_uninterrupted() {
     ] {
         let cfg = tiny(&data, method);
         let full = tmp(&format!("{method}-full"));
-        let a = run_search::<B>(
-            &cfg,
-            &RunOptions {
-                out: full.clone(),
-                progress: false,
-                ..Default::default()
-            },
-            &Default::default(),
-        )
-        .unwrap();
+        let a = search_into(&cfg, &full, None, false).unwrap();
         let cut = tmp(&format!("{method}-cut"));
-        run_search::<B>(
-            &cfg,
-            &RunOptions {
-                out: cut.clone(),
-                stop_after: Some(1),
-                progress: false,
-                ..Default::default()
-            },
-            &Default::default(),
-        )
-        .unwrap();
-        let b = run_search::<B>(
-            &SearchConfig::default(),
-            &RunOptions {
-                out: cut.clone(),
-                resume: true,
-                progress: false,
-                ..Default::default()
-            },
-            &Default::default(),
-        )
-        .unwrap();
+        search_into(&cfg, &cut, Some(1), false).unwrap();
+        // The configuration given on resume is ignored: the checkpoint's is used.
+        let b = search_into(&SearchConfig::default(), &cut, None, true).unwrap();
         assert_eq!(b.alphas, a.alphas, "{method}");
         assert_eq!(b.genotype, a.genotype, "{method}");
         assert_eq!(b.history[1].train_loss, a.history[1].train_loss, "{method}");
         // And a second uninterrupted run is the same run.
         let again = tmp(&format!("{method}-again"));
-        let c = run_search::<B>(
-            &cfg,
-            &RunOptions {
-                out: again.clone(),
-                progress: false,
-                ..Default::default()
-            },
-            &Default::default(),
-        )
-        .unwrap();
+        let c = search_into(&cfg, &again, None, false).unwrap();
         assert_eq!(c.alphas, a.alphas, "{method}: not deterministic");
         std::fs::remove_dir_all(&again).ok();
         std::fs::remove_dir_all(&full).ok();
