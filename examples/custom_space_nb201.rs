@@ -53,7 +53,7 @@ use darts::mixed_op::{
 use darts::ops::cnn::{Identity, Pool, ReLUConvBN, Zero};
 use darts::ops::conv::Conv2dConfig;
 use darts::ops::{BatchNorm2d, Conv2d, Linear};
-use darts::select::{perturbation_select, PtCell, PtDecision, PtTarget};
+use darts::select::{perturbation_select, tune_epochs, PtCell, PtDecision, PtTarget};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -550,6 +550,7 @@ pub fn search_with_decisions<B: AutodiffBackend>(
         };
         // Six op decisions: `interval · 5 + 1` fine-tuning epochs at a tenth of the learning
         // rate, with SGD restarted.
+        let epochs = tune_epochs(std::slice::from_ref(&cell), interval);
         bilevel.w_opt = darts::bilevel::Sgd::new(0.9, 3e-4);
         let mut target = PtNb201 {
             bilevel: &mut bilevel,
@@ -560,7 +561,7 @@ pub fn search_with_decisions<B: AutodiffBackend>(
             lr: CosineLr {
                 max: 0.0025,
                 min: 0.001,
-                epochs: interval * 5 + 1,
+                epochs,
             },
             device,
         };

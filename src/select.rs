@@ -102,6 +102,18 @@ pub struct PtOutcome {
     pub tune_epochs: usize,
 }
 
+/// The fine-tuning epochs DARTS-PT runs for `cells`: `interval · (P − 1) + 1`, `P` the
+/// decisions of the cell type that takes the most (one per edge, one per node pruned to two
+/// inputs).
+pub fn tune_epochs(cells: &[PtCell], interval: usize) -> usize {
+    let decisions = cells
+        .iter()
+        .map(|c| c.edges() + c.wide_nodes().len())
+        .max()
+        .unwrap_or(0);
+    interval.max(1) * decisions.saturating_sub(1) + 1
+}
+
 /// Run DARTS-PT on `target` (see the module documentation): fine-tuning epochs every
 /// `interval` (≥ 1), edge and node orders drawn from `seed`.
 pub fn perturbation_select<T: PtTarget>(
@@ -111,12 +123,7 @@ pub fn perturbation_select<T: PtTarget>(
     seed: u64,
 ) -> Result<PtOutcome, T::Error> {
     let interval = interval.max(1);
-    let decisions_total = cells
-        .iter()
-        .map(|c| c.edges() + c.wide_nodes().len())
-        .max()
-        .unwrap_or(0);
-    let tune_epochs = interval * decisions_total.saturating_sub(1) + 1;
+    let tune_epochs = tune_epochs(cells, interval);
     let mut projections: Vec<CellProjection> = cells
         .iter()
         .map(|c| CellProjection {

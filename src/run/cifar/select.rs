@@ -9,7 +9,7 @@ use super::search::SearchLoaders;
 use super::{evaluate, to_batch, Net, SearchConfig};
 use crate::run::{progress, RunError};
 pub use crate::select::PtDecision;
-use crate::select::{perturbation_select, PtCell, PtTarget};
+use crate::select::{perturbation_select, tune_epochs, PtCell, PtTarget};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use darts_bilevel::{CosineLr, Sgd};
@@ -98,9 +98,7 @@ pub(super) fn select_pt<B: AutodiffBackend>(
             topology: true,
         })
         .collect();
-    let edges = cells[0].node_edges.last().map_or(0, |r| r.end);
-    let wide = cells[0].node_edges.iter().filter(|r| r.len() > 2).count();
-    let tune_epochs = interval * (edges + wide).saturating_sub(1) + 1;
+    let tune_epochs = tune_epochs(&cells, interval);
     // Fine-tuning: SGD restarted at lr/10, cosine over the tuning epochs.
     search.w_opt = Sgd::new(cfg.momentum, cfg.weight_decay);
     search.w_opt.nesterov = cfg.method.nesterov;
