@@ -735,10 +735,8 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
             aux_scale: self.aux_scale,
             index,
         };
-        let wn = self.masked(wn, false);
-        let wr = self.masked(wr, true);
-        let wn = weights(self.project(wn, false), index_n, &self.betas_normal);
-        let wr = weights(self.project(wr, true), index_r, &self.betas_reduce);
+        let wn = weights(self.restrict(wn, false), index_n, &self.betas_normal);
+        let wr = weights(self.restrict(wr, true), index_r, &self.betas_reduce);
         let s = self.stem_bn.forward(self.stem_conv.forward(x));
         let (mut s0, mut s1) = (s.clone(), s);
         for cell in &self.cells {
@@ -757,14 +755,19 @@ impl<B: Backend, O: CandidateOp<B, 4>, R: Relaxation> SearchNetwork<B, O, R> {
     pub fn arch_weights(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let to_rows = |a: Tensor<B, 2>, reduce: bool| -> Vec<Vec<f32>> {
             let [_, n] = a.dims();
-            let w = self.masked(self.relaxation.weights(a), reduce);
-            let v = darts_ops::to_f32s(&self.project(w, reduce));
+            let v = darts_ops::to_f32s(&self.restrict(self.relaxation.weights(a), reduce));
             v.chunks(n).map(|c| c.to_vec()).collect()
         };
         (
             to_rows(self.alphas_normal.val(), false),
             to_rows(self.alphas_reduce.val(), true),
         )
+    }
+
+    /// The op weights `w` as every forward and the derivation use them: DrNAS's op mask
+    /// ([`SearchNetwork::masked`]), then DARTS-PT's decisions ([`SearchNetwork::project`]).
+    pub fn restrict(&self, w: Tensor<B, 2>, reduce: bool) -> Tensor<B, 2> {
+        self.project(self.masked(w, reduce), reduce)
     }
 
     /// `w` with DrNAS's op mask applied (pruned candidates zero, each edge renormalised over
