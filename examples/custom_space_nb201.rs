@@ -509,8 +509,13 @@ pub fn search_with_decisions<B: AutodiffBackend>(
     };
     let eval = Loader::new(data.clone(), val_idx.clone(), s.batch_size);
     let (train, val) = (loader(train_idx, 1), loader(val_idx, 2));
-    B::seed(device, s.seed);
-    let net = Nb201Net::<B>::new(s.channels, s.cells, 10, device);
+    // Seed and build under the library's seed lock, as its drivers do: another thread seeding
+    // or drawing from the backend's generator in between would change the initialisation.
+    let net = {
+        let _guard = darts::run::seed_lock();
+        B::seed(device, s.seed);
+        Nb201Net::<B>::new(s.channels, s.cells, 10, device)
+    };
     let mut bilevel = Bilevel::new(
         net,
         WeightConfig {

@@ -18,13 +18,17 @@ use std::path::{Path, PathBuf};
 
 type Net<Bk> = SearchNetwork<Bk, DartsOp<Bk>, AnyRelaxation>;
 
+/// Built under the test-wide seed lock ([`seeded`]), so that its draws never land inside a
+/// search that another test thread runs seeded at the same time.
 fn supernet_with(cfg: SearchNetworkConfig) -> Net<Flex> {
-    cfg.init::<Flex, _, _>(
-        &DartsSpace::default(),
-        AnyRelaxation::Softmax,
-        &Default::default(),
-    )
-    .unwrap()
+    seeded(1, || {
+        cfg.init::<Flex, _, _>(
+            &DartsSpace::default(),
+            AnyRelaxation::Softmax,
+            &Default::default(),
+        )
+        .unwrap()
+    })
 }
 
 fn values_of(t: Tensor<Flex, 4>) -> Vec<f64> {
@@ -456,18 +460,20 @@ fn schedules_take_the_reference_values() {
 
 #[test]
 fn zero_alpha_init_starts_every_weight_at_one_half_under_sigmoid() {
-    let net = SearchNetworkConfig {
-        channels: 4,
-        layers: 3,
-        alpha_init: AlphaInit::Zeros,
-        ..Default::default()
-    }
-    .init::<Flex, _, _>(
-        &DartsSpace::default(),
-        AnyRelaxation::Sigmoid,
-        &Default::default(),
-    )
-    .unwrap();
+    let net = seeded(2, || {
+        SearchNetworkConfig {
+            channels: 4,
+            layers: 3,
+            alpha_init: AlphaInit::Zeros,
+            ..Default::default()
+        }
+        .init::<Flex, _, _>(
+            &DartsSpace::default(),
+            AnyRelaxation::Sigmoid,
+            &Default::default(),
+        )
+        .unwrap()
+    });
     let (n, r) = net.arch_weights();
     assert!(n.iter().chain(&r).flatten().all(|w| *w == 0.5));
 }
@@ -481,16 +487,18 @@ fn zero_alpha_init_starts_every_weight_at_one_half_under_sigmoid() {
 #[test]
 fn fair_darts_derives_sparse_cells_that_build() {
     let m = Method::FairDarts.config();
-    let mut net = SearchNetworkConfig {
-        channels: 4,
-        layers: 3,
-        steps: 3,
-        multiplier: 3,
-        alpha_init: m.alpha_init,
-        ..Default::default()
-    }
-    .init::<Flex, _, _>(&m.space(), m.relaxation, &Default::default())
-    .unwrap();
+    let mut net = seeded(3, || {
+        SearchNetworkConfig {
+            channels: 4,
+            layers: 3,
+            steps: 3,
+            multiplier: 3,
+            alpha_init: m.alpha_init,
+            ..Default::default()
+        }
+        .init::<Flex, _, _>(&m.space(), m.relaxation, &Default::default())
+        .unwrap()
+    });
     net.derivation = m.derivation;
     assert_eq!(net.op_names.len(), 7);
     assert_eq!(net.none_index, None);
@@ -520,13 +528,15 @@ fn fair_darts_derives_sparse_cells_that_build() {
     let text = darts::genotype::python::to_python(&g);
     assert!(text.contains("('sep_conv_3x3', 2, 0)"), "{text}");
     // The gene from absent node 3 is dropped when building: node 4 has one op.
-    let eval = EvalNetworkConfig {
-        channels: 4,
-        layers: 3,
-        ..Default::default()
-    }
-    .init::<Flex>(&g, &Default::default())
-    .unwrap();
+    let eval = seeded(4, || {
+        EvalNetworkConfig {
+            channels: 4,
+            layers: 3,
+            ..Default::default()
+        }
+        .init::<Flex>(&g, &Default::default())
+        .unwrap()
+    });
     assert_eq!(eval.cells[0].ops.len(), 2);
     assert_eq!(eval.cells[0].multiplier(), 2);
     assert!(eval.cells[0].drop_per_node);
@@ -852,8 +862,8 @@ fn all_tensors<M: burn::module::Module<Flex>>(m: &M) -> Vec<(burn::module::Param
 #[test]
 fn drnas_pruning_masks_the_weakest_candidates() {
     let m = Method::Drnas.config();
-    let mut net = m
-        .supernet::<Flex>(
+    let mut net = seeded(5, || {
+        m.supernet::<Flex>(
             SearchNetworkConfig {
                 channels: 24,
                 layers: 3,
@@ -863,7 +873,8 @@ fn drnas_pruning_masks_the_weakest_candidates() {
             },
             &Default::default(),
         )
-        .unwrap();
+        .unwrap()
+    });
     let a: Vec<f32> = (0..5 * 7).map(|i| ((i * 13 % 11) as f32) * 0.1).collect();
     let t = Tensor::<Flex, 2>::from_data(TensorData::new(a.clone(), [5, 7]), &Default::default());
     net.alphas_normal = Param::from_tensor(t.clone());
