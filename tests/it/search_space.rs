@@ -8,14 +8,23 @@ use burn::tensor::{Distribution, Tensor};
 use darts::bilevel::ArchModel;
 use darts::prelude::*;
 
+/// Built under the seed lock ([`crate::common::seeded`]): an unlocked build's draws could land
+/// inside a search that another test thread runs seeded, and change its results.
 fn supernet(c: usize, layers: usize) -> SearchNetwork<Flex, DartsOp<Flex>> {
-    SearchNetworkConfig {
-        channels: c,
-        layers,
-        ..Default::default()
-    }
-    .init::<Flex, _, _>(&DartsSpace::default(), Softmax, &Default::default())
-    .unwrap()
+    crate::common::seeded(0, || {
+        SearchNetworkConfig {
+            channels: c,
+            layers,
+            ..Default::default()
+        }
+        .init::<Flex, _, _>(&DartsSpace::default(), Softmax, &Default::default())
+        .unwrap()
+    })
+}
+
+/// A derived network built under the seed lock (see [`supernet`]).
+fn derived(cfg: EvalNetworkConfig, g: &Genotype) -> EvalNetwork<Flex> {
+    crate::common::seeded(0, || cfg.init::<Flex>(g, &Default::default()).unwrap())
 }
 
 #[test]
@@ -39,35 +48,27 @@ fn alphas_are_apart_from_the_weights() {
 
 #[test]
 fn derived_network_parameter_counts_match_the_reference() {
-    let dev = Default::default();
     let cfg = EvalNetworkConfig::default();
-    let v2 = cfg
-        .init::<Flex>(&catalog::conv("DARTS_V2").unwrap(), &dev)
-        .unwrap();
+    let v2 = derived(cfg, &catalog::conv("DARTS_V2").unwrap());
     assert_eq!(v2.num_weights(), 3_349_342);
-    let v1 = cfg
-        .init::<Flex>(&catalog::conv("DARTS_V1").unwrap(), &dev)
-        .unwrap();
+    let v1 = derived(cfg, &catalog::conv("DARTS_V1").unwrap());
     assert_eq!(v1.num_weights(), 3_169_414);
-    let aux = EvalNetworkConfig {
-        auxiliary: true,
-        ..cfg
-    }
-    .init::<Flex>(&catalog::conv("DARTS_V2").unwrap(), &dev)
-    .unwrap();
+    let aux = derived(
+        EvalNetworkConfig {
+            auxiliary: true,
+            ..cfg
+        },
+        &catalog::conv("DARTS_V2").unwrap(),
+    );
     assert_eq!(aux.auxiliary_weights(), 476_426);
     assert_eq!(aux.num_weights(), 3_349_342);
 }
 
 #[test]
 fn every_catalog_genotype_builds_with_its_published_size() {
-    let dev = Default::default();
     for name in catalog::conv_names() {
         let g = catalog::conv(name).unwrap();
-        let n = EvalNetworkConfig::default()
-            .init::<Flex>(&g, &dev)
-            .unwrap()
-            .num_weights();
+        let n = derived(EvalNetworkConfig::default(), &g).num_weights();
         println!("{name}: {n} weights (C=36, 20 cells, no auxiliary head)");
         // Sizes the papers report for CIFAR-10 at C=36/20 cells (M params).
         let reported = match name {
@@ -105,13 +106,14 @@ fn shapes_through_supernet_and_derived_network() {
     let out = eval.valid().forward(x, 0.2);
     assert!(out.aux_logits.is_none());
     // AmoebaNet uses conv_7x1_1x7 and sep_conv_7x7.
-    let amoeba = EvalNetworkConfig {
-        channels: 4,
-        layers: 3,
-        ..Default::default()
-    }
-    .init::<Flex>(&catalog::conv("AmoebaNet").unwrap(), &dev)
-    .unwrap();
+    let amoeba = derived(
+        EvalNetworkConfig {
+            channels: 4,
+            layers: 3,
+            ..Default::default()
+        },
+        &catalog::conv("AmoebaNet").unwrap(),
+    );
     let x = crate::common::seeded(4, || {
         Tensor::<Flex, 4>::random([1, 3, 16, 16], Distribution::Default, &dev)
     });
