@@ -11,6 +11,7 @@
 //! | [`genotype`] | `darts-genotype` | genotypes, derivation, notation, catalog, diagrams |
 //! | [`data`] | `darts-data` | CIFAR-10 and PTB loading, augmentation, batching |
 //! | [`device`] | this crate | `--device cpu\|wgpu\|cuda[:N]` parsing and backend dispatch |
+//! | [`parallel`] | this crate | data parallelism over `burn-collective` (threads, processes, machines) |
 //!
 //! ```
 //! use darts::prelude::*;
@@ -42,6 +43,7 @@ pub mod methods;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
 pub mod nonfinite;
+pub mod parallel;
 pub mod report;
 pub mod run;
 pub mod select;

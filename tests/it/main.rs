@@ -9,6 +9,7 @@ mod gpu_kernels;
 mod interop;
 mod methods;
 mod nb201;
+mod parallel;
 mod ptb;
 mod robustness;
 mod search_space;

@@ -17,7 +17,10 @@
 //! bit-identical.
 
 use crate::optim::{clip_grad_norm, Adam, Sgd};
-use crate::params::{global_norm, gradients, only_trainable, set_values, values, FlatParams};
+use crate::params::{
+    all_ids, global_norm, gradients, only_trainable, set_values, values, FlatParams,
+};
+use crate::sync::{reduce_flat, GradSync};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -380,9 +383,28 @@ impl<B: AutodiffBackend> Architect<B> {
         val: &M::Batch,
         xi: f64,
     ) -> ArchGradient<B> {
+        self.gradient_with(model, w_opt, train, val, xi, None)
+    }
+
+    /// [`Architect::gradient`] of one peer of a data-parallel group (`sync`; `None`: a single
+    /// device): `train` and `val` are this peer's shards, and the result is the gradient of the
+    /// global batch (see [`crate::sync`] for what is reduced). The reported validation loss and
+    /// correct count stay this peer's own.
+    pub fn gradient_with<M: ArchModel<B>>(
+        &self,
+        model: &M,
+        w_opt: &Sgd<B::InnerBackend>,
+        train: &M::Batch,
+        val: &M::Batch,
+        xi: f64,
+        sync: Option<&dyn GradSync<B::InnerBackend>>,
+    ) -> ArchGradient<B> {
         match self.config.order {
             Order::First => {
-                let g = arch_gradients(model, val);
+                let mut g = arch_gradients(model, val);
+                if let Some(s) = sync {
+                    reduce_flat::<B>(s, &all_ids(model), &mut [&mut g.arch], g.size);
+                }
                 ArchGradient {
                     dalpha: g.arch,
                     val_loss: g.loss,
@@ -392,7 +414,7 @@ impl<B: AutodiffBackend> Architect<B> {
                     val_state: g.state,
                 }
             }
-            Order::Second => self.unrolled_gradient(model, w_opt, train, val, xi),
+            Order::Second => self.unrolled_gradient(model, w_opt, train, val, xi, sync),
         }
     }
 
@@ -406,7 +428,7 @@ impl<B: AutodiffBackend> Architect<B> {
         train: &M::Batch,
         xi: f64,
     ) -> FlatParams<B> {
-        self.virtual_step_with_clip(model, w_opt, train, xi).0
+        self.virtual_step_with_clip(model, w_opt, train, xi, None).0
     }
 
     /// [`Architect::virtual_step`] and the clip factor applied to the gradient (1 unclipped).
@@ -416,8 +438,13 @@ impl<B: AutodiffBackend> Architect<B> {
         w_opt: &Sgd<B::InnerBackend>,
         train: &M::Batch,
         xi: f64,
+        sync: Option<&dyn GradSync<B::InnerBackend>>,
     ) -> (FlatParams<B>, f64) {
-        let mut gw = loss_gradients(model, train).weights;
+        let g = loss_gradients(model, train);
+        let mut gw = g.weights;
+        if let Some(s) = sync {
+            reduce_flat::<B>(s, &all_ids(model), &mut [&mut gw], g.size);
+        }
         let coef = match self.config.virtual_grad_clip {
             Some(max) => {
                 let norm = clip_grad_norm(&mut gw, max);
@@ -460,9 +487,11 @@ impl<B: AutodiffBackend> Architect<B> {
         train: &M::Batch,
         val: &M::Batch,
         xi: f64,
+        sync: Option<&dyn GradSync<B::InnerBackend>>,
     ) -> ArchGradient<B> {
+        let order = sync.map(|_| all_ids(model)).unwrap_or_default();
         // w' and the unrolled model (a clone: the real model is untouched).
-        let (w_prime, coef) = self.virtual_step_with_clip(model, w_opt, train, xi);
+        let (w_prime, coef) = self.virtual_step_with_clip(model, w_opt, train, xi, sync);
         let unrolled = set_values(model.clone(), &w_prime);
         // ∇α L_val(w', α) and the vector ∇w' L_val(w', α). Running statistics of this pass
         // belong to the throw-away unrolled model (the reference's `model.new()`): an inner
@@ -470,6 +499,10 @@ impl<B: AutodiffBackend> Architect<B> {
         let (g, _unrolled_bn) = record_bn_updates(|| loss_gradients(&unrolled, val));
         drop(unrolled);
         let (mut vector, mut dalpha) = (g.weights, g.arch);
+        if let Some(s) = sync {
+            // Both before the norm of the vector sets ε: every peer takes the same ε and w±.
+            reduce_flat::<B>(s, &order, &mut [&mut vector, &mut dalpha], g.size);
+        }
         // The recurrent reference clips u = ∇w' L_val(w') like the weight gradient before ε is
         // taken from it (rnn/architect.py:68): the Hessian term scales by min(1, max / ‖u‖).
         if let Some(max) = self.config.virtual_grad_clip {
@@ -497,12 +530,22 @@ impl<B: AutodiffBackend> Architect<B> {
                 .map(|id| (*id, w[id].clone() + vector[id].clone() * (sign * eps)))
                 .collect()
         };
-        let g_plus = arch_gradients(&set_values(model.clone(), &shifted(1.0)), train).arch;
+        let plus = arch_gradients(&set_values(model.clone(), &shifted(1.0)), train);
         let g_minus = arch_gradients(&set_values(model.clone(), &shifted(-1.0)), train).arch;
+        // g⁺ − g⁻, the finite difference of the train-loss α gradients (of the global batch
+        // when data-parallel).
+        let mut diff: FlatParams<B> = plus
+            .arch
+            .iter()
+            .filter_map(|(id, p)| Some((*id, p.clone() - g_minus.get(id)?.clone())))
+            .collect();
+        if let Some(s) = sync {
+            reduce_flat::<B>(s, &order, &mut [&mut diff], plus.size);
+        }
         // dα = ∇α L_val(w', α) − ξ · c · (g⁺ − g⁻) / 2ε   (c = clip factor of the virtual step)
         for (id, d) in dalpha.iter_mut() {
-            if let (Some(p), Some(m)) = (g_plus.get(id), g_minus.get(id)) {
-                let hvp = (p.clone() - m.clone()) / (2.0 * eps);
+            if let Some(df) = diff.get(id) {
+                let hvp = df.clone() / (2.0 * eps);
                 *d = d.clone() - hvp * (xi * coef);
             }
         }
@@ -522,12 +565,26 @@ impl<B: AutodiffBackend> Architect<B> {
         val: &M::Batch,
         xi: f64,
     ) -> (M, ArchGradient<B>) {
+        self.step_with(model, w_opt, train, val, xi, None)
+    }
+
+    /// [`Architect::step`] of one peer of a data-parallel group (see
+    /// [`Architect::gradient_with`]): every peer applies the same Adam step.
+    pub fn step_with<M: ArchModel<B>>(
+        &mut self,
+        model: M,
+        w_opt: &Sgd<B::InnerBackend>,
+        train: &M::Batch,
+        val: &M::Batch,
+        xi: f64,
+        sync: Option<&dyn GradSync<B::InnerBackend>>,
+    ) -> (M, ArchGradient<B>) {
         let (grad, bn) = match self.config.bn_stats {
             ArchBnStats::ArchitectToo => {
-                record_bn_updates(|| self.gradient(&model, w_opt, train, val, xi))
+                record_bn_updates(|| self.gradient_with(&model, w_opt, train, val, xi, sync))
             }
             ArchBnStats::WeightStepOnly => (
-                self.gradient(&model, w_opt, train, val, xi),
+                self.gradient_with(&model, w_opt, train, val, xi, sync),
                 BnUpdates::default(),
             ),
         };

@@ -10,6 +10,7 @@ pub mod optim;
 pub mod params;
 pub mod perturb;
 pub mod search;
+pub mod sync;
 
 pub use architect::{
     arch_gradients, join_parameter_graphs, loss_gradients, train_gradients, ArchBnStats,
@@ -21,6 +22,7 @@ pub use optim::{
 };
 pub use perturb::Perturbation;
 pub use search::{
-    weight_step, weight_step_except, Bilevel, EpochStats, NonFinitePolicy, NonFiniteStep,
-    SearchEvent, StepOutcome, StepStats, WeightConfig, WeightStep,
+    weight_step, weight_step_except, weight_step_sharded, Bilevel, EpochStats, NonFinitePolicy,
+    NonFiniteStep, SearchEvent, StepOutcome, StepStats, WeightConfig, WeightStep,
 };
+pub use sync::{average_buffers, reduce_mean, GradSync, SharedSync};

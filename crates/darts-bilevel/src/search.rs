@@ -3,8 +3,9 @@
 
 use crate::architect::{join_parameter_graphs, ArchModel, Architect, ArchitectConfig};
 use crate::optim::{clip_grad_norm, CosineLr, Sgd};
-use crate::params::{gradients, set_values, values, FlatParams};
+use crate::params::{all_ids, gradients, set_values, values, FlatParams};
 use crate::perturb::{perturbed_op_weights, Perturbation};
+use crate::sync::{reduce_mean, sum_host, GradSync, SharedSync};
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -182,6 +183,28 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
 {
+    weight_step_sharded(model, sgd, lr, grad_clip, frozen, None, |_| 0, forward)
+}
+
+/// [`weight_step_except`] of one peer of a data-parallel group (`sync`; `None`: a single
+/// device): the gradients of this peer's shard (of `shard_size(aux)` samples) are replaced by
+/// those of the global batch before clipping, so every peer takes the same step (see
+/// [`crate::sync`]). The reported loss stays this peer's own.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_step_sharded<B, M, A>(
+    model: M,
+    sgd: &mut Sgd<B::InnerBackend>,
+    lr: f64,
+    grad_clip: Option<f64>,
+    frozen: &[ParamId],
+    sync: Option<&dyn GradSync<B::InnerBackend>>,
+    shard_size: impl FnOnce(&A) -> usize,
+    forward: impl FnOnce(&M) -> (Tensor<B, 1>, A),
+) -> (M, WeightStep<B, A>)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
     let ((loss, aux, grads), bn) = record_bn_updates(|| {
         join_parameter_graphs(&model);
         let (loss, aux) = forward(&model);
@@ -191,6 +214,10 @@ where
     let mut g = gradients(&model, &grads);
     for id in frozen {
         g.remove(id);
+    }
+    if let Some(s) = sync {
+        let n = shard_size(&aux);
+        reduce_mean(s, &all_ids(&model), &mut [&mut g], n);
     }
     let grad_norm = match grad_clip {
         Some(max) => clip_grad_norm(&mut g, max),
@@ -256,6 +283,11 @@ pub struct EpochStats {
     pub skipped: usize,
     /// The step that ended the epoch early because it was not finite.
     pub non_finite: Option<NonFiniteStep>,
+    /// Why the epoch ended early because the data-parallel group failed (a peer died or timed
+    /// out). The failed step's reductions were NaN, so the model is not to be kept: the
+    /// drivers stop with an error and keep the last checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
 }
 
 #[derive(Default)]
@@ -311,6 +343,11 @@ pub struct Bilevel<B: AutodiffBackend, M: ArchModel<B>> {
     pub perturbation: Option<Perturbation>,
     /// Random numbers of the perturbations (restarted each epoch by the driver).
     pub noise: NoiseSource,
+    /// The data-parallel group this replica belongs to (`None`: a single device). The batches
+    /// passed to the steps are then this peer's shards; the gradients are those of the global
+    /// batch ([`crate::sync`]), and [`StepStats`] reports the global batch (sizes, summed
+    /// correct counts, size-weighted mean losses).
+    pub sync: Option<SharedSync<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
@@ -326,6 +363,7 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             weights_first: false,
             perturbation: None,
             noise: NoiseSource::default(),
+            sync: None,
         }
     }
 
@@ -354,18 +392,22 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         self.model = model;
         let (reported, correct, size, state) = w.aux;
         let train_loss = darts_ops::to_f64(&reported.map_or(w.loss, |l| l.inner()));
+        let mut stats = StepStats {
+            train_loss,
+            train_correct: correct.map(|c| darts_ops::to_f64(&c.inner())),
+            train_size: size,
+            val_loss: ag.val_loss,
+            val_correct: ag.val_correct,
+            val_size: ag.val_size,
+            grad_norm: w.grad_norm,
+            eps: ag.eps,
+            lr,
+        };
+        if let Some(s) = &self.sync {
+            stats = global_stats(s.as_ref(), stats);
+        }
         StepOutcome {
-            stats: StepStats {
-                train_loss,
-                train_correct: correct.map(|c| darts_ops::to_f64(&c.inner())),
-                train_size: size,
-                val_loss: ag.val_loss,
-                val_correct: ag.val_correct,
-                val_size: ag.val_size,
-                grad_norm: w.grad_norm,
-                eps: ag.eps,
-                lr,
-            },
+            stats,
             train_state: state,
             val_state: ag.val_state,
         }
@@ -380,7 +422,9 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         lr: f64,
     ) -> (M, crate::architect::ArchGradient<B>) {
         if self.arch_updates {
-            self.architect.step(model, &self.w_opt, train, val, lr)
+            let sync = self.sync.as_deref();
+            self.architect
+                .step_with(model, &self.w_opt, train, val, lr, sync)
         } else {
             let none = crate::architect::ArchGradient {
                 dalpha: Default::default(),
@@ -407,12 +451,14 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         let perturbed = self
             .perturbation
             .and_then(|p| perturbed_op_weights(&model, train, &p, &self.noise));
-        weight_step_except(
+        weight_step_sharded(
             model,
             &mut self.w_opt,
             lr,
             self.weights.grad_clip,
             &arch,
+            self.sync.as_deref(),
+            |aux: &WeightAux<B>| aux.2,
             |m| {
                 let out = match &perturbed {
                     Some(a) => {
@@ -482,9 +528,14 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
         let (mut lr_sum, mut samples) = (0.0, 0);
         let mut last: Option<StepOutcome<B>> = None;
         let mut step = 0;
+        let mut aborted = None;
         while let Some((t, v, lr)) = next(step, last.as_ref()) {
             let backup = (self.on_non_finite == NonFinitePolicy::SkipStep).then(|| self.clone());
             let outcome = self.step_with_state(&t, &v, lr);
+            if let Some(why) = self.sync.as_ref().and_then(|s| s.failure()) {
+                aborted = Some(why);
+                break;
+            }
             let stats = &outcome.stats;
             if let Some(what) = stats.non_finite() {
                 if let Some(before) = backup {
@@ -532,6 +583,38 @@ impl<B: AutodiffBackend, M: ArchModel<B>> Bilevel<B, M> {
             train_samples: samples,
             skipped,
             non_finite,
+            aborted,
         }
+    }
+}
+
+/// The statistics of the global batch from one peer's: sizes and correct counts summed, losses
+/// weighted by shard size; the gradient norm and ε are already global.
+fn global_stats<B: burn::tensor::backend::Backend>(
+    sync: &dyn GradSync<B>,
+    s: StepStats,
+) -> StepStats {
+    let (tn, vn) = (s.train_size as f64, s.val_size as f64);
+    // A peer without an architecture step reports NaN for its (empty) validation loss.
+    let vl = if s.val_size > 0 { s.val_loss * vn } else { 0.0 };
+    let local = [
+        s.train_loss * tn,
+        s.train_correct.unwrap_or(0.0),
+        tn,
+        vl,
+        s.val_correct.unwrap_or(0.0),
+        vn,
+    ];
+    let dev = Default::default();
+    let g = sum_host(sync, &local, &dev);
+    let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { f64::NAN };
+    StepStats {
+        train_loss: per(g[0], g[2]),
+        train_correct: s.train_correct.map(|_| g[1]),
+        train_size: g[2] as usize,
+        val_loss: per(g[3], g[5]),
+        val_correct: s.val_correct.map(|_| g[4]),
+        val_size: g[5] as usize,
+        ..s
     }
 }

@@ -1,0 +1,510 @@
+//! Data parallelism on Burn's `burn-collective`: one peer per device, each with a replica of
+//! the model and a shard of every batch, gradients summed before every optimiser update (see
+//! [`darts_bilevel::sync`] for what is reduced where).
+//!
+//! - **Threads of one process** ([`run_local`]): one thread per device (`--devices cpu,cpu`,
+//!   `--devices cuda:0,cuda:1`); the all-reduce runs in `burn-collective`'s local server.
+//! - **Processes and machines** ([`GroupConfig::node`]): every process (a *node*) runs its local
+//!   peers and registers them with the global orchestrator, which node 0 starts
+//!   ([`start_orchestrator`]); tensors move between nodes over WebSocket. Loopback processes on
+//!   one machine are the same thing with `127.0.0.1`.
+//!
+//! Every collective call is bounded: joining waits at most [`GroupConfig::join_timeout`], every
+//! reduction at most [`GroupConfig::op_timeout`]. A peer that never joins or that dies gives a
+//! [`ParallelError`] (or, mid-step, a failed [`GradSync`] that stops the epoch) instead of a hang.
+//!
+//! Reductions are exact and do not depend on arrival order: with two peers a sum is
+//! commutative, so the group sums directly; with more, each peer places its tensor in its own
+//! row of a `world × len` buffer of zeros, the group sums that (adding zeros is exact), and every
+//! peer adds the rows in rank order — an all-gather, `world` times the bytes, so that a run is
+//! bit-reproducible and resumes bit-exactly whatever the order the peers arrive in.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use darts_bilevel::sync::{GradSync, SharedSync};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Errors of a data-parallel group.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParallelError {
+    /// The configuration is inconsistent.
+    #[error("data-parallel configuration: {0}")]
+    Config(String),
+    /// Not every peer joined in time.
+    #[error("peer {rank} waited {waited:?} for the other peers of a {world}-peer group to join (--join-timeout); a peer did not start, crashed, or cannot reach the orchestrator at {orchestrator}")]
+    JoinTimeout {
+        /// This peer's rank.
+        rank: usize,
+        /// Peers expected.
+        world: usize,
+        /// How long it waited.
+        waited: Duration,
+        /// Orchestrator address (or `this process`).
+        orchestrator: String,
+    },
+    /// A port the group needs is taken.
+    #[error("port {port} ({what}) is already in use on this machine: stop what holds it or choose another port")]
+    PortInUse {
+        /// The port.
+        port: u16,
+        /// What it was for.
+        what: &'static str,
+    },
+    /// `burn-collective` reported an error.
+    #[error("peer {rank}: burn-collective: {error}")]
+    Collective {
+        /// This peer's rank.
+        rank: usize,
+        /// Its error.
+        error: String,
+    },
+    /// A reduction did not complete in time.
+    #[error("peer {rank}: a reduction waited {waited:?} for the other peers (--op-timeout): a peer died, hangs, or is far slower")]
+    OpTimeout {
+        /// This peer's rank.
+        rank: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A peer thread panicked.
+    #[error("peer {rank} panicked: {message}")]
+    Panic {
+        /// Its rank.
+        rank: usize,
+        /// The panic message.
+        message: String,
+    },
+}
+
+/// The multi-process part of a group: this process is node `node_rank` of `nodes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Number of processes (nodes).
+    pub nodes: usize,
+    /// This node's index (0 starts the orchestrator).
+    pub node_rank: usize,
+    /// The orchestrator's host (node 0's address as the others reach it).
+    pub orchestrator_host: String,
+    /// The orchestrator's port.
+    pub orchestrator_port: u16,
+    /// This node's host as the others reach it (`127.0.0.1` for processes of one machine).
+    pub host: String,
+    /// This node's tensor data-service port (peer-to-peer transfers).
+    pub data_port: u16,
+}
+
+impl NodeSpec {
+    /// The orchestrator's address.
+    pub fn orchestrator(&self) -> String {
+        format!("ws://{}:{}", self.orchestrator_host, self.orchestrator_port)
+    }
+}
+
+/// How a group is formed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Peers in this process (one per device).
+    pub local_peers: usize,
+    /// The other processes, if any.
+    pub node: Option<NodeSpec>,
+    /// The longest a peer waits for the others to join.
+    pub join_timeout: Duration,
+    /// The longest one reduction waits for the other peers (a step's compute on the slowest
+    /// peer included).
+    pub op_timeout: Duration,
+}
+
+impl GroupConfig {
+    /// `local_peers` threads of this process, no other process; a minute to join, ten to
+    /// reduce.
+    pub fn local(local_peers: usize) -> Self {
+        Self {
+            local_peers,
+            node: None,
+            join_timeout: Duration::from_secs(60),
+            op_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Peers in the whole group.
+    pub fn world(&self) -> usize {
+        self.local_peers * self.node.as_ref().map_or(1, |n| n.nodes)
+    }
+
+    /// Global rank of local peer `i`.
+    pub fn rank_of(&self, i: usize) -> usize {
+        self.node.as_ref().map_or(0, |n| n.node_rank) * self.local_peers + i
+    }
+
+    fn check(&self) -> Result<(), ParallelError> {
+        let bad = |m: &str| Err(ParallelError::Config(m.to_string()));
+        if self.local_peers == 0 {
+            return bad("at least one device per process");
+        }
+        if let Some(n) = &self.node {
+            if n.nodes == 0 || n.node_rank >= n.nodes {
+                return bad(&format!(
+                    "node rank {} must be below the number of nodes {}",
+                    n.node_rank, n.nodes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn collective_config(&self) -> Result<CollectiveConfig, ParallelError> {
+        let mut c = CollectiveConfig::default().with_num_devices(self.local_peers);
+        if let Some(n) = &self.node {
+            let addr = |s: String| {
+                s.parse()
+                    .map_err(|e: String| ParallelError::Config(format!("address {s}: {e}")))
+            };
+            c = c
+                .with_num_nodes(n.nodes as u32)
+                .with_global_address(addr(n.orchestrator())?)
+                .with_node_address(addr(format!("ws://{}:{}", n.host, n.data_port))?)
+                .with_data_service_port(n.data_port);
+        }
+        Ok(c)
+    }
+}
+
+type Job<B> = (FloatTensor<B>, Sender<Result<FloatTensor<B>, String>>);
+
+/// One peer of a group: a [`GradSync`] over `burn-collective`.
+///
+/// Collective calls run on a helper thread so that the peer can stop waiting after the
+/// timeout; the first failure poisons the peer (every later sum is NaN at once) and is kept in
+/// [`GradSync::failure`].
+pub struct Collective<B: Backend> {
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+    jobs: Mutex<Sender<Job<B>>>,
+    failed: Mutex<Option<String>>,
+}
+
+impl<B: Backend> std::fmt::Debug for Collective<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collective")
+            .field("rank", &self.rank)
+            .field("world", &self.world)
+            .finish()
+    }
+}
+
+/// Serialises groups within one process: `burn-collective` keeps one server per backend per
+/// process, so two groups of the same backend must not overlap.
+static SESSION: Mutex<()> = Mutex::new(());
+
+/// The lock [`run_local`] holds for the life of a group. Code that forms a group with
+/// [`Collective::join`] directly, next to other groups of the same backend in one process,
+/// holds it too.
+pub fn session() -> std::sync::MutexGuard<'static, ()> {
+    SESSION.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<B: Backend> Collective<B> {
+    /// Join the group as local peer `local` (of [`GroupConfig::local_peers`]) on `device`:
+    /// returns when every peer of the group has joined, or with an error after
+    /// [`GroupConfig::join_timeout`].
+    pub fn join(local: usize, device: B::Device, cfg: &GroupConfig) -> Result<Self, ParallelError> {
+        cfg.check()?;
+        let rank = cfg.rank_of(local);
+        let id = PeerId::from(rank);
+        let config = cfg.collective_config()?;
+        let (jobs, rx) = channel::<Job<B>>();
+        let (joined_tx, joined_rx) = channel();
+        std::thread::Builder::new()
+            .name(format!("darts-collective-{rank}"))
+            .spawn(move || {
+                let r = burn_collective::register::<B>(id, device, config);
+                let ok = r.is_ok();
+                let _ = joined_tx.send(r.map_err(|e| format!("{e:?}")));
+                if ok {
+                    serve::<B>(id, rx);
+                }
+            })
+            .map_err(|e| ParallelError::Config(format!("cannot start a thread: {e}")))?;
+        let orchestrator = cfg
+            .node
+            .as_ref()
+            .map_or("this process".to_string(), NodeSpec::orchestrator);
+        match joined_rx.recv_timeout(cfg.join_timeout) {
+            Ok(Ok(())) => Ok(Self {
+                rank,
+                world: cfg.world(),
+                timeout: cfg.op_timeout,
+                jobs: Mutex::new(jobs),
+                failed: Mutex::new(None),
+            }),
+            Ok(Err(error)) => Err(ParallelError::Collective { rank, error }),
+            Err(_) => Err(ParallelError::JoinTimeout {
+                rank,
+                world: cfg.world(),
+                waited: cfg.join_timeout,
+                orchestrator,
+            }),
+        }
+    }
+
+    /// The sum over the peers of `t`, or why it failed.
+    pub fn try_sum(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>, ParallelError> {
+        if let Some(why) = self.failure() {
+            return Err(ParallelError::Collective {
+                rank: self.rank,
+                error: why,
+            });
+        }
+        let r = if self.world <= 2 {
+            self.raw_sum(t)
+        } else {
+            // Exact all-gather: own row of a world × len buffer, rows added in rank order.
+            let len = t.dims()[0];
+            let mut rows: Vec<Tensor<B, 1>> = (0..self.world)
+                .map(|r| {
+                    if r == self.rank {
+                        t.clone()
+                    } else {
+                        t.zeros_like()
+                    }
+                })
+                .collect();
+            let all = self.raw_sum(Tensor::cat(std::mem::take(&mut rows), 0));
+            all.map(|all| {
+                (1..self.world).fold(all.clone().narrow(0, 0, len), |acc, r| {
+                    acc + all.clone().narrow(0, r * len, len)
+                })
+            })
+        };
+        if let Err(e) = &r {
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        r
+    }
+
+    fn raw_sum(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>, ParallelError> {
+        let (tx, rx) = channel();
+        let prim = t.into_primitive().tensor();
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((prim, tx));
+        if sent.is_err() {
+            return Err(ParallelError::Collective {
+                rank: self.rank,
+                error: "the collective thread has stopped".into(),
+            });
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(Ok(p)) => Ok(Tensor::from_primitive(
+                burn::tensor::TensorPrimitive::Float(p),
+            )),
+            Ok(Err(error)) => Err(ParallelError::Collective {
+                rank: self.rank,
+                error,
+            }),
+            Err(_) => Err(ParallelError::OpTimeout {
+                rank: self.rank,
+                waited: self.timeout,
+            }),
+        }
+    }
+
+    /// Leave the group (every peer leaves at the end of a run). Bounded by the reduction
+    /// timeout; a failed group is left without waiting.
+    pub fn leave(&self) {
+        if self.failure().is_some() {
+            return;
+        }
+        let id = PeerId::from(self.rank);
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(burn_collective::finish_collective::<B>(id));
+        });
+        let _ = rx.recv_timeout(self.timeout);
+    }
+}
+
+/// The collective thread of one peer: runs its all-reduces one at a time.
+fn serve<B: Backend>(id: PeerId, rx: Receiver<Job<B>>) {
+    while let Ok((t, reply)) = rx.recv() {
+        let r = burn_collective::all_reduce::<B>(id, t, ReduceOperation::Sum)
+            .map_err(|e| format!("{e:?}"));
+        if reply.send(r).is_err() {
+            // The peer stopped waiting (timeout): the group is broken.
+            return;
+        }
+    }
+}
+
+impl<B: Backend> GradSync<B> for Collective<B> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+    fn sum(&self, t: Tensor<B, 1>) -> Tensor<B, 1> {
+        let nan = t.zeros_like() + f64::NAN;
+        self.try_sum(t).unwrap_or(nan)
+    }
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Run `f` on one thread per device of `devices`, each a peer of one group (with the other
+/// processes of [`GroupConfig::node`], if set): `f(rank, device, sync)`. Returns the results
+/// in local order. Groups of one process run one at a time.
+pub fn run_local<B, T, F>(
+    devices: &[B::Device],
+    cfg: &GroupConfig,
+    f: F,
+) -> Result<Vec<T>, ParallelError>
+where
+    B: Backend,
+    T: Send,
+    F: Fn(usize, B::Device, SharedSync<B>) -> T + Sync,
+{
+    if devices.len() != cfg.local_peers {
+        return Err(ParallelError::Config(format!(
+            "{} devices for {} local peers",
+            devices.len(),
+            cfg.local_peers
+        )));
+    }
+    cfg.check()?;
+    let _session = session();
+    // Forget whatever an earlier, failed group of this process left in the server.
+    burn_collective::reset_collective::<B>();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let f = &f;
+                let d = d.clone();
+                scope.spawn(move || -> Result<T, ParallelError> {
+                    let peer = Arc::new(Collective::<B>::join(i, d.clone(), cfg)?);
+                    let out = f(cfg.rank_of(i), d, peer.clone());
+                    Collective::<B>::leave(&peer);
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| match h.join() {
+                Ok(r) => r,
+                Err(p) => Err(ParallelError::Panic {
+                    rank: cfg.rank_of(i),
+                    message: p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default(),
+                }),
+            })
+            .collect()
+    })
+}
+
+/// Check that `port` is free on this machine (the orchestrator and the data service bind
+/// `0.0.0.0`).
+pub fn check_port(port: u16, what: &'static str) -> Result<(), ParallelError> {
+    std::net::TcpListener::bind(("0.0.0.0", port))
+        .map(drop)
+        .map_err(|_| ParallelError::PortInUse { port, what })
+}
+
+/// Start `burn-collective`'s global orchestrator on `port` in this process (node 0 does), on
+/// a thread of its own that lives as long as the process. Fails at once if the port is taken.
+pub fn start_orchestrator(port: u16) -> Result<(), ParallelError> {
+    check_port(port, "orchestrator")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| ParallelError::Config(format!("cannot start the orchestrator: {e}")))?;
+    std::thread::Builder::new()
+        .name("darts-orchestrator".into())
+        .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(port)))
+        .map_err(|e| ParallelError::Config(format!("cannot start a thread: {e}")))?;
+    // Wait until it listens, so that a second start on the same port fails cleanly.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(ParallelError::Config(format!(
+        "the orchestrator did not start listening on port {port}"
+    )))
+}
+
+/// Rank 0's bytes on every peer (`bytes` is used on rank 0 only): a broadcast through the
+/// all-reduce (every other peer adds zeros, which is exact), as `burn-collective` 0.21 has no
+/// broadcast between nodes. The drivers send the run's state this way, so every replica starts
+/// from rank 0's weights, optimiser state and history.
+pub fn broadcast_bytes<B: Backend>(
+    sync: &dyn GradSync<B>,
+    bytes: &[u8],
+    device: &B::Device,
+) -> Result<Vec<u8>, ParallelError> {
+    let root = sync.rank() == 0;
+    let fail = |what: &str| ParallelError::Collective {
+        rank: sync.rank(),
+        error: sync
+            .failure()
+            .unwrap_or_else(|| format!("broadcast: {what}")),
+    };
+    // Length in four 16-bit digits (each exact in f32).
+    let len = if root { bytes.len() as u64 } else { 0 };
+    let digits: Vec<f32> = (0..4)
+        .map(|i| ((len >> (16 * i)) & 0xffff) as f32)
+        .collect();
+    let got = sync.sum(Tensor::from_data(TensorData::new(digits, [4]), device));
+    let got = darts_ops::to_f64s(&got);
+    if got.iter().any(|x| !x.is_finite()) {
+        return Err(fail("length"));
+    }
+    let len = got
+        .iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, d)| acc | ((*d as u64) << (16 * i))) as usize;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let payload: Vec<f32> = if root {
+        bytes.iter().map(|b| *b as f32).collect()
+    } else {
+        vec![0.0; len]
+    };
+    let got = sync.sum(Tensor::from_data(TensorData::new(payload, [len]), device));
+    let got = darts_ops::to_f64s(&got);
+    if got.iter().any(|x| !x.is_finite()) {
+        return Err(fail("payload"));
+    }
+    Ok(got.into_iter().map(|x| x as u8).collect())
+}
+
+/// The rows of a batch of `n` that peer `rank` of `world` takes: contiguous, in rank order,
+/// sizes differing by at most one (the first `n mod world` peers take one more). Every peer
+/// computes the same split from the same global batch, so the shards of a step are the global
+/// batch, in order.
+pub fn shard_range(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let (base, extra) = (n / world, n % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
