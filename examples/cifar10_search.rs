@@ -9,18 +9,27 @@
 //! cargo run --release --example cifar10_search -- --data /path/to/cifar-10-batches-bin --out runs/s1
 //! cargo run --release --features cuda --example cifar10_search -- --data ... --device cuda --unrolled
 //! cargo run --example cifar10_search -- --resume runs/s1
+//! # data-parallel: two peers in one process, or one MPI process per device (docs/guide.md)
+//! cargo run --release --example cifar10_search -- --devices cpu,cpu
+//! mpirun -np 2 target/release/examples/cifar10_search --mpi --device cpu
 //! ```
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
-use darts::cifar::{run_search, RunOptions, SearchConfig, Selection, ValSampling};
-use darts::device::{dispatch, BackendTask, DeviceSpec};
+use darts::cifar::{
+    run_search, run_search_parallel, RunOptions, SearchConfig, Selection, ValSampling,
+};
+use darts::device::{dispatch_devices, BackendTaskMulti};
+use darts::parallel::GroupConfig;
+
 use std::path::PathBuf;
 
 #[path = "support/arch_bn.rs"]
 mod arch_bn;
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/parallel.rs"]
+mod parallel;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum ValSamplingArg {
@@ -151,6 +160,8 @@ struct Args {
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    parallel: parallel::ParallelArgs,
 }
 
 #[cfg(feature = "download")]
@@ -170,13 +181,57 @@ fn download(dir: &std::path::Path) -> PathBuf {
     std::process::exit(2)
 }
 
-struct Task(SearchConfig, RunOptions);
+/// How the search runs: one device, threads of one process, or one process of an MPI job.
+enum Mode {
+    Single,
+    Threads(GroupConfig),
+    Mpi(std::time::Duration, std::time::Duration),
+}
 
-impl BackendTask for Task {
+struct Task(SearchConfig, RunOptions, Mode);
+
+impl BackendTaskMulti for Task {
     type Output = Result<darts::cifar::SearchSummary, darts::cifar::RunError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        run_search::<B>(&self.0, &self.1, &device)
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
+        match self.2 {
+            Mode::Single => run_search::<B>(&self.0, &self.1, &devices[0]),
+            Mode::Threads(group) => run_search_parallel::<B>(&self.0, &self.1, &devices, &group),
+            Mode::Mpi(join, op) => mpi_peer::<B>(&self.0, &self.1, &devices[0], join, op),
+        }
     }
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_peer<B: AutodiffBackend>(
+    c: &SearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    join: std::time::Duration,
+    op: std::time::Duration,
+) -> Result<darts::cifar::SearchSummary, darts::cifar::RunError> {
+    let peer = std::sync::Arc::new(darts::parallel::mpi::Mpi::<B::InnerBackend>::join(
+        join, op,
+    )?);
+    let opts = RunOptions {
+        progress: opts.progress && darts::bilevel::GradSync::rank(peer.as_ref()) == 0,
+        ..opts.clone()
+    };
+    let out = darts::cifar::run_search_peer::<B>(c, &opts, device, peer.clone());
+    peer.leave();
+    out
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_peer<B: AutodiffBackend>(
+    _: &SearchConfig,
+    _: &RunOptions,
+    _: &B::Device,
+    _: std::time::Duration,
+    _: std::time::Duration,
+) -> Result<darts::cifar::SearchSummary, darts::cifar::RunError> {
+    Err(darts::cifar::RunError::Config(
+        "--mpi needs the `mpi` feature: cargo build --release --features mpi --example cifar10_search".into(),
+    ))
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -281,14 +336,37 @@ fn main() {
         stop_after: None,
         progress: !a.quiet,
     };
-    let spec: DeviceSpec = match a.device.parse() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
+    let specs = a.parallel.specs(&a.device).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    });
+    let mode = if a.parallel.mpi {
+        a.parallel.timeouts().map(|(j, o)| Mode::Mpi(j, o))
+    } else {
+        a.parallel
+            .group(specs.len())
+            .map(|g| g.map_or(Mode::Single, Mode::Threads))
     };
-    if !opts.resume {
+    let mode = mode.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    });
+    // Under MPI only rank 0 reports (the rank is known once MPI is up; Open MPI and MPICH
+    // also export it).
+    let lead = ["OMPI_COMM_WORLD_RANK", "PMI_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .is_none_or(|r| r == "0");
+    let spec = specs
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let opts = RunOptions {
+        progress: opts.progress && lead,
+        ..opts
+    };
+    if !opts.resume && lead {
         eprintln!(
             "searching on {} ({} preset, {}{}), device {spec}, output {}",
             c.data.display(),
@@ -303,7 +381,8 @@ fn main() {
         );
     }
     let t0 = std::time::Instant::now();
-    match dispatch(&spec, Task(c, opts.clone())) {
+    match dispatch_devices(&specs, Task(c, opts.clone(), mode)) {
+        Ok(Ok(_)) if !lead => {}
         Ok(Ok(s)) => {
             println!("supernet weights: {}", s.params);
             println!(

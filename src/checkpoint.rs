@@ -218,6 +218,20 @@ impl Checkpoint {
         })
     }
 
+    /// A checkpoint from the bytes of [`Checkpoint::to_bytes`] (`what` names their origin in
+    /// errors): how the data-parallel drivers receive rank 0's state.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Self, CheckpointError> {
+        Self::from_bytes(bytes).map_err(|e| match e {
+            Parse::Bad(w) => CheckpointError::Format {
+                path: PathBuf::from(what),
+                what: w,
+            },
+            Parse::Version(found) => {
+                CheckpointError::Mismatch(format!("{what}: checkpoint format version {found}"))
+            }
+        })
+    }
+
     /// Parse a checkpoint file's bytes. Never panics: the safetensors reader checks every
     /// length and offset against the buffer, and every tensor is checked against the header.
     fn from_bytes(bytes: &[u8]) -> Result<Self, Parse> {

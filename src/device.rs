@@ -40,6 +40,11 @@ pub enum DeviceError {
     /// The string is not a device.
     #[error("unknown device `{0}`: expected cpu, wgpu, wgpu:N, cuda or cuda:N")]
     Parse(String),
+    /// `--devices` names devices of different backends.
+    #[error(
+        "--devices {0} and {1} are of different backends: data-parallel peers share one backend"
+    )]
+    Mixed(String, String),
     /// The backend was not compiled in.
     #[error("the `{backend}` backend is not compiled in; rebuild with `--features {feature}`")]
     NotCompiled {
@@ -125,6 +130,77 @@ pub fn dispatch<T: BackendTask>(spec: &DeviceSpec, task: T) -> Result<T::Output,
             {
                 let device = burn::backend::cuda::CudaDevice::new(index);
                 return Ok(task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(device));
+            }
+            Err(DeviceError::NotCompiled {
+                backend: "cuda",
+                feature: "cuda",
+            })
+        }
+    }
+}
+
+/// Work that runs on several devices of one backend (data parallelism).
+pub trait BackendTaskMulti {
+    /// What the work returns.
+    type Output;
+    /// Run on backend `B`, devices `devices` (at least one).
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
+/// Run `task` on the devices named by `specs` (`--devices cpu,cpu`, `--devices cuda:0,cuda:1`),
+/// which must all be of one backend.
+#[allow(unused_variables, unreachable_code)]
+pub fn dispatch_devices<T: BackendTaskMulti>(
+    specs: &[DeviceSpec],
+    task: T,
+) -> Result<T::Output, DeviceError> {
+    let Some(first) = specs.first() else {
+        return Err(DeviceError::Parse("(no device)".into()));
+    };
+    let kind = |s: &DeviceSpec| std::mem::discriminant(s);
+    if let Some(other) = specs.iter().find(|s| kind(s) != kind(first)) {
+        return Err(DeviceError::Mixed(first.to_string(), other.to_string()));
+    }
+    match *first {
+        DeviceSpec::Cpu => {
+            #[cfg(feature = "flex")]
+            return Ok(task.run::<burn::backend::Autodiff<burn::backend::Flex>>(
+                specs.iter().map(|_| Default::default()).collect(),
+            ));
+            Err(DeviceError::NotCompiled {
+                backend: "cpu (flex)",
+                feature: "flex",
+            })
+        }
+        DeviceSpec::Wgpu(_) => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::wgpu::WgpuDevice;
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Wgpu(Some(i)) => WgpuDevice::DiscreteGpu(*i),
+                        _ => WgpuDevice::DefaultDevice,
+                    })
+                    .collect();
+                return Ok(task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(devices));
+            }
+            Err(DeviceError::NotCompiled {
+                backend: "wgpu",
+                feature: "wgpu",
+            })
+        }
+        DeviceSpec::Cuda(_) => {
+            #[cfg(feature = "cuda")]
+            {
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Cuda(i) => burn::backend::cuda::CudaDevice::new(*i),
+                        _ => burn::backend::cuda::CudaDevice::new(0),
+                    })
+                    .collect();
+                return Ok(task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(devices));
             }
             Err(DeviceError::NotCompiled {
                 backend: "cuda",

@@ -1,23 +1,27 @@
-//! Data parallelism on Burn's `burn-collective`: one peer per device, each with a replica of
-//! the model and a shard of every batch, gradients summed before every optimiser update (see
-//! [`darts_bilevel::sync`] for what is reduced where).
+//! Data parallelism: one peer per device, each with a replica of the model and a shard of every
+//! batch, gradients summed before every optimiser update (see [`darts_bilevel::sync`] for what
+//! is reduced where). Two engines:
 //!
-//! - **Threads of one process** ([`run_local`]): one thread per device (`--devices cpu,cpu`,
-//!   `--devices cuda:0,cuda:1`); the all-reduce runs in `burn-collective`'s local server.
-//! - **Processes and machines** ([`GroupConfig::node`]): every process (a *node*) runs its local
-//!   peers and registers them with the global orchestrator, which node 0 starts
-//!   ([`start_orchestrator`]); tensors move between nodes over WebSocket. Loopback processes on
-//!   one machine are the same thing with `127.0.0.1`.
+//! - **Threads of one process** ([`run_local`], `--devices cpu,cpu` or `--devices
+//!   cuda:0,cuda:1`): one thread per device, the sums in Burn's `burn-collective` (its local
+//!   server).
+//! - **Processes and machines** (`mpi` module, feature `mpi`, launched with `mpirun`): one
+//!   process per device, the sums through MPI (Open MPI). `burn-collective` 0.21's own
+//!   multi-node path cannot be used: its global all-reduce completes one operation and hangs on
+//!   the second (its `SyncService::sync` clears a copy of the list of synced peers, never the
+//!   list; `tests/it/parallel.rs` shows it), and a search makes several per step.
 //!
 //! Every collective call is bounded: joining waits at most [`GroupConfig::join_timeout`], every
 //! reduction at most [`GroupConfig::op_timeout`]. A peer that never joins or that dies gives a
 //! [`ParallelError`] (or, mid-step, a failed [`GradSync`] that stops the epoch) instead of a hang.
 //!
 //! Reductions are exact and do not depend on arrival order: with two peers a sum is
-//! commutative, so the group sums directly; with more, each peer places its tensor in its own
-//! row of a `world × len` buffer of zeros, the group sums that (adding zeros is exact), and every
-//! peer adds the rows in rank order — an all-gather, `world` times the bytes, so that a run is
-//! bit-reproducible and resumes bit-exactly whatever the order the peers arrive in.
+//! commutative, so the group sums directly; with more, each peer's tensor is gathered and every
+//! peer adds them in rank order (`world` times the bytes), so that a run is bit-reproducible and
+//! resumes bit-exactly whatever the order the peers arrive in. Both engines give the same bits.
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -26,7 +30,7 @@ use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use darts_bilevel::sync::{GradSync, SharedSync};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Errors of a data-parallel group.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -35,7 +39,7 @@ pub enum ParallelError {
     #[error("data-parallel configuration: {0}")]
     Config(String),
     /// Not every peer joined in time.
-    #[error("peer {rank} waited {waited:?} for the other peers of a {world}-peer group to join (--join-timeout); a peer did not start, crashed, or cannot reach the orchestrator at {orchestrator}")]
+    #[error("peer {rank} waited {waited:?} for the other peers of a {world}-peer group to join (--join-timeout): a peer did not start, crashed, or cannot be reached")]
     JoinTimeout {
         /// This peer's rank.
         rank: usize,
@@ -43,16 +47,6 @@ pub enum ParallelError {
         world: usize,
         /// How long it waited.
         waited: Duration,
-        /// Orchestrator address (or `this process`).
-        orchestrator: String,
-    },
-    /// A port the group needs is taken.
-    #[error("port {port} ({what}) is already in use on this machine: stop what holds it or choose another port")]
-    PortInUse {
-        /// The port.
-        port: u16,
-        /// What it was for.
-        what: &'static str,
     },
     /// `burn-collective` reported an error.
     #[error("peer {rank}: burn-collective: {error}")]
@@ -80,37 +74,11 @@ pub enum ParallelError {
     },
 }
 
-/// The multi-process part of a group: this process is node `node_rank` of `nodes`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeSpec {
-    /// Number of processes (nodes).
-    pub nodes: usize,
-    /// This node's index (0 starts the orchestrator).
-    pub node_rank: usize,
-    /// The orchestrator's host (node 0's address as the others reach it).
-    pub orchestrator_host: String,
-    /// The orchestrator's port.
-    pub orchestrator_port: u16,
-    /// This node's host as the others reach it (`127.0.0.1` for processes of one machine).
-    pub host: String,
-    /// This node's tensor data-service port (peer-to-peer transfers).
-    pub data_port: u16,
-}
-
-impl NodeSpec {
-    /// The orchestrator's address.
-    pub fn orchestrator(&self) -> String {
-        format!("ws://{}:{}", self.orchestrator_host, self.orchestrator_port)
-    }
-}
-
 /// How a group is formed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupConfig {
     /// Peers in this process (one per device).
     pub local_peers: usize,
-    /// The other processes, if any.
-    pub node: Option<NodeSpec>,
     /// The longest a peer waits for the others to join.
     pub join_timeout: Duration,
     /// The longest one reduction waits for the other peers (a step's compute on the slowest
@@ -119,57 +87,25 @@ pub struct GroupConfig {
 }
 
 impl GroupConfig {
-    /// `local_peers` threads of this process, no other process; a minute to join, ten to
-    /// reduce.
+    /// `local_peers` threads of this process; a minute to join, ten to reduce.
     pub fn local(local_peers: usize) -> Self {
         Self {
             local_peers,
-            node: None,
             join_timeout: Duration::from_secs(60),
             op_timeout: Duration::from_secs(600),
         }
     }
 
-    /// Peers in the whole group.
+    /// Peers in the group.
     pub fn world(&self) -> usize {
-        self.local_peers * self.node.as_ref().map_or(1, |n| n.nodes)
-    }
-
-    /// Global rank of local peer `i`.
-    pub fn rank_of(&self, i: usize) -> usize {
-        self.node.as_ref().map_or(0, |n| n.node_rank) * self.local_peers + i
+        self.local_peers
     }
 
     fn check(&self) -> Result<(), ParallelError> {
-        let bad = |m: &str| Err(ParallelError::Config(m.to_string()));
         if self.local_peers == 0 {
-            return bad("at least one device per process");
-        }
-        if let Some(n) = &self.node {
-            if n.nodes == 0 || n.node_rank >= n.nodes {
-                return bad(&format!(
-                    "node rank {} must be below the number of nodes {}",
-                    n.node_rank, n.nodes
-                ));
-            }
+            return Err(ParallelError::Config("at least one device".into()));
         }
         Ok(())
-    }
-
-    fn collective_config(&self) -> Result<CollectiveConfig, ParallelError> {
-        let mut c = CollectiveConfig::default().with_num_devices(self.local_peers);
-        if let Some(n) = &self.node {
-            let addr = |s: String| {
-                s.parse()
-                    .map_err(|e: String| ParallelError::Config(format!("address {s}: {e}")))
-            };
-            c = c
-                .with_num_nodes(n.nodes as u32)
-                .with_global_address(addr(n.orchestrator())?)
-                .with_node_address(addr(format!("ws://{}:{}", n.host, n.data_port))?)
-                .with_data_service_port(n.data_port);
-        }
-        Ok(c)
     }
 }
 
@@ -214,9 +150,9 @@ impl<B: Backend> Collective<B> {
     /// [`GroupConfig::join_timeout`].
     pub fn join(local: usize, device: B::Device, cfg: &GroupConfig) -> Result<Self, ParallelError> {
         cfg.check()?;
-        let rank = cfg.rank_of(local);
+        let rank = local;
         let id = PeerId::from(rank);
-        let config = cfg.collective_config()?;
+        let config = CollectiveConfig::default().with_num_devices(cfg.local_peers);
         let (jobs, rx) = channel::<Job<B>>();
         let (joined_tx, joined_rx) = channel();
         std::thread::Builder::new()
@@ -230,10 +166,6 @@ impl<B: Backend> Collective<B> {
                 }
             })
             .map_err(|e| ParallelError::Config(format!("cannot start a thread: {e}")))?;
-        let orchestrator = cfg
-            .node
-            .as_ref()
-            .map_or("this process".to_string(), NodeSpec::orchestrator);
         match joined_rx.recv_timeout(cfg.join_timeout) {
             Ok(Ok(())) => Ok(Self {
                 rank,
@@ -247,7 +179,6 @@ impl<B: Backend> Collective<B> {
                 rank,
                 world: cfg.world(),
                 waited: cfg.join_timeout,
-                orchestrator,
             }),
         }
     }
@@ -362,9 +293,9 @@ impl<B: Backend> GradSync<B> for Collective<B> {
     }
 }
 
-/// Run `f` on one thread per device of `devices`, each a peer of one group (with the other
-/// processes of [`GroupConfig::node`], if set): `f(rank, device, sync)`. Returns the results
-/// in local order. Groups of one process run one at a time.
+/// Run `f` on one thread per device of `devices`, each a peer of one group:
+/// `f(rank, device, sync)`. Returns the results in rank order. Groups of one process run one
+/// at a time.
 pub fn run_local<B, T, F>(
     devices: &[B::Device],
     cfg: &GroupConfig,
@@ -395,7 +326,7 @@ where
                 let d = d.clone();
                 scope.spawn(move || -> Result<T, ParallelError> {
                     let peer = Arc::new(Collective::<B>::join(i, d.clone(), cfg)?);
-                    let out = f(cfg.rank_of(i), d, peer.clone());
+                    let out = f(i, d, peer.clone());
                     Collective::<B>::leave(&peer);
                     Ok(out)
                 })
@@ -407,7 +338,7 @@ where
             .map(|(i, h)| match h.join() {
                 Ok(r) => r,
                 Err(p) => Err(ParallelError::Panic {
-                    rank: cfg.rank_of(i),
+                    rank: i,
                     message: p
                         .downcast_ref::<String>()
                         .cloned()
@@ -419,43 +350,9 @@ where
     })
 }
 
-/// Check that `port` is free on this machine (the orchestrator and the data service bind
-/// `0.0.0.0`).
-pub fn check_port(port: u16, what: &'static str) -> Result<(), ParallelError> {
-    std::net::TcpListener::bind(("0.0.0.0", port))
-        .map(drop)
-        .map_err(|_| ParallelError::PortInUse { port, what })
-}
-
-/// Start `burn-collective`'s global orchestrator on `port` in this process (node 0 does), on
-/// a thread of its own that lives as long as the process. Fails at once if the port is taken.
-pub fn start_orchestrator(port: u16) -> Result<(), ParallelError> {
-    check_port(port, "orchestrator")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| ParallelError::Config(format!("cannot start the orchestrator: {e}")))?;
-    std::thread::Builder::new()
-        .name("darts-orchestrator".into())
-        .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(port)))
-        .map_err(|e| ParallelError::Config(format!("cannot start a thread: {e}")))?;
-    // Wait until it listens, so that a second start on the same port fails cleanly.
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(ParallelError::Config(format!(
-        "the orchestrator did not start listening on port {port}"
-    )))
-}
-
 /// Rank 0's bytes on every peer (`bytes` is used on rank 0 only): a broadcast through the
-/// all-reduce (every other peer adds zeros, which is exact), as `burn-collective` 0.21 has no
-/// broadcast between nodes. The drivers send the run's state this way, so every replica starts
+/// all-reduce (every other peer adds zeros, which is exact), as neither engine's broadcast is
+/// used (`burn-collective` 0.21 has none between nodes). The drivers send the run's state this way, so every replica starts
 /// from rank 0's weights, optimiser state and history.
 pub fn broadcast_bytes<B: Backend>(
     sync: &dyn GradSync<B>,

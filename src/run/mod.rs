@@ -63,6 +63,9 @@ pub enum RunError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The data-parallel group failed (a peer did not join, died or timed out).
+    #[error(transparent)]
+    Parallel(#[from] crate::parallel::ParallelError),
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),

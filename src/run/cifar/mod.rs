@@ -24,7 +24,10 @@ pub use super::{RunError, RunOptions};
 
 /// Why a network needs at least 3 cells.
 const LAYERS_RULE: &str = "must be at least 3 (two reduction cells at layers/3 and 2·layers/3)";
-pub use search::{run_search, SearchConfig, SearchEpoch, SearchSummary, ValSampling};
+pub use search::{
+    run_search, run_search_parallel, run_search_peer, SearchConfig, SearchEpoch, SearchSummary,
+    ValSampling,
+};
 pub use select::{PtDecision, PtSelection, Selection};
 pub use train::{
     evaluate_weights, run_train, TrainConfig, TrainEpoch, TrainSummary, WeightsEvaluation, WEIGHTS,
@@ -53,12 +56,23 @@ pub(super) fn f64s(rows: Vec<Vec<f32>>) -> Vec<Vec<f64>> {
 }
 
 /// Loss and accuracy in evaluation mode (inner backend: running BN statistics, no graph).
-pub(super) fn evaluate<B: Backend, F>(loader: &Loader, device: &B::Device, forward: F) -> (f64, f64)
+/// Data-parallel (`sync`): peer `r` evaluates batches `r, r + world, …` and the sums are
+/// added over the group.
+pub(super) fn evaluate<B: Backend, F>(
+    loader: &Loader,
+    device: &B::Device,
+    sync: Option<&dyn darts_bilevel::GradSync<B>>,
+    forward: F,
+) -> (f64, f64)
 where
     F: Fn(burn::tensor::Tensor<B, 4>) -> burn::tensor::Tensor<B, 2>,
 {
+    let (rank, world) = sync.map_or((0, 1), |s| (s.rank(), s.world()));
     let (mut loss, mut ok, mut n) = (0.0, 0.0, 0.0);
-    for h in loader.epoch(0, 0) {
+    for (i, h) in loader.epoch(0, 0).enumerate() {
+        if i % world != rank {
+            continue;
+        }
         let b = to_batch::<B>(&h, device);
         let logits = forward(b.images.clone());
         let m = h.len() as f64;
@@ -69,6 +83,10 @@ where
         loss += l * m;
         ok += c;
         n += m;
+    }
+    if let Some(s) = sync {
+        let g = darts_bilevel::sync::sum_host(s, &[loss, ok, n], device);
+        (loss, ok, n) = (g[0], g[1], g[2]);
     }
     (loss / n.max(1.0), ok / n.max(1.0))
 }

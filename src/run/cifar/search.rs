@@ -4,6 +4,7 @@ use super::select::{select_pt, Selection};
 use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint;
 use crate::methods::{EpochSchedule, Method, MethodConfig};
+use crate::parallel::{broadcast_bytes, run_local, shard_range, GroupConfig, ParallelError};
 use crate::report;
 use crate::run::{
     append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
@@ -13,12 +14,13 @@ use crate::run::{
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use darts_bilevel::params::values;
+use darts_bilevel::sync::{average_buffers, GradSync, SharedSync};
 use darts_bilevel::{
     ArchBnStats, ArchitectConfig, Bilevel, CosineLr, NonFinitePolicy, Order, SearchEvent,
     WeightConfig,
 };
 use darts_cell::{ImageBatch, SearchNetworkConfig};
-use darts_data::cifar::{search_split, Augment, Loader};
+use darts_data::cifar::{search_split, Augment, HostBatch, Loader};
 use darts_genotype::diagram::CellGraph;
 use darts_genotype::{python, Genotype};
 use serde::{Deserialize, Serialize};
@@ -325,20 +327,21 @@ impl SearchLoaders {
         sampling: ValSampling,
         redraw_key: usize,
         cycle_key: usize,
+        (rank, world): (usize, usize),
         device: &'a B::Device,
     ) -> Box<dyn Iterator<Item = ImageBatch<B>> + 'a> {
         let val = &self.val;
-        match sampling {
+        let host: Box<dyn Iterator<Item = HostBatch> + 'a> = match sampling {
             ValSampling::Redraw => Box::new((0..).map(move |step: usize| {
                 let key = redraw_key + step;
-                to_batch::<B>(&val.batch(key, 0, &val.order(key)), device)
+                val.batch(key, 0, &val.order(key))
             })),
-            ValSampling::Cycle => Box::new(
-                (0..)
-                    .flat_map(move |k| val.epoch(cycle_key + k, 0))
-                    .map(|h| to_batch::<B>(&h, device)),
-            ),
-        }
+            ValSampling::Cycle => Box::new((0..).flat_map(move |k| val.epoch(cycle_key + k, 0))),
+        };
+        Box::new(
+            host.filter(move |h| h.len() >= world)
+                .map(move |h| to_batch::<B>(&shard_host(&h, rank, world), device)),
+        )
     }
 }
 
@@ -409,15 +412,21 @@ fn search_epoch<B: AutodiffBackend>(
         format!("epoch {}/{}", epoch + 1, cfg.epochs),
         show,
     );
+    let sync = search.sync.clone();
+    let (rank, world) = sync.as_ref().map_or((0, 1), |s| (s.rank(), s.world()));
+    // Data-parallel: every peer reads the global batch and takes its rows; a batch smaller
+    // than the group (an epoch's last) is left out by every peer.
     let train_batches = loaders
         .train
         .epoch(epoch, 0)
-        .map(|h| to_batch::<B>(&h, device));
+        .filter(move |h| h.len() >= world)
+        .map(move |h| to_batch::<B>(&shard_host(&h, rank, world), device));
     // Redraw keys above 2^40 stay apart from the cycling passes' (epoch · 1000 + k).
     let mut val_stream = loaders.val_stream::<B>(
         cfg.val_sampling,
         (1 << 40) + epoch * (1 << 20),
         epoch * 1000,
+        (rank, world),
         device,
     );
     let stats = search.run_epoch(epoch, train_batches, &mut val_stream, |ev| {
@@ -431,15 +440,33 @@ fn search_epoch<B: AutodiffBackend>(
         ));
     });
     pb.finish_and_clear();
+    if let Some(why) = stats.aborted {
+        return Err(RunError::Parallel(ParallelError::Collective {
+            rank,
+            error: why,
+        }));
+    }
     if let Some(bad) = &stats.non_finite {
         let hint = "; lower --lr or --arch-lr, or pass --skip-non-finite-steps to undo such steps";
         return Err(RunError::diverged(
             "search", epoch, bad.step, &bad.what, hint,
         ));
     }
+    if let Some(s) = &sync {
+        // The replicas' running statistics followed their own shards: average them.
+        search.model = average_buffers(search.model.clone(), s.as_ref());
+    }
     let model = search.model.valid();
     let (val_loss, val_acc) =
-        evaluate::<B::InnerBackend, _>(&loaders.infer, device, |x| model.forward(x));
+        evaluate::<B::InnerBackend, _>(&loaders.infer, device, sync.as_deref(), |x| {
+            model.forward(x)
+        });
+    if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
+        return Err(RunError::Parallel(ParallelError::Collective {
+            rank,
+            error: why,
+        }));
+    }
     let (an, ar) = search.model.arch_weights();
     let edges = search.model.edge_weights();
     let genotype = search.model.genotype();
@@ -559,8 +586,87 @@ pub fn run_search<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<SearchSummary, RunError> {
+    search_as::<B>(config, opts, device, None)
+}
+
+/// Run (or resume) a search data-parallel on `devices` (one peer per device, threads of this
+/// process). Every peer runs the same search on its shard of each batch; rank 0 opens the
+/// output directory, writes the outputs and checkpoints, and sends its state (weights, α,
+/// optimisers, history) to the others before the first epoch. Returns rank 0's summary.
+pub fn run_search_parallel<B: AutodiffBackend>(
+    config: &SearchConfig,
+    opts: &RunOptions,
+    devices: &[B::Device],
+    group: &GroupConfig,
+) -> Result<SearchSummary, RunError> {
+    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
+        search_as::<B>(config, opts, &device, Some(sync))
+    })?;
+    first_error(results)
+}
+
+/// The first peer's result, unless a peer failed: then the error of the lowest rank that failed
+/// (it says what went wrong; a higher rank often only lost its peer).
+pub(crate) fn first_error<T>(results: Vec<Result<T, RunError>>) -> Result<T, RunError> {
+    let mut ok = None;
+    for r in results {
+        match r {
+            Err(e) => return Err(e),
+            Ok(v) => {
+                ok.get_or_insert(v);
+            }
+        }
+    }
+    ok.ok_or_else(|| RunError::Config("no peer".into()))
+}
+
+/// Run (or resume) a search as one peer of a data-parallel group (`sync`): every peer calls it
+/// with the same configuration and options, each on its own device. This is how the processes
+/// of an MPI job ([`crate::parallel`]) or any other [`GradSync`] run a search; see
+/// [`run_search_parallel`] for the threads of one process.
+pub fn run_search_peer<B: AutodiffBackend>(
+    config: &SearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: SharedSync<B::InnerBackend>,
+) -> Result<SearchSummary, RunError> {
+    search_as::<B>(config, opts, device, Some(sync))
+}
+
+/// One peer's (or the single device's) search.
+fn search_as<B: AutodiffBackend>(
+    config: &SearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: Option<SharedSync<B::InnerBackend>>,
+) -> Result<SearchSummary, RunError> {
     let out = &opts.out;
-    let (cfg, mut history, ckpt, _lock) = start_run::<SearchConfig, SearchEpoch>(config, opts)?;
+    let rank = sync.as_ref().map_or(0, |s| s.rank());
+    let lead = rank == 0;
+    // Rank 0 opens (and locks) the directory; the others get its configuration and history.
+    let (cfg, mut history, ckpt, _lock) = if lead {
+        let started = start_run::<SearchConfig, SearchEpoch>(config, opts).and_then(|s| {
+            if sync.is_some() && matches!(s.0.select, Selection::Pt { .. }) {
+                return Err(RunError::Config(
+                    "--select pt is not data-parallel yet: run it on one device".into(),
+                ));
+            }
+            Ok(s)
+        });
+        match started {
+            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
+            Err(e) => {
+                if let Some(s) = &sync {
+                    // Tell the others, so that they stop now instead of timing out.
+                    let _ = send_state::<B>(s.as_ref(), Err(e.to_string()), device);
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        let (cfg, history) = receive_header::<B>(sync.as_deref().expect("a group"), device)?;
+        (cfg, history, None, None)
+    };
     let loaders = SearchLoaders::new(&cfg)?;
     let mut search = build_search::<B>(&cfg, device)?;
     let params = search.model.num_weights();
@@ -578,6 +684,22 @@ pub fn run_search<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;
     }
+    if let Some(s) = &sync {
+        // Every replica starts from rank 0's state (fresh or resumed), as PyTorch's DDP
+        // broadcasts rank 0's parameters.
+        if lead {
+            let mut c = checkpoint::Checkpoint::new(serde_json::Value::Null);
+            checkpoint::save_bilevel(&mut c, &search)?;
+            let header = serde_json::to_vec(&(&cfg, &history))
+                .map_err(|e| RunError::Config(e.to_string()))?;
+            send_state::<B>(s.as_ref(), Ok((header, c.to_bytes()?)), device)?;
+        } else {
+            let bytes = broadcast_bytes::<B::InnerBackend>(s.as_ref(), &[], device)?;
+            let c = checkpoint::Checkpoint::decode(&bytes, "rank 0's state")?;
+            checkpoint::load_bilevel(&c, &mut search)?;
+        }
+        search.sync = Some(s.clone());
+    }
     let stopped_early = opts.stop_after.is_some_and(|n| n.max(start) < cfg.epochs);
     let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
     for epoch in start..end {
@@ -586,15 +708,18 @@ pub fn run_search<B: AutodiffBackend>(
             cfg.method.enter_stage(&mut search, now, cfg.seed);
             stage = now;
         }
-        let rec = search_epoch(&mut search, &loaders, &cfg, epoch, opts.progress, device)?;
-        if opts.progress {
+        let show = opts.progress && lead;
+        let rec = search_epoch(&mut search, &loaders, &cfg, epoch, show, device)?;
+        if show {
             print_epoch(&rec);
         }
         history.push(rec);
-        commit_epoch(out, &cfg, &history, &search, &op_names)?;
+        if lead {
+            commit_epoch(out, &cfg, &history, &search, &op_names)?;
+        }
     }
     let mut genotype = search.model.genotype();
-    if !stopped_early {
+    if !stopped_early && lead {
         if let Selection::Pt { interval } = cfg.select {
             // The method's schedule as at its last epoch (e.g. SDARTS's ε), fresh noise.
             apply_schedule(
@@ -626,4 +751,58 @@ pub fn run_search<B: AutodiffBackend>(
         stopped_early,
         data: (),
     })
+}
+
+/// Rows `shard_range(len, rank, world)` of a host batch.
+pub(super) fn shard_host(h: &HostBatch, rank: usize, world: usize) -> HostBatch {
+    if world == 1 {
+        return h.clone();
+    }
+    let r = shard_range(h.len(), rank, world);
+    let per = h.images.len() / h.len().max(1);
+    HostBatch {
+        images: h.images[r.start * per..r.end * per].to_vec(),
+        labels: h.labels[r.clone()].to_vec(),
+    }
+}
+
+/// Rank 0 sends `Ok((header, checkpoint))` or the error that stopped it, as two broadcasts
+/// (the header, then the checkpoint; an error is a header and no checkpoint).
+fn send_state<B: AutodiffBackend>(
+    sync: &dyn GradSync<B::InnerBackend>,
+    state: Result<(Vec<u8>, Vec<u8>), String>,
+    device: &B::Device,
+) -> Result<(), RunError> {
+    match state {
+        Ok((header, ckpt)) => {
+            let mut h = vec![1u8];
+            h.extend(header);
+            broadcast_bytes::<B::InnerBackend>(sync, &h, device)?;
+            broadcast_bytes::<B::InnerBackend>(sync, &ckpt, device)?;
+        }
+        Err(e) => {
+            let mut h = vec![0u8];
+            h.extend(e.into_bytes());
+            broadcast_bytes::<B::InnerBackend>(sync, &h, device)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a peer other than rank 0 receives first: the configuration and history of the run.
+fn receive_header<B: AutodiffBackend>(
+    sync: &dyn GradSync<B::InnerBackend>,
+    device: &B::Device,
+) -> Result<(SearchConfig, Vec<SearchEpoch>), RunError> {
+    let h = broadcast_bytes::<B::InnerBackend>(sync, &[], device)?;
+    match h.split_first() {
+        Some((1, json)) => {
+            serde_json::from_slice(json).map_err(|e| RunError::Config(format!("rank 0's run: {e}")))
+        }
+        Some((_, why)) => Err(RunError::Parallel(ParallelError::Collective {
+            rank: sync.rank(),
+            error: format!("rank 0 stopped: {}", String::from_utf8_lossy(why)),
+        })),
+        None => Err(RunError::Config("rank 0 sent nothing".into())),
+    }
 }

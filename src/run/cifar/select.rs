@@ -66,7 +66,10 @@ impl<B: AutodiffBackend> PtTarget for Target<'_, B> {
         set(&mut net, p);
         let eval = net.valid();
         darts_ops::mode::train_mode(|| {
-            evaluate::<B::InnerBackend, _>(&self.loaders.infer, self.device, |x| eval.forward(x)).1
+            evaluate::<B::InnerBackend, _>(&self.loaders.infer, self.device, None, |x| {
+                eval.forward(x)
+            })
+            .1
         })
     }
 
@@ -143,6 +146,7 @@ fn tune_epoch<B: AutodiffBackend>(
         cfg.val_sampling,
         (1 << 41) + t * (1 << 20),
         (1 << 31) + t * 1000,
+        (0, 1),
         device,
     );
     let stats = search.run_epoch_with(

@@ -290,7 +290,8 @@ pub fn evaluate_weights<B: burn::tensor::backend::Backend>(
     cfg.validate()?;
     let (_, test) = train_loaders(cfg)?;
     let net = crate::interop::import_reference(build_model::<B>(cfg, device)?, weights)?;
-    let (test_loss, test_acc) = evaluate::<B, _>(&test, device, |x| net.forward(x, 0.0).logits);
+    let (test_loss, test_acc) =
+        evaluate::<B, _>(&test, device, None, |x| net.forward(x, 0.0).logits);
     Ok(WeightsEvaluation {
         test_loss,
         test_acc,
@@ -341,7 +342,9 @@ pub fn run_train<B: AutodiffBackend>(
         model = next;
         let inner = model.valid();
         let (test_loss, test_acc) =
-            evaluate::<B::InnerBackend, _>(&test_loader, device, |x| inner.forward(x, 0.0).logits);
+            evaluate::<B::InnerBackend, _>(&test_loader, device, None, |x| {
+                inner.forward(x, 0.0).logits
+            });
         let rec = TrainEpoch {
             epoch,
             lr,
