@@ -429,8 +429,10 @@ fn search_epoch<B: AutodiffBackend>(
         (rank, world),
         device,
     );
+    let step_point = format!("search_step_rank{rank}");
     let stats = search.run_epoch(epoch, train_batches, &mut val_stream, |ev| {
         let SearchEvent::Step { stats, .. } = ev;
+        failpoint(&step_point);
         pb.inc(1);
         pb.set_message(format!(
             "loss {:.3} acc {:.1}% val {:.3}",
