@@ -405,3 +405,63 @@ pub fn shard_range(n: usize, rank: usize, world: usize) -> std::ops::Range<usize
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
 }
+
+/// What a [`Metered`] group handle measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SyncStats {
+    /// Reductions.
+    pub calls: u64,
+    /// Bytes this peer contributed (tensor elements × element size).
+    pub bytes: u64,
+    /// Wall time inside the reductions: the transfer, and waiting for the slowest peer.
+    pub seconds: f64,
+}
+
+/// A [`GradSync`] that counts the reductions through it (calls, bytes, time), for benchmarks
+/// and logs: the all-reduce overhead of a data-parallel step.
+#[derive(Debug)]
+pub struct Metered<B: Backend> {
+    inner: SharedSync<B>,
+    stats: Mutex<SyncStats>,
+}
+
+impl<B: Backend> Metered<B> {
+    /// Measure `inner`.
+    pub fn new(inner: SharedSync<B>) -> Self {
+        Self {
+            inner,
+            stats: Mutex::new(SyncStats::default()),
+        }
+    }
+
+    /// What was measured since the last [`Metered::take`].
+    pub fn take(&self) -> SyncStats {
+        std::mem::take(&mut *self.stats.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl<B: Backend> GradSync<B> for Metered<B> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world(&self) -> usize {
+        self.inner.world()
+    }
+    fn sum(&self, t: Tensor<B, 1>) -> Tensor<B, 1> {
+        let bytes = (t.dims()[0] * t.dtype().size()) as u64;
+        let t0 = std::time::Instant::now();
+        let out = self.inner.sum(t);
+        // Reading one value waits for the result on an asynchronous device.
+        if out.dims()[0] > 0 {
+            let _ = out.clone().narrow(0, 0, 1).into_data();
+        }
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.calls += 1;
+        s.bytes += bytes;
+        s.seconds += t0.elapsed().as_secs_f64();
+        out
+    }
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+}

@@ -1,0 +1,204 @@
+//! Data-parallel search step: time per step and all-reduce overhead for 1 vs N peers, on
+//! threads of one process (`--peers N`) or on the processes of an MPI job (`--mpi`, feature
+//! `mpi`). The global batch is the same whatever the number of peers; each peer takes its
+//! shard. Prints one JSON line (rank 0).
+//!
+//! ```text
+//! cargo run --release --example bench_parallel -- --peers 1 --json
+//! cargo run --release --example bench_parallel -- --peers 2 --json
+//! mpirun -np 2 target/release/examples/bench_parallel --mpi --json   # --features mpi
+//! ```
+
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use clap::Parser;
+use darts::bilevel::{ArchitectConfig, Bilevel, CosineLr, GradSync, Order, WeightConfig};
+use darts::cell::ImageBatch;
+use darts::parallel::{run_local, shard_range, GroupConfig, Metered};
+use darts::prelude::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+type B = burn::backend::Autodiff<burn::backend::Flex>;
+type Inner = burn::backend::Flex;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Time a data-parallel DARTS search step (cpu)")]
+struct Args {
+    /// Peers (threads of this process); 1 = a single device, no reductions.
+    #[arg(long, default_value_t = 1)]
+    peers: usize,
+    /// One peer per process of an MPI job instead (needs `--features mpi`).
+    #[arg(long)]
+    mpi: bool,
+    /// 1 = first order, 2 = second order.
+    #[arg(long, default_value_t = 1)]
+    order: u8,
+    /// Global batch (split over the peers).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 5)]
+    layers: usize,
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Out {
+    engine: &'static str,
+    peers: usize,
+    order: u8,
+    global_batch: usize,
+    params: usize,
+    step_ms: f64,
+    sync_ms_per_step: f64,
+    sync_calls_per_step: f64,
+    sync_mb_per_step: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `steps` timed steps of one peer (`sync` = None: single device); (step ms, sync stats per step).
+fn peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
+    let dev = Default::default();
+    let (rank, world) = sync.as_ref().map_or((0, 1), |s| (s.rank(), s.world()));
+    let (net, train, val) = {
+        let _g = darts::run::seed_lock();
+        <B as burn::tensor::backend::Backend>::seed(&dev, 2);
+        let net = SearchNetworkConfig {
+            channels: a.channels,
+            layers: a.layers,
+            steps: a.nodes,
+            multiplier: a.nodes,
+            ..Default::default()
+        }
+        .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev)
+        .expect("a valid supernet");
+        let mk = |shift: f32| {
+            let images =
+                Tensor::<B, 4>::random([a.batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &dev)
+                    + shift;
+            let t: Vec<i64> = (0..a.batch as i64).map(|i| i % 10).collect();
+            let r = shard_range(a.batch, rank, world);
+            ImageBatch {
+                images: images.narrow(0, r.start, r.len()),
+                targets: Tensor::<B, 1, Int>::from_data(TensorData::new(t, [a.batch]), &dev)
+                    .narrow(0, r.start, r.len()),
+            }
+        };
+        (net, mk(0.0), mk(0.1))
+    };
+    let params = net.num_weights();
+    let mut s = Bilevel::new(
+        net,
+        WeightConfig {
+            lr: CosineLr {
+                max: 0.025,
+                min: 0.001,
+                epochs: 50,
+            },
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            grad_clip: Some(5.0),
+        },
+        ArchitectConfig {
+            order: if a.order == 2 {
+                Order::Second
+            } else {
+                Order::First
+            },
+            ..Default::default()
+        },
+    );
+    s.sync = sync.clone().map(|m| m as darts::bilevel::SharedSync<Inner>);
+    for _ in 0..a.warmup {
+        s.step(&train, &val, 0.025);
+    }
+    if let Some(m) = &sync {
+        m.take();
+    }
+    let mut ms = Vec::new();
+    for i in 0..a.steps {
+        let t0 = Instant::now();
+        s.step(&train, &val, 0.025);
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        if rank == 0 {
+            eprintln!("step {}/{}: {:.1} ms", i + 1, a.steps, ms[i]);
+        }
+    }
+    let st = sync.as_ref().map(|m| m.take()).unwrap_or_default();
+    let n = a.steps as f64;
+    Out {
+        engine: "single",
+        peers: world,
+        order: a.order,
+        global_batch: a.batch,
+        params,
+        step_ms: median(ms),
+        sync_ms_per_step: st.seconds * 1e3 / n,
+        sync_calls_per_step: st.calls as f64 / n,
+        sync_mb_per_step: st.bytes as f64 / n / 1e6,
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_run(a: &Args) -> Option<Out> {
+    let m = darts::parallel::mpi::Mpi::<Inner>::join(
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(600),
+    )
+    .expect("an MPI job");
+    let m = Arc::new(m);
+    let metered = Arc::new(Metered::new(m.clone()));
+    let lead = metered.rank() == 0;
+    let mut out = peer(a, Some(metered));
+    m.leave();
+    out.engine = "mpi";
+    lead.then_some(out)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_run(_: &Args) -> Option<Out> {
+    eprintln!("error: --mpi needs --features mpi");
+    std::process::exit(2)
+}
+
+fn main() {
+    let a = Args::parse();
+    let out = if a.mpi {
+        mpi_run(&a)
+    } else if a.peers <= 1 {
+        Some(peer(&a, None))
+    } else {
+        let devs = vec![Default::default(); a.peers];
+        let outs = run_local::<Inner, _, _>(&devs, &GroupConfig::local(a.peers), |_, _, s| {
+            peer(&a, Some(Arc::new(Metered::new(s))))
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        });
+        outs.into_iter().next().map(|mut o| {
+            o.engine = "threads";
+            o
+        })
+    };
+    if let Some(o) = out {
+        let line = serde_json::to_string(&o).expect("serialises");
+        if a.json {
+            println!("{line}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&o).expect("serialises"));
+        }
+    }
+}
