@@ -391,6 +391,63 @@ fn check_method_supernets<G: AutodiffBackend>(gpu: &G::Device) {
     }
 }
 
+/// A data-parallel search step (two peers, threads of one process, `burn-collective` summing
+/// device tensors) agrees between flex and the GPU backend: every parameter after one first-order
+/// step and the BatchNorm averaging within 1e-3 relative, and on each backend the two replicas
+/// are identical.
+fn check_data_parallel_step<G: AutodiffBackend>(gpu: &G::Device) {
+    let dev = Default::default();
+    let w = fixed_weights(&supernet::<Autodiff<Flex>>(None, &dev), 4);
+    let train = fixed_data(&[8, 3, 16, 16], 40, 1.5);
+    let val = fixed_data(&[8, 3, 16, 16], 41, 1.5);
+    fn two_peers<B: AutodiffBackend>(
+        w: &[TensorData],
+        train: &TensorData,
+        val: &TensorData,
+        device: &B::Device,
+    ) -> Vec<Vec<f32>> {
+        use darts::bilevel::{average_buffers, ArchitectConfig, Bilevel, WeightConfig};
+        use darts::parallel::{run_local, shard_range, GroupConfig};
+        let devices = [device.clone(), device.clone()];
+        let mut out = run_local::<B::InnerBackend, _, _>(
+            &devices,
+            &GroupConfig::local(2),
+            |rank, d, sync| {
+                let shard = |x: &TensorData| {
+                    let b = image_batch::<B>(x, &d);
+                    let r = shard_range(x.shape[0], rank, 2);
+                    darts::cell::ImageBatch {
+                        images: b.images.narrow(0, r.start, r.len()),
+                        targets: b.targets.narrow(0, r.start, r.len()),
+                    }
+                };
+                let mut s = Bilevel::new(
+                    supernet::<B>(Some(w), &d),
+                    WeightConfig::darts_cifar(10),
+                    ArchitectConfig::default(),
+                );
+                s.sync = Some(sync.clone());
+                s.step(&shard(train), &shard(val), 0.025);
+                let model = average_buffers(s.model.clone(), sync.as_ref());
+                all_floats(&model)
+                    .into_iter()
+                    .map(|d| d.to_vec::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            },
+        )
+        .unwrap();
+        assert!(out[0] == out[1], "the replicas differ");
+        out.remove(0)
+    }
+    let cpu = two_peers::<Autodiff<Flex>>(&w, &train, &val, &dev);
+    let on_gpu = two_peers::<G>(&w, &train, &val, gpu);
+    assert_eq!(cpu.len(), on_gpu.len());
+    for (i, (a, b)) in cpu.iter().zip(&on_gpu).enumerate() {
+        let worst = worst_relative(a, b);
+        assert!(worst < 1e-3, "parameter {i} ({} values): {worst}", a.len());
+    }
+}
+
 /// The checks above on `--device wgpu` (in CI: Mesa's software Vulkan driver).
 #[cfg(feature = "wgpu")]
 mod wgpu {
@@ -420,6 +477,11 @@ mod wgpu {
     #[test]
     fn method_supernets_agree_with_flex() {
         super::check_method_supernets::<G>(&Default::default());
+    }
+
+    #[test]
+    fn data_parallel_step_agrees_with_flex() {
+        super::check_data_parallel_step::<G>(&Default::default());
     }
 }
 
@@ -458,5 +520,11 @@ mod cuda {
     #[ignore = "needs an NVIDIA GPU; run with --ignored"]
     fn method_supernets_agree_with_flex() {
         super::check_method_supernets::<G>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn data_parallel_step_agrees_with_flex() {
+        super::check_data_parallel_step::<G>(&Default::default());
     }
 }
