@@ -28,9 +28,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use darts_bilevel::sync::{GradSync, SharedSync};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Errors of a data-parallel group.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -122,6 +122,8 @@ pub struct Collective<B: Backend> {
     timeout: Duration,
     jobs: Mutex<Sender<Job<B>>>,
     failed: Mutex<Option<String>>,
+    /// Set (by [`run_local`]) when a peer of the group has stopped: waiting for it is pointless.
+    left: Arc<Mutex<Option<String>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Collective<B> {
@@ -173,6 +175,7 @@ impl<B: Backend> Collective<B> {
                 timeout: cfg.op_timeout,
                 jobs: Mutex::new(jobs),
                 failed: Mutex::new(None),
+                left: Arc::new(Mutex::new(None)),
             }),
             Ok(Err(error)) => Err(ParallelError::Collective { rank, error }),
             Err(_) => Err(ParallelError::JoinTimeout {
@@ -232,7 +235,29 @@ impl<B: Backend> Collective<B> {
                 error: "the collective thread has stopped".into(),
             });
         }
-        match rx.recv_timeout(self.timeout) {
+        // Wait in short slices, so that a peer that stopped ends the wait at once.
+        let t0 = Instant::now();
+        let slice = Duration::from_millis(100);
+        let got = loop {
+            match rx.recv_timeout(slice.min(self.timeout.saturating_sub(t0.elapsed()))) {
+                Ok(r) => break Ok(r),
+                Err(RecvTimeoutError::Disconnected) => break Err(None),
+                Err(RecvTimeoutError::Timeout) => {
+                    let left = self.left.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(who) = left {
+                        // A result sent just before that peer stopped is still taken.
+                        match rx.recv_timeout(slice) {
+                            Ok(r) => break Ok(r),
+                            Err(_) => break Err(Some(who)),
+                        }
+                    }
+                    if t0.elapsed() >= self.timeout {
+                        break Err(None);
+                    }
+                }
+            }
+        };
+        match got {
             Ok(Ok(p)) => Ok(Tensor::from_primitive(
                 burn::tensor::TensorPrimitive::Float(p),
             )),
@@ -240,25 +265,15 @@ impl<B: Backend> Collective<B> {
                 rank: self.rank,
                 error,
             }),
-            Err(_) => Err(ParallelError::OpTimeout {
+            Err(Some(who)) => Err(ParallelError::Collective {
+                rank: self.rank,
+                error: format!("{who} while this peer was waiting for it in a reduction"),
+            }),
+            Err(None) => Err(ParallelError::OpTimeout {
                 rank: self.rank,
                 waited: self.timeout,
             }),
         }
-    }
-
-    /// Leave the group (every peer leaves at the end of a run). Bounded by the reduction
-    /// timeout; a failed group is left without waiting.
-    pub fn leave(&self) {
-        if self.failure().is_some() {
-            return;
-        }
-        let id = PeerId::from(self.rank);
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(burn_collective::finish_collective::<B>(id));
-        });
-        let _ = rx.recv_timeout(self.timeout);
     }
 }
 
@@ -317,6 +332,20 @@ where
     let _session = session();
     // Forget whatever an earlier, failed group of this process left in the server.
     burn_collective::reset_collective::<B>();
+    // Set when a peer stops (returns, fails or panics): the others stop waiting for it.
+    let left: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    struct Leaving(Arc<Mutex<Option<String>>>, usize);
+    impl Drop for Leaving {
+        fn drop(&mut self) {
+            let mut l = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let how = if std::thread::panicking() {
+                "panicked"
+            } else {
+                "stopped (its run ended or failed)"
+            };
+            l.get_or_insert_with(|| format!("peer {} {how}", self.1));
+        }
+    }
     std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
@@ -324,11 +353,17 @@ where
             .map(|(i, d)| {
                 let f = &f;
                 let d = d.clone();
+                let left = left.clone();
                 scope.spawn(move || -> Result<T, ParallelError> {
-                    let peer = Arc::new(Collective::<B>::join(i, d.clone(), cfg)?);
-                    let out = f(i, d, peer.clone());
-                    Collective::<B>::leave(&peer);
-                    Ok(out)
+                    let _leaving = Leaving(left.clone(), i);
+                    let mut peer = Collective::<B>::join(i, d.clone(), cfg)?;
+                    peer.left = left;
+                    let peer = Arc::new(peer);
+                    // No `finish_collective` at the end: burn-collective would complete the
+                    // others' next reductions without the peer that left (a peer whose work
+                    // failed would leave the rest summing alone). A peer that stops makes the
+                    // others' reductions time out instead; the next group resets the server.
+                    Ok(f(i, d, peer))
                 })
             })
             .collect();
@@ -464,4 +499,32 @@ impl<B: Backend> GradSync<B> for Metered<B> {
     fn failure(&self) -> Option<String> {
         self.inner.failure()
     }
+}
+
+struct Fresh;
+
+impl<B: burn::tensor::backend::AutodiffBackend> burn::module::ModuleMapper<B> for Fresh {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let (id, t, mapper) = param.consume();
+        let trainable = t.is_require_grad();
+        let mut fresh = Tensor::<B, D>::from_inner(t.inner());
+        if trainable {
+            fresh = fresh.require_grad();
+        }
+        burn::module::Param::from_mapped_value(id, fresh, mapper)
+    }
+}
+
+/// A replica of `model` for another peer thread: the same values in fresh autodiff leaves.
+/// A plain `clone` shares the parameters' autodiff leaves, and peers running forward and
+/// backward passes at the same time on shared leaves merge their graphs across threads, which
+/// Burn 0.21's autodiff can deadlock on. The drivers build each peer's model itself; code that
+/// hands one model to several peers passes each a `replica`.
+pub fn replica<B: burn::tensor::backend::AutodiffBackend, M: burn::module::Module<B>>(
+    model: &M,
+) -> M {
+    model.clone().map(&mut Fresh)
 }

@@ -57,8 +57,9 @@ fn arch(order: Order) -> ArchitectConfig {
 
 fn shard(b: &ImageBatch<B>, rank: usize, world: usize) -> ImageBatch<B> {
     let r = shard_range(b.images.dims()[0], rank, world);
+    // Fresh autodiff tensors: the peers' threads must not share graph nodes.
     ImageBatch {
-        images: b.images.clone().narrow(0, r.start, r.len()),
+        images: Tensor::from_inner(b.images.clone().inner().narrow(0, r.start, r.len())),
         targets: b.targets.clone().narrow(0, r.start, r.len()),
     }
 }
@@ -274,7 +275,8 @@ fn two_peers(order: Order, data: &[(ImageBatch<B>, ImageBatch<B>)], epoch: bool)
     let net = to_f64(tiny());
     let dev = Default::default();
     run_local::<Inner, _, _>(&[dev, dev], &GroupConfig::local(2), |rank, _dev, sync| {
-        let mut s = Bilevel::new(net.clone(), weights(), arch(order));
+        // Each peer its own autodiff leaves (a clone would share them across threads).
+        let mut s = Bilevel::new(darts::parallel::replica(&net), weights(), arch(order));
         s.sync = Some(sync);
         let mine: Vec<_> = data
             .iter()
@@ -344,6 +346,35 @@ fn a_peer_that_never_joins_is_a_clear_error_in_bounded_time() {
         "{err}"
     );
     assert!(err.to_string().contains("did not start"), "{err}");
+}
+
+/// A peer whose work stops early (an error, a panic) must not leave the others summing alone:
+/// their next reduction fails at once (not after the timeout), naming the peer.
+#[test]
+fn a_peer_that_stops_makes_the_others_fail_not_sum_alone() {
+    let mut cfg = GroupConfig::local(2);
+    cfg.op_timeout = Duration::from_secs(60);
+    let dev = Default::default();
+    let t0 = Instant::now();
+    let out = run_local::<Inner, _, _>(&[dev, dev], &cfg, |rank, dev, sync| {
+        if rank == 1 {
+            return None; // stops before its first reduction
+        }
+        // Give peer 1 time to finish before the reduction starts.
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Tensor::<Inner, 1>::from_floats([1.0, 2.0], &dev);
+        let r = sync.sum(t);
+        Some((r.into_data().to_vec::<f32>().unwrap(), sync.failure()))
+    })
+    .unwrap();
+    let (values, failure) = out[0].clone().unwrap();
+    assert!(
+        values.iter().all(|v| v.is_nan()),
+        "summed alone: {values:?}"
+    );
+    let failure = failure.expect("a failure");
+    assert!(failure.contains("peer 1 stopped"), "{failure}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
 
 #[test]
