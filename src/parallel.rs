@@ -139,11 +139,14 @@ impl<B: Backend> std::fmt::Debug for Collective<B> {
 /// process, so two groups of the same backend must not overlap.
 static SESSION: Mutex<()> = Mutex::new(());
 
-/// The lock [`run_local`] holds for the life of a group. Code that forms a group with
-/// [`Collective::join`] directly, next to other groups of the same backend in one process,
-/// holds it too.
-pub fn session() -> std::sync::MutexGuard<'static, ()> {
-    SESSION.lock().unwrap_or_else(|p| p.into_inner())
+/// The lock [`run_local`] holds for the life of a group, taken with backend `B`'s collective
+/// server reset (whatever an earlier group of this process left in it is forgotten). Code that
+/// forms a group with [`Collective::join`] directly, next to other groups of the same backend in
+/// one process, takes it too.
+pub fn session<B: Backend>() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SESSION.lock().unwrap_or_else(|p| p.into_inner());
+    burn_collective::reset_collective::<B>();
+    guard
 }
 
 impl<B: Backend> Collective<B> {
@@ -329,9 +332,8 @@ where
         )));
     }
     cfg.check()?;
-    let _session = session();
-    // Forget whatever an earlier, failed group of this process left in the server.
-    burn_collective::reset_collective::<B>();
+    // Forget whatever an earlier group of this process left in the server.
+    let _session = session::<B>();
     // Set when a peer stops (returns, fails or panics): the others stop waiting for it.
     let left: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     struct Leaving(Arc<Mutex<Option<String>>>, usize);

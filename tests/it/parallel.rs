@@ -336,7 +336,7 @@ fn two_peers_epoch_equals_the_averaged_reference() {
 fn a_peer_that_never_joins_is_a_clear_error_in_bounded_time() {
     let mut cfg = GroupConfig::local(2);
     cfg.join_timeout = Duration::from_secs(2);
-    let _group = darts::parallel::session();
+    let _group = darts::parallel::session::<Inner>();
     let t0 = Instant::now();
     // Only one of the two peers starts.
     let err = darts::parallel::Collective::<Inner>::join(0, Default::default(), &cfg).unwrap_err();
@@ -482,13 +482,48 @@ fn interrupted_two_peer_search_resumes_to_the_uninterrupted_run() {
 /// second never completes on either node (`SyncService::sync` clears a copy of its list of
 /// synced peers, so the second sync waits for a list that never matches). This is why the
 /// processes of a data-parallel run talk through MPI. When this test fails, upstream fixed it.
+///
+/// It runs in a process of its own ([`burn_collective_two_nodes`]): burn-collective's servers
+/// share one runtime per process whose workers each server blocks while idle, so next to the
+/// other tests' groups on a 2-core machine the nodes' servers would not even be scheduled.
 #[test]
 fn burn_collective_multi_node_all_reduce_hangs_on_its_second_operation() {
+    let exe = std::env::current_exe().unwrap();
+    let t0 = Instant::now();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "parallel::burn_collective_two_nodes",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("DARTS_TWO_NODES", "1")
+        .env("TOKIO_WORKER_THREADS", "8")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("two nodes: "))
+        .unwrap_or_else(|| panic!("no result:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        line, "first [2.0, 4.0, 6.0, 8.0] on 2 nodes, second on 0",
+        "burn-collective's multi-node path behaves differently now (fixed upstream?): processes could use it instead of MPI"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(240));
+}
+
+/// The two nodes of the test above (run by it, not on its own).
+#[test]
+#[ignore = "a process of the burn-collective test; that test starts it"]
+fn burn_collective_two_nodes() {
     use burn_collective::{all_reduce, register, CollectiveConfig, PeerId, ReduceOperation};
+    if std::env::var("DARTS_TWO_NODES").is_err() {
+        return;
+    }
     // burn-communication's server turns on INFO logging for the whole process unless a
-    // subscriber is set: keep the test output quiet.
+    // subscriber is set: keep the output quiet.
     let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
-    // Two backend types no other test forms a group of (each has its own local server).
     type N0 = burn::backend::Autodiff<burn::backend::Flex>;
     type N1 = burn::backend::Autodiff<
         burn::backend::Flex,
@@ -542,21 +577,27 @@ fn burn_collective_multi_node_all_reduce_hangs_on_its_second_operation() {
     }
     node::<N0>(0, port, d0, tx.clone());
     node::<N1>(1, port, d1, tx);
+    // The first operation (with the registration and connections) within two minutes; then
+    // 20 s more for anything of the second.
     let mut done = Vec::new();
-    while let Ok(r) = rx.recv_timeout(Duration::from_secs(15)) {
+    let t0 = Instant::now();
+    while done.len() < 2 && t0.elapsed() < Duration::from_secs(120) {
+        if let Ok(r) = rx.recv_timeout(Duration::from_secs(1)) {
+            done.push(r);
+        }
+    }
+    while let Ok(r) = rx.recv_timeout(Duration::from_secs(20)) {
         done.push(r);
     }
     let first: Vec<_> = done.iter().filter(|r| r.1 == 0).collect();
-    assert_eq!(
-        first.len(),
-        2,
-        "the first all-reduce completes on both nodes: {done:?}"
+    let values = first.first().map(|r| r.2.clone()).unwrap_or_default();
+    let second = done.iter().filter(|r| r.1 == 1).count();
+    println!(
+        "two nodes: first {values:?} on {} nodes, second on {second}",
+        first.len()
     );
-    assert!(first.iter().all(|r| r.2 == vec![2.0, 4.0, 6.0, 8.0]));
-    assert!(
-        done.iter().all(|r| r.1 == 0),
-        "the second all-reduce completed: burn-collective's multi-node path works now ({done:?}); processes could use it instead of MPI"
-    );
+    // The nodes' threads are stuck in the second operation: end the process here.
+    std::process::exit(0);
 }
 
 /// Two MPI processes over loopback (`mpirun -np 2` of this test binary, each running
