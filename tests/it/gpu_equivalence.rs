@@ -394,7 +394,7 @@ fn check_method_supernets<G: AutodiffBackend>(gpu: &G::Device) {
 /// A data-parallel search step (two peers, threads of one process, `burn-collective` summing
 /// device tensors) agrees between flex and the GPU backend: every parameter after one first-order
 /// step and the BatchNorm averaging within 1e-3 relative, and on each backend the two replicas
-/// are identical.
+/// agree within 1e-5.
 fn check_data_parallel_step<G: AutodiffBackend>(gpu: &G::Device) {
     let dev = Default::default();
     let w = fixed_weights(&supernet::<Autodiff<Flex>>(None, &dev), 4);
@@ -429,6 +429,7 @@ fn check_data_parallel_step<G: AutodiffBackend>(gpu: &G::Device) {
                 s.sync = Some(sync.clone());
                 s.step(&shard(train), &shard(val), 0.025);
                 let model = average_buffers(s.model.clone(), sync.as_ref());
+                assert_eq!(sync.failure(), None, "peer {rank}: the group failed");
                 all_floats(&model)
                     .into_iter()
                     .map(|d| d.to_vec::<f32>().unwrap())
@@ -436,7 +437,17 @@ fn check_data_parallel_step<G: AutodiffBackend>(gpu: &G::Device) {
             },
         )
         .unwrap();
-        assert!(out[0] == out[1], "the replicas differ");
+        // Equal up to the rounding of the backend's own reductions: a GPU's sums need not add in
+        // the same order on two replicas (flex's do: its replicas are bitwise equal, see
+        // tests/it/parallel.rs).
+        for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
+            let worst = worst_relative(a, b);
+            println!("replicas, parameter {i}: {worst:e}");
+            assert!(
+                worst < 1e-5,
+                "the replicas differ: parameter {i}: {worst:e}"
+            );
+        }
         out.remove(0)
     }
     let cpu = two_peers::<Autodiff<Flex>>(&w, &train, &val, &dev);
