@@ -109,6 +109,33 @@ impl GroupConfig {
     }
 }
 
+/// A peer's first failure: kept, and reported by every later call.
+#[derive(Debug, Default)]
+struct Poison(Mutex<Option<String>>);
+
+impl Poison {
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `r`, keeping its error (if any) as the peer's failure.
+    fn record<T>(&self, r: Result<T, ParallelError>) -> Result<T, ParallelError> {
+        if let Err(e) = &r {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        r
+    }
+}
+
+/// [`GradSync::sum`] from a fallible sum: NaN everywhere when it failed.
+fn sum_or_nan<B: Backend>(
+    t: Tensor<B, 1>,
+    try_sum: impl FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, ParallelError>,
+) -> Tensor<B, 1> {
+    let nan = t.zeros_like() + f64::NAN;
+    try_sum(t).unwrap_or(nan)
+}
+
 type Job<B> = (FloatTensor<B>, Sender<Result<FloatTensor<B>, String>>);
 
 /// One peer of a group: a [`GradSync`] over `burn-collective`.
@@ -121,7 +148,7 @@ pub struct Collective<B: Backend> {
     world: usize,
     timeout: Duration,
     jobs: Mutex<Sender<Job<B>>>,
-    failed: Mutex<Option<String>>,
+    failed: Poison,
     /// Set (by [`run_local`]) when a peer of the group has stopped: waiting for it is pointless.
     left: Arc<Mutex<Option<String>>>,
 }
@@ -177,7 +204,7 @@ impl<B: Backend> Collective<B> {
                 world: cfg.world(),
                 timeout: cfg.op_timeout,
                 jobs: Mutex::new(jobs),
-                failed: Mutex::new(None),
+                failed: Poison::default(),
                 left: Arc::new(Mutex::new(None)),
             }),
             Ok(Err(error)) => Err(ParallelError::Collective { rank, error }),
@@ -218,10 +245,7 @@ impl<B: Backend> Collective<B> {
                 })
             })
         };
-        if let Err(e) = &r {
-            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        }
-        r
+        self.failed.record(r)
     }
 
     fn raw_sum(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>, ParallelError> {
@@ -300,14 +324,10 @@ impl<B: Backend> GradSync<B> for Collective<B> {
         self.world
     }
     fn sum(&self, t: Tensor<B, 1>) -> Tensor<B, 1> {
-        let nan = t.zeros_like() + f64::NAN;
-        self.try_sum(t).unwrap_or(nan)
+        sum_or_nan(t, |t| self.try_sum(t))
     }
     fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.failed.get()
     }
 }
 

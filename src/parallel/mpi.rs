@@ -12,7 +12,7 @@
 //! processes). MPI calls run on one helper thread per process (MPI initialised with
 //! `MPI_THREAD_SERIALIZED`), so that a peer can stop waiting after the timeout.
 
-use super::ParallelError;
+use super::{sum_or_nan, ParallelError, Poison};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use darts_bilevel::sync::GradSync;
@@ -38,7 +38,7 @@ pub struct Mpi<B: Backend> {
     world: usize,
     timeout: Duration,
     jobs: Mutex<Sender<Job>>,
-    failed: Mutex<Option<String>>,
+    failed: Poison,
     _b: PhantomData<fn() -> B>,
 }
 
@@ -92,7 +92,7 @@ impl<B: Backend> Mpi<B> {
                 world,
                 timeout: op_timeout,
                 jobs: Mutex::new(jobs),
-                failed: Mutex::new(None),
+                failed: Poison::default(),
                 _b: PhantomData,
             }),
             Ok(Err(error)) => Err(ParallelError::Collective { rank: 0, error }),
@@ -153,10 +153,7 @@ impl<B: Backend> Mpi<B> {
             };
             Tensor::<B, 1>::from_data(data, &device).cast(dtype)
         });
-        if let Err(e) = &r {
-            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        }
-        r
+        self.failed.record(r)
     }
 
     /// Leave the group: MPI is finalised (every process of the job does so at its end).
@@ -220,13 +217,9 @@ impl<B: Backend> GradSync<B> for Mpi<B> {
         self.world
     }
     fn sum(&self, t: Tensor<B, 1>) -> Tensor<B, 1> {
-        let nan = t.zeros_like() + f64::NAN;
-        self.try_sum(t).unwrap_or(nan)
+        sum_or_nan(t, |t| self.try_sum(t))
     }
     fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.failed.get()
     }
 }

@@ -20,7 +20,7 @@ use crate::optim::{clip_grad_norm, Adam, Sgd};
 use crate::params::{
     all_ids, global_norm, gradients, only_trainable, set_values, values, FlatParams,
 };
-use crate::sync::{reduce_flat, GradSync};
+use crate::sync::{reduce_mean, GradSync};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -403,7 +403,7 @@ impl<B: AutodiffBackend> Architect<B> {
             Order::First => {
                 let mut g = arch_gradients(model, val);
                 if let Some(s) = sync {
-                    reduce_flat::<B>(s, &all_ids(model), &mut [&mut g.arch], g.size);
+                    reduce_mean(s, &all_ids(model), &mut [&mut g.arch], g.size);
                 }
                 ArchGradient {
                     dalpha: g.arch,
@@ -443,7 +443,7 @@ impl<B: AutodiffBackend> Architect<B> {
         let g = loss_gradients(model, train);
         let mut gw = g.weights;
         if let Some(s) = sync {
-            reduce_flat::<B>(s, &all_ids(model), &mut [&mut gw], g.size);
+            reduce_mean(s, &all_ids(model), &mut [&mut gw], g.size);
         }
         let coef = match self.config.virtual_grad_clip {
             Some(max) => {
@@ -501,7 +501,7 @@ impl<B: AutodiffBackend> Architect<B> {
         let (mut vector, mut dalpha) = (g.weights, g.arch);
         if let Some(s) = sync {
             // Both before the norm of the vector sets ε: every peer takes the same ε and w±.
-            reduce_flat::<B>(s, &order, &mut [&mut vector, &mut dalpha], g.size);
+            reduce_mean(s, &order, &mut [&mut vector, &mut dalpha], g.size);
         }
         // The recurrent reference clips u = ∇w' L_val(w') like the weight gradient before ε is
         // taken from it (rnn/architect.py:68): the Hessian term scales by min(1, max / ‖u‖).
@@ -540,7 +540,7 @@ impl<B: AutodiffBackend> Architect<B> {
             .filter_map(|(id, p)| Some((*id, p.clone() - g_minus.get(id)?.clone())))
             .collect();
         if let Some(s) = sync {
-            reduce_flat::<B>(s, &order, &mut [&mut diff], plus.size);
+            reduce_mean(s, &order, &mut [&mut diff], plus.size);
         }
         // dα = ∇α L_val(w', α) − ξ · c · (g⁺ − g⁻) / 2ε   (c = clip factor of the virtual step)
         for (id, d) in dalpha.iter_mut() {

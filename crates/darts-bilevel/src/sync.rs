@@ -17,7 +17,8 @@
 //! parameter ids), concatenated into one buffer per reduction. The implementation over
 //! `burn-collective` (threads of one process, processes, machines) is `darts::parallel`.
 
-use crate::params::{all_ids, FlatParams};
+#[cfg(doc)]
+use crate::params::all_ids;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
@@ -155,19 +156,4 @@ pub fn average_buffers<B: AutodiffBackend, M: Module<B>>(
         mean: Tensor::from_inner(mean),
         at: 0,
     })
-}
-
-/// The ids of `model`'s parameters in visit order (the reduction order of [`reduce_mean`]).
-pub fn reduction_order<B: Backend, M: Module<B>>(model: &M) -> Vec<ParamId> {
-    all_ids(model)
-}
-
-/// `reduce_mean` over one group of flat parameters of an autodiff model.
-pub(crate) fn reduce_flat<B: AutodiffBackend>(
-    sync: &dyn GradSync<B::InnerBackend>,
-    order: &[ParamId],
-    groups: &mut [&mut FlatParams<B>],
-    n: usize,
-) -> usize {
-    reduce_mean(sync, order, groups, n)
 }
