@@ -20,7 +20,6 @@ use darts::cifar::{
     run_search, run_search_parallel, RunOptions, SearchConfig, Selection, ValSampling,
 };
 use darts::device::{dispatch_devices, BackendTaskMulti};
-use darts::parallel::GroupConfig;
 
 use std::path::PathBuf;
 
@@ -30,6 +29,7 @@ mod arch_bn;
 mod cli;
 #[path = "support/parallel.rs"]
 mod parallel;
+use parallel::Mode;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum ValSamplingArg {
@@ -181,57 +181,26 @@ fn download(dir: &std::path::Path) -> PathBuf {
     std::process::exit(2)
 }
 
-/// How the search runs: one device, threads of one process, or one process of an MPI job.
-enum Mode {
-    Single,
-    Threads(GroupConfig),
-    Mpi(std::time::Duration, std::time::Duration),
-}
-
 struct Task(SearchConfig, RunOptions, Mode);
 
 impl BackendTaskMulti for Task {
     type Output = Result<darts::cifar::SearchSummary, darts::cifar::RunError>;
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
-        match self.2 {
-            Mode::Single => run_search::<B>(&self.0, &self.1, &devices[0]),
-            Mode::Threads(group) => run_search_parallel::<B>(&self.0, &self.1, &devices, &group),
-            Mode::Mpi(join, op) => mpi_peer::<B>(&self.0, &self.1, &devices[0], join, op),
+        let Task(c, opts, mode) = self;
+        match mode {
+            Mode::Single => run_search::<B>(&c, &opts, &devices[0]),
+            Mode::Threads(group) => run_search_parallel::<B>(&c, &opts, &devices, &group),
+            Mode::Mpi(join, op) => {
+                parallel::with_mpi::<B::InnerBackend, _>(join, op, |peer, lead| {
+                    let opts = RunOptions {
+                        progress: opts.progress && lead,
+                        ..opts.clone()
+                    };
+                    darts::cifar::run_search_peer::<B>(&c, &opts, &devices[0], peer)
+                })
+            }
         }
     }
-}
-
-#[cfg(feature = "mpi")]
-fn mpi_peer<B: AutodiffBackend>(
-    c: &SearchConfig,
-    opts: &RunOptions,
-    device: &B::Device,
-    join: std::time::Duration,
-    op: std::time::Duration,
-) -> Result<darts::cifar::SearchSummary, darts::cifar::RunError> {
-    let peer = std::sync::Arc::new(darts::parallel::mpi::Mpi::<B::InnerBackend>::join(
-        join, op,
-    )?);
-    let opts = RunOptions {
-        progress: opts.progress && darts::bilevel::GradSync::rank(peer.as_ref()) == 0,
-        ..opts.clone()
-    };
-    let out = darts::cifar::run_search_peer::<B>(c, &opts, device, peer.clone());
-    peer.leave();
-    out
-}
-
-#[cfg(not(feature = "mpi"))]
-fn mpi_peer<B: AutodiffBackend>(
-    _: &SearchConfig,
-    _: &RunOptions,
-    _: &B::Device,
-    _: std::time::Duration,
-    _: std::time::Duration,
-) -> Result<darts::cifar::SearchSummary, darts::cifar::RunError> {
-    Err(darts::cifar::RunError::Config(
-        "--mpi needs the `mpi` feature: cargo build --release --features mpi --example cifar10_search".into(),
-    ))
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -340,23 +309,11 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     });
-    let mode = if a.parallel.mpi {
-        a.parallel.timeouts().map(|(j, o)| Mode::Mpi(j, o))
-    } else {
-        a.parallel
-            .group(specs.len())
-            .map(|g| g.map_or(Mode::Single, Mode::Threads))
-    };
-    let mode = mode.unwrap_or_else(|e| {
+    let mode = a.parallel.mode(specs.len()).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2);
     });
-    // Under MPI only rank 0 reports (the rank is known once MPI is up; Open MPI and MPICH
-    // also export it).
-    let lead = ["OMPI_COMM_WORLD_RANK", "PMI_RANK"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok())
-        .is_none_or(|r| r == "0");
+    let lead = parallel::is_lead();
     let spec = specs
         .iter()
         .map(|s| s.to_string())

@@ -14,16 +14,27 @@
 //! ```text
 //! cargo run --release --example cifar10_train -- --arch DARTS_V2 --data /path/to/cifar-10-batches-bin --auxiliary --weights model.pt --eval-only
 //! ```
+//!
+//! Data-parallel (docs/guide.md §8): `--devices cuda:0,cuda:1` (threads of one process), or
+//! one MPI process per device:
+//!
+//! ```text
+//! cargo build --release --features cuda,mpi --example cifar10_train
+//! mpirun -np 2 target/release/examples/cifar10_train --mpi --device cuda --data /path/to/cifar-10-batches-bin --auxiliary --cutout
+//! ```
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use darts::cifar::{evaluate_weights, run_train, RunOptions, TrainConfig};
-use darts::device::{dispatch, BackendTask, DeviceSpec};
+use darts::cifar::{evaluate_weights, run_train, run_train_parallel, RunOptions, TrainConfig};
+use darts::device::{dispatch, dispatch_devices, BackendTask, BackendTaskMulti, DeviceSpec};
 use darts::genotype::{catalog, parse_conv_any};
 use std::path::PathBuf;
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/parallel.rs"]
+mod parallel;
+use parallel::Mode;
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a DARTS genotype from scratch on CIFAR-10")]
@@ -92,9 +103,11 @@ struct Args {
     /// Evaluate --weights on the test split instead of training.
     #[arg(long, requires = "weights")]
     eval_only: bool,
+    #[command(flatten)]
+    parallel: parallel::ParallelArgs,
 }
 
-struct Task(TrainConfig, RunOptions);
+struct Task(TrainConfig, RunOptions, Mode);
 
 struct Eval(TrainConfig, PathBuf);
 
@@ -105,10 +118,23 @@ impl BackendTask for Eval {
     }
 }
 
-impl BackendTask for Task {
+impl BackendTaskMulti for Task {
     type Output = Result<darts::cifar::TrainSummary, darts::cifar::RunError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        run_train::<B>(&self.0, &self.1, &device)
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
+        let Task(c, opts, mode) = self;
+        match mode {
+            Mode::Single => run_train::<B>(&c, &opts, &devices[0]),
+            Mode::Threads(group) => run_train_parallel::<B>(&c, &opts, &devices, &group),
+            Mode::Mpi(join, op) => {
+                parallel::with_mpi::<B::InnerBackend, _>(join, op, |peer, lead| {
+                    let opts = RunOptions {
+                        progress: opts.progress && lead,
+                        ..opts.clone()
+                    };
+                    darts::cifar::run_train_peer::<B>(&c, &opts, &devices[0], peer)
+                })
+            }
+        }
     }
 }
 
@@ -173,8 +199,8 @@ fn main() {
         stop_after: None,
         progress: !a.quiet,
     };
-    let spec: DeviceSpec = a.device.parse().unwrap_or_else(|e| fail(2, e));
     if let Some(w) = a.weights {
+        let spec: DeviceSpec = a.device.parse().unwrap_or_else(|e| fail(2, e));
         match dispatch(&spec, Eval(c, w.clone())) {
             Ok(Ok(r)) => println!(
                 "{}: test loss {:.4}, test accuracy {:.2}%",
@@ -187,7 +213,15 @@ fn main() {
         }
         return;
     }
-    match dispatch(&spec, Task(c, opts.clone())) {
+    let specs = a.parallel.specs(&a.device).unwrap_or_else(|e| fail(2, e));
+    let mode = a.parallel.mode(specs.len()).unwrap_or_else(|e| fail(2, e));
+    let lead = parallel::is_lead();
+    let opts = RunOptions {
+        progress: opts.progress && lead,
+        ..opts
+    };
+    match dispatch_devices(&specs, Task(c, opts.clone(), mode)) {
+        Ok(Ok(_)) if !lead => {}
         Ok(Ok(s)) => println!(
             "params {:.3}M  final test accuracy {:.2}%  (outputs in {})",
             s.params as f64 / 1e6,

@@ -1,9 +1,17 @@
 //! The data-parallel flags the run examples share: `--devices` (threads of one process) and
 //! `--mpi` (one process per device, launched by `mpirun`).
 
+use darts::cifar::RunError;
 use darts::device::DeviceSpec;
 use darts::parallel::GroupConfig;
 use std::time::Duration;
+
+/// How a run goes: one device, threads of one process, or one process of an MPI job.
+pub enum Mode {
+    Single,
+    Threads(GroupConfig),
+    Mpi(Duration, Duration),
+}
 
 /// Data parallelism.
 #[derive(clap::Args, Debug, Clone)]
@@ -68,4 +76,58 @@ impl ParallelArgs {
             op_timeout,
         }))
     }
+
+    /// The mode for `local` devices of this process.
+    pub fn mode(&self, local: usize) -> Result<Mode, String> {
+        if self.mpi {
+            let (j, o) = self.timeouts()?;
+            Ok(Mode::Mpi(j, o))
+        } else {
+            Ok(self.group(local)?.map_or(Mode::Single, Mode::Threads))
+        }
+    }
+}
+
+/// Whether this process reports (not a rank > 0 of an MPI job; Open MPI and MPICH export the
+/// rank before MPI is up).
+pub fn is_lead() -> bool {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .is_none_or(|r| r == "0")
+}
+
+/// Join the MPI job (timeouts `join`, `op`), run `f` with this process's peer and whether it
+/// is rank 0, leave.
+#[cfg(feature = "mpi")]
+pub fn with_mpi<B: burn::tensor::backend::Backend, T>(
+    join: Duration,
+    op: Duration,
+    f: impl FnOnce(darts::bilevel::sync::SharedSync<B>, bool) -> Result<T, RunError>,
+) -> Result<T, RunError> {
+    let peer = std::sync::Arc::new(darts::parallel::mpi::Mpi::<B>::join(join, op)?);
+    let lead = darts::bilevel::GradSync::rank(peer.as_ref()) == 0;
+    let out = f(peer.clone(), lead);
+    peer.leave();
+    out
+}
+
+/// Without the `mpi` feature: an error that says how to build with it.
+#[cfg(not(feature = "mpi"))]
+pub fn with_mpi<B: burn::tensor::backend::Backend, T>(
+    _: Duration,
+    _: Duration,
+    _: impl FnOnce(darts::bilevel::sync::SharedSync<B>, bool) -> Result<T, RunError>,
+) -> Result<T, RunError> {
+    let example = std::env::args()
+        .next()
+        .and_then(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "cifar10_search".into());
+    Err(RunError::Config(format!(
+        "--mpi needs the `mpi` feature: cargo build --release --features mpi --example {example}"
+    )))
 }

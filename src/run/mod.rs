@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 pub mod cifar;
 mod dir;
+mod peer;
 pub mod ptb;
 
 pub(crate) use dir::{

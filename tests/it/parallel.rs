@@ -1,8 +1,9 @@
 //! Data parallelism (`darts::parallel`, `darts_bilevel::sync`): two peers on flex against a
 //! single-device reference that computes the same per-shard gradients and averages them, in
-//! f64; a peer that never joins; the two-peer CIFAR-10 search driver against itself resumed;
-//! two MPI processes over loopback against two threads (feature `mpi`), a process that dies or
-//! never joins; and burn-collective 0.21's multi-node all-reduce hanging on its second
+//! f64 (search steps, and the from-scratch trainer's steps with drop path); a peer that never
+//! joins; the two-peer CIFAR-10 search and training drivers against themselves resumed; two MPI
+//! processes over loopback against two threads (feature `mpi`), a process that dies or never
+//! joins; and burn-collective 0.21's multi-node all-reduce hanging on its second
 //! operation (why processes go through MPI).
 
 use crate::common::{batch, batch_f64, seeded, to_f64, Inner, B};
@@ -11,8 +12,9 @@ use burn::tensor::Tensor;
 use darts::bilevel::params::{all_ids, set_values, values, FlatParams};
 use darts::bilevel::{
     arch_gradients, clip_grad_norm, loss_gradients, train_gradients, ArchModel, ArchitectConfig,
-    Bilevel, CosineLr, Order, WeightConfig,
+    Bilevel, CosineLr, Order, Sgd, WeightConfig,
 };
+use darts::cell::{DropKey, DropPath};
 use darts::parallel::{run_local, shard_range, GroupConfig, ParallelError};
 use darts::prelude::*;
 use std::collections::BTreeMap;
@@ -332,6 +334,159 @@ fn two_peers_epoch_equals_the_averaged_reference() {
     assert_close(&peers[0], &reference(Order::First, &data), "epoch");
 }
 
+/// The derived network of the trainer tests: DARTS_V2, 4 channels, 3 cells, auxiliary head.
+fn tiny_eval() -> EvalNetwork<B> {
+    seeded(29, || {
+        EvalNetworkConfig {
+            channels: 4,
+            layers: 3,
+            auxiliary: true,
+            ..Default::default()
+        }
+        .init::<B>(
+            &darts::genotype::catalog::conv("DARTS_V2").unwrap(),
+            &Default::default(),
+        )
+        .unwrap()
+    })
+}
+
+const TRAIN_DROP: f64 = 0.3;
+
+/// Drop path of step `step` for a shard starting at `first_row` of the global batch.
+fn train_drop(step: usize, first_row: usize) -> DropPath {
+    DropPath::keyed(
+        TRAIN_DROP,
+        DropKey {
+            seed: 7,
+            epoch: 2,
+            step: step as u64,
+            first_row: first_row as u64,
+        },
+    )
+}
+
+/// Trainable weights and SGD buffers (by visit position) after training steps, as f64.
+fn train_state(m: &EvalNetwork<B>, sgd: &Sgd<Inner>, ids: &[ParamId]) -> Vec<Vec<f64>> {
+    let v = values(m, ids);
+    let f = |t: &Tensor<Inner, 1>| {
+        t.clone()
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap()
+    };
+    ids.iter()
+        .map(|id| f(&v[id]))
+        .chain(ids.iter().map(|id| f(sgd.buffer(id).expect("a buffer"))))
+        .collect()
+}
+
+/// The trainable ids of the derived network, in visit order.
+fn train_ids(m: &EvalNetwork<B>) -> Vec<ParamId> {
+    let b = batch_f64(batch(2, 32, 0.0));
+    let g = darts::bilevel::params::gradients(m, &m.loss(&b, 0.0, 0.4).0.backward());
+    all_ids(m)
+        .into_iter()
+        .filter(|id| g.contains_key(id))
+        .collect()
+}
+
+fn train_batches(steps: usize, n: usize) -> Vec<ImageBatch<B>> {
+    (0..steps)
+        .map(|k| batch_f64(batch(n, 32, 0.2 * k as f32)))
+        .collect()
+}
+
+/// Training steps of the derived network (drop path, auxiliary head, clipping) on two peers,
+/// each replica's state afterwards.
+fn two_peers_train(data: &[ImageBatch<B>]) -> Vec<Vec<Vec<f64>>> {
+    let net = to_f64(tiny_eval());
+    let ids = train_ids(&net);
+    let dev = Default::default();
+    run_local::<Inner, _, _>(&[dev, dev], &GroupConfig::local(2), |rank, _dev, sync| {
+        let mut m = darts::parallel::replica(&net);
+        let mut sgd = Sgd::<Inner>::new(0.9, 3e-4);
+        for (step, b) in data.iter().enumerate() {
+            let r = shard_range(b.images.dims()[0], rank, 2);
+            let mine = shard(b, rank, 2);
+            let drop = train_drop(step, r.start);
+            let (next, st) = darts::bilevel::weight_step_sharded(
+                m,
+                &mut sgd,
+                0.05,
+                Some(5.0),
+                &[],
+                Some(sync.as_ref()),
+                |_| r.len(),
+                |m| m.loss(&mine, drop, 0.4),
+            );
+            assert!(st.grad_norm.is_finite());
+            m = next;
+        }
+        train_state(&m, &sgd, &ids)
+    })
+    .unwrap()
+}
+
+/// The single-device reference: per step, every shard's gradient (its rows' drop-path keys),
+/// their size-weighted mean, the global clip and the SGD step.
+fn reference_train(data: &[ImageBatch<B>], keyed_by_row: bool) -> Vec<Vec<f64>> {
+    let mut m = to_f64(tiny_eval());
+    let ids = train_ids(&m);
+    let mut sgd = Sgd::<Inner>::new(0.9, 3e-4);
+    for (step, b) in data.iter().enumerate() {
+        let n = b.images.dims()[0];
+        let parts: Vec<_> = (0..2)
+            .map(|p| {
+                let r = shard_range(n, p, 2);
+                let first = if keyed_by_row { r.start } else { 0 };
+                let loss = m.loss(&shard(b, p, 2), train_drop(step, first), 0.4).0;
+                let g = darts::bilevel::params::gradients(&m, &loss.backward());
+                (g, r.len())
+            })
+            .collect();
+        let mut g = mean(&parts);
+        clip_grad_norm(&mut g, 5.0);
+        let w = values(&m, &ids);
+        let updated = sgd.step(0.05, &w, &g);
+        m = set_values(m, &updated);
+    }
+    train_state(&m, &sgd, &ids)
+}
+
+fn worst_relative(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let mut worst = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs() / scale);
+        }
+    }
+    worst
+}
+
+/// The from-scratch trainer's step on two peers (drop path keyed by the sample's row of the
+/// global batch, auxiliary head, global clip) equals the single-device reference that averages
+/// the shards' gradients; and the drop-path keys matter (keying both shards from row 0 gives
+/// another result).
+#[test]
+fn two_peers_training_steps_equal_the_averaged_reference() {
+    // Unequal shards (7 = 4 + 3).
+    let data = train_batches(2, 7);
+    let peers = two_peers_train(&data);
+    assert_eq!(peers[0], peers[1], "replicas differ");
+    let reference = reference_train(&data, true);
+    let worst = worst_relative(&peers[0], &reference);
+    assert!(worst <= 1e-12, "relative difference {worst:e}");
+    let unkeyed = reference_train(&data, false);
+    let off = worst_relative(&unkeyed, &reference);
+    assert!(
+        off > 1e-6,
+        "the drop-path keys made no difference ({off:e})"
+    );
+}
+
 #[test]
 fn a_peer_that_never_joins_is_a_clear_error_in_bounded_time() {
     let mut cfg = GroupConfig::local(2);
@@ -474,6 +629,89 @@ fn interrupted_two_peer_search_resumes_to_the_uninterrupted_run() {
     // Two peers see the global batch in two shards: the run is not the single-device run
     // (BatchNorm normalises each shard with its own statistics) but its data are.
     assert_eq!(a.history[0].steps, 2);
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+fn tiny_train() -> darts::cifar::TrainConfig {
+    darts::cifar::TrainConfig {
+        data: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-sample"),
+        genotype: darts::genotype::catalog::conv("DARTS_V2").unwrap(),
+        genotype_source: "DARTS_V2".into(),
+        limit_images: Some(48),
+        limit_test: Some(32),
+        batch_size: 16,
+        lr: 0.025,
+        momentum: 0.9,
+        weight_decay: 3e-4,
+        epochs: 3,
+        init_channels: 4,
+        layers: 3,
+        auxiliary: true,
+        auxiliary_weight: 0.4,
+        cutout: Some(8),
+        drop_path_prob: 0.3,
+        grad_clip: 5.0,
+        seed: 3,
+    }
+}
+
+fn two_threads_train(
+    cfg: &darts::cifar::TrainConfig,
+    o: &darts::cifar::RunOptions,
+) -> darts::cifar::TrainSummary {
+    let dev = Default::default();
+    darts::cifar::run_train_parallel::<B>(cfg, o, &[dev, dev], &GroupConfig::local(2)).unwrap()
+}
+
+/// Training from scratch on two peers (drop path on, auxiliary head, cutout), stopped after
+/// its first epoch and resumed, equals the uninterrupted run bit for bit; so does one device.
+#[test]
+fn interrupted_training_resumes_to_the_uninterrupted_run_on_one_and_two_peers() {
+    let tmp = std::env::temp_dir().join(format!("darts-dp-train-{}", std::process::id()));
+    let cfg = tiny_train();
+    type Runner =
+        fn(&darts::cifar::TrainConfig, &darts::cifar::RunOptions) -> darts::cifar::TrainSummary;
+    let one: Runner = |c, o| darts::cifar::run_train::<B>(c, o, &Default::default()).unwrap();
+    for (name, run) in [("one", one), ("two", two_threads_train as Runner)] {
+        let (full, part) = (tmp.join(name).join("full"), tmp.join(name).join("part"));
+        let a = run(&cfg, &opts(&full));
+        assert_eq!(a.history.len(), 3);
+        assert!(a.history[2].drop_path_prob > 0.0);
+        let first = run(
+            &cfg,
+            &darts::cifar::RunOptions {
+                stop_after: Some(1),
+                ..opts(&part)
+            },
+        );
+        assert_eq!(first.history.len(), 1);
+        let b = run(
+            &cfg,
+            &darts::cifar::RunOptions {
+                resume: true,
+                overwrite: false,
+                ..opts(&part)
+            },
+        );
+        let timeless = |h: &[darts::cifar::TrainEpoch]| -> Vec<darts::cifar::TrainEpoch> {
+            h.iter()
+                .map(|e| darts::cifar::TrainEpoch {
+                    seconds: 0.0,
+                    ..e.clone()
+                })
+                .collect()
+        };
+        assert_eq!(
+            timeless(&a.history),
+            timeless(&b.history),
+            "{name}: histories differ"
+        );
+        assert!(
+            run_record(&full) == run_record(&part),
+            "{name}: resumed run differs"
+        );
+        assert!(full.join(darts::cifar::WEIGHTS).exists());
+    }
     std::fs::remove_dir_all(&tmp).ok();
 }
 
@@ -665,12 +903,19 @@ mod mpi {
             )
             .unwrap(),
         );
-        let r = darts::cifar::run_search_peer::<B>(
-            &tiny_search(),
-            &opts(std::path::Path::new(&out)),
-            &Default::default(),
-            peer.clone(),
-        );
+        let o = opts(std::path::Path::new(&out));
+        let r = if mode == "train" {
+            darts::cifar::run_train_peer::<B>(&tiny_train(), &o, &Default::default(), peer.clone())
+                .map(|_| ())
+        } else {
+            darts::cifar::run_search_peer::<B>(
+                &tiny_search(),
+                &o,
+                &Default::default(),
+                peer.clone(),
+            )
+            .map(|_| ())
+        };
         peer.leave();
         r.unwrap();
     }
@@ -682,6 +927,20 @@ mod mpi {
         let (ok, text, _) = mpirun(&procs, "search", &[]);
         assert!(ok, "mpirun failed:\n{text}");
         two_threads(&tiny_search(), &opts(&threads));
+        assert!(
+            run_record(&procs) == run_record(&threads),
+            "processes and threads differ"
+        );
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+
+    #[test]
+    fn two_processes_train_as_two_threads() {
+        let tmp = std::env::temp_dir().join(format!("darts-dp-mpi-train-{}", std::process::id()));
+        let (procs, threads) = (tmp.join("mpi"), tmp.join("threads"));
+        let (ok, text, _) = mpirun(&procs, "train", &[]);
+        assert!(ok, "mpirun failed:\n{text}");
+        two_threads_train(&tiny_train(), &opts(&threads));
         assert!(
             run_record(&procs) == run_record(&threads),
             "processes and threads differ"

@@ -249,3 +249,63 @@ fn supernet_configuration_is_checked() {
         assert!(e.to_string().contains(what), "{e}");
     }
 }
+
+/// Keyed drop path (`DropPath::Keyed`): a sample's decisions depend only on its key and row of
+/// the global batch (a shard starting at row 4 gets rows 4.. of the whole batch's masks), drop
+/// with probability p and rescale by 1/(1 − p); the network has one site per non-identity op,
+/// and its keyed forward is deterministic and differs between steps.
+#[test]
+fn keyed_drop_path_depends_on_the_sample_not_the_shard() {
+    use darts::cell::{DropKey, DropPath};
+    let key = DropKey {
+        seed: 11,
+        epoch: 3,
+        step: 5,
+        first_row: 0,
+    };
+    let (p, sites) = (0.3, 20);
+    let whole = DropPath::keyed_masks(p, &key, 8, sites);
+    let shard = DropPath::keyed_masks(
+        p,
+        &DropKey {
+            first_row: 4,
+            ..key
+        },
+        4,
+        sites,
+    );
+    assert_eq!(&whole[4 * sites..], &shard[..]);
+    let many = DropPath::keyed_masks(p, &key, 1000, sites);
+    assert!(many.iter().all(|&m| m == 0.0 || m == 1.0 / (1.0 - p)));
+    let dropped = many.iter().filter(|&&m| m == 0.0).count() as f64 / many.len() as f64;
+    assert!((dropped - p).abs() < 0.02, "dropped {dropped}");
+    let next = DropPath::keyed_masks(p, &DropKey { step: 6, ..key }, 8, sites);
+    assert_ne!(whole, next);
+    assert_eq!(DropPath::keyed(0.0, key), DropPath::Off);
+    assert_eq!(DropPath::from(0.2), DropPath::Random(0.2));
+
+    let dev = Default::default();
+    let g = catalog::conv("DARTS_V2").unwrap();
+    let net = seeded(3, || {
+        EvalNetworkConfig {
+            channels: 4,
+            layers: 3,
+            ..Default::default()
+        }
+        .init::<B>(&g, &dev)
+        .unwrap()
+    });
+    // Normal cell: 6 of 8 ops are not identities (two skip_connects); reduction cells: the 5
+    // max pools (the skips read node 2, stride 1).
+    assert_eq!(net.drop_sites(), 6 + 5 + 5);
+    let x = batch(4, 32, 0.0).images;
+    let logits = |k: DropKey| -> Vec<f32> {
+        net.forward(x.clone(), DropPath::keyed(0.5, k))
+            .logits
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    assert_eq!(logits(key), logits(key));
+    assert_ne!(logits(key), logits(DropKey { step: 6, ..key }));
+}

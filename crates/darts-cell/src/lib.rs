@@ -21,7 +21,7 @@ pub use cnn::derived as eval;
 pub use cnn::supernet as search;
 
 pub use cnn::batch::ImageBatch;
-pub use cnn::derived::{EvalNetwork, EvalNetworkConfig};
+pub use cnn::derived::{DropKey, DropPath, EvalNetwork, EvalNetworkConfig};
 pub use cnn::supernet::{SearchNetwork, SearchNetworkConfig};
 pub use rnn::{RnnConfig, RnnEvalNetwork, RnnSearchNetwork, TokenBatch};
 

@@ -56,6 +56,14 @@ impl NoiseSource {
     }
 }
 
+/// A generator seeded by a tuple of words (e.g. `(seed, epoch, step, sample)`): the same tuple
+/// gives the same numbers on every machine and in every run, so random decisions tied to a
+/// sample do not depend on which peer holds it or whether the run was resumed.
+pub fn keyed_rng(words: &[u64]) -> StdRng {
+    let k = words.iter().fold(0x4B45_5945_u64, |acc, &w| mix(acc, w));
+    StdRng::seed_from_u64(k)
+}
+
 /// SplitMix64-style mixing of two words.
 fn mix(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).rotate_left(17);

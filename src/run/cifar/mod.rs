@@ -30,7 +30,8 @@ pub use search::{
 };
 pub use select::{PtDecision, PtSelection, Selection};
 pub use train::{
-    evaluate_weights, run_train, TrainConfig, TrainEpoch, TrainSummary, WeightsEvaluation, WEIGHTS,
+    evaluate_weights, run_train, run_train_parallel, run_train_peer, TrainConfig, TrainEpoch,
+    TrainSummary, WeightsEvaluation, WEIGHTS,
 };
 
 pub(super) fn load_train(data: &Path, limit: Option<usize>) -> Result<Arc<Cifar10>, RunError> {

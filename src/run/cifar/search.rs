@@ -4,8 +4,9 @@ use super::select::{select_pt, Selection};
 use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint;
 use crate::methods::{EpochSchedule, Method, MethodConfig};
-use crate::parallel::{broadcast_bytes, run_local, shard_range, GroupConfig, ParallelError};
+use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
 use crate::report;
+use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
 use crate::run::{
     append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
     write_bytes, write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig,
@@ -14,7 +15,7 @@ use crate::run::{
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use darts_bilevel::params::values;
-use darts_bilevel::sync::{average_buffers, GradSync, SharedSync};
+use darts_bilevel::sync::{average_buffers, SharedSync};
 use darts_bilevel::{
     ArchBnStats, ArchitectConfig, Bilevel, CosineLr, NonFinitePolicy, Order, SearchEvent,
     WeightConfig,
@@ -607,21 +608,6 @@ pub fn run_search_parallel<B: AutodiffBackend>(
     first_error(results)
 }
 
-/// The first peer's result, unless a peer failed: then the error of the lowest rank that failed
-/// (it says what went wrong; a higher rank often only lost its peer).
-pub(crate) fn first_error<T>(results: Vec<Result<T, RunError>>) -> Result<T, RunError> {
-    let mut ok = None;
-    for r in results {
-        match r {
-            Err(e) => return Err(e),
-            Ok(v) => {
-                ok.get_or_insert(v);
-            }
-        }
-    }
-    ok.ok_or_else(|| RunError::Config("no peer".into()))
-}
-
 /// Run (or resume) a search as one peer of a data-parallel group (`sync`): every peer calls it
 /// with the same configuration and options, each on its own device. This is how the processes
 /// of an MPI job ([`crate::parallel`]) or any other [`GradSync`] run a search; see
@@ -660,13 +646,14 @@ fn search_as<B: AutodiffBackend>(
             Err(e) => {
                 if let Some(s) = &sync {
                     // Tell the others, so that they stop now instead of timing out.
-                    let _ = send_state::<B>(s.as_ref(), Err(e.to_string()), device);
+                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
                 }
                 return Err(e);
             }
         }
     } else {
-        let (cfg, history) = receive_header::<B>(sync.as_deref().expect("a group"), device)?;
+        let (cfg, history) =
+            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
         (cfg, history, None, None)
     };
     let loaders = SearchLoaders::new(&cfg)?;
@@ -690,14 +677,14 @@ fn search_as<B: AutodiffBackend>(
         // Every replica starts from rank 0's state (fresh or resumed), as PyTorch's DDP
         // broadcasts rank 0's parameters.
         if lead {
-            let mut c = checkpoint::Checkpoint::new(serde_json::Value::Null);
-            checkpoint::save_bilevel(&mut c, &search)?;
-            let header = serde_json::to_vec(&(&cfg, &history))
-                .map_err(|e| RunError::Config(e.to_string()))?;
-            send_state::<B>(s.as_ref(), Ok((header, c.to_bytes()?)), device)?;
+            send_run::<B::InnerBackend>(
+                s.as_ref(),
+                &(&cfg, &history),
+                |c| Ok(checkpoint::save_bilevel(c, &search)?),
+                device,
+            )?;
         } else {
-            let bytes = broadcast_bytes::<B::InnerBackend>(s.as_ref(), &[], device)?;
-            let c = checkpoint::Checkpoint::decode(&bytes, "rank 0's state")?;
+            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
             checkpoint::load_bilevel(&c, &mut search)?;
         }
         search.sync = Some(s.clone());
@@ -765,46 +752,5 @@ pub(super) fn shard_host(h: &HostBatch, rank: usize, world: usize) -> HostBatch 
     HostBatch {
         images: h.images[r.start * per..r.end * per].to_vec(),
         labels: h.labels[r.clone()].to_vec(),
-    }
-}
-
-/// Rank 0 sends `Ok((header, checkpoint))` or the error that stopped it, as two broadcasts
-/// (the header, then the checkpoint; an error is a header and no checkpoint).
-fn send_state<B: AutodiffBackend>(
-    sync: &dyn GradSync<B::InnerBackend>,
-    state: Result<(Vec<u8>, Vec<u8>), String>,
-    device: &B::Device,
-) -> Result<(), RunError> {
-    match state {
-        Ok((header, ckpt)) => {
-            let mut h = vec![1u8];
-            h.extend(header);
-            broadcast_bytes::<B::InnerBackend>(sync, &h, device)?;
-            broadcast_bytes::<B::InnerBackend>(sync, &ckpt, device)?;
-        }
-        Err(e) => {
-            let mut h = vec![0u8];
-            h.extend(e.into_bytes());
-            broadcast_bytes::<B::InnerBackend>(sync, &h, device)?;
-        }
-    }
-    Ok(())
-}
-
-/// What a peer other than rank 0 receives first: the configuration and history of the run.
-fn receive_header<B: AutodiffBackend>(
-    sync: &dyn GradSync<B::InnerBackend>,
-    device: &B::Device,
-) -> Result<(SearchConfig, Vec<SearchEpoch>), RunError> {
-    let h = broadcast_bytes::<B::InnerBackend>(sync, &[], device)?;
-    match h.split_first() {
-        Some((1, json)) => {
-            serde_json::from_slice(json).map_err(|e| RunError::Config(format!("rank 0's run: {e}")))
-        }
-        Some((_, why)) => Err(RunError::Parallel(ParallelError::Collective {
-            rank: sync.rank(),
-            error: format!("rank 0 stopped: {}", String::from_utf8_lossy(why)),
-        })),
-        None => Err(RunError::Config("rank 0 sent nothing".into())),
     }
 }

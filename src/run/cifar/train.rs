@@ -1,16 +1,20 @@
 //! Training a derived network from scratch on CIFAR-10 (reference `cnn/train.py`).
 
+use super::search::shard_host;
 use super::{evaluate, load_train, to_batch, LAYERS_RULE};
 use crate::checkpoint;
+use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
+use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
 use crate::run::{
-    append_timing, check, check_shared, genotype_ok, progress, seed_lock, start_run,
+    append_timing, check, check_shared, failpoint, genotype_ok, progress, seed_lock, start_run,
     write_checkpoint, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
-use darts_bilevel::{weight_step, CosineLr, Sgd};
-use darts_cell::{EvalNetwork, EvalNetworkConfig};
+use darts_bilevel::sync::{average_buffers, sum_host, GradSync, SharedSync};
+use darts_bilevel::{weight_step_sharded, CosineLr, Sgd};
+use darts_cell::{DropKey, DropPath, EvalNetwork, EvalNetworkConfig};
 use darts_data::cifar::{Augment, Cifar10, Loader};
 use darts_genotype::Genotype;
 use serde::{Deserialize, Serialize};
@@ -133,12 +137,14 @@ struct EpochPlan {
 }
 
 /// The training pass of one epoch: a weight step per batch (an error if one diverges). Returns
-/// the model and (mean loss, accuracy).
+/// the model and (mean loss, accuracy), over the global batches when data-parallel (`sync`:
+/// every peer takes its rows of each batch; a batch smaller than the group is left out by all).
 fn train_pass<B: AutodiffBackend>(
     mut model: EvalNetwork<B>,
     sgd: &mut Sgd<B::InnerBackend>,
     (train, cfg): (&Loader, &TrainConfig),
     plan: &EpochPlan,
+    sync: Option<&dyn GradSync<B::InnerBackend>>,
     device: &B::Device,
 ) -> Result<(EvalNetwork<B>, f64, f64), RunError> {
     let EpochPlan {
@@ -147,6 +153,7 @@ fn train_pass<B: AutodiffBackend>(
         drop_prob,
         show,
     } = *plan;
+    let (rank, world) = sync.map_or((0, 1), |s| (s.rank(), s.world()));
     let pb = progress(
         train.batches_per_epoch(),
         format!("epoch {}/{}", epoch + 1, cfg.epochs),
@@ -154,13 +161,44 @@ fn train_pass<B: AutodiffBackend>(
     );
     let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
     let (mut loss_sum, mut ok, mut seen) = (0.0, 0.0, 0.0);
+    let step_point = format!("train_step_rank{rank}");
     for (step, h) in train.epoch(epoch, 0).enumerate() {
-        let b = to_batch::<B>(&h, device);
-        let (next, st) = weight_step(model, sgd, lr, clip, |m| {
-            m.loss(&b, drop_prob, cfg.auxiliary_weight)
-        });
+        if h.len() < world {
+            continue;
+        }
+        let rows = shard_range(h.len(), rank, world);
+        let b = to_batch::<B>(&shard_host(&h, rank, world), device);
+        // Drop path keyed by the sample's place in the global batch: the same paths are
+        // dropped on one device and on any number of peers, and after a resume.
+        let drop = DropPath::keyed(
+            drop_prob,
+            DropKey {
+                seed: cfg.seed,
+                epoch: epoch as u64,
+                step: step as u64,
+                first_row: rows.start as u64,
+            },
+        );
+        let n = rows.len();
+        let (next, st) = weight_step_sharded(
+            model,
+            sgd,
+            lr,
+            clip,
+            &[],
+            sync,
+            |_| n,
+            |m| m.loss(&b, drop, cfg.auxiliary_weight),
+        );
         model = next;
+        failpoint(&step_point);
         let l: f64 = st.loss.into_scalar().elem();
+        if let Some(why) = sync.and_then(|s| s.failure()) {
+            return Err(RunError::Parallel(ParallelError::Collective {
+                rank,
+                error: why,
+            }));
+        }
         if !l.is_finite() || !st.grad_norm.is_finite() {
             let what = if l.is_finite() {
                 "gradient norm"
@@ -175,7 +213,7 @@ fn train_pass<B: AutodiffBackend>(
                 "; lower --lr",
             ));
         }
-        let m = h.len() as f64;
+        let m = n as f64;
         let c: f64 = st.aux.into_scalar().elem();
         loss_sum += l * m;
         ok += c;
@@ -188,6 +226,16 @@ fn train_pass<B: AutodiffBackend>(
         ));
     }
     pb.finish_and_clear();
+    if let Some(s) = sync {
+        let g = sum_host(s, &[loss_sum, ok, seen], device);
+        (loss_sum, ok, seen) = (g[0], g[1], g[2]);
+        if let Some(why) = s.failure() {
+            return Err(RunError::Parallel(ParallelError::Collective {
+                rank,
+                error: why,
+            }));
+        }
+    }
     Ok((model, loss_sum / seen.max(1.0), ok / seen.max(1.0)))
 }
 
@@ -304,8 +352,63 @@ pub fn run_train<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, RunError> {
+    train_as::<B>(config, opts, device, None)
+}
+
+/// Train data-parallel on `devices` (one peer per device, threads of this process): every
+/// peer takes its shard of each batch, the gradients of the global batch are applied on every
+/// replica; rank 0 opens the output directory, writes the outputs and checkpoints, and sends
+/// its state to the others before the first epoch. Returns rank 0's summary.
+pub fn run_train_parallel<B: AutodiffBackend>(
+    config: &TrainConfig,
+    opts: &RunOptions,
+    devices: &[B::Device],
+    group: &GroupConfig,
+) -> Result<TrainSummary, RunError> {
+    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
+        train_as::<B>(config, opts, &device, Some(sync))
+    })?;
+    first_error(results)
+}
+
+/// Train as one peer of a data-parallel group (`sync`): every peer calls it with the same
+/// configuration and options, each on its own device (the processes of an MPI job,
+/// [`crate::parallel`]); see [`run_train_parallel`] for the threads of one process.
+pub fn run_train_peer<B: AutodiffBackend>(
+    config: &TrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: SharedSync<B::InnerBackend>,
+) -> Result<TrainSummary, RunError> {
+    train_as::<B>(config, opts, device, Some(sync))
+}
+
+/// One peer's (or the single device's) training.
+fn train_as<B: AutodiffBackend>(
+    config: &TrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: Option<SharedSync<B::InnerBackend>>,
+) -> Result<TrainSummary, RunError> {
     let out = &opts.out;
-    let (cfg, mut history, ckpt, _lock) = start_run::<TrainConfig, TrainEpoch>(config, opts)?;
+    let lead = sync.as_ref().is_none_or(|s| s.rank() == 0);
+    // Rank 0 opens (and locks) the directory; the others get its configuration and history.
+    let (cfg, mut history, ckpt, _lock) = if lead {
+        match start_run::<TrainConfig, TrainEpoch>(config, opts) {
+            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
+            Err(e) => {
+                if let Some(s) = &sync {
+                    // Tell the others, so that they stop now instead of timing out.
+                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        let (cfg, history): (TrainConfig, Vec<TrainEpoch>) =
+            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
+        (cfg, history, None, None)
+    };
     let (train, test_loader) = train_loaders(&cfg)?;
     let mut model = build_model::<B>(&cfg, device)?;
     let params = model.num_weights();
@@ -313,7 +416,25 @@ pub fn run_train<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         model = checkpoint::load_model_sgd(c, model, &mut sgd)?.0;
     }
-    if opts.progress {
+    if let Some(s) = &sync {
+        // Every replica starts from rank 0's state (fresh or resumed).
+        if lead {
+            send_run::<B::InnerBackend>(
+                s.as_ref(),
+                &(&cfg, &history),
+                |c| {
+                    checkpoint::save_model_sgd(c, &model, &sgd)?;
+                    Ok(())
+                },
+                device,
+            )?;
+        } else {
+            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
+            model = checkpoint::load_model_sgd(&c, model, &mut sgd)?.0;
+        }
+    }
+    let show = opts.progress && lead;
+    if show {
         eprintln!(
             "{}: {:.3}M parameters (auxiliary head {:.3}M)",
             cfg.genotype_source,
@@ -335,16 +456,33 @@ pub fn run_train<B: AutodiffBackend>(
             epoch,
             lr,
             drop_prob: dp,
-            show: opts.progress,
+            show,
         };
-        let (next, train_loss, train_acc) =
-            train_pass(model, &mut sgd, (&train, &cfg), &plan, device)?;
+        let (next, train_loss, train_acc) = train_pass(
+            model,
+            &mut sgd,
+            (&train, &cfg),
+            &plan,
+            sync.as_deref(),
+            device,
+        )?;
         model = next;
+        if let Some(s) = &sync {
+            // The replicas' running statistics followed their own shards: average them.
+            model = average_buffers(model, s.as_ref());
+        }
         let inner = model.valid();
         let (test_loss, test_acc) =
-            evaluate::<B::InnerBackend, _>(&test_loader, device, None, |x| {
+            evaluate::<B::InnerBackend, _>(&test_loader, device, sync.as_deref(), |x| {
                 inner.forward(x, 0.0).logits
             });
+        if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
+            let rank = sync.as_ref().map_or(0, |s| s.rank());
+            return Err(RunError::Parallel(ParallelError::Collective {
+                rank,
+                error: why,
+            }));
+        }
         let rec = TrainEpoch {
             epoch,
             lr,
@@ -355,13 +493,15 @@ pub fn run_train<B: AutodiffBackend>(
             test_acc,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        if opts.progress {
+        if show {
             print_epoch(&rec);
         }
         history.push(rec);
-        commit_epoch(out, &cfg, &history, &model, &sgd)?;
+        if lead {
+            commit_epoch(out, &cfg, &history, &model, &sgd)?;
+        }
     }
-    if history.len() == cfg.epochs {
+    if history.len() == cfg.epochs && lead {
         // The trained network in the reference's names and layouts, for PyTorch.
         crate::interop::export_reference(&model.valid(), &out.join(WEIGHTS))?;
     }

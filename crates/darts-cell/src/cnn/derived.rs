@@ -9,15 +9,17 @@ use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
-use burn::tensor::{Distribution, Tensor, TensorCreationOptions};
+use burn::tensor::{Distribution, Tensor, TensorCreationOptions, TensorData};
 use darts_genotype::{Gene, Genotype};
+use darts_mixed_op::stochastic::keyed_rng;
 use darts_mixed_op::{CandidateOp, DartsSpace, EdgeSpec, OpSet};
 use darts_ops::cnn::ReLUConvBN;
 use darts_ops::conv::Conv2dConfig;
 use darts_ops::{BatchNorm2d, Conv2d, DartsOp, Linear};
+use rand::Rng;
 
 /// Per-sample drop path: zero whole samples with probability `p`, rescale the rest by
-/// `1 / (1 − p)`.
+/// `1 / (1 − p)`. The mask comes from the backend's generator ([`DropPath::Random`]).
 pub fn drop_path<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
     if p <= 0.0 {
         return x;
@@ -30,6 +32,112 @@ pub fn drop_path<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
     let options = TensorCreationOptions::new(x.device()).with_dtype(x.dtype());
     let mask = Tensor::<B, 2>::random([n, 1], Distribution::Bernoulli(keep), options) / keep;
     (x.reshape([n, rest]) * mask).reshape(dims)
+}
+
+/// Where drop path's per-sample decisions come from ([`EvalNetwork::forward`]). An `f64`
+/// converts to [`DropPath::Random`] (or [`DropPath::Off`] when it is 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum DropPath {
+    /// No path is dropped.
+    #[default]
+    Off,
+    /// Probability `p`, from the backend's generator (`Tensor::random`, seeded by `B::seed`),
+    /// as the reference's `bernoulli_` does: a new draw per site and sample.
+    Random(f64),
+    /// Probability `p`, drawn on the host: sample `i` of the batch takes its decisions for all
+    /// sites, in forward order, from [`keyed_rng`]`(seed, epoch, step, first_row + i)`. A sample
+    /// is dropped on the same paths whichever peer of a data-parallel group holds it (each passes
+    /// its shard's first row of the global batch) and whether or not the run was resumed.
+    Keyed {
+        /// Drop probability.
+        p: f64,
+        /// What the decisions are keyed by.
+        key: DropKey,
+    },
+}
+
+/// The key of [`DropPath::Keyed`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// Run seed.
+    pub seed: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Step in the epoch.
+    pub step: u64,
+    /// Index of this batch's first sample in the global batch (its shard's offset).
+    pub first_row: u64,
+}
+
+impl From<f64> for DropPath {
+    fn from(p: f64) -> Self {
+        if p > 0.0 {
+            DropPath::Random(p)
+        } else {
+            DropPath::Off
+        }
+    }
+}
+
+impl DropPath {
+    /// [`DropPath::Keyed`], or [`DropPath::Off`] when `p` is 0.
+    pub fn keyed(p: f64, key: DropKey) -> Self {
+        if p > 0.0 {
+            DropPath::Keyed { p, key }
+        } else {
+            DropPath::Off
+        }
+    }
+
+    /// The drop probability (0 when off).
+    pub fn prob(&self) -> f64 {
+        match *self {
+            DropPath::Off => 0.0,
+            DropPath::Random(p) | DropPath::Keyed { p, .. } => p,
+        }
+    }
+
+    /// The host masks of [`DropPath::Keyed`] for `n` samples and `sites` sites, row-major
+    /// `[n, sites]`: `1 / (1 − p)` where the path is kept, 0 where it is dropped.
+    pub fn keyed_masks(p: f64, key: &DropKey, n: usize, sites: usize) -> Vec<f64> {
+        let keep = 1.0 - p;
+        let mut out = Vec::with_capacity(n * sites);
+        for i in 0..n as u64 {
+            let mut rng = keyed_rng(&[key.seed, key.epoch, key.step, key.first_row + i]);
+            for _ in 0..sites {
+                let u: f64 = rng.random();
+                out.push(if u < keep { 1.0 / keep } else { 0.0 });
+            }
+        }
+        out
+    }
+}
+
+/// Drop path during one forward: the sites take the mask columns in order.
+enum SiteDrop<B: Backend> {
+    Off,
+    Random(f64),
+    Masks { masks: Tensor<B, 2>, next: usize },
+}
+
+impl<B: Backend> SiteDrop<B> {
+    fn apply(&mut self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            SiteDrop::Off => x,
+            SiteDrop::Random(p) => drop_path(x, *p),
+            SiteDrop::Masks { masks, next } => {
+                let dims = x.dims();
+                let n = dims[0];
+                let m = masks.clone().narrow(1, *next, 1);
+                *next += 1;
+                (x.reshape([n, dims[1] * dims[2] * dims[3]]) * m).reshape(dims)
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        !matches!(self, SiteDrop::Off)
+    }
 }
 
 /// A cell of the derived network: two ops per node, inputs chosen by the genotype. Generic over
@@ -131,8 +239,35 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
         self.concat.len()
     }
 
-    /// Apply; `drop_prob > 0` applies drop path to every non-identity op output.
+    /// Apply; `drop_prob > 0` applies drop path to every non-identity op output (the backend's
+    /// generator, [`DropPath::Random`]).
     pub fn forward(&self, s0: Tensor<B, 4>, s1: Tensor<B, 4>, drop_prob: f64) -> Tensor<B, 4> {
+        let mut drop = if drop_prob > 0.0 {
+            SiteDrop::Random(drop_prob)
+        } else {
+            SiteDrop::Off
+        };
+        self.forward_sites(s0, s1, &mut drop)
+    }
+
+    /// The drop-path sites of this cell: its non-identity ops, or its nodes for FairDARTS's
+    /// named cells.
+    pub fn drop_sites(&self) -> usize {
+        if self.drop_per_node {
+            let mut t = self.targets.clone();
+            t.dedup();
+            t.len()
+        } else {
+            self.ops.iter().filter(|o| !o.is_identity()).count()
+        }
+    }
+
+    fn forward_sites(
+        &self,
+        s0: Tensor<B, 4>,
+        s1: Tensor<B, 4>,
+        drop: &mut SiteDrop<B>,
+    ) -> Tensor<B, 4> {
         let last = self.targets.iter().copied().max().unwrap_or(1);
         let mut states: Vec<Option<Tensor<B, 4>>> = vec![None; last + 1];
         states[0] = Some(self.preprocess0.forward(s0));
@@ -147,8 +282,8 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
                     .clone()
                     .expect("inputs precede their node");
                 let mut h = op.forward(x);
-                if drop_prob > 0.0 && !self.drop_per_node && !op.is_identity() {
-                    h = drop_path(h, drop_prob);
+                if drop.active() && !self.drop_per_node && !op.is_identity() {
+                    h = drop.apply(h);
                 }
                 s = Some(match s {
                     Some(acc) => acc + h,
@@ -157,8 +292,8 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalCell<B, O> {
                 k += 1;
             }
             let mut s = s.expect("a node has an op");
-            if drop_prob > 0.0 && self.drop_per_node {
-                s = drop_path(s, drop_prob);
+            if drop.active() && self.drop_per_node {
+                s = drop.apply(s);
             }
             states[to] = Some(s);
         }
@@ -340,15 +475,29 @@ pub struct EvalOutput<B: Backend> {
 
 impl<B: Backend, O: CandidateOp<B, 4>> EvalNetwork<B, O> {
     /// Forward. Training mode ([`darts_ops::mode`]: an autodiff backend) enables drop path
-    /// (with `drop_prob`) and the auxiliary head; evaluation mode (`model.valid()`) has neither.
-    pub fn forward(&self, x: Tensor<B, 4>, drop_prob: f64) -> EvalOutput<B> {
+    /// (`drop`: a probability for the backend's generator, or a [`DropPath`]) and the auxiliary
+    /// head; evaluation mode (`model.valid()`) has neither.
+    pub fn forward(&self, x: Tensor<B, 4>, drop: impl Into<DropPath>) -> EvalOutput<B> {
         let training = darts_ops::mode::is_training::<B>(&x.device());
+        let n = x.dims()[0];
+        let (device, dtype) = (x.device(), x.dtype());
+        let mut drop = match (training, drop.into()) {
+            (false, _) | (_, DropPath::Off) => SiteDrop::Off,
+            (true, DropPath::Random(p)) => SiteDrop::Random(p),
+            (true, DropPath::Keyed { p, key }) => {
+                let sites = self.drop_sites();
+                let m = DropPath::keyed_masks(p, &key, n, sites);
+                SiteDrop::Masks {
+                    masks: Tensor::from_data(TensorData::new(m, [n, sites]), (&device, dtype)),
+                    next: 0,
+                }
+            }
+        };
         let s = self.stem_bn.forward(self.stem_conv.forward(x));
         let (mut s0, mut s1) = (s.clone(), s);
-        let dp = if training { drop_prob } else { 0.0 };
         let mut aux_logits = None;
         for (i, cell) in self.cells.iter().enumerate() {
-            let s2 = cell.forward(s0, s1.clone(), dp);
+            let s2 = cell.forward_sites(s0, s1.clone(), &mut drop);
             s0 = s1;
             s1 = s2;
             if i == self.aux_at && training {
@@ -364,14 +513,19 @@ impl<B: Backend, O: CandidateOp<B, 4>> EvalNetwork<B, O> {
         EvalOutput { logits, aux_logits }
     }
 
+    /// Drop-path sites of the network, in forward order ([`EvalCell::drop_sites`]).
+    pub fn drop_sites(&self) -> usize {
+        self.cells.iter().map(EvalCell::drop_sites).sum()
+    }
+
     /// Training loss `CE + aux_weight · CE_aux` and the correct count of the main head.
     pub fn loss(
         &self,
         batch: &ImageBatch<B>,
-        drop_prob: f64,
+        drop: impl Into<DropPath>,
         aux_weight: f64,
     ) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        let out = self.forward(batch.images.clone(), drop_prob);
+        let out = self.forward(batch.images.clone(), drop);
         let c = correct(out.logits.clone().detach(), batch.targets.clone());
         let mut loss = cross_entropy(out.logits, batch.targets.clone());
         if let Some(aux) = out.aux_logits {
