@@ -7,17 +7,24 @@
 //! cargo run --release --example ptb_train -- --genotype runs/ptb_search/genotype.json --data /path/to/ptb
 //! ```
 //! With no `--data`, a quick run on the shipped sample (64 units, 2 epochs).
+//!
+//! Data-parallel (docs/guide.md §8): `--devices cuda:0,cuda:1` (threads of one process, each
+//! peer taking its columns of the batch), or `mpirun -np 2 ... --mpi --device cuda` with
+//! `--features mpi`.
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use darts::cifar::{RunError, RunOptions};
-use darts::device::{dispatch, BackendTask, DeviceSpec};
+use darts::device::{dispatch_devices, BackendTaskMulti};
 use darts::genotype::{catalog, parse_recurrent_any};
-use darts::ptb::{run_ptb_train, PtbTrainConfig, PtbTrainSummary};
+use darts::ptb::{run_ptb_train, run_ptb_train_parallel, PtbTrainConfig, PtbTrainSummary};
 use std::path::PathBuf;
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/parallel.rs"]
+mod parallel;
+use parallel::Mode;
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a recurrent DARTS genotype from scratch on Penn Treebank")]
@@ -72,14 +79,29 @@ struct Args {
     overwrite: bool,
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    parallel: parallel::ParallelArgs,
 }
 
-struct Task(PtbTrainConfig, RunOptions);
+struct Task(PtbTrainConfig, RunOptions, Mode);
 
-impl BackendTask for Task {
+impl BackendTaskMulti for Task {
     type Output = Result<PtbTrainSummary, RunError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        run_ptb_train::<B>(&self.0, &self.1, &device)
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
+        let Task(c, opts, mode) = self;
+        match mode {
+            Mode::Single => run_ptb_train::<B>(&c, &opts, &devices[0]),
+            Mode::Threads(group) => run_ptb_train_parallel::<B>(&c, &opts, &devices, &group),
+            Mode::Mpi(join, op) => {
+                parallel::with_mpi::<B::InnerBackend, _>(join, op, |peer, lead| {
+                    let opts = RunOptions {
+                        progress: opts.progress && lead,
+                        ..opts.clone()
+                    };
+                    darts::ptb::run_ptb_train_peer::<B>(&c, &opts, &devices[0], peer)
+                })
+            }
+        }
     }
 }
 
@@ -146,8 +168,15 @@ fn main() {
         stop_after: None,
         progress: !a.quiet,
     };
-    let spec: DeviceSpec = a.device.parse().unwrap_or_else(|e| fail(2, e));
-    match dispatch(&spec, Task(c, opts.clone())) {
+    let specs = a.parallel.specs(&a.device).unwrap_or_else(|e| fail(2, e));
+    let mode = a.parallel.mode(specs.len()).unwrap_or_else(|e| fail(2, e));
+    let lead = parallel::is_lead();
+    let opts = RunOptions {
+        progress: opts.progress && lead,
+        ..opts
+    };
+    match dispatch_devices(&specs, Task(c, opts.clone(), mode)) {
+        Ok(Ok(_)) if !lead => {}
         Ok(Ok(s)) => println!(
             "params {:.3}M  best valid perplexity {:.2}  test perplexity {:.2}  (outputs in {})",
             s.params as f64 / 1e6,

@@ -715,6 +715,102 @@ fn interrupted_training_resumes_to_the_uninterrupted_run_on_one_and_two_peers() 
     std::fs::remove_dir_all(&tmp).ok();
 }
 
+fn tiny_ptb_train() -> darts::ptb::PtbTrainConfig {
+    let g = darts::genotype::catalog::recurrent("DARTS_V2").unwrap();
+    let mut c = darts::ptb::PtbTrainConfig::new(g, "DARTS_V2");
+    c.common.data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/ptb-sample");
+    c.common.limit_train_tokens = Some(6_000);
+    c.common.limit_valid_tokens = Some(1_500);
+    c.limit_test_tokens = Some(1_000);
+    c.common.max_steps_per_epoch = Some(3);
+    c.common.emsize = 12;
+    c.common.nhid = 12;
+    // Unequal shards: 4 + 3 sequences.
+    c.common.batch_size = 7;
+    c.common.eval_batch_size = 5;
+    c.test_batch_size = 4;
+    c.common.epochs = 3;
+    c.nonmono = 0;
+    c
+}
+
+fn ptb_two_threads(
+    cfg: &darts::ptb::PtbTrainConfig,
+    o: &darts::cifar::RunOptions,
+) -> darts::ptb::PtbTrainSummary {
+    let dev = Default::default();
+    darts::ptb::run_ptb_train_parallel::<B>(cfg, o, &[dev, dev], &GroupConfig::local(2)).unwrap()
+}
+
+/// The recurrent model has no batch statistics, so two peers, each on its sequences (columns)
+/// of the batch with its rows of the dropout masks and of the hidden state, train exactly as
+/// one device on the whole batch, up to the order of the gradient sums (f32).
+#[test]
+fn two_peer_ptb_training_equals_one_device() {
+    let tmp = std::env::temp_dir().join(format!("darts-dp-ptb-{}", std::process::id()));
+    let (one, two) = (tmp.join("one"), tmp.join("two"));
+    let cfg = tiny_ptb_train();
+    let a = darts::ptb::run_ptb_train::<B>(&cfg, &opts(&one), &Default::default()).unwrap();
+    let b = ptb_two_threads(&cfg, &opts(&two));
+    assert_eq!(a.history.len(), 3);
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert_eq!((x.steps, x.averaged), (y.steps, y.averaged));
+        for (p, q) in [(x.train_loss, y.train_loss), (x.val_loss, y.val_loss)] {
+            assert!((p - q).abs() <= 1e-5 * p.abs(), "{x:?} vs {y:?}");
+        }
+    }
+    assert!((a.test_ppl - b.test_ppl).abs() <= 1e-4 * a.test_ppl);
+    let (ra, rb) = (run_record(&one), run_record(&two));
+    assert_eq!(ra.0.len(), rb.0.len());
+    let mut worst = 0.0f64;
+    for ((na, sa, va), (nb, sb, vb)) in ra.0.iter().zip(&rb.0) {
+        assert_eq!((na, sa), (nb, sb));
+        let f = |v: &[u32]| {
+            v.iter()
+                .map(|b| f32::from_bits(*b) as f64)
+                .collect::<Vec<_>>()
+        };
+        let (va, vb) = (f(va), f(vb));
+        let scale = va.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        for (p, q) in va.iter().zip(&vb) {
+            worst = worst.max((p - q).abs() / scale);
+        }
+    }
+    assert!(worst <= 1e-4, "checkpoints differ by {worst:e} (relative)");
+    eprintln!("one device vs two peers: worst relative difference {worst:e}");
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+/// An interrupted two-peer PTB training run resumes to the uninterrupted one, bit for bit.
+#[test]
+fn interrupted_two_peer_ptb_training_resumes_to_the_uninterrupted_run() {
+    let tmp = std::env::temp_dir().join(format!("darts-dp-ptb-resume-{}", std::process::id()));
+    let (full, part) = (tmp.join("full"), tmp.join("part"));
+    let cfg = tiny_ptb_train();
+    let a = ptb_two_threads(&cfg, &opts(&full));
+    ptb_two_threads(
+        &cfg,
+        &darts::cifar::RunOptions {
+            stop_after: Some(1),
+            ..opts(&part)
+        },
+    );
+    let b = ptb_two_threads(
+        &cfg,
+        &darts::cifar::RunOptions {
+            resume: true,
+            overwrite: false,
+            ..opts(&part)
+        },
+    );
+    assert_eq!(a.test_ppl.to_bits(), b.test_ppl.to_bits());
+    assert!(
+        run_record(&full) == run_record(&part),
+        "resumed run differs"
+    );
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
 /// burn-collective 0.21's multi-node path, minimal: two nodes in one process (two backend
 /// types, so two local servers) and the orchestrator. The first all-reduce gives the sum; the
 /// second never completes on either node (`SyncService::sync` clears a copy of its list of

@@ -11,6 +11,7 @@
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
+use darts_bilevel::sync::GradSync;
 use darts_cell::rnn::nll;
 use darts_cell::rnn::{RnnConfig, RnnDropout};
 use darts_data::ptb::{Batchified, Corpus, PtbError, SeqLen, SeqLenMode};
@@ -22,7 +23,10 @@ mod train;
 
 pub use super::{RunError, RunOptions};
 pub use search::{run_ptb_search, CorpusInfo, PtbSearchConfig, PtbSearchEpoch, PtbSearchSummary};
-pub use train::{run_ptb_train, PtbTrainConfig, PtbTrainEpoch, PtbTrainSummary};
+pub use train::{
+    run_ptb_train, run_ptb_train_parallel, run_ptb_train_peer, PtbTrainConfig, PtbTrainEpoch,
+    PtbTrainSummary,
+};
 
 /// The settings a recurrent search and training share: data, model size, SGD, regularisation,
 /// epochs and seed. Flattened into [`PtbSearchConfig`] and [`PtbTrainConfig`] (`cfg.common`), so
@@ -184,19 +188,54 @@ pub fn evaluate_lm<B: Backend, F>(
 where
     F: Fn(Tensor<B, 2, Int>, Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>),
 {
-    let n = data.cols;
-    let mut hidden = Tensor::<B, 2>::zeros([n, nhid], device);
-    let (mut total, mut count) = (0.0, 0usize);
-    for (i, t) in data.eval_windows(bptt) {
-        let (x, y) = data.window(i, t);
-        let (logits, h) = forward(ids::<B>(&x, [t, n], device), hidden);
-        hidden = h;
-        let target: Tensor<B, 1, Int> = ids::<B>(&y, [1, t * n], device).reshape([t * n]);
-        let l = darts_ops::to_f64s(&nll(logits, target))[0];
-        total += l * (t * n) as f64;
-        count += t * n;
+    evaluate_lm_sharded(data, bptt, nhid, None, device, forward)
+}
+
+/// [`evaluate_lm`] of a data-parallel peer (`sync`): each peer evaluates its columns of the
+/// streams (`shard_range`), and the token-weighted sums are added over the group.
+pub(super) fn evaluate_lm_sharded<B: Backend, F>(
+    data: &Batchified,
+    bptt: usize,
+    nhid: usize,
+    sync: Option<&dyn GradSync<B>>,
+    device: &B::Device,
+    forward: F,
+) -> f64
+where
+    F: Fn(Tensor<B, 2, Int>, Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>),
+{
+    let (rank, world) = sync.map_or((0, 1), |s| (s.rank(), s.world()));
+    let cols = crate::parallel::shard_range(data.cols, rank, world);
+    let n = cols.len();
+    let (mut total, mut count) = (0.0, 0.0);
+    if n > 0 {
+        let mut hidden = Tensor::<B, 2>::zeros([n, nhid], device);
+        for (i, t) in data.eval_windows(bptt) {
+            let (x, y) = data.window(i, t);
+            let (x, y) = (columns(&x, data.cols, &cols), columns(&y, data.cols, &cols));
+            let (logits, h) = forward(ids::<B>(&x, [t, n], device), hidden);
+            hidden = h;
+            let target: Tensor<B, 1, Int> = ids::<B>(&y, [1, t * n], device).reshape([t * n]);
+            let l = darts_ops::to_f64s(&nll(logits, target))[0];
+            total += l * (t * n) as f64;
+            count += (t * n) as f64;
+        }
     }
-    total / count.max(1) as f64
+    if let Some(s) = sync {
+        let g = darts_bilevel::sync::sum_host(s, &[total, count], device);
+        (total, count) = (g[0], g[1]);
+    }
+    total / count.max(1.0)
+}
+
+/// Columns `cols` of a row-major window of `width` columns (all of it when `cols` is).
+pub(super) fn columns(v: &[u32], width: usize, cols: &std::ops::Range<usize>) -> Vec<u32> {
+    if cols.start == 0 && cols.end == width {
+        return v.to_vec();
+    }
+    v.chunks(width)
+        .flat_map(|row| row[cols.clone()].iter().copied())
+        .collect()
 }
 
 /// Lay a split out in `n` columns; a split too short for that names the split and the flag.

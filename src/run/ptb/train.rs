@@ -1,17 +1,20 @@
 //! Training a derived recurrent cell from scratch on Penn Treebank (reference `rnn/train.py`).
 
 use super::PtbCommon;
-use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
+use super::{batchify, columns, evaluate_lm_sharded, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
+use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
+use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
 use crate::run::{
-    append_timing, check_shared, genotype_ok, seed_lock, start_run, write, write_checkpoint,
-    write_metrics, RunConfig, RunError, RunOptions,
+    append_timing, check_shared, failpoint, genotype_ok, seed_lock, start_run, write,
+    write_checkpoint, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use darts_bilevel::params::{set_values, values, FlatParams};
-use darts_bilevel::{weight_step, Asgd};
+use darts_bilevel::sync::{sum_host, GradSync, SharedSync};
+use darts_bilevel::{weight_step_sharded, Asgd};
 use darts_cell::rnn::{RnnConfig, RnnMasks, TokenBatch};
 use darts_cell::RnnEvalNetwork;
 use darts_data::cifar::derive_seed;
@@ -209,12 +212,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
-    /// The steps of one epoch; returns (mean training loss, steps).
+    /// The steps of one epoch; returns (mean training loss, steps). Data-parallel (`sync`):
+    /// every peer takes its columns (sequences) of the training stream, with its rows of the
+    /// dropout masks drawn for the whole batch and its rows of the hidden state; the gradients
+    /// are those of the whole batch (the model has no batch statistics, so this is the
+    /// single-device step up to summation order).
     fn pass(
         &mut self,
         data: &TrainStreams,
         (cfg, rnn): (&PtbTrainConfig, &RnnConfig),
         epoch: usize,
+        sync: Option<&dyn GradSync<B::InnerBackend>>,
         show: bool,
         device: &B::Device,
     ) -> Result<(f64, usize), RunError> {
@@ -222,29 +230,60 @@ impl<B: AutodiffBackend> Trainer<B> {
             max_delta: cfg.max_seq_len_delta,
         };
         let (windows, pb) = cfg.common.epoch_windows(&data.train, mode, 21, epoch, show);
-        let n = cfg.common.batch_size;
+        let (rank, world) = sync.map_or((0, 1), |s| (s.rank(), s.world()));
+        let width = cfg.common.batch_size;
+        let cols = shard_range(width, rank, world);
+        let n = cols.len();
         let clip = (cfg.common.grad_clip > 0.0).then_some(cfg.common.grad_clip);
         let mut hidden = zeros_inner::<B>(n, cfg.common.nhid, device);
-        let (mut tl, mut tok) = (0.0, 0usize);
+        let (mut tl, mut tok) = (0.0, 0.0);
+        let step_point = format!("ptb_train_step_rank{rank}");
         for (step, &(i, t)) in windows.iter().enumerate() {
             let lr = cfg.common.lr * t as f64 / cfg.common.bptt as f64;
             let (x, y) = data.train.window(i, t);
+            let (x, y) = (columns(&x, width, &cols), columns(&y, width, &cols));
             let masks = rnn.masks(
-                n,
+                width,
                 derive_seed(cfg.common.seed, epoch, 5000 + step as u64),
                 device,
             );
+            let masks = if world > 1 {
+                masks.rows(cols.clone(), width)
+            } else {
+                masks
+            };
             let b = TokenBatch::from_host(&x, &y, n, Tensor::from_inner(hidden), masks, device);
-            let (next, st) = weight_step(self.model.clone(), self.opt.sgd(), lr, clip, |m| {
-                let (loss, raw, h) = m.losses(&b);
-                (loss, (raw, h))
-            });
+            let (next, st) = weight_step_sharded(
+                self.model.clone(),
+                self.opt.sgd(),
+                lr,
+                clip,
+                &[],
+                sync,
+                |_| n,
+                |m| {
+                    let (loss, raw, h) = m.losses(&b);
+                    (loss, (raw, h))
+                },
+            );
             self.model = next;
+            failpoint(&step_point);
+            if let Some(why) = sync.and_then(|s| s.failure()) {
+                return Err(RunError::Parallel(ParallelError::Collective {
+                    rank,
+                    error: why,
+                }));
+            }
             let (raw, h) = st.aux;
             hidden = h.detach().inner();
             let raw = darts_ops::to_f64s(&raw)[0];
-            if !raw.is_finite() {
-                let what = "training loss";
+            if !raw.is_finite() || !st.grad_norm.is_finite() {
+                // The norm is the group's: every peer stops at the same step.
+                let what = if raw.is_finite() {
+                    "gradient norm"
+                } else {
+                    "training loss"
+                };
                 return Err(RunError::diverged(
                     "training",
                     epoch,
@@ -255,12 +294,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             self.opt.accumulate(st.updated);
             tl += raw * (t * n) as f64;
-            tok += t * n;
+            tok += (t * n) as f64;
             pb.inc(1);
-            pb.set_message(format!("ppl {:.1}", (tl / tok as f64).exp()));
+            pb.set_message(format!("ppl {:.1}", (tl / tok.max(1.0)).exp()));
         }
         pb.finish_and_clear();
-        Ok((tl / tok.max(1) as f64, windows.len()))
+        if let Some(s) = sync {
+            let g = sum_host(s, &[tl, tok], device);
+            (tl, tok) = (g[0], g[1]);
+        }
+        Ok((tl / tok.max(1.0), windows.len()))
     }
 
     /// After an epoch's validation: keep the best weights, and switch to averaging when the
@@ -324,9 +367,11 @@ fn lm_loss<B: Backend>(
     model: &RnnEvalNetwork<B>,
     data: &Batchified,
     cfg: &PtbTrainConfig,
+    sync: Option<&dyn GradSync<B>>,
     device: &B::Device,
 ) -> f64 {
-    evaluate_lm::<B, _>(data, cfg.common.bptt, cfg.common.nhid, device, |x, h| {
+    let (bptt, nhid) = (cfg.common.bptt, cfg.common.nhid);
+    evaluate_lm_sharded::<B, _>(data, bptt, nhid, sync, device, |x, h| {
         let o = model.forward(x, h, &RnnMasks::none());
         (o.logits, o.hidden)
     })
@@ -347,8 +392,65 @@ pub fn run_ptb_train<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<PtbTrainSummary, RunError> {
+    train_as::<B>(config, opts, device, None)
+}
+
+/// Train data-parallel on `devices` (one peer per device, threads of this process): every
+/// peer takes its columns of the training stream; rank 0 writes the outputs. Returns rank 0's
+/// summary.
+pub fn run_ptb_train_parallel<B: AutodiffBackend>(
+    config: &PtbTrainConfig,
+    opts: &RunOptions,
+    devices: &[B::Device],
+    group: &GroupConfig,
+) -> Result<PtbTrainSummary, RunError> {
+    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
+        train_as::<B>(config, opts, &device, Some(sync))
+    })?;
+    first_error(results)
+}
+
+/// Train as one peer of a data-parallel group (`sync`, e.g. a process of an MPI job); see
+/// [`run_ptb_train_parallel`] for the threads of one process.
+pub fn run_ptb_train_peer<B: AutodiffBackend>(
+    config: &PtbTrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: SharedSync<B::InnerBackend>,
+) -> Result<PtbTrainSummary, RunError> {
+    train_as::<B>(config, opts, device, Some(sync))
+}
+
+fn train_as<B: AutodiffBackend>(
+    config: &PtbTrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: Option<SharedSync<B::InnerBackend>>,
+) -> Result<PtbTrainSummary, RunError> {
     let out = &opts.out;
-    let (cfg, mut history, ckpt, _lock) = start_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts)?;
+    let lead = sync.as_ref().is_none_or(|s| s.rank() == 0);
+    let (cfg, mut history, ckpt, _lock) = if lead {
+        match start_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts) {
+            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
+            Err(e) => {
+                if let Some(s) = &sync {
+                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        let (cfg, history): (PtbTrainConfig, Vec<PtbTrainEpoch>) =
+            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
+        (cfg, history, None, None)
+    };
+    let world = sync.as_ref().map_or(1, |s| s.world());
+    if cfg.common.batch_size < world {
+        return Err(RunError::Config(format!(
+            "--batch-size {} is smaller than the {world} peers (each needs a sequence)",
+            cfg.common.batch_size
+        )));
+    }
     let mut corpus = load_corpus(
         &cfg.common.data,
         cfg.common.limit_train_tokens,
@@ -370,7 +472,22 @@ pub fn run_ptb_train<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         trainer.load(c, device)?;
     }
-    if opts.progress {
+    if let Some(s) = &sync {
+        // Every replica starts from rank 0's state (fresh or resumed).
+        if lead {
+            send_run::<B::InnerBackend>(
+                s.as_ref(),
+                &(&cfg, &history),
+                |c| trainer.save(c),
+                device,
+            )?;
+        } else {
+            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
+            trainer.load(&c, device)?;
+        }
+    }
+    let show = opts.progress && lead;
+    if show {
         eprintln!(
             "{}: {:.3}M parameters, vocabulary {vocab}, {} training tokens",
             cfg.genotype_source,
@@ -381,14 +498,22 @@ pub fn run_ptb_train<B: AutodiffBackend>(
     let end = opts
         .stop_after
         .map_or(cfg.common.epochs, |n| n.min(cfg.common.epochs));
+    let sync_ref = sync.as_deref();
     for epoch in history.len()..end {
         let t0 = Instant::now();
         let averaged = trainer.opt.is_averaging();
         let (train_loss, steps) =
-            trainer.pass(&data, (&cfg, &rnn), epoch, opts.progress, device)?;
+            trainer.pass(&data, (&cfg, &rnn), epoch, sync_ref, show, device)?;
         let evaluated = trainer.eval_model();
-        let val_loss = lm_loss(&evaluated.valid(), &data.val, &cfg, device);
-        trainer.end_epoch(&evaluated, val_loss, cfg.nonmono, opts.progress);
+        let val_loss = lm_loss(&evaluated.valid(), &data.val, &cfg, sync_ref, device);
+        if let Some(why) = sync_ref.and_then(|s| s.failure()) {
+            let rank = sync_ref.map_or(0, |s| s.rank());
+            return Err(RunError::Parallel(ParallelError::Collective {
+                rank,
+                error: why,
+            }));
+        }
+        trainer.end_epoch(&evaluated, val_loss, cfg.nonmono, show);
         let rec = PtbTrainEpoch {
             epoch,
             train_loss,
@@ -399,7 +524,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             steps,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        if opts.progress {
+        if show {
             let avg = if averaged { " (averaged)" } else { "" };
             let (t, v, sec) = (rec.train_ppl, rec.val_ppl, rec.seconds);
             eprintln!(
@@ -408,9 +533,18 @@ pub fn run_ptb_train<B: AutodiffBackend>(
             );
         }
         history.push(rec);
-        commit_epoch(out, &cfg, &history, &mut trainer)?;
+        if lead {
+            commit_epoch(out, &cfg, &history, &mut trainer)?;
+        }
     }
-    finish(trainer, history, &data, &cfg, params, (opts, device))
+    finish(
+        trainer,
+        history,
+        &data,
+        &cfg,
+        params,
+        (opts, sync_ref, device),
+    )
 }
 
 /// After the last epoch: the test perplexity of the best weights, `result.json`, the summary.
@@ -420,13 +554,25 @@ fn finish<B: AutodiffBackend>(
     data: &TrainStreams,
     cfg: &PtbTrainConfig,
     params: usize,
-    (opts, device): (&RunOptions, &B::Device),
+    (opts, sync, device): (
+        &RunOptions,
+        Option<&dyn GradSync<B::InnerBackend>>,
+        &B::Device,
+    ),
 ) -> Result<PtbTrainSummary, RunError> {
     let (best_val, final_model) = match trainer.best.take() {
         Some((v, w)) => (v, set_values(trainer.model, &w)),
         None => (f64::NAN, trainer.model),
     };
-    let test_loss = lm_loss(&final_model.valid(), &data.test, cfg, device);
+    let test_loss = lm_loss(&final_model.valid(), &data.test, cfg, sync, device);
+    if let Some(why) = sync.and_then(|s| s.failure()) {
+        let rank = sync.map_or(0, |s| s.rank());
+        return Err(RunError::Parallel(ParallelError::Collective {
+            rank,
+            error: why,
+        }));
+    }
+    let lead = sync.is_none_or(|s| s.rank() == 0);
     let summary = serde_json::json!({
         "genotype": cfg.genotype_source,
         "params": params,
@@ -434,11 +580,13 @@ fn finish<B: AutodiffBackend>(
         "test_ppl": test_loss.exp(),
         "epochs": history.len(),
     });
-    write(
-        &opts.out.join("result.json"),
-        &serde_json::to_string_pretty(&summary).expect("serialisable"),
-    )?;
-    if opts.progress {
+    if lead {
+        write(
+            &opts.out.join("result.json"),
+            &serde_json::to_string_pretty(&summary).expect("serialisable"),
+        )?;
+    }
+    if opts.progress && lead {
         eprintln!(
             "best valid perplexity {:.2}, test perplexity {:.2}",
             best_val.exp(),

@@ -71,6 +71,27 @@ impl<B: Backend> RnnMasks<B> {
     }
 }
 
+impl<B: Backend> RnnMasks<B> {
+    /// The masks of sequences `rows` of a batch of `batch` sequences (a data-parallel peer's
+    /// shard of masks drawn for the global batch): the embedding mask is shared, the others
+    /// keep those sequences' entries.
+    pub fn rows(&self, rows: std::ops::Range<usize>, batch: usize) -> Self {
+        let per_row = |m: &Option<Tensor<B, 2>>, dim: usize| {
+            m.as_ref().map(|t| {
+                let w = t.dims()[dim] / batch.max(1);
+                t.clone().narrow(dim, rows.start * w, rows.len() * w)
+            })
+        };
+        Self {
+            embedding: self.embedding.clone(),
+            input: per_row(&self.input, 1),
+            x: per_row(&self.x, 0),
+            h: per_row(&self.h, 0),
+            output: per_row(&self.output, 1),
+        }
+    }
+}
+
 /// A window of token ids (time-major) with its targets, the hidden state it starts from and its
 /// dropout masks.
 #[derive(Clone, Debug)]
