@@ -10,18 +10,25 @@
 //! cargo run --release --features cuda --example ptb_search -- --data /path/to/ptb --device cuda --unrolled
 //! cargo run --example ptb_search -- --resume runs/ptb_s1
 //! ```
+//!
+//! Data-parallel (docs/guide.md §8): `--devices cuda:0,cuda:1` (threads of one process, each
+//! peer taking its sequences of both streams), or `mpirun -np 2 ... --mpi --device cuda` with
+//! `--features mpi`.
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use darts::cifar::{RunError, RunOptions};
-use darts::device::{dispatch, BackendTask, DeviceSpec};
-use darts::ptb::{run_ptb_search, PtbSearchConfig, PtbSearchSummary};
+use darts::device::{dispatch_devices, BackendTaskMulti};
+use darts::ptb::{run_ptb_search, run_ptb_search_parallel, PtbSearchConfig, PtbSearchSummary};
 use std::path::PathBuf;
 
 #[path = "support/arch_bn.rs"]
 mod arch_bn;
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/parallel.rs"]
+mod parallel;
+use parallel::Mode;
 
 #[derive(Parser, Debug)]
 #[command(about = "Recurrent DARTS cell search on Penn Treebank")]
@@ -109,14 +116,29 @@ struct Args {
     overwrite: bool,
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    parallel: parallel::ParallelArgs,
 }
 
-struct Task(PtbSearchConfig, RunOptions);
+struct Task(PtbSearchConfig, RunOptions, Mode);
 
-impl BackendTask for Task {
+impl BackendTaskMulti for Task {
     type Output = Result<PtbSearchSummary, RunError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        run_ptb_search::<B>(&self.0, &self.1, &device)
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
+        let Task(c, opts, mode) = self;
+        match mode {
+            Mode::Single => run_ptb_search::<B>(&c, &opts, &devices[0]),
+            Mode::Threads(group) => run_ptb_search_parallel::<B>(&c, &opts, &devices, &group),
+            Mode::Mpi(join, op) => {
+                parallel::with_mpi::<B::InnerBackend, _>(join, op, |peer, lead| {
+                    let opts = RunOptions {
+                        progress: opts.progress && lead,
+                        ..opts.clone()
+                    };
+                    darts::ptb::run_ptb_search_peer::<B>(&c, &opts, &devices[0], peer)
+                })
+            }
+        }
     }
 }
 
@@ -188,8 +210,19 @@ fn main() {
         stop_after: None,
         progress: !a.quiet,
     };
-    let spec: DeviceSpec = a.device.parse().unwrap_or_else(|e| fail(2, e));
-    if !opts.resume {
+    let specs = a.parallel.specs(&a.device).unwrap_or_else(|e| fail(2, e));
+    let mode = a.parallel.mode(specs.len()).unwrap_or_else(|e| fail(2, e));
+    let lead = parallel::is_lead();
+    let opts = RunOptions {
+        progress: opts.progress && lead,
+        ..opts
+    };
+    let spec = specs
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    if !opts.resume && lead {
         eprintln!(
             "searching on {} ({}{}), device {spec}, output {}",
             c.common.data.display(),
@@ -207,7 +240,8 @@ fn main() {
         );
     }
     let t0 = std::time::Instant::now();
-    match dispatch(&spec, Task(c, opts.clone())) {
+    match dispatch_devices(&specs, Task(c, opts.clone(), mode)) {
+        Ok(Ok(_)) if !lead => {}
         Ok(Ok(s)) => {
             println!(
                 "supernet weights: {} (vocabulary {})",

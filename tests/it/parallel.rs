@@ -811,6 +811,65 @@ fn interrupted_two_peer_ptb_training_resumes_to_the_uninterrupted_run() {
     std::fs::remove_dir_all(&tmp).ok();
 }
 
+fn tiny_ptb_search(unrolled: bool) -> darts::ptb::PtbSearchConfig {
+    darts::ptb::PtbSearchConfig {
+        common: darts::ptb::PtbCommon {
+            data: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/ptb-sample"),
+            limit_train_tokens: Some(6_000),
+            limit_valid_tokens: Some(2_000),
+            max_steps_per_epoch: Some(2),
+            emsize: 12,
+            nhid: 12,
+            batch_size: 7,
+            eval_batch_size: 5,
+            bptt: 8,
+            epochs: 3,
+            ..darts::ptb::PtbCommon::search()
+        },
+        steps: 4,
+        unrolled,
+        ..Default::default()
+    }
+}
+
+/// The recurrent search on two peers (second order: the whole architect is reduced), stopped
+/// after its first epoch and resumed, equals the uninterrupted run bit for bit; the replicas
+/// end with the same α.
+#[test]
+fn interrupted_two_peer_ptb_search_resumes_to_the_uninterrupted_run() {
+    let tmp = std::env::temp_dir().join(format!("darts-dp-ptb-search-{}", std::process::id()));
+    let (full, part) = (tmp.join("full"), tmp.join("part"));
+    let cfg = tiny_ptb_search(true);
+    let dev = Default::default();
+    let run = |o: &darts::cifar::RunOptions| {
+        let all = run_local::<Inner, _, _>(&[dev, dev], &GroupConfig::local(2), |_, d, sync| {
+            darts::ptb::run_ptb_search_peer::<B>(&cfg, o, &d, sync).unwrap()
+        })
+        .unwrap();
+        assert_eq!(all[0].alphas, all[1].alphas, "replicas differ");
+        all.into_iter().next().unwrap()
+    };
+    let a = run(&opts(&full));
+    assert_eq!(a.history.len(), 3);
+    run(&darts::cifar::RunOptions {
+        stop_after: Some(1),
+        ..opts(&part)
+    });
+    let b = run(&darts::cifar::RunOptions {
+        resume: true,
+        overwrite: false,
+        ..opts(&part)
+    });
+    assert_eq!(a.alphas, b.alphas);
+    assert_eq!(a.genotype, b.genotype);
+    assert!(
+        run_record(&full) == run_record(&part),
+        "resumed run differs"
+    );
+    assert!(full.join("genotype.json").exists());
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
 /// burn-collective 0.21's multi-node path, minimal: two nodes in one process (two backend
 /// types, so two local servers) and the orchestrator. The first all-reduce gives the sum; the
 /// second never completes on either node (`SyncService::sync` clears a copy of its list of

@@ -22,7 +22,10 @@ mod search;
 mod train;
 
 pub use super::{RunError, RunOptions};
-pub use search::{run_ptb_search, CorpusInfo, PtbSearchConfig, PtbSearchEpoch, PtbSearchSummary};
+pub use search::{
+    run_ptb_search, run_ptb_search_parallel, run_ptb_search_peer, CorpusInfo, PtbSearchConfig,
+    PtbSearchEpoch, PtbSearchSummary,
+};
 pub use train::{
     run_ptb_train, run_ptb_train_parallel, run_ptb_train_peer, PtbTrainConfig, PtbTrainEpoch,
     PtbTrainSummary,

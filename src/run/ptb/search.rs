@@ -1,17 +1,21 @@
 //! Recurrent cell search on Penn Treebank (reference `rnn/train_search.py`).
 
 use super::PtbCommon;
-use super::{batchify, evaluate_lm, load_corpus, zeros_inner};
+use super::{batchify, columns, evaluate_lm_sharded, load_corpus, zeros_inner};
 use crate::checkpoint;
+use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
 use crate::report;
+use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
 use crate::run::{
-    append_timing, check_shared, seed_lock, start_run, write, write_bytes, write_checkpoint,
-    write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError, RunOptions,
+    append_timing, check_shared, failpoint, seed_lock, start_run, write, write_bytes,
+    write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError,
+    RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use darts_bilevel::params::values;
+use darts_bilevel::sync::{average_buffers, GradSync, SharedSync};
 use darts_bilevel::{
     ArchBnStats, ArchitectConfig, Bilevel, CosineLr, Order, ReferenceQuirks, SearchEvent,
     StepOutcome, WeightConfig,
@@ -237,10 +241,23 @@ fn search_pass<B: AutodiffBackend>(
     let (windows, pb) = cfg
         .common
         .epoch_windows(&data.train, SeqLenMode::Search, 11, epoch, show);
-    let n = cfg.common.batch_size;
+    // Data-parallel: every peer takes its columns (sequences) of both streams, its rows of the
+    // dropout masks drawn for the whole batch, and carries its rows of the hidden states.
+    let sync = search.sync.clone();
+    let (rank, world) = sync.as_ref().map_or((0, 1), |s| (s.rank(), s.world()));
+    let width = cfg.common.batch_size;
+    let cols = shard_range(width, rank, world);
+    let n = cols.len();
     let batch = |x: &[u32], y: &[u32], h: Tensor<B::InnerBackend, 2>, seed: u64| {
         let h = Tensor::from_inner(h);
-        TokenBatch::from_host(x, y, n, h, rnn.masks(n, seed, device), device)
+        let masks = rnn.masks(width, seed, device);
+        let masks = if world > 1 {
+            masks.rows(cols.clone(), width)
+        } else {
+            masks
+        };
+        let (x, y) = (columns(x, width, &cols), columns(y, width, &cols));
+        TokenBatch::from_host(&x, &y, n, h, masks, device)
     };
     // Each window starts from the hidden states the previous step ended in (zeros at the start
     // of the epoch), its validation window in lockstep, its learning rate scaled by its length.
@@ -263,8 +280,10 @@ fn search_pass<B: AutodiffBackend>(
         Some((tb, vb, cfg.common.lr * t as f64 / cfg.common.bptt as f64))
     };
     let (mut tl, mut vl, mut tok, mut vtok) = (0.0, 0.0, 0usize, 0usize);
+    let step_point = format!("ptb_search_step_rank{rank}");
     let stats = search.run_epoch_with(epoch, next, |ev| {
         let SearchEvent::Step { stats, .. } = ev;
+        failpoint(&step_point);
         tl += stats.train_loss * stats.train_size as f64;
         tok += stats.train_size;
         vl += stats.val_loss * stats.val_size as f64;
@@ -274,6 +293,12 @@ fn search_pass<B: AutodiffBackend>(
         pb.set_message(format!("ppl {p:.1} val {vp:.1}"));
     });
     pb.finish_and_clear();
+    if let Some(why) = stats.aborted {
+        return Err(RunError::Parallel(ParallelError::Collective {
+            rank,
+            error: why,
+        }));
+    }
     if let Some(bad) = &stats.non_finite {
         let hint = "; lower --lr or --arch-lr";
         return Err(RunError::diverged(
@@ -335,19 +360,16 @@ fn epoch_record<B: AutodiffBackend>(
     data: &SearchStreams,
     cfg: &PtbSearchConfig,
     (epoch, pass, t0): (usize, &PassStats, Instant),
+    sync: Option<&dyn GradSync<B::InnerBackend>>,
     device: &B::Device,
 ) -> PtbSearchEpoch {
     let inner = model.valid();
-    let val_loss = evaluate_lm::<B::InnerBackend, _>(
-        &data.val,
-        cfg.common.bptt,
-        cfg.common.nhid,
-        device,
-        |x, h| {
+    let (bptt, nhid) = (cfg.common.bptt, cfg.common.nhid);
+    let val_loss =
+        evaluate_lm_sharded::<B::InnerBackend, _>(&data.val, bptt, nhid, sync, device, |x, h| {
             let o = inner.forward(x, h, &RnnMasks::none());
             (o.logits, o.hidden)
-        },
-    );
+        });
     let genotype = model.genotype();
     PtbSearchEpoch {
         epoch,
@@ -375,9 +397,66 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<PtbSearchSummary, RunError> {
+    search_as::<B>(config, opts, device, None)
+}
+
+/// Run (or resume) a recurrent cell search data-parallel on `devices` (one peer per device,
+/// threads of this process): every peer takes its sequences (columns) of both streams; the
+/// weight and architecture gradients are those of the whole batch; rank 0 writes the outputs.
+/// Returns rank 0's summary.
+pub fn run_ptb_search_parallel<B: AutodiffBackend>(
+    config: &PtbSearchConfig,
+    opts: &RunOptions,
+    devices: &[B::Device],
+    group: &GroupConfig,
+) -> Result<PtbSearchSummary, RunError> {
+    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
+        search_as::<B>(config, opts, &device, Some(sync))
+    })?;
+    first_error(results)
+}
+
+/// Run (or resume) a recurrent cell search as one peer of a data-parallel group (`sync`, e.g.
+/// a process of an MPI job); see [`run_ptb_search_parallel`] for the threads of one process.
+pub fn run_ptb_search_peer<B: AutodiffBackend>(
+    config: &PtbSearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: SharedSync<B::InnerBackend>,
+) -> Result<PtbSearchSummary, RunError> {
+    search_as::<B>(config, opts, device, Some(sync))
+}
+
+fn search_as<B: AutodiffBackend>(
+    config: &PtbSearchConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+    sync: Option<SharedSync<B::InnerBackend>>,
+) -> Result<PtbSearchSummary, RunError> {
     let out = &opts.out;
-    let (cfg, mut history, ckpt, _lock) =
-        start_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts)?;
+    let lead = sync.as_ref().is_none_or(|s| s.rank() == 0);
+    let (cfg, mut history, ckpt, _lock) = if lead {
+        match start_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts) {
+            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
+            Err(e) => {
+                if let Some(s) = &sync {
+                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        let (cfg, history): (PtbSearchConfig, Vec<PtbSearchEpoch>) =
+            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
+        (cfg, history, None, None)
+    };
+    let world = sync.as_ref().map_or(1, |s| s.world());
+    if cfg.common.batch_size < world || cfg.common.eval_batch_size < world {
+        return Err(RunError::Config(format!(
+            "--batch-size {} and --eval-batch-size {} must be at least the {world} peers (each needs a sequence)",
+            cfg.common.batch_size, cfg.common.eval_batch_size
+        )));
+    }
     let corpus = load_corpus(
         &cfg.common.data,
         cfg.common.limit_train_tokens,
@@ -392,7 +471,23 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;
     }
-    if opts.progress {
+    if let Some(s) = &sync {
+        // Every replica starts from rank 0's state (fresh or resumed).
+        if lead {
+            send_run::<B::InnerBackend>(
+                s.as_ref(),
+                &(&cfg, &history),
+                |c| Ok(checkpoint::save_bilevel(c, &search)?),
+                device,
+            )?;
+        } else {
+            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
+            checkpoint::load_bilevel(&c, &mut search)?;
+        }
+        search.sync = Some(s.clone());
+    }
+    let show = opts.progress && lead;
+    if show {
         let (t, v, u) = (corpus.train.len(), corpus.valid.len(), corpus.valid.unknown);
         let m = params as f64 / 1e6;
         eprintln!("PTB search: vocabulary {vocab}, {t} training tokens, {v} validation tokens ({u} unknown), {m:.2}M weights");
@@ -402,23 +497,38 @@ pub fn run_ptb_search<B: AutodiffBackend>(
         .map_or(cfg.common.epochs, |n| n.min(cfg.common.epochs));
     for epoch in history.len()..end {
         let t0 = Instant::now();
-        let pass = search_pass(
-            &mut search,
+        let pass = search_pass(&mut search, &data, (&cfg, &rnn), epoch, show, device)?;
+        if let Some(s) = &sync {
+            // The replicas' running statistics followed their own shards: average them.
+            search.model = average_buffers(search.model.clone(), s.as_ref());
+        }
+        let rec = epoch_record::<B>(
+            &search.model,
             &data,
-            (&cfg, &rnn),
-            epoch,
-            opts.progress,
+            &cfg,
+            (epoch, &pass, t0),
+            sync.as_deref(),
             device,
-        )?;
-        let rec = epoch_record::<B>(&search.model, &data, &cfg, (epoch, &pass, t0), device);
-        if opts.progress {
+        );
+        if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
+            let rank = sync.as_ref().map_or(0, |s| s.rank());
+            return Err(RunError::Parallel(ParallelError::Collective {
+                rank,
+                error: why,
+            }));
+        }
+        if show {
             print_epoch(&rec);
         }
         history.push(rec);
-        commit_epoch(out, &cfg, &history, &search, &op_names)?;
+        if lead {
+            commit_epoch(out, &cfg, &history, &search, &op_names)?;
+        }
     }
     let genotype = search.model.genotype();
-    write_rnn_genotype(out, &genotype)?;
+    if lead {
+        write_rnn_genotype(out, &genotype)?;
+    }
     let id = search.model.alphas.id;
     let alphas = darts_ops::to_f32s(&values(&search.model, &[id])[&id]);
     Ok(PtbSearchSummary {
