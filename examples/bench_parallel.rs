@@ -1,11 +1,12 @@
-//! Data-parallel search step: time per step and all-reduce overhead for 1 vs N peers, on
-//! threads of one process (`--peers N`) or on the processes of an MPI job (`--mpi`, feature
-//! `mpi`). The global batch is the same whatever the number of peers; each peer takes its
-//! shard. Prints one JSON line (rank 0).
+//! Data-parallel search step (or, with `--train`, the derived network's training step): time
+//! per step and all-reduce overhead for 1 vs N peers, on threads of one process (`--peers N`)
+//! or on the processes of an MPI job (`--mpi`, feature `mpi`). The global batch is the same
+//! whatever the number of peers; each peer takes its shard. Prints one JSON line (rank 0).
 //!
 //! ```text
 //! cargo run --release --example bench_parallel -- --peers 1 --json
 //! cargo run --release --example bench_parallel -- --peers 2 --json
+//! cargo run --release --example bench_parallel -- --peers 2 --train --json
 //! mpirun -np 2 target/release/examples/bench_parallel --mpi --json   # --features mpi
 //! ```
 
@@ -17,6 +18,10 @@ use darts::parallel::{run_local, shard_range, GroupConfig, Metered};
 use darts::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
+
+#[path = "support/bench.rs"]
+#[allow(dead_code)]
+mod bench;
 
 type B = burn::backend::Autodiff<burn::backend::Flex>;
 type Inner = burn::backend::Flex;
@@ -33,6 +38,10 @@ struct Args {
     /// 1 = first order, 2 = second order.
     #[arg(long, default_value_t = 1)]
     order: u8,
+    /// Time the derived network's training step instead (DARTS_V2 with --channels and
+    /// --layers, auxiliary head, drop path 0.2 keyed by the sample's global row).
+    #[arg(long)]
+    train: bool,
     /// Global batch (split over the peers).
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -53,6 +62,8 @@ struct Args {
 #[derive(serde::Serialize)]
 struct Out {
     engine: &'static str,
+    /// "search" or "train".
+    step: &'static str,
     peers: usize,
     order: u8,
     global_batch: usize,
@@ -63,13 +74,119 @@ struct Out {
     sync_mb_per_step: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+/// This peer's rows of a seeded global batch (`shift` tells two batches apart).
+fn shard_batch(a: &Args, rank: usize, world: usize, shift: f32) -> ImageBatch<B> {
+    let dev = Default::default();
+    let images =
+        Tensor::<B, 4>::random([a.batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &dev) + shift;
+    let t: Vec<i64> = (0..a.batch as i64).map(|i| i % 10).collect();
+    let r = shard_range(a.batch, rank, world);
+    ImageBatch {
+        images: images.narrow(0, r.start, r.len()),
+        targets: Tensor::<B, 1, Int>::from_data(TensorData::new(t, [a.batch]), &dev).narrow(
+            0,
+            r.start,
+            r.len(),
+        ),
+    }
+}
+
+/// Time `steps` calls of `step` (after the warm-up), then the reductions' statistics.
+fn timed(
+    a: &Args,
+    rank: usize,
+    sync: &Option<Arc<Metered<Inner>>>,
+    mut step: impl FnMut(),
+) -> (f64, darts::parallel::SyncStats) {
+    for _ in 0..a.warmup {
+        step();
+    }
+    if let Some(m) = sync {
+        m.take();
+    }
+    let mut ms = Vec::new();
+    for i in 0..a.steps {
+        let t0 = Instant::now();
+        step();
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        if rank == 0 {
+            eprintln!("step {}/{}: {:.1} ms", i + 1, a.steps, ms[i]);
+        }
+    }
+    let st = sync.as_ref().map(|m| m.take()).unwrap_or_default();
+    (bench::median(ms), st)
+}
+
+/// `steps` timed training steps of the derived network on one peer.
+fn train_peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
+    let dev = Default::default();
+    let (rank, world) = sync.as_ref().map_or((0, 1), |s| (s.rank(), s.world()));
+    let (net, train) = {
+        let _g = darts::run::seed_lock();
+        <B as burn::tensor::backend::Backend>::seed(&dev, 2);
+        let net = EvalNetworkConfig {
+            channels: a.channels,
+            layers: a.layers,
+            auxiliary: true,
+            ..Default::default()
+        }
+        .init::<B>(
+            &catalog::conv("DARTS_V2").expect("a catalog genotype"),
+            &dev,
+        )
+        .expect("a valid network");
+        (net, shard_batch(a, rank, world, 0.0))
+    };
+    let params = net.num_weights();
+    let first_row = shard_range(a.batch, rank, world).start as u64;
+    let n = train.images.dims()[0];
+    let mut sgd = darts::bilevel::Sgd::<Inner>::new(0.9, 3e-4);
+    let mut model = Some(net);
+    let mut k = 0u64;
+    let (step_ms, st) = timed(a, rank, &sync, || {
+        let drop = darts::cell::DropPath::keyed(
+            0.2,
+            darts::cell::DropKey {
+                seed: 0,
+                epoch: 0,
+                step: k,
+                first_row,
+            },
+        );
+        k += 1;
+        let m = model.take().expect("a model");
+        let (next, _) = darts::bilevel::weight_step_sharded(
+            m,
+            &mut sgd,
+            0.025,
+            Some(5.0),
+            &[],
+            sync.as_deref().map(|s| s as &dyn GradSync<Inner>),
+            |_| n,
+            |m| m.loss(&train, drop, 0.4),
+        );
+        model = Some(next);
+    });
+    let steps = a.steps as f64;
+    Out {
+        engine: "single",
+        step: "train",
+        peers: world,
+        order: 0,
+        global_batch: a.batch,
+        params,
+        step_ms,
+        sync_ms_per_step: st.seconds * 1e3 / steps,
+        sync_calls_per_step: st.calls as f64 / steps,
+        sync_mb_per_step: st.bytes as f64 / steps / 1e6,
+    }
 }
 
 /// `steps` timed steps of one peer (`sync` = None: single device); (step ms, sync stats per step).
 fn peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
+    if a.train {
+        return train_peer(a, sync);
+    }
     let dev = Default::default();
     let (rank, world) = sync.as_ref().map_or((0, 1), |s| (s.rank(), s.world()));
     let (net, train, val) = {
@@ -84,19 +201,11 @@ fn peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
         }
         .init::<B, _, _>(&DartsSpace::default(), Softmax, &dev)
         .expect("a valid supernet");
-        let mk = |shift: f32| {
-            let images =
-                Tensor::<B, 4>::random([a.batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &dev)
-                    + shift;
-            let t: Vec<i64> = (0..a.batch as i64).map(|i| i % 10).collect();
-            let r = shard_range(a.batch, rank, world);
-            ImageBatch {
-                images: images.narrow(0, r.start, r.len()),
-                targets: Tensor::<B, 1, Int>::from_data(TensorData::new(t, [a.batch]), &dev)
-                    .narrow(0, r.start, r.len()),
-            }
-        };
-        (net, mk(0.0), mk(0.1))
+        (
+            net,
+            shard_batch(a, rank, world, 0.0),
+            shard_batch(a, rank, world, 0.1),
+        )
     };
     let params = net.num_weights();
     let mut s = Bilevel::new(
@@ -121,30 +230,18 @@ fn peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
         },
     );
     s.sync = sync.clone().map(|m| m as darts::bilevel::SharedSync<Inner>);
-    for _ in 0..a.warmup {
+    let (step_ms, st) = timed(a, rank, &sync, || {
         s.step(&train, &val, 0.025);
-    }
-    if let Some(m) = &sync {
-        m.take();
-    }
-    let mut ms = Vec::new();
-    for i in 0..a.steps {
-        let t0 = Instant::now();
-        s.step(&train, &val, 0.025);
-        ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        if rank == 0 {
-            eprintln!("step {}/{}: {:.1} ms", i + 1, a.steps, ms[i]);
-        }
-    }
-    let st = sync.as_ref().map(|m| m.take()).unwrap_or_default();
+    });
     let n = a.steps as f64;
     Out {
         engine: "single",
+        step: "search",
         peers: world,
         order: a.order,
         global_batch: a.batch,
         params,
-        step_ms: median(ms),
+        step_ms,
         sync_ms_per_step: st.seconds * 1e3 / n,
         sync_calls_per_step: st.calls as f64 / n,
         sync_mb_per_step: st.bytes as f64 / n / 1e6,
