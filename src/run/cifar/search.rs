@@ -610,7 +610,7 @@ pub fn run_search_parallel<B: AutodiffBackend>(
 
 /// Run (or resume) a search as one peer of a data-parallel group (`sync`): every peer calls it
 /// with the same configuration and options, each on its own device. This is how the processes
-/// of an MPI job ([`crate::parallel`]) or any other [`GradSync`] run a search; see
+/// of an MPI job ([`crate::parallel`]) or any other [`GradSync`](darts_bilevel::sync::GradSync) run a search; see
 /// [`run_search_parallel`] for the threads of one process.
 pub fn run_search_peer<B: AutodiffBackend>(
     config: &SearchConfig,
