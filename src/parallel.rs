@@ -136,7 +136,10 @@ fn sum_or_nan<B: Backend>(
     try_sum(t).unwrap_or(nan)
 }
 
-type Job<B> = (FloatTensor<B>, Sender<Result<FloatTensor<B>, String>>);
+type Job<B> = (
+    FloatTensor<B>,
+    Sender<Result<burn::tensor::TensorData, String>>,
+);
 
 /// One peer of a group: a [`GradSync`] over `burn-collective`.
 ///
@@ -250,6 +253,7 @@ impl<B: Backend> Collective<B> {
 
     fn raw_sum(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>, ParallelError> {
         let (tx, rx) = channel();
+        let (device, dtype) = (t.device(), t.dtype());
         let prim = t.into_primitive().tensor();
         let sent = self
             .jobs
@@ -285,9 +289,7 @@ impl<B: Backend> Collective<B> {
             }
         };
         match got {
-            Ok(Ok(p)) => Ok(Tensor::from_primitive(
-                burn::tensor::TensorPrimitive::Float(p),
-            )),
+            Ok(Ok(data)) => Ok(Tensor::from_data(data, (&device, dtype))),
             Ok(Err(error)) => Err(ParallelError::Collective {
                 rank: self.rank,
                 error,
@@ -304,10 +306,17 @@ impl<B: Backend> Collective<B> {
     }
 }
 
-/// The collective thread of one peer: runs its all-reduces one at a time.
+/// The collective thread of one peer: runs its all-reduces one at a time. The result is read
+/// back here, and the peer gets a tensor of its own: peers on one device receive clones of one
+/// tensor from `burn-collective` (`float_to_device` to the same device is the identity), and
+/// under Burn's fusion a peer's in-place operation on it can run before another peer's queued
+/// read of it (seen on wgpu: one replica's BatchNorm statistics divided twice).
 fn serve<B: Backend>(id: PeerId, rx: Receiver<Job<B>>) {
     while let Ok((t, reply)) = rx.recv() {
         let r = burn_collective::all_reduce::<B>(id, t, ReduceOperation::Sum)
+            .map(|p| {
+                Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(p)).into_data()
+            })
             .map_err(|e| format!("{e:?}"));
         if reply.send(r).is_err() {
             // The peer stopped waiting (timeout): the group is broken.

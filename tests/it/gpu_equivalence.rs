@@ -437,9 +437,11 @@ fn check_data_parallel_step<G: AutodiffBackend>(gpu: &G::Device) {
             },
         )
         .unwrap();
-        // Equal up to the rounding of the backend's own reductions: a GPU's sums need not add in
-        // the same order on two replicas (flex's do: its replicas are bitwise equal, see
-        // tests/it/parallel.rs).
+        // Equal up to rounding (flex's replicas are bitwise equal, see tests/it/parallel.rs).
+        // This caught a race: peers on one device got clones of one reduced tensor, and under
+        // fusion one peer's in-place division could run before the other's queued read (one
+        // replica's BatchNorm statistics came out divided twice, relative difference 0.5–1);
+        // each peer now gets a tensor of its own (`darts::parallel`, `serve`).
         for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
             let worst = worst_relative(a, b);
             println!("replicas, parameter {i}: {worst:e}");

@@ -870,6 +870,44 @@ fn interrupted_two_peer_ptb_search_resumes_to_the_uninterrupted_run() {
     std::fs::remove_dir_all(&tmp).ok();
 }
 
+/// DARTS-PT after a two-peer search: every peer takes part (data-parallel fine-tuning,
+/// evaluations split by batch) and derives the same genotype, the one rank 0 writes; the
+/// selection makes its 12 decisions after 6 fine-tuning epochs as on one device.
+#[test]
+fn two_peer_search_with_darts_pt_selection() {
+    let tmp = std::env::temp_dir().join(format!("darts-dp-pt-{}", std::process::id()));
+    let cfg = darts::cifar::SearchConfig {
+        select: darts::cifar::Selection::Pt { interval: 1 },
+        limit_images: Some(48),
+        epochs: 1,
+        ..tiny_search()
+    };
+    let dev = Default::default();
+    let o = opts(&tmp);
+    let all = run_local::<Inner, _, _>(&[dev, dev], &GroupConfig::local(2), |_, d, sync| {
+        darts::cifar::run_search_peer::<B>(&cfg, &o, &d, sync).unwrap()
+    })
+    .unwrap();
+    assert_eq!(
+        all[0].genotype, all[1].genotype,
+        "peers derived different genotypes"
+    );
+    let pt: darts::cifar::PtSelection =
+        serde_json::from_str(&std::fs::read_to_string(tmp.join("selection.json")).unwrap())
+            .unwrap();
+    assert_eq!(pt.genotype, all[0].genotype);
+    assert_eq!((pt.decisions.len(), pt.tune_epochs), (12, 6));
+    for d in &pt.decisions {
+        for (_, acc) in &d.accuracies {
+            // Correct counts over all 24 validation images (both peers' batches), not one
+            // peer's 16 or 8.
+            let k = acc * 24.0;
+            assert!((k - k.round()).abs() < 1e-9, "{d:?}");
+        }
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
 /// burn-collective 0.21's multi-node path, minimal: two nodes in one process (two backend
 /// types, so two local servers) and the orchestrator. The first all-reduce gives the sum; the
 /// second never completes on either node (`SyncService::sync` clears a copy of its list of

@@ -633,15 +633,7 @@ fn search_as<B: AutodiffBackend>(
     let lead = rank == 0;
     // Rank 0 opens (and locks) the directory; the others get its configuration and history.
     let (cfg, mut history, ckpt, _lock) = if lead {
-        let started = start_run::<SearchConfig, SearchEpoch>(config, opts).and_then(|s| {
-            if sync.is_some() && matches!(s.0.select, Selection::Pt { .. }) {
-                return Err(RunError::Config(
-                    "--select pt is not data-parallel yet: run it on one device".into(),
-                ));
-            }
-            Ok(s)
-        });
-        match started {
+        match start_run::<SearchConfig, SearchEpoch>(config, opts) {
             Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
             Err(e) => {
                 if let Some(s) = &sync {
@@ -708,9 +700,11 @@ fn search_as<B: AutodiffBackend>(
         }
     }
     let mut genotype = search.model.genotype();
-    if !stopped_early && lead {
+    if !stopped_early {
         if let Selection::Pt { interval } = cfg.select {
-            // The method's schedule as at its last epoch (e.g. SDARTS's ε), fresh noise.
+            // The method's schedule as at its last epoch (e.g. SDARTS's ε), fresh noise. Every
+            // peer takes part: the fine-tuning is data-parallel and the evaluations are split
+            // by batch, so every peer makes the same decisions.
             apply_schedule(
                 &mut search,
                 &cfg.method,
@@ -718,13 +712,24 @@ fn search_as<B: AutodiffBackend>(
                 end - 1,
                 cfg.epochs,
             );
-            let pt = select_pt(&mut search, &loaders, &cfg, interval, opts.progress, device)?;
-            let json =
-                serde_json::to_string_pretty(&pt).map_err(|e| RunError::Config(e.to_string()))?;
-            write(&out.join("selection.json"), &json)?;
+            let show = opts.progress && lead;
+            let pt = select_pt(&mut search, &loaders, &cfg, interval, show, device)?;
+            if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
+                return Err(RunError::Parallel(ParallelError::Collective {
+                    rank,
+                    error: why,
+                }));
+            }
+            if lead {
+                let json = serde_json::to_string_pretty(&pt)
+                    .map_err(|e| RunError::Config(e.to_string()))?;
+                write(&out.join("selection.json"), &json)?;
+            }
             genotype = pt.genotype;
         }
-        write_genotype_files(out, &genotype)?;
+        if lead {
+            write_genotype_files(out, &genotype)?;
+        }
     }
     let ids = search.model.alpha_ids();
     let alphas = values(&search.model, &ids);

@@ -5,13 +5,15 @@
 //! `lr_min`, and keeps the architecture steps going. The genotype is then derived from the
 //! projected weights by the usual rule.
 
-use super::search::SearchLoaders;
+use super::search::{shard_host, SearchLoaders};
 use super::{evaluate, to_batch, Net, SearchConfig};
+use crate::parallel::ParallelError;
 use crate::run::{progress, RunError};
 pub use crate::select::PtDecision;
 use crate::select::{perturbation_select, tune_epochs, PtCell, PtTarget};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use darts_bilevel::sync::average_buffers;
 use darts_bilevel::{CosineLr, Sgd};
 use darts_cell::cnn::supernet::{darts_node_edges, CellProjection};
 use darts_genotype::Genotype;
@@ -65,8 +67,11 @@ impl<B: AutodiffBackend> PtTarget for Target<'_, B> {
         let mut net = self.search.model.clone();
         set(&mut net, p);
         let eval = net.valid();
+        // Data-parallel: each peer evaluates whole batches (every `world`-th), so the batch
+        // statistics and the correct counts are those of one device; the counts are summed.
+        let sync = self.search.sync.clone();
         darts_ops::mode::train_mode(|| {
-            evaluate::<B::InnerBackend, _>(&self.loaders.infer, self.device, None, |x| {
+            evaluate::<B::InnerBackend, _>(&self.loaders.infer, self.device, sync.as_deref(), |x| {
                 eval.forward(x)
             })
             .1
@@ -138,15 +143,21 @@ fn tune_epoch<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(), RunError> {
     let key = (1 << 30) + t;
+    // Data-parallel: every peer takes its rows of each batch, as in the search's epochs.
+    let (rank, world) = search
+        .sync
+        .as_ref()
+        .map_or((0, 1), |s| (s.rank(), s.world()));
     let mut train = loaders
         .train
         .epoch(key, 0)
-        .map(|h| to_batch::<B>(&h, device));
+        .filter(move |h| h.len() >= world)
+        .map(move |h| to_batch::<B>(&shard_host(&h, rank, world), device));
     let mut val_stream = loaders.val_stream::<B>(
         cfg.val_sampling,
         (1 << 41) + t * (1 << 20),
         (1 << 31) + t * 1000,
-        (0, 1),
+        (rank, world),
         device,
     );
     let stats = search.run_epoch_with(
@@ -154,6 +165,16 @@ fn tune_epoch<B: AutodiffBackend>(
         |_, _| Some((train.next()?, val_stream.next()?, lr)),
         |_| {},
     );
+    if let Some(why) = stats.aborted {
+        return Err(RunError::Parallel(ParallelError::Collective {
+            rank,
+            error: why,
+        }));
+    }
+    if let Some(s) = &search.sync {
+        // The replicas' running statistics followed their own shards: average them.
+        search.model = average_buffers(search.model.clone(), s.as_ref());
+    }
     match stats.non_finite {
         Some(bad) => Err(RunError::diverged(
             "DARTS-PT fine-tuning",
