@@ -200,6 +200,12 @@ fn main() {
         progress: !a.quiet,
     };
     if let Some(w) = a.weights {
+        if a.parallel.devices.is_some() || a.parallel.mpi {
+            fail(
+                2,
+                "--eval-only runs on one device: give it --device, not --devices or --mpi",
+            );
+        }
         let spec: DeviceSpec = a.device.parse().unwrap_or_else(|e| fail(2, e));
         match dispatch(&spec, Eval(c, w.clone())) {
             Ok(Ok(r)) => println!(
