@@ -124,8 +124,18 @@ impl BackendTask for Bench {
         let mut step = |k: usize| -> f64 {
             let h = &batches[k % batches.len()];
             let b = ImageBatch::<B>::from_host(h.images.clone(), h.dims(), &h.labels, &device);
+            // Drop path as the training driver draws it: on the host, keyed by the sample.
+            let drop = darts::cell::DropPath::keyed(
+                a.drop_path_prob,
+                darts::cell::DropKey {
+                    seed: 0,
+                    epoch: 0,
+                    step: k as u64,
+                    first_row: 0,
+                },
+            );
             let (next, st) = weight_step(model.clone(), &mut sgd, 0.025, Some(5.0), |m| {
-                m.loss(&b, a.drop_path_prob, a.auxiliary_weight)
+                m.loss(&b, drop, a.auxiliary_weight)
             });
             model = next;
             st.loss.into_scalar().elem()
