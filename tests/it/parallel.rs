@@ -597,35 +597,41 @@ fn two_threads(
     darts::cifar::run_search_parallel::<B>(cfg, o, &[dev, dev], &GroupConfig::local(2)).unwrap()
 }
 
+/// A run into `dir/full`; the same run into `dir/part`, stopped after its first epoch, then
+/// resumed there. Checks that the resumed directory's checkpoint and metrics equal the
+/// uninterrupted one's, bit for bit, and returns the (uninterrupted, stopped, resumed) results.
+fn stopped_and_resumed<T>(
+    dir: &std::path::Path,
+    run: impl Fn(&darts::cifar::RunOptions) -> T,
+) -> (T, T, T) {
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let a = run(&opts(&full));
+    let first = run(&darts::cifar::RunOptions {
+        stop_after: Some(1),
+        ..opts(&part)
+    });
+    let b = run(&darts::cifar::RunOptions {
+        resume: true,
+        overwrite: false,
+        ..opts(&part)
+    });
+    assert!(
+        run_record(&full) == run_record(&part),
+        "{}: resumed run differs",
+        dir.display()
+    );
+    (a, first, b)
+}
+
 #[test]
 fn interrupted_two_peer_search_resumes_to_the_uninterrupted_run() {
     let tmp = std::env::temp_dir().join(format!("darts-dp-resume-{}", std::process::id()));
-    let (full, part) = (tmp.join("full"), tmp.join("part"));
     let cfg = tiny_search();
-    let a = two_threads(&cfg, &opts(&full));
+    let (a, first, b) = stopped_and_resumed(&tmp, |o| two_threads(&cfg, o));
     assert_eq!(a.history.len(), 2);
-    let first = two_threads(
-        &cfg,
-        &darts::cifar::RunOptions {
-            stop_after: Some(1),
-            ..opts(&part)
-        },
-    );
     assert!(first.stopped_early);
-    let b = two_threads(
-        &cfg,
-        &darts::cifar::RunOptions {
-            resume: true,
-            overwrite: false,
-            ..opts(&part)
-        },
-    );
     assert_eq!(a.alphas, b.alphas);
     assert_eq!(a.genotype, b.genotype);
-    assert!(
-        run_record(&full) == run_record(&part),
-        "resumed run differs"
-    );
     // Two peers see the global batch in two shards: the run is not the single-device run
     // (BatchNorm normalises each shard with its own statistics) but its data are.
     assert_eq!(a.history[0].steps, 2);
@@ -673,26 +679,10 @@ fn interrupted_training_resumes_to_the_uninterrupted_run_on_one_and_two_peers() 
         fn(&darts::cifar::TrainConfig, &darts::cifar::RunOptions) -> darts::cifar::TrainSummary;
     let one: Runner = |c, o| darts::cifar::run_train::<B>(c, o, &Default::default()).unwrap();
     for (name, run) in [("one", one), ("two", two_threads_train as Runner)] {
-        let (full, part) = (tmp.join(name).join("full"), tmp.join(name).join("part"));
-        let a = run(&cfg, &opts(&full));
+        let (a, first, b) = stopped_and_resumed(&tmp.join(name), |o| run(&cfg, o));
         assert_eq!(a.history.len(), 3);
         assert!(a.history[2].drop_path_prob > 0.0);
-        let first = run(
-            &cfg,
-            &darts::cifar::RunOptions {
-                stop_after: Some(1),
-                ..opts(&part)
-            },
-        );
         assert_eq!(first.history.len(), 1);
-        let b = run(
-            &cfg,
-            &darts::cifar::RunOptions {
-                resume: true,
-                overwrite: false,
-                ..opts(&part)
-            },
-        );
         let timeless = |h: &[darts::cifar::TrainEpoch]| -> Vec<darts::cifar::TrainEpoch> {
             h.iter()
                 .map(|e| darts::cifar::TrainEpoch {
@@ -706,11 +696,11 @@ fn interrupted_training_resumes_to_the_uninterrupted_run_on_one_and_two_peers() 
             timeless(&b.history),
             "{name}: histories differ"
         );
-        assert!(
-            run_record(&full) == run_record(&part),
-            "{name}: resumed run differs"
-        );
-        assert!(full.join(darts::cifar::WEIGHTS).exists());
+        assert!(tmp
+            .join(name)
+            .join("full")
+            .join(darts::cifar::WEIGHTS)
+            .exists());
     }
     std::fs::remove_dir_all(&tmp).ok();
 }
@@ -785,29 +775,9 @@ fn two_peer_ptb_training_equals_one_device() {
 #[test]
 fn interrupted_two_peer_ptb_training_resumes_to_the_uninterrupted_run() {
     let tmp = std::env::temp_dir().join(format!("darts-dp-ptb-resume-{}", std::process::id()));
-    let (full, part) = (tmp.join("full"), tmp.join("part"));
     let cfg = tiny_ptb_train();
-    let a = ptb_two_threads(&cfg, &opts(&full));
-    ptb_two_threads(
-        &cfg,
-        &darts::cifar::RunOptions {
-            stop_after: Some(1),
-            ..opts(&part)
-        },
-    );
-    let b = ptb_two_threads(
-        &cfg,
-        &darts::cifar::RunOptions {
-            resume: true,
-            overwrite: false,
-            ..opts(&part)
-        },
-    );
+    let (a, _, b) = stopped_and_resumed(&tmp, |o| ptb_two_threads(&cfg, o));
     assert_eq!(a.test_ppl.to_bits(), b.test_ppl.to_bits());
-    assert!(
-        run_record(&full) == run_record(&part),
-        "resumed run differs"
-    );
     std::fs::remove_dir_all(&tmp).ok();
 }
 
@@ -838,7 +808,6 @@ fn tiny_ptb_search(unrolled: bool) -> darts::ptb::PtbSearchConfig {
 #[test]
 fn interrupted_two_peer_ptb_search_resumes_to_the_uninterrupted_run() {
     let tmp = std::env::temp_dir().join(format!("darts-dp-ptb-search-{}", std::process::id()));
-    let (full, part) = (tmp.join("full"), tmp.join("part"));
     let cfg = tiny_ptb_search(true);
     let dev = Default::default();
     let run = |o: &darts::cifar::RunOptions| {
@@ -849,24 +818,11 @@ fn interrupted_two_peer_ptb_search_resumes_to_the_uninterrupted_run() {
         assert_eq!(all[0].alphas, all[1].alphas, "replicas differ");
         all.into_iter().next().unwrap()
     };
-    let a = run(&opts(&full));
+    let (a, _, b) = stopped_and_resumed(&tmp, run);
     assert_eq!(a.history.len(), 3);
-    run(&darts::cifar::RunOptions {
-        stop_after: Some(1),
-        ..opts(&part)
-    });
-    let b = run(&darts::cifar::RunOptions {
-        resume: true,
-        overwrite: false,
-        ..opts(&part)
-    });
     assert_eq!(a.alphas, b.alphas);
     assert_eq!(a.genotype, b.genotype);
-    assert!(
-        run_record(&full) == run_record(&part),
-        "resumed run differs"
-    );
-    assert!(full.join("genotype.json").exists());
+    assert!(tmp.join("full").join("genotype.json").exists());
     std::fs::remove_dir_all(&tmp).ok();
 }
 

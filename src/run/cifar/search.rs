@@ -4,13 +4,13 @@ use super::select::{select_pt, Selection};
 use super::{evaluate, f64s, load_train, to_batch, Net, LAYERS_RULE};
 use crate::checkpoint;
 use crate::methods::{EpochSchedule, Method, MethodConfig};
-use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
+use crate::parallel::{shard_range, GroupConfig};
 use crate::report;
-use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
+use crate::run::peer::{group_error, group_ok, run_threads, share_state, start_peer, PeerStart};
 use crate::run::{
-    append_timing, check, check_shared, failpoint, progress, seed_lock, start_run, write,
-    write_bytes, write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig,
-    RunError, RunOptions,
+    append_timing, check, check_shared, failpoint, progress, seed_lock, write, write_bytes,
+    write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError,
+    RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -444,10 +444,7 @@ fn search_epoch<B: AutodiffBackend>(
     });
     pb.finish_and_clear();
     if let Some(why) = stats.aborted {
-        return Err(RunError::Parallel(ParallelError::Collective {
-            rank,
-            error: why,
-        }));
+        return Err(group_error(rank, why));
     }
     if let Some(bad) = &stats.non_finite {
         let hint = "; lower --lr or --arch-lr, or pass --skip-non-finite-steps to undo such steps";
@@ -464,12 +461,7 @@ fn search_epoch<B: AutodiffBackend>(
         evaluate::<B::InnerBackend, _>(&loaders.infer, device, sync.as_deref(), |x| {
             model.forward(x)
         });
-    if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
-        return Err(RunError::Parallel(ParallelError::Collective {
-            rank,
-            error: why,
-        }));
-    }
+    group_ok(sync.as_deref())?;
     let (an, ar) = search.model.arch_weights();
     let edges = search.model.edge_weights();
     let genotype = search.model.genotype();
@@ -602,10 +594,9 @@ pub fn run_search_parallel<B: AutodiffBackend>(
     devices: &[B::Device],
     group: &GroupConfig,
 ) -> Result<SearchSummary, RunError> {
-    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
-        search_as::<B>(config, opts, &device, Some(sync))
-    })?;
-    first_error(results)
+    run_threads::<B::InnerBackend, _>(devices, group, |device, sync| {
+        search_as::<B>(config, opts, device, Some(sync))
+    })
 }
 
 /// Run (or resume) a search as one peer of a data-parallel group (`sync`): every peer calls it
@@ -629,25 +620,10 @@ fn search_as<B: AutodiffBackend>(
     sync: Option<SharedSync<B::InnerBackend>>,
 ) -> Result<SearchSummary, RunError> {
     let out = &opts.out;
-    let rank = sync.as_ref().map_or(0, |s| s.rank());
-    let lead = rank == 0;
+    let lead = sync.as_ref().is_none_or(|s| s.rank() == 0);
     // Rank 0 opens (and locks) the directory; the others get its configuration and history.
-    let (cfg, mut history, ckpt, _lock) = if lead {
-        match start_run::<SearchConfig, SearchEpoch>(config, opts) {
-            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
-            Err(e) => {
-                if let Some(s) = &sync {
-                    // Tell the others, so that they stop now instead of timing out.
-                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
-                }
-                return Err(e);
-            }
-        }
-    } else {
-        let (cfg, history) =
-            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
-        (cfg, history, None, None)
-    };
+    let (cfg, mut history, ckpt, _lock): PeerStart<SearchConfig, SearchEpoch> =
+        start_peer(config, opts, sync.as_deref(), device)?;
     let loaders = SearchLoaders::new(&cfg)?;
     let mut search = build_search::<B>(&cfg, device)?;
     let params = search.model.num_weights();
@@ -665,22 +641,12 @@ fn search_as<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;
     }
-    if let Some(s) = &sync {
-        // Every replica starts from rank 0's state (fresh or resumed), as PyTorch's DDP
-        // broadcasts rank 0's parameters.
-        if lead {
-            send_run::<B::InnerBackend>(
-                s.as_ref(),
-                &(&cfg, &history),
-                |c| Ok(checkpoint::save_bilevel(c, &search)?),
-                device,
-            )?;
-        } else {
-            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
-            checkpoint::load_bilevel(&c, &mut search)?;
-        }
-        search.sync = Some(s.clone());
+    let save = |c: &mut checkpoint::Checkpoint| Ok(checkpoint::save_bilevel(c, &search)?);
+    let header = (&cfg, &history);
+    if let Some(c) = share_state::<B::InnerBackend>(sync.as_deref(), &header, save, device)? {
+        checkpoint::load_bilevel(&c, &mut search)?;
     }
+    search.sync = sync.clone();
     let stopped_early = opts.stop_after.is_some_and(|n| n.max(start) < cfg.epochs);
     let end = opts.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
     for epoch in start..end {
@@ -714,12 +680,7 @@ fn search_as<B: AutodiffBackend>(
             );
             let show = opts.progress && lead;
             let pt = select_pt(&mut search, &loaders, &cfg, interval, show, device)?;
-            if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
-                return Err(RunError::Parallel(ParallelError::Collective {
-                    rank,
-                    error: why,
-                }));
-            }
+            group_ok(sync.as_deref())?;
             if lead {
                 let json = serde_json::to_string_pretty(&pt)
                     .map_err(|e| RunError::Config(e.to_string()))?;

@@ -7,7 +7,7 @@
 
 use super::search::{shard_host, SearchLoaders};
 use super::{evaluate, to_batch, Net, SearchConfig};
-use crate::parallel::ParallelError;
+use crate::run::peer::group_error;
 use crate::run::{progress, RunError};
 pub use crate::select::PtDecision;
 use crate::select::{perturbation_select, tune_epochs, PtCell, PtTarget};
@@ -166,10 +166,7 @@ fn tune_epoch<B: AutodiffBackend>(
         |_| {},
     );
     if let Some(why) = stats.aborted {
-        return Err(RunError::Parallel(ParallelError::Collective {
-            rank,
-            error: why,
-        }));
+        return Err(group_error(rank, why));
     }
     if let Some(s) = &search.sync {
         // The replicas' running statistics followed their own shards: average them.

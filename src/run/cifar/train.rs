@@ -3,10 +3,10 @@
 use super::search::shard_host;
 use super::{evaluate, load_train, to_batch, LAYERS_RULE};
 use crate::checkpoint;
-use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
-use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
+use crate::parallel::{shard_range, GroupConfig};
+use crate::run::peer::{group_ok, run_threads, share_state, start_peer, PeerStart};
 use crate::run::{
-    append_timing, check, check_shared, failpoint, genotype_ok, progress, seed_lock, start_run,
+    append_timing, check, check_shared, failpoint, genotype_ok, progress, seed_lock,
     write_checkpoint, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
@@ -193,12 +193,7 @@ fn train_pass<B: AutodiffBackend>(
         model = next;
         failpoint(&step_point);
         let l: f64 = st.loss.into_scalar().elem();
-        if let Some(why) = sync.and_then(|s| s.failure()) {
-            return Err(RunError::Parallel(ParallelError::Collective {
-                rank,
-                error: why,
-            }));
-        }
+        group_ok(sync)?;
         if !l.is_finite() || !st.grad_norm.is_finite() {
             let what = if l.is_finite() {
                 "gradient norm"
@@ -229,13 +224,8 @@ fn train_pass<B: AutodiffBackend>(
     if let Some(s) = sync {
         let g = sum_host(s, &[loss_sum, ok, seen], device);
         (loss_sum, ok, seen) = (g[0], g[1], g[2]);
-        if let Some(why) = s.failure() {
-            return Err(RunError::Parallel(ParallelError::Collective {
-                rank,
-                error: why,
-            }));
-        }
     }
+    group_ok(sync)?;
     Ok((model, loss_sum / seen.max(1.0), ok / seen.max(1.0)))
 }
 
@@ -365,10 +355,9 @@ pub fn run_train_parallel<B: AutodiffBackend>(
     devices: &[B::Device],
     group: &GroupConfig,
 ) -> Result<TrainSummary, RunError> {
-    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
-        train_as::<B>(config, opts, &device, Some(sync))
-    })?;
-    first_error(results)
+    run_threads::<B::InnerBackend, _>(devices, group, |device, sync| {
+        train_as::<B>(config, opts, device, Some(sync))
+    })
 }
 
 /// Train as one peer of a data-parallel group (`sync`): every peer calls it with the same
@@ -393,22 +382,8 @@ fn train_as<B: AutodiffBackend>(
     let out = &opts.out;
     let lead = sync.as_ref().is_none_or(|s| s.rank() == 0);
     // Rank 0 opens (and locks) the directory; the others get its configuration and history.
-    let (cfg, mut history, ckpt, _lock) = if lead {
-        match start_run::<TrainConfig, TrainEpoch>(config, opts) {
-            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
-            Err(e) => {
-                if let Some(s) = &sync {
-                    // Tell the others, so that they stop now instead of timing out.
-                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
-                }
-                return Err(e);
-            }
-        }
-    } else {
-        let (cfg, history): (TrainConfig, Vec<TrainEpoch>) =
-            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
-        (cfg, history, None, None)
-    };
+    let (cfg, mut history, ckpt, _lock): PeerStart<TrainConfig, TrainEpoch> =
+        start_peer(config, opts, sync.as_deref(), device)?;
     let (train, test_loader) = train_loaders(&cfg)?;
     let mut model = build_model::<B>(&cfg, device)?;
     let params = model.num_weights();
@@ -416,22 +391,13 @@ fn train_as<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         model = checkpoint::load_model_sgd(c, model, &mut sgd)?.0;
     }
-    if let Some(s) = &sync {
-        // Every replica starts from rank 0's state (fresh or resumed).
-        if lead {
-            send_run::<B::InnerBackend>(
-                s.as_ref(),
-                &(&cfg, &history),
-                |c| {
-                    checkpoint::save_model_sgd(c, &model, &sgd)?;
-                    Ok(())
-                },
-                device,
-            )?;
-        } else {
-            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
-            model = checkpoint::load_model_sgd(&c, model, &mut sgd)?.0;
-        }
+    let save = |c: &mut checkpoint::Checkpoint| {
+        checkpoint::save_model_sgd(c, &model, &sgd)?;
+        Ok(())
+    };
+    let header = (&cfg, &history);
+    if let Some(c) = share_state::<B::InnerBackend>(sync.as_deref(), &header, save, device)? {
+        model = checkpoint::load_model_sgd(&c, model, &mut sgd)?.0;
     }
     let show = opts.progress && lead;
     if show {
@@ -476,13 +442,7 @@ fn train_as<B: AutodiffBackend>(
             evaluate::<B::InnerBackend, _>(&test_loader, device, sync.as_deref(), |x| {
                 inner.forward(x, 0.0).logits
             });
-        if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
-            let rank = sync.as_ref().map_or(0, |s| s.rank());
-            return Err(RunError::Parallel(ParallelError::Collective {
-                rank,
-                error: why,
-            }));
-        }
+        group_ok(sync.as_deref())?;
         let rec = TrainEpoch {
             epoch,
             lr,

@@ -3,13 +3,12 @@
 use super::PtbCommon;
 use super::{batchify, columns, evaluate_lm_sharded, load_corpus, zeros_inner};
 use crate::checkpoint;
-use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
+use crate::parallel::{shard_range, GroupConfig};
 use crate::report;
-use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
+use crate::run::peer::{group_error, group_ok, run_threads, share_state, start_peer, PeerStart};
 use crate::run::{
-    append_timing, check_shared, failpoint, seed_lock, start_run, write, write_bytes,
-    write_checkpoint, write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError,
-    RunOptions,
+    append_timing, check_shared, failpoint, seed_lock, write, write_bytes, write_checkpoint,
+    write_epoch_genotype, write_figure, write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -294,10 +293,7 @@ fn search_pass<B: AutodiffBackend>(
     });
     pb.finish_and_clear();
     if let Some(why) = stats.aborted {
-        return Err(RunError::Parallel(ParallelError::Collective {
-            rank,
-            error: why,
-        }));
+        return Err(group_error(rank, why));
     }
     if let Some(bad) = &stats.non_finite {
         let hint = "; lower --lr or --arch-lr";
@@ -410,10 +406,9 @@ pub fn run_ptb_search_parallel<B: AutodiffBackend>(
     devices: &[B::Device],
     group: &GroupConfig,
 ) -> Result<PtbSearchSummary, RunError> {
-    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
-        search_as::<B>(config, opts, &device, Some(sync))
-    })?;
-    first_error(results)
+    run_threads::<B::InnerBackend, _>(devices, group, |device, sync| {
+        search_as::<B>(config, opts, device, Some(sync))
+    })
 }
 
 /// Run (or resume) a recurrent cell search as one peer of a data-parallel group (`sync`, e.g.
@@ -435,21 +430,9 @@ fn search_as<B: AutodiffBackend>(
 ) -> Result<PtbSearchSummary, RunError> {
     let out = &opts.out;
     let lead = sync.as_ref().is_none_or(|s| s.rank() == 0);
-    let (cfg, mut history, ckpt, _lock) = if lead {
-        match start_run::<PtbSearchConfig, PtbSearchEpoch>(config, opts) {
-            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
-            Err(e) => {
-                if let Some(s) = &sync {
-                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
-                }
-                return Err(e);
-            }
-        }
-    } else {
-        let (cfg, history): (PtbSearchConfig, Vec<PtbSearchEpoch>) =
-            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
-        (cfg, history, None, None)
-    };
+    // Rank 0 opens (and locks) the directory; the others get its configuration and history.
+    let (cfg, mut history, ckpt, _lock): PeerStart<PtbSearchConfig, PtbSearchEpoch> =
+        start_peer(config, opts, sync.as_deref(), device)?;
     let world = sync.as_ref().map_or(1, |s| s.world());
     if cfg.common.batch_size < world || cfg.common.eval_batch_size < world {
         return Err(RunError::Config(format!(
@@ -471,21 +454,12 @@ fn search_as<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         checkpoint::load_bilevel(c, &mut search)?;
     }
-    if let Some(s) = &sync {
-        // Every replica starts from rank 0's state (fresh or resumed).
-        if lead {
-            send_run::<B::InnerBackend>(
-                s.as_ref(),
-                &(&cfg, &history),
-                |c| Ok(checkpoint::save_bilevel(c, &search)?),
-                device,
-            )?;
-        } else {
-            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
-            checkpoint::load_bilevel(&c, &mut search)?;
-        }
-        search.sync = Some(s.clone());
+    let save = |c: &mut checkpoint::Checkpoint| Ok(checkpoint::save_bilevel(c, &search)?);
+    let header = (&cfg, &history);
+    if let Some(c) = share_state::<B::InnerBackend>(sync.as_deref(), &header, save, device)? {
+        checkpoint::load_bilevel(&c, &mut search)?;
     }
+    search.sync = sync.clone();
     let show = opts.progress && lead;
     if show {
         let (t, v, u) = (corpus.train.len(), corpus.valid.len(), corpus.valid.unknown);
@@ -510,13 +484,7 @@ fn search_as<B: AutodiffBackend>(
             sync.as_deref(),
             device,
         );
-        if let Some(why) = sync.as_ref().and_then(|s| s.failure()) {
-            let rank = sync.as_ref().map_or(0, |s| s.rank());
-            return Err(RunError::Parallel(ParallelError::Collective {
-                rank,
-                error: why,
-            }));
-        }
+        group_ok(sync.as_deref())?;
         if show {
             print_epoch(&rec);
         }

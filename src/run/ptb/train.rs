@@ -3,11 +3,11 @@
 use super::PtbCommon;
 use super::{batchify, columns, evaluate_lm_sharded, load_corpus, zeros_inner};
 use crate::checkpoint::{self, Checkpoint};
-use crate::parallel::{run_local, shard_range, GroupConfig, ParallelError};
-use crate::run::peer::{first_error, receive_checkpoint, receive_header, send_run, send_state};
+use crate::parallel::{shard_range, GroupConfig};
+use crate::run::peer::{group_ok, run_threads, share_state, start_peer, PeerStart};
 use crate::run::{
-    append_timing, check_shared, failpoint, genotype_ok, seed_lock, start_run, write,
-    write_checkpoint, write_metrics, RunConfig, RunError, RunOptions,
+    append_timing, check_shared, failpoint, genotype_ok, seed_lock, write, write_checkpoint,
+    write_metrics, RunConfig, RunError, RunOptions,
 };
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -268,12 +268,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             );
             self.model = next;
             failpoint(&step_point);
-            if let Some(why) = sync.and_then(|s| s.failure()) {
-                return Err(RunError::Parallel(ParallelError::Collective {
-                    rank,
-                    error: why,
-                }));
-            }
+            group_ok(sync)?;
             let (raw, h) = st.aux;
             hidden = h.detach().inner();
             let raw = darts_ops::to_f64s(&raw)[0];
@@ -404,10 +399,9 @@ pub fn run_ptb_train_parallel<B: AutodiffBackend>(
     devices: &[B::Device],
     group: &GroupConfig,
 ) -> Result<PtbTrainSummary, RunError> {
-    let results = run_local::<B::InnerBackend, _, _>(devices, group, |_, device, sync| {
-        train_as::<B>(config, opts, &device, Some(sync))
-    })?;
-    first_error(results)
+    run_threads::<B::InnerBackend, _>(devices, group, |device, sync| {
+        train_as::<B>(config, opts, device, Some(sync))
+    })
 }
 
 /// Train as one peer of a data-parallel group (`sync`, e.g. a process of an MPI job); see
@@ -429,21 +423,9 @@ fn train_as<B: AutodiffBackend>(
 ) -> Result<PtbTrainSummary, RunError> {
     let out = &opts.out;
     let lead = sync.as_ref().is_none_or(|s| s.rank() == 0);
-    let (cfg, mut history, ckpt, _lock) = if lead {
-        match start_run::<PtbTrainConfig, PtbTrainEpoch>(config, opts) {
-            Ok((cfg, history, ckpt, lock)) => (cfg, history, ckpt, Some(lock)),
-            Err(e) => {
-                if let Some(s) = &sync {
-                    let _ = send_state::<B::InnerBackend>(s.as_ref(), Err(e.to_string()), device);
-                }
-                return Err(e);
-            }
-        }
-    } else {
-        let (cfg, history): (PtbTrainConfig, Vec<PtbTrainEpoch>) =
-            receive_header::<B::InnerBackend, _>(sync.as_deref().expect("a group"), device)?;
-        (cfg, history, None, None)
-    };
+    // Rank 0 opens (and locks) the directory; the others get its configuration and history.
+    let (cfg, mut history, ckpt, _lock): PeerStart<PtbTrainConfig, PtbTrainEpoch> =
+        start_peer(config, opts, sync.as_deref(), device)?;
     let world = sync.as_ref().map_or(1, |s| s.world());
     if cfg.common.batch_size < world {
         return Err(RunError::Config(format!(
@@ -472,19 +454,10 @@ fn train_as<B: AutodiffBackend>(
     if let Some(c) = &ckpt {
         trainer.load(c, device)?;
     }
-    if let Some(s) = &sync {
-        // Every replica starts from rank 0's state (fresh or resumed).
-        if lead {
-            send_run::<B::InnerBackend>(
-                s.as_ref(),
-                &(&cfg, &history),
-                |c| trainer.save(c),
-                device,
-            )?;
-        } else {
-            let c = receive_checkpoint::<B::InnerBackend>(s.as_ref(), device)?;
-            trainer.load(&c, device)?;
-        }
+    let save = |c: &mut Checkpoint| trainer.save(c);
+    let header = (&cfg, &history);
+    if let Some(c) = share_state::<B::InnerBackend>(sync.as_deref(), &header, save, device)? {
+        trainer.load(&c, device)?;
     }
     let show = opts.progress && lead;
     if show {
@@ -506,13 +479,7 @@ fn train_as<B: AutodiffBackend>(
             trainer.pass(&data, (&cfg, &rnn), epoch, sync_ref, show, device)?;
         let evaluated = trainer.eval_model();
         let val_loss = lm_loss(&evaluated.valid(), &data.val, &cfg, sync_ref, device);
-        if let Some(why) = sync_ref.and_then(|s| s.failure()) {
-            let rank = sync_ref.map_or(0, |s| s.rank());
-            return Err(RunError::Parallel(ParallelError::Collective {
-                rank,
-                error: why,
-            }));
-        }
+        group_ok(sync_ref)?;
         trainer.end_epoch(&evaluated, val_loss, cfg.nonmono, show);
         let rec = PtbTrainEpoch {
             epoch,
@@ -565,13 +532,7 @@ fn finish<B: AutodiffBackend>(
         None => (f64::NAN, trainer.model),
     };
     let test_loss = lm_loss(&final_model.valid(), &data.test, cfg, sync, device);
-    if let Some(why) = sync.and_then(|s| s.failure()) {
-        let rank = sync.map_or(0, |s| s.rank());
-        return Err(RunError::Parallel(ParallelError::Collective {
-            rank,
-            error: why,
-        }));
-    }
+    group_ok(sync)?;
     let lead = sync.is_none_or(|s| s.rank() == 0);
     let summary = serde_json::json!({
         "genotype": cfg.genotype_source,
