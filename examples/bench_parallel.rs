@@ -271,6 +271,8 @@ fn mpi_run(_: &Args) -> Option<Out> {
 }
 
 fn main() {
+    // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
+    darts::alloc::tune_malloc();
     let a = Args::parse();
     let out = if a.mpi {
         mpi_run(&a)

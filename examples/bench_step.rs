@@ -243,6 +243,8 @@ impl BackendTask for Bench {
 }
 
 fn main() {
+    // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
+    darts::alloc::tune_malloc();
     let args = Args::parse();
     let spec: DeviceSpec = match args.device.parse() {
         Ok(s) => s,

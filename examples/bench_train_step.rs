@@ -218,6 +218,8 @@ fn run(args: Args) -> Result<String, String> {
 }
 
 fn main() {
+    // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
+    darts::alloc::tune_malloc();
     let args = Args::parse();
     let json = args.json;
     match run(args) {

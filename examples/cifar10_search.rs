@@ -212,6 +212,8 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 fn main() {
+    // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
+    darts::alloc::tune_malloc();
     let matches = Args::command().get_matches();
     let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-sample");

@@ -645,6 +645,8 @@ impl BackendTask for Task {
 }
 
 fn main() {
+    // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
+    darts::alloc::tune_malloc();
     let a = Args::parse();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-sample");
     let s = Nb201Search {

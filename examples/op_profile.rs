@@ -1,8 +1,10 @@
-//! Forward+backward time of the building blocks on `[16, 8, 32, 32]` (CPU, `flex`), the numbers
-//! behind `docs/performance.md`.
+//! Forward+backward time of the building blocks on `[N, C, HW, HW]` (CPU, `flex`; default
+//! `[16, 8, 32, 32]`), the numbers behind `docs/performance.md`. `benches/torch_op_profile.py`
+//! times PyTorch's operations on the same shape.
 //!
 //! ```text
-//! cargo run --release --example op_profile
+//! cargo run --release --example op_profile                # [16, 8, 32, 32]
+//! cargo run --release --example op_profile -- 96 36 32    # the derived network's first stage
 //! ```
 
 use burn::backend::{Autodiff, Flex};
@@ -30,8 +32,18 @@ fn time(name: &str, f: impl Fn() -> Tensor<B, 4>) {
 }
 
 fn main() {
+    // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
+    darts::alloc::tune_malloc();
     let dev = Default::default();
-    let (n, c, hw) = (16usize, 8usize, 32usize);
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("usage: op_profile [N C HW]"))
+        .collect();
+    let (n, c, hw) = match args[..] {
+        [n, c, hw] => (n, c, hw),
+        [] => (16, 8, 32),
+        _ => panic!("usage: op_profile [N C HW]"),
+    };
     let x = Tensor::<B, 4>::random([n, c, hw, hw], Distribution::Default, &dev).require_grad();
     let bn = BatchNorm2d::<B>::new(c, false, &dev);
     let dw = Conv2dConfig::new(c, c, 3, 1, 1).groups(c).init::<B>(&dev);
@@ -49,6 +61,8 @@ fn main() {
         x.clone().mean_dims(&[0, 2, 3]) + x.clone()
     });
     time("batchnorm", || bn.forward(x.clone()));
+    let bn_affine = BatchNorm2d::<B>::new(c, true, &dev);
+    time("batchnorm (affine)", || bn_affine.forward(x.clone()));
     time("max pool 3x3 (burn)", || {
         max_pool2d(x.clone(), [3, 3], [1, 1], [1, 1], [1, 1], false)
     });
@@ -129,5 +143,9 @@ fn main() {
     for p in Primitive::DARTS {
         let op = p.build::<B>(c, 1, darts::ops::OpOptions::SEARCH, &dev);
         time(p.name(), || op.forward(x.clone()));
+    }
+    for p in Primitive::DARTS {
+        let op = p.build::<B>(c, 1, darts::ops::OpOptions::DERIVED, &dev);
+        time(&format!("{} (derived)", p.name()), || op.forward(x.clone()));
     }
 }

@@ -111,6 +111,8 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
+    // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
+    darts::alloc::tune_malloc();
     let matches = Args::command().get_matches();
     let a = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (genotype, source) = match &a.genotype {

@@ -12,6 +12,7 @@
 //! | [`data`] | `darts-data` | CIFAR-10 and PTB loading, augmentation, batching |
 //! | [`device`] | this crate | `--device cpu\|wgpu\|cuda[:N]` parsing and backend dispatch |
 //! | [`parallel`] | this crate | data parallelism over `burn-collective` (threads, processes, machines) |
+//! | [`alloc`] | this crate | glibc allocator settings for CPU training ([`alloc::tune_malloc`]) |
 //!
 //! ```
 //! use darts::prelude::*;
@@ -32,6 +33,7 @@ pub use darts_genotype as genotype;
 pub use darts_mixed_op as mixed_op;
 pub use darts_ops as ops;
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod device;
 pub mod infer;

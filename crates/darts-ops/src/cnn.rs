@@ -11,10 +11,10 @@
 
 use crate::bn::BatchNorm2d;
 use crate::conv::{Conv2d, Conv2dConfig};
+use crate::kernels::relu;
 use crate::kernels::{pool2d, Pooling};
 use crate::OpError;
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{backend::Backend, Tensor, TensorCreationOptions};
 use serde::{Deserialize, Serialize};
 

@@ -6,7 +6,6 @@ use crate::cnn::supernet::Preprocess;
 use crate::CellError;
 use crate::CellShape;
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::{Distribution, Tensor, TensorCreationOptions, TensorData};
@@ -15,6 +14,7 @@ use darts_mixed_op::stochastic::keyed_rng;
 use darts_mixed_op::{CandidateOp, DartsSpace, EdgeSpec, OpSet};
 use darts_ops::cnn::ReLUConvBN;
 use darts_ops::conv::Conv2dConfig;
+use darts_ops::kernels::relu;
 use darts_ops::{BatchNorm2d, Conv2d, DartsOp, Linear};
 use rand::Rng;
 

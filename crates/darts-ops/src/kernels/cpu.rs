@@ -1,9 +1,10 @@
-//! Plain-slice CPU kernels for depthwise convolution and 2-D pooling, forward and backward,
-//! on contiguous NCHW data. Work is split over the `N·C` planes with rayon; every reduction is
-//! done in a fixed order, so results do not depend on the number of threads.
+//! Plain-slice CPU kernels for depthwise convolution, 2-D pooling and training-mode batch
+//! normalisation, forward and backward, on contiguous NCHW data. Work is split over the `N·C`
+//! planes (the channels for batch normalisation) with rayon; every reduction is done in a fixed
+//! order, so results do not depend on the number of threads.
 
 use rayon::prelude::*;
-use std::ops::{Add, AddAssign, Div, Mul};
+use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
 /// The element types the kernels run on (`f32`, `f64`).
 pub trait Real:
@@ -12,6 +13,7 @@ pub trait Real:
     + Sync
     + PartialOrd
     + Add<Output = Self>
+    + Sub<Output = Self>
     + Mul<Output = Self>
     + Div<Output = Self>
     + AddAssign
@@ -25,6 +27,10 @@ pub trait Real:
     fn from_usize(n: usize) -> Self;
     /// Not a number?
     fn is_nan(self) -> bool;
+    /// As `f64`.
+    fn to_f64(self) -> f64;
+    /// From `f64` (rounded to nearest).
+    fn from_f64(v: f64) -> Self;
 }
 
 macro_rules! real {
@@ -37,6 +43,12 @@ macro_rules! real {
             }
             fn is_nan(self) -> bool {
                 $t::is_nan(self)
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn from_f64(v: f64) -> Self {
+                v as $t
             }
         }
     };
@@ -813,3 +825,304 @@ mod tests {
         assert_eq!(gx, vec![4.0, 0.0, 0.0, 0.0]);
     }
 }
+
+/// Lanes of the partial sums in the batch-normalisation reductions (a fixed number, so the
+/// summation order does not depend on the CPU).
+const LANES: usize = 16;
+
+/// `Σ f(a_i)` over a row, in [`LANES`] interleaved partial sums (see [`lane_sum2`]).
+#[inline(always)]
+fn lane_sum<T: Real>(a: &[T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let ac = a.chunks_exact(LANES);
+    let mut tail = T::ZERO;
+    for &x in ac.remainder() {
+        tail += f(x);
+    }
+    for ca in ac {
+        for l in 0..LANES {
+            acc[l] += f(ca[l]);
+        }
+    }
+    let mut s = T::ZERO;
+    for a in acc {
+        s += a;
+    }
+    s + tail
+}
+
+/// `Σ f(a_i, b_i)` over two equally long rows, in [`LANES`] interleaved partial sums added in a
+/// fixed order at the end (vectorises; the same bits on every run).
+#[inline(always)]
+fn lane_sum2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (ca, cb) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] += f(ca[l], cb[l]);
+        }
+    }
+    let mut tail = T::ZERO;
+    for (&x, &y) in ar.iter().zip(br) {
+        tail += f(x, y);
+    }
+    let mut s = T::ZERO;
+    for a in acc {
+        s += a;
+    }
+    s + tail
+}
+
+/// One channel of the batch-normalisation forward: the `n` planes of channel `c` are
+/// `x[(i·c_total + c)·hw ..][..hw]`. Returns (mean, biased variance), both accumulated in `f64`
+/// across planes, and writes `y = (x − mean)·scale + shift` with `scale = γ/√(var + ε)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bn_fwd_channel_body<T: Real>(
+    x: &[T],
+    planes: &[usize],
+    hw: usize,
+    gamma: T,
+    beta: T,
+    eps: f64,
+    out: &mut [(usize, *mut T)],
+    stats: &mut (f64, f64),
+) {
+    let count = (planes.len() * hw) as f64;
+    let mut sum = 0.0f64;
+    for &p in planes {
+        sum += lane_sum(&x[p * hw..(p + 1) * hw], |a| a).to_f64();
+    }
+    let mean = sum / count;
+    let m = T::from_f64(mean);
+    let mut sq = 0.0f64;
+    for &p in planes {
+        sq += lane_sum(&x[p * hw..(p + 1) * hw], |a| (a - m) * (a - m)).to_f64();
+    }
+    let var = sq / count;
+    let scale = T::from_f64(1.0 / (var + eps).sqrt()) * gamma;
+    for &(p, o) in out.iter() {
+        // SAFETY: every plane index appears in exactly one channel's list, so the `hw` values
+        // behind `o` are written by this call only, and they lie inside the output buffer.
+        let orow = unsafe { std::slice::from_raw_parts_mut(o, hw) };
+        for (o, &v) in orow.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
+            *o = (v - m) * scale + beta;
+        }
+    }
+    *stats = (mean, var);
+}
+
+/// A raw pointer that may cross threads: each channel writes planes no other channel touches.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint output planes to the channels' parallel tasks.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above; the pointer is only offset and dereferenced for disjoint ranges.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// Training-mode batch normalisation of `x` (`[n, c, hw]`, contiguous) with batch statistics:
+/// `y = (x − mean_c)/√(var_c + ε)·γ_c + β_c` (γ = 1, β = 0 when `None`). Returns `y` and the
+/// per-channel mean and biased variance (as PyTorch: the variance is the mean square of the
+/// centred values, a second pass; the partial sums of each plane are added in `f64`).
+pub fn batch_norm_forward<T: Real>(
+    x: &[T],
+    [n, c, hw]: [usize; 3],
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+) -> (Vec<T>, Vec<f64>, Vec<f64>) {
+    let mut y = vec![T::ZERO; n * c * hw];
+    let base = SendPtr(y.as_mut_ptr());
+    let stats: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes: Vec<usize> = (0..n).map(|i| i * c + ch).collect();
+            // SAFETY: plane `p` is `y[p·hw..(p+1)·hw]`, inside `y` (p < n·c).
+            let mut out: Vec<(usize, *mut T)> = planes
+                .iter()
+                .map(|&p| (p, unsafe { { base }.0.add(p * hw) }))
+                .collect();
+            let g = gamma.map_or(T::from_f64(1.0), |g| g[ch]);
+            let b = beta.map_or(T::ZERO, |b| b[ch]);
+            let mut st = (0.0, 0.0);
+            bn_fwd_channel(x, &planes, hw, g, b, eps, &mut out, &mut st);
+            st
+        })
+        .collect();
+    let (mean, var) = stats.into_iter().unzip();
+    (y, mean, var)
+}
+
+multiversion!(
+    bn_fwd_channel,
+    bn_fwd_channel_avx2,
+    (
+        x: &[T],
+        planes: &[usize],
+        hw: usize,
+        gamma: T,
+        beta: T,
+        eps: f64,
+        out: &mut [(usize, *mut T)],
+        stats: &mut (f64, f64)
+    ),
+    bn_fwd_channel_body(x, planes, hw, gamma, beta, eps, out, stats)
+);
+
+/// One channel of the batch-normalisation backward (see [`batch_norm_backward`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bn_bwd_channel_body<T: Real>(
+    x: &[T],
+    gy: &[T],
+    planes: &[usize],
+    hw: usize,
+    mean: T,
+    inv_std: T,
+    gamma: T,
+    out: &mut [(usize, *mut T)],
+    sums: &mut (f64, f64),
+) {
+    let count = (planes.len() * hw) as f64;
+    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+    for &p in planes {
+        let (xr, gr) = (&x[p * hw..(p + 1) * hw], &gy[p * hw..(p + 1) * hw]);
+        sg += lane_sum(gr, |g| g).to_f64();
+        sgx += lane_sum2(xr, gr, |v, g| g * (v - mean)).to_f64();
+    }
+    // Σ g·x̂ = inv_std · Σ g·(x − mean).
+    let sgxh = sgx * inv_std.to_f64();
+    *sums = (sg, sgxh);
+    if out.is_empty() {
+        return;
+    }
+    let k = gamma * inv_std;
+    let mg = T::from_f64(sg / count);
+    let mgx = T::from_f64(sgxh / count);
+    for &(p, o) in out.iter() {
+        // SAFETY: as in the forward: disjoint planes of the input gradient.
+        let orow = unsafe { std::slice::from_raw_parts_mut(o, hw) };
+        let (xr, gr) = (&x[p * hw..(p + 1) * hw], &gy[p * hw..(p + 1) * hw]);
+        for ((o, &v), &g) in orow.iter_mut().zip(xr).zip(gr) {
+            let xh = (v - mean) * inv_std;
+            *o = k * (g - mg - xh * mgx);
+        }
+    }
+}
+
+multiversion!(
+    bn_bwd_channel,
+    bn_bwd_channel_avx2,
+    (
+        x: &[T],
+        gy: &[T],
+        planes: &[usize],
+        hw: usize,
+        mean: T,
+        inv_std: T,
+        gamma: T,
+        out: &mut [(usize, *mut T)],
+        sums: &mut (f64, f64)
+    ),
+    bn_bwd_channel_body(x, gy, planes, hw, mean, inv_std, gamma, out, sums)
+);
+
+/// The gradients of [`batch_norm_forward`] from its input `x`, the statistics it returned and
+/// `dL/dy` (`gy`): `dL/dx = γ/σ · (g − mean(g) − x̂·mean(g·x̂))` (when `want_x`), `dL/dγ = Σ g·x̂`
+/// and `dL/dβ = Σ g` per channel (`σ = √(var + ε)`, `x̂ = (x − mean)/σ`).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward<T: Real>(
+    x: &[T],
+    gy: &[T],
+    [n, c, hw]: [usize; 3],
+    mean: &[f64],
+    var: &[f64],
+    gamma: Option<&[T]>,
+    eps: f64,
+    want_x: bool,
+) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
+    let mut gx = want_x.then(|| vec![T::ZERO; n * c * hw]);
+    let base = SendPtr(gx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes: Vec<usize> = (0..n).map(|i| i * c + ch).collect();
+            let mut out: Vec<(usize, *mut T)> = if want_x {
+                // SAFETY: plane `p` is `gx[p·hw..(p+1)·hw]`, inside `gx` (p < n·c).
+                planes
+                    .iter()
+                    .map(|&p| (p, unsafe { { base }.0.add(p * hw) }))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let inv_std = T::from_f64(1.0 / (var[ch] + eps).sqrt());
+            let g = gamma.map_or(T::from_f64(1.0), |g| g[ch]);
+            let mut s = (0.0, 0.0);
+            bn_bwd_channel(
+                x,
+                gy,
+                &planes,
+                hw,
+                T::from_f64(mean[ch]),
+                inv_std,
+                g,
+                &mut out,
+                &mut s,
+            );
+            s
+        })
+        .collect();
+    let gbeta = sums.iter().map(|s| T::from_f64(s.0)).collect();
+    let ggamma = sums.iter().map(|s| T::from_f64(s.1)).collect();
+    (gx, ggamma, gbeta)
+}
+
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENTWISE_CHUNK: usize = 1 << 15;
+
+/// `max(x, 0)` element-wise (`-0` gives `0`; NaN stays NaN, as in PyTorch and Burn).
+pub fn relu_forward<T: Real>(x: &[T]) -> Vec<T> {
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(y, x)| relu_fwd_chunk(x, y));
+    y
+}
+
+#[inline(always)]
+fn relu_fwd_body<T: Real>(x: &[T], y: &mut [T]) {
+    for (y, &v) in y.iter_mut().zip(x) {
+        *y = if v <= T::ZERO { T::ZERO } else { v };
+    }
+}
+
+multiversion!(relu_fwd_chunk, relu_fwd_chunk_avx2, (x: &[T], y: &mut [T]), relu_fwd_body(x, y));
+
+/// The ReLU's input gradient from its output `y` and `dL/dy`: `gy` where `y > 0`, else 0
+/// (PyTorch's `threshold_backward` rule).
+pub fn relu_backward<T: Real>(y: &[T], gy: &[T]) -> Vec<T> {
+    let mut gx = vec![T::ZERO; y.len()];
+    gx.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(
+            y.par_chunks(ELEMENTWISE_CHUNK)
+                .zip(gy.par_chunks(ELEMENTWISE_CHUNK)),
+        )
+        .for_each(|(gx, (y, gy))| relu_bwd_chunk(y, gy, gx));
+    gx
+}
+
+#[inline(always)]
+fn relu_bwd_body<T: Real>(y: &[T], gy: &[T], gx: &mut [T]) {
+    for ((o, &v), &g) in gx.iter_mut().zip(y).zip(gy) {
+        *o = if v <= T::ZERO { T::ZERO } else { g };
+    }
+}
+
+multiversion!(
+    relu_bwd_chunk,
+    relu_bwd_chunk_avx2,
+    (y: &[T], gy: &[T], gx: &mut [T]),
+    relu_bwd_body(y, gy, gx)
+);

@@ -312,3 +312,271 @@ pub(crate) fn pool<B: Backend>(
         Family::Other => Err(x),
     }
 }
+
+/// What the batch-normalisation backward keeps: the input, γ (affine only), the batch
+/// statistics, ε and the `[n, c, h·w]` geometry.
+#[derive(Clone, Debug)]
+struct BnState {
+    x: FlexTensor,
+    gamma: Option<FlexTensor>,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    eps: f64,
+    dims: [usize; 3],
+}
+
+/// `(dL/dx, dL/dγ, dL/dβ)` of the batch normalisation recorded in `s`.
+fn bn_backward(
+    s: &BnState,
+    gy: &FlexTensor,
+    want_x: bool,
+) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
+    let [n, c, hw] = s.dims;
+    let shape4 = dims4(&s.x);
+    by_dtype!(s.x.dtype(), T => with_slice::<T, _>(&s.x, |xs| with_slice::<T, _>(gy, |gs| {
+        let run = |gamma: Option<&[T]>| {
+            cpu::batch_norm_backward(xs, gs, [n, c, hw], &s.mean, &s.var, gamma, s.eps, want_x)
+        };
+        let (gx, gg, gb) = match &s.gamma {
+            Some(g) => with_slice::<T, _>(g, |g| run(Some(g))),
+            None => run(None),
+        };
+        let vec1 = |v: Vec<T>| FlexTensor::from_data(TensorData::new(v, [c]));
+        (gx.map(|v| tensor(v, shape4)), vec1(gg), vec1(gb))
+    })))
+}
+
+/// Batch normalisation with an affine part: parents `x`, `γ`, `β`.
+#[derive(Debug)]
+struct BnAffineBackward;
+
+impl Backward<Flex, 3> for BnAffineBackward {
+    type State = BnState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_g, node_b] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (gx, gg, gb) = bn_backward(&ops.state, &gy, node_x.is_some());
+        if let (Some(node), Some(gx)) = (node_x, gx) {
+            grads.register::<Flex>(node.id, gx);
+        }
+        if let Some(node) = node_g {
+            grads.register::<Flex>(node.id, gg);
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, gb);
+        }
+    }
+}
+
+/// Batch normalisation without affine parameters: parent `x`.
+#[derive(Debug)]
+struct BnPlainBackward;
+
+impl Backward<Flex, 1> for BnPlainBackward {
+    type State = BnState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        if let (Some(node), (Some(gx), _, _)) = (node_x, bn_backward(&ops.state, &gy, true)) {
+            grads.register::<Flex>(node.id, gx);
+        }
+    }
+}
+
+/// `y` and the batch statistics, computed on plain `Flex` tensors.
+fn bn_forward(
+    x: &FlexTensor,
+    gamma: Option<&FlexTensor>,
+    beta: Option<&FlexTensor>,
+    eps: f64,
+) -> (FlexTensor, Vec<f64>, Vec<f64>) {
+    let shape4 = dims4(x);
+    let [n, c, h, w] = shape4;
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(x, |xs| {
+        let run = |g: Option<&[T]>, b: Option<&[T]>| {
+            let (y, mean, var) = cpu::batch_norm_forward(xs, [n, c, h * w], g, b, eps);
+            (tensor(y, shape4), mean, var)
+        };
+        match (gamma, beta) {
+            (Some(g), Some(b)) => with_slice::<T, _>(g, |g| with_slice::<T, _>(b, |b| run(Some(g), Some(b)))),
+            _ => run(None, None),
+        }
+    }))
+}
+
+/// The result of [`batch_norm`]: `y` and the batch mean and biased variance (`[c]`, untracked).
+pub(crate) type BatchNormed<B> = (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>);
+
+/// Training-mode batch normalisation (batch statistics, optional affine part `γ`, `β`) on
+/// `Flex` / `Autodiff<Flex>` as one operation with a closed-form backward; `Err` gives the
+/// input back on every other backend or element type (and when only one of `γ`, `β` is given).
+pub(crate) fn batch_norm<B: Backend>(
+    x: Tensor<B, 4>,
+    affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    eps: f64,
+) -> Result<BatchNormed<B>, Tensor<B, 4>> {
+    if !float_dtype_ok(x.dtype())
+        || affine
+            .as_ref()
+            .is_some_and(|(g, b)| g.dtype() != x.dtype() || b.dtype() != x.dtype())
+    {
+        return Err(x);
+    }
+    let [_, c, _, _] = x.dims();
+    let stats = |v: Vec<f64>, dtype: DType| -> Tensor<Flex, 1> {
+        let data = TensorData::new(v, [c]).convert_dtype(dtype);
+        Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(data)))
+    };
+    match family::<B>() {
+        Family::Plain => {
+            let dtype = x.dtype();
+            let x: Tensor<Flex, 4> = same(x);
+            let prim = |t: Tensor<Flex, 1>| t.into_primitive().tensor();
+            let affine = affine.map(|(g, b)| (prim(same(g)), prim(same(b))));
+            let (y, mean, var) = bn_forward(
+                &x.into_primitive().tensor(),
+                affine.as_ref().map(|a| &a.0),
+                affine.as_ref().map(|a| &a.1),
+                eps,
+            );
+            let y = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y));
+            Ok((same(y), same(stats(mean, dtype)), same(stats(var, dtype))))
+        }
+        Family::Autodiff => {
+            let dtype = x.dtype();
+            let x: Tensor<Ad, 4> = same(x);
+            let xa = x.into_primitive().tensor();
+            let dims = {
+                let [n, c, h, w] = dims4(&xa.primitive);
+                [n, c, h * w]
+            };
+            let lift =
+                |t: Tensor<Flex, 1>| -> Tensor<B, 1> { same(Tensor::<Ad, 1>::from_inner(t)) };
+            let wrap = |y| -> Tensor<B, 4> {
+                same(Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(y)))
+            };
+            match affine {
+                Some((g, b)) => {
+                    let g: Tensor<Ad, 1> = same(g);
+                    let b: Tensor<Ad, 1> = same(b);
+                    let (ga, ba) = (g.into_primitive().tensor(), b.into_primitive().tensor());
+                    let prep = BnAffineBackward
+                        .prepare::<NoCheckpointing>([
+                            xa.node.clone(),
+                            ga.node.clone(),
+                            ba.node.clone(),
+                        ])
+                        .compute_bound()
+                        .stateful();
+                    let (y, mean, var) =
+                        bn_forward(&xa.primitive, Some(&ga.primitive), Some(&ba.primitive), eps);
+                    let (m, v) = (stats(mean.clone(), dtype), stats(var.clone(), dtype));
+                    let out = match prep {
+                        OpsKind::Tracked(prep) => {
+                            let state = BnState {
+                                x: xa.primitive,
+                                gamma: Some(ga.primitive),
+                                mean,
+                                var,
+                                eps,
+                                dims,
+                            };
+                            prep.finish(state, y)
+                        }
+                        OpsKind::UnTracked(prep) => prep.finish(y),
+                    };
+                    Ok((wrap(out), lift(m), lift(v)))
+                }
+                None => {
+                    let prep = BnPlainBackward
+                        .prepare::<NoCheckpointing>([xa.node.clone()])
+                        .compute_bound()
+                        .stateful();
+                    let (y, mean, var) = bn_forward(&xa.primitive, None, None, eps);
+                    let (m, v) = (stats(mean.clone(), dtype), stats(var.clone(), dtype));
+                    let out = match prep {
+                        OpsKind::Tracked(prep) => {
+                            let state = BnState {
+                                x: xa.primitive,
+                                gamma: None,
+                                mean,
+                                var,
+                                eps,
+                                dims,
+                            };
+                            prep.finish(state, y)
+                        }
+                        OpsKind::UnTracked(prep) => prep.finish(y),
+                    };
+                    Ok((wrap(out), lift(m), lift(v)))
+                }
+            }
+        }
+        Family::Other => Err(x),
+    }
+}
+
+#[derive(Debug)]
+struct ReluBackward;
+
+impl Backward<Flex, 1> for ReluBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let y = ops.state;
+        if let Some(node) = node_x {
+            let shape = y.layout().shape().clone();
+            let gx = by_dtype!(y.dtype(), T => with_slice::<T, _>(&y, |ys| with_slice::<T, _>(&gy, |gs| {
+                FlexTensor::from_data(TensorData::new(cpu::relu_backward(ys, gs), shape))
+            })));
+            grads.register::<Flex>(node.id, gx);
+        }
+    }
+}
+
+fn relu_forward(x: &FlexTensor) -> FlexTensor {
+    let shape = x.layout().shape().clone();
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(x, |xs| {
+        FlexTensor::from_data(TensorData::new(cpu::relu_forward(xs), shape))
+    }))
+}
+
+/// ReLU on `Flex` / `Autodiff<Flex>` in one pass each way (the backward keeps the output);
+/// `Err` gives the input back otherwise.
+pub(crate) fn relu<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !float_dtype_ok(x.dtype()) {
+        return Err(x);
+    }
+    match family::<B>() {
+        Family::Plain => {
+            let x: Tensor<Flex, D> = same(x);
+            let y = relu_forward(&x.into_primitive().tensor());
+            Ok(same(Tensor::<Flex, D>::from_primitive(
+                TensorPrimitive::Float(y),
+            )))
+        }
+        Family::Autodiff => {
+            let x: Tensor<Ad, D> = same(x);
+            let xa = x.into_primitive().tensor();
+            let prep = ReluBackward
+                .prepare::<NoCheckpointing>([xa.node.clone()])
+                .compute_bound()
+                .stateful();
+            let y = relu_forward(&xa.primitive);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Ok(same(Tensor::<Ad, D>::from_primitive(
+                TensorPrimitive::Float(out),
+            )))
+        }
+        Family::Other => Err(x),
+    }
+}

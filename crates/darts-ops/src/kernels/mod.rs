@@ -64,6 +64,40 @@ pub fn burn_ops_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("DARTS_KERNELS").is_ok_and(|v| v == "burn"))
 }
 
+/// Training-mode batch normalisation of `x` with batch statistics and an optional affine part
+/// (`(γ, β)`), as one CPU operation with a closed-form backward on `Flex` / `Autodiff<Flex>`
+/// ([`cpu::batch_norm_forward`], [`cpu::batch_norm_backward`]). Returns `y` and the batch mean
+/// and biased variance (`[c]`, untracked); `Err` gives `x` back on every other backend, for
+/// element types other than `f32`/`f64`, and under `DARTS_KERNELS=burn`.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+pub(crate) fn cpu_batch_norm<B: Backend>(
+    x: Tensor<B, 4>,
+    affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    epsilon: f64,
+) -> Result<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>), Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    if !burn_ops_forced() {
+        return flex::batch_norm(x, affine, epsilon);
+    }
+    Err(x)
+}
+
+/// `max(x, 0)`: on `Flex` / `Autodiff<Flex>` one pass each way ([`cpu::relu_forward`],
+/// [`cpu::relu_backward`]; Burn's builds a mask and fills it, twice as many passes), Burn's
+/// `relu` on every other backend (where fusion merges it with its neighbours).
+pub fn relu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = if burn_ops_forced() {
+        x
+    } else {
+        match flex::relu(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        }
+    };
+    burn::tensor::activation::relu(x)
+}
+
 /// Whether [`depthwise_conv2d`] and [`pool2d`] run this crate's CPU kernels on backend `B`
 /// (`Flex` or `Autodiff<Flex>` with the `flex` feature, `f32`/`f64` data) rather than Burn's
 /// own operations.
@@ -490,6 +524,151 @@ mod tests {
     #[test]
     fn pointwise_on_flex_agrees_with_burns_conv_forward_and_backward() {
         check_pointwise(pointwise_conv2d, "1x1");
+    }
+
+    /// Training-mode batch normalisation by its definition, in Burn's composed operations.
+    fn reference_bn<B: Backend>(
+        x: Tensor<B, 4>,
+        affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+        eps: f64,
+    ) -> Tensor<B, 4> {
+        let c = x.dims()[1];
+        let centered = x.clone() - x.mean_dims(&[0, 2, 3]);
+        let var = centered.clone().square().mean_dims(&[0, 2, 3]);
+        let y = centered / (var + eps).sqrt();
+        match affine {
+            Some((g, b)) => y * g.reshape([1, c, 1, 1]) + b.reshape([1, c, 1, 1]),
+            None => y,
+        }
+    }
+
+    /// The CPU batch normalisation (`Autodiff<Flex>`, f32 and f64, with and without the
+    /// affine part) against its definition: output, input gradient, `dγ`, `dβ` and the batch
+    /// statistics, on shapes from one value per plane to planes with a lane remainder.
+    #[test]
+    fn cpu_batch_norm_matches_its_definition_forward_and_backward() {
+        use burn::tensor::DType;
+        let dev = Default::default();
+        for [n, c, h, w] in [[4, 3, 5, 7], [2, 5, 17, 17], [3, 2, 1, 1], [1, 1, 4, 4]] {
+            for dtype in [DType::F32, DType::F64] {
+                for affine in [false, true] {
+                    let rnd = |shape: Vec<usize>, mean: f64| {
+                        Tensor::<Ad, 1>::random(
+                            [shape.iter().product::<usize>()],
+                            Distribution::Normal(mean, 2.0),
+                            &dev,
+                        )
+                        .cast(dtype)
+                    };
+                    let x0 = rnd(vec![n, c, h, w], 3.0).reshape([n, c, h, w]);
+                    let up = rnd(vec![n, c, h, w], 0.0).reshape([n, c, h, w]);
+                    let (g0, b0) = (rnd(vec![c], 1.0), rnd(vec![c], 0.0));
+                    let run = |ours: bool| {
+                        let x = x0.clone().detach().require_grad();
+                        let (g, b) = (g0.clone().require_grad(), b0.clone().require_grad());
+                        let aff = affine.then(|| (g.clone(), b.clone()));
+                        let (y, stats) = if ours {
+                            let (y, m, v) = cpu_batch_norm(x.clone(), aff, 1e-5)
+                                .unwrap_or_else(|_| panic!("Autodiff<Flex> takes the kernel"));
+                            (y, Some((m, v)))
+                        } else {
+                            (reference_bn(x.clone(), aff, 1e-5), None)
+                        };
+                        assert_eq!(y.dtype(), dtype);
+                        let grads = (y.clone() * up.clone()).sum().backward();
+                        let f32s = |t: Tensor<Ad, 4>| t.cast(DType::F32).into_data();
+                        let f32v = |t: Option<Tensor<Ad, 1>>| {
+                            t.map(|t| t.cast(DType::F32).reshape([1, 1, 1, c]).into_data())
+                        };
+                        (
+                            f32s(y),
+                            f32s(x.grad(&grads).map(Tensor::from_inner).unwrap()),
+                            f32v(affine.then(|| Tensor::from_inner(g.grad(&grads).unwrap()))),
+                            f32v(affine.then(|| Tensor::from_inner(b.grad(&grads).unwrap()))),
+                            stats,
+                        )
+                    };
+                    let (a, b) = (run(true), run(false));
+                    let what = format!("{n}x{c}x{h}x{w} {dtype:?} affine={affine}");
+                    let tol = if dtype == DType::F64 { 1e-6 } else { 1e-4 };
+                    close(a.0, b.0, tol, &format!("{what} out"));
+                    close(a.1, b.1, tol, &format!("{what} dx"));
+                    if affine {
+                        close(a.2.unwrap(), b.2.unwrap(), tol, &format!("{what} dgamma"));
+                        close(a.3.unwrap(), b.3.unwrap(), tol, &format!("{what} dbeta"));
+                    }
+                    // The statistics: the definition's mean and biased variance.
+                    let (m, v) = a.4.unwrap();
+                    assert_eq!(m.dtype(), dtype);
+                    let x4 = x0.clone().cast(DType::F32);
+                    let mean = x4.clone().mean_dims(&[0, 2, 3]);
+                    let var = (x4 - mean.clone()).square().mean_dims(&[0, 2, 3]);
+                    let as4 = |t: Tensor<Ad, 1>| t.cast(DType::F32).reshape([1, c, 1, 1]);
+                    close(
+                        as4(m).into_data(),
+                        mean.into_data(),
+                        1e-5,
+                        &format!("{what} mean"),
+                    );
+                    close(
+                        as4(v).into_data(),
+                        var.into_data(),
+                        1e-5,
+                        &format!("{what} var"),
+                    );
+                }
+            }
+        }
+        // Plain Flex (no autodiff) takes the same kernel.
+        let x = Tensor::<Flex, 4>::random([2, 3, 4, 5], Distribution::Normal(1.0, 2.0), &dev);
+        let (y, _, _) = cpu_batch_norm(x.clone(), None, 1e-5).unwrap_or_else(|_| panic!("flex"));
+        close(
+            y.into_data(),
+            reference_bn(x, None, 1e-5).into_data(),
+            1e-5,
+            "plain flex bn",
+        );
+    }
+
+    /// The CPU ReLU against Burn's: output and input gradient (f32, f64, plain Flex), with
+    /// zeros, negative zeros and a NaN in the input (NaN stays NaN, as in PyTorch).
+    #[test]
+    fn cpu_relu_agrees_with_burns() {
+        use burn::tensor::DType;
+        let dev = Default::default();
+        for dtype in [DType::F32, DType::F64] {
+            // More values than one parallel chunk, so several tasks run.
+            let mut v: Vec<f32> = (0..70_001)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            v[3] = 0.0;
+            v[4] = -0.0;
+            let x0 = Tensor::<Ad, 1>::from_floats(v.as_slice(), &dev).cast(dtype);
+            let up = Tensor::<Ad, 1>::random([v.len()], Distribution::Normal(0.0, 1.0), &dev)
+                .cast(dtype);
+            let run = |ours: bool| {
+                let x = x0.clone().require_grad();
+                let y = if ours {
+                    relu(x.clone())
+                } else {
+                    burn::tensor::activation::relu(x.clone())
+                };
+                assert_eq!(y.dtype(), dtype);
+                let g = (y.clone() * up.clone()).sum().backward();
+                let gx: Tensor<Ad, 1> = Tensor::from_inner(x.grad(&g).unwrap());
+                (
+                    y.cast(DType::F32).into_data(),
+                    gx.cast(DType::F32).into_data(),
+                )
+            };
+            let (a, b) = (run(true), run(false));
+            assert_eq!(a.0, b.0, "relu {dtype:?}");
+            assert_eq!(a.1, b.1, "relu grad {dtype:?}");
+        }
+        let x = Tensor::<Flex, 1>::from_floats([f32::NAN, -1.0, 2.0], &dev);
+        let y: Vec<f32> = relu(x).into_data().to_vec().unwrap();
+        assert!(y[0].is_nan());
+        assert_eq!(&y[1..], &[0.0, 2.0]);
     }
 
     #[test]
