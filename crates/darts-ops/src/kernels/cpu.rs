@@ -878,13 +878,11 @@ fn lane_sum2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
 /// `x[(i·c_total + c)·hw ..][..hw]`. Returns (mean, biased variance), both accumulated in `f64`
 /// across planes, and writes `y = (x − mean)·scale + shift` with `scale = γ/√(var + ε)`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn bn_fwd_channel_body<T: Real>(
     x: &[T],
     planes: &[usize],
     hw: usize,
-    gamma: T,
-    beta: T,
+    [gamma, beta]: [T; 2],
     eps: f64,
     out: &mut [(usize, *mut T)],
     stats: &mut (f64, f64),
@@ -946,7 +944,7 @@ pub fn batch_norm_forward<T: Real>(
             let g = gamma.map_or(T::from_f64(1.0), |g| g[ch]);
             let b = beta.map_or(T::ZERO, |b| b[ch]);
             let mut st = (0.0, 0.0);
-            bn_fwd_channel(x, &planes, hw, g, b, eps, &mut out, &mut st);
+            bn_fwd_channel(x, &planes, hw, [g, b], eps, &mut out, &mut st);
             st
         })
         .collect();
@@ -961,26 +959,24 @@ multiversion!(
         x: &[T],
         planes: &[usize],
         hw: usize,
-        gamma: T,
-        beta: T,
+        affine: [T; 2],
         eps: f64,
         out: &mut [(usize, *mut T)],
         stats: &mut (f64, f64)
     ),
-    bn_fwd_channel_body(x, planes, hw, gamma, beta, eps, out, stats)
+    bn_fwd_channel_body(x, planes, hw, affine, eps, out, stats)
 );
 
 /// One channel of the batch-normalisation backward (see [`batch_norm_backward`]).
+///
+/// `coef` is (mean, 1/σ, γ) of the channel.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn bn_bwd_channel_body<T: Real>(
     x: &[T],
     gy: &[T],
     planes: &[usize],
     hw: usize,
-    mean: T,
-    inv_std: T,
-    gamma: T,
+    [mean, inv_std, gamma]: [T; 3],
     out: &mut [(usize, *mut T)],
     sums: &mut (f64, f64),
 ) {
@@ -1019,13 +1015,11 @@ multiversion!(
         gy: &[T],
         planes: &[usize],
         hw: usize,
-        mean: T,
-        inv_std: T,
-        gamma: T,
+        coef: [T; 3],
         out: &mut [(usize, *mut T)],
         sums: &mut (f64, f64)
     ),
-    bn_bwd_channel_body(x, gy, planes, hw, mean, inv_std, gamma, out, sums)
+    bn_bwd_channel_body(x, gy, planes, hw, coef, out, sums)
 );
 
 /// The gradients of [`batch_norm_forward`] from its input `x`, the statistics it returned and
@@ -1065,9 +1059,7 @@ pub fn batch_norm_backward<T: Real>(
                 gy,
                 &planes,
                 hw,
-                T::from_f64(mean[ch]),
-                inv_std,
-                g,
+                [T::from_f64(mean[ch]), inv_std, g],
                 &mut out,
                 &mut s,
             );

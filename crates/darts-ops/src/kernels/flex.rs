@@ -4,7 +4,7 @@
 //! gets `Err` back with its inputs and takes Burn's own operation.
 
 use super::cpu::{self, Pooling, Real, Window};
-use super::{is, same};
+use super::{is, same, BatchNormed};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
@@ -405,9 +405,6 @@ fn bn_forward(
         }
     }))
 }
-
-/// The result of [`batch_norm`]: `y` and the batch mean and biased variance (`[c]`, untracked).
-pub(crate) type BatchNormed<B> = (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>);
 
 /// Training-mode batch normalisation (batch statistics, optional affine part `γ`, `β`) on
 /// `Flex` / `Autodiff<Flex>` as one operation with a closed-form backward; `Err` gives the

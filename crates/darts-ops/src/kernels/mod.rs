@@ -4,7 +4,9 @@
 //! [`depthwise_conv2d`], [`pointwise_conv2d`] and [`pool2d`] are generic over any backend.
 //! * On `Flex` and `Autodiff<Flex>` (crate feature `flex`, on by default in the `darts` crate)
 //!   they run the plain-slice kernels of [`cpu`], with a backward of their own (one pass over the
-//!   planes for the input and weight gradients).
+//!   planes for the input and weight gradients); so do training-mode BatchNorm
+//!   ([`crate::BatchNorm2d`]: one op with the affine part folded in and a closed-form backward)
+//!   and [`relu`].
 //! * On `Wgpu` and `Cuda`, with or without `Autodiff` (features `wgpu`, `cuda`), the depthwise
 //!   convolution and pooling run CubeCL kernels of their own (one launch forward, one or two
 //!   backward, see [`gpu`]), and training-mode BatchNorm ([`crate::BatchNorm2d`]) is one custom
@@ -64,6 +66,10 @@ pub fn burn_ops_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("DARTS_KERNELS").is_ok_and(|v| v == "burn"))
 }
 
+/// The result of [`cpu_batch_norm`]: `y` and the batch mean and biased variance (`[c]`,
+/// untracked).
+pub(crate) type BatchNormed<B> = (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>);
+
 /// Training-mode batch normalisation of `x` with batch statistics and an optional affine part
 /// (`(γ, β)`), as one CPU operation with a closed-form backward on `Flex` / `Autodiff<Flex>`
 /// ([`cpu::batch_norm_forward`], [`cpu::batch_norm_backward`]). Returns `y` and the batch mean
@@ -74,7 +80,7 @@ pub(crate) fn cpu_batch_norm<B: Backend>(
     x: Tensor<B, 4>,
     affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
     epsilon: f64,
-) -> Result<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>), Tensor<B, 4>> {
+) -> Result<BatchNormed<B>, Tensor<B, 4>> {
     #[cfg(feature = "flex")]
     if !burn_ops_forced() {
         return flex::batch_norm(x, affine, epsilon);
