@@ -6,14 +6,14 @@
 use super::cpu::{self, Pooling, Real, Window};
 use super::{is, same, BatchNormed};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensorOps;
-use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
 
@@ -109,13 +109,77 @@ fn pool_backward(x: &FlexTensor, gy: &FlexTensor, g: &Window, kind: Pooling) -> 
     })))
 }
 
-/// `[n, c_in, h, w]`, `[c_out, c_in, 1, 1]` → `[n, c_out, h, w]` as one batched product.
+/// Samples per group in the weight gradient's sum over the batch: a fixed grouping, so the
+/// result does not depend on the number of threads.
+const PW_GROUPS: usize = 8;
+
+/// `y_i = W · x_i` per sample (`x`: `[n, ci, hw]`, `w`: `[co, ci]`), samples in parallel.
+fn pw_forward_slices<T: Real>(x: &[T], w: &[T], [n, ci, co, hw]: [usize; 4]) -> Vec<T> {
+    let mut out = vec![T::ZERO; n * co * hw];
+    if co * hw == 0 {
+        return out;
+    }
+    out.par_chunks_mut(co * hw).enumerate().for_each(|(i, o)| {
+        let xi = &x[i * ci * hw..(i + 1) * ci * hw];
+        mm(o, [co, hw, ci], w, [ci, 1], xi, [hw, 1], false);
+    });
+    out
+}
+
+/// `dL/dx_i = Wᵀ · g_i` per sample.
+fn pw_grad_x<T: Real>(gy: &[T], w: &[T], [n, ci, co, hw]: [usize; 4]) -> Vec<T> {
+    let mut gx = vec![T::ZERO; n * ci * hw];
+    if ci * hw == 0 {
+        return gx;
+    }
+    gx.par_chunks_mut(ci * hw).enumerate().for_each(|(i, o)| {
+        let gi = &gy[i * co * hw..(i + 1) * co * hw];
+        mm(o, [ci, hw, co], w, [1, ci], gi, [hw, 1], false);
+    });
+    gx
+}
+
+/// `dL/dW = Σ_i g_i · x_iᵀ`: [`PW_GROUPS`] groups of consecutive samples in parallel, each
+/// summed in order, then the groups' sums in order.
+fn pw_grad_w<T: Real>(x: &[T], gy: &[T], [n, ci, co, hw]: [usize; 4]) -> Vec<T> {
+    let groups = n.clamp(1, PW_GROUPS);
+    let per = n.div_ceil(groups).max(1);
+    let partials: Vec<Vec<T>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let mut acc = vec![T::ZERO; co * ci];
+            for i in g * per..n.min((g + 1) * per) {
+                let gi = &gy[i * co * hw..(i + 1) * co * hw];
+                let xi = &x[i * ci * hw..(i + 1) * ci * hw];
+                mm(
+                    &mut acc,
+                    [co, ci, hw],
+                    gi,
+                    [hw, 1],
+                    xi,
+                    [1, hw],
+                    i > g * per,
+                );
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![T::ZERO; co * ci];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
+}
+
+/// `[n, c_in, h, w]`, `[c_out, c_in, 1, 1]` → `[n, c_out, h, w]`: one product per sample.
 fn pw_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
     let [n, ci, h, wd] = dims4(x);
     let co = w.layout().shape()[0];
-    let w3 = Flex::float_reshape(w.clone(), Shape::new([1, co, ci]));
-    let x3 = Flex::float_reshape(x.clone(), Shape::new([n, ci, h * wd]));
-    Flex::float_reshape(Flex::float_matmul(w3, x3), Shape::new([n, co, h, wd]))
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(x, |xs| with_slice::<T, _>(w, |ws| {
+        tensor(pw_forward_slices(xs, ws, [n, ci, co, h * wd]), [n, co, h, wd])
+    })))
 }
 
 fn pw_backward(
@@ -127,24 +191,16 @@ fn pw_backward(
 ) -> (Option<FlexTensor>, Option<FlexTensor>) {
     let [n, ci, h, wd] = dims4(x);
     let co = w.layout().shape()[0];
-    let g3 = Flex::float_reshape(gy.clone(), Shape::new([n, co, h * wd]));
-    let gx = want_x.then(|| {
-        let wt = Flex::float_reshape(w.clone(), Shape::new([co, ci]));
-        let wt = Flex::float_reshape(Flex::float_swap_dims(wt, 0, 1), Shape::new([1, ci, co]));
-        Flex::float_reshape(
-            Flex::float_matmul(wt, g3.clone()),
-            Shape::new([n, ci, h, wd]),
-        )
-    });
-    let gw = want_w.then(|| {
-        let x3 = Flex::float_reshape(x.clone(), Shape::new([n, ci, h * wd]));
-        let per_sample = Flex::float_matmul(g3, Flex::float_swap_dims(x3, 1, 2));
-        Flex::float_reshape(
-            Flex::float_sum_dim(per_sample, 0),
-            Shape::new([co, ci, 1, 1]),
-        )
-    });
-    (gx, gw)
+    let dims = [n, ci, co, h * wd];
+    by_dtype!(x.dtype(), T => with_slice::<T, _>(gy, |gs| {
+        let gx = want_x.then(|| with_slice::<T, _>(w, |ws| {
+            tensor(pw_grad_x(gs, ws, dims), [n, ci, h, wd])
+        }));
+        let gw = want_w.then(|| with_slice::<T, _>(x, |xs| {
+            tensor(pw_grad_w(xs, gs, dims), [co, ci, 1, 1])
+        }));
+        (gx, gw)
+    }))
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
@@ -575,5 +631,49 @@ pub(crate) fn relu<B: Backend, const D: usize>(
             )))
         }
         Family::Other => Err(x),
+    }
+}
+
+/// `dst (m×n, row-major) (+)= lhs (m×k) · rhs (k×n)`, the operands given by their row and
+/// column strides, through the `gemm` crate on one thread (callers split the work).
+#[allow(clippy::too_many_arguments)]
+fn mm<T: Real>(
+    dst: &mut [T],
+    [m, n, k]: [usize; 3],
+    lhs: &[T],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[T],
+    [rhs_rs, rhs_cs]: [usize; 2],
+    accumulate: bool,
+) {
+    debug_assert!(dst.len() >= m * n);
+    debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let one = T::from_f64(1.0);
+    // SAFETY: `dst` holds `m×n` values at row stride `n`; `lhs` and `rhs` hold every element
+    // their strides address (checked above in debug builds, and by the callers' shapes); the
+    // element type is f32 or f64, which `gemm` dispatches on.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            one,
+            one,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
