@@ -6,6 +6,7 @@
 use super::cpu::{self, Pooling, Real, Window};
 use super::{is, same, BatchNormed};
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
@@ -462,6 +463,39 @@ fn bn_forward(
     }))
 }
 
+/// Record the batch normalisation of `x` as `op` (its `parents`: `x`, or `x`, `γ`, `β`) and
+/// compute it: the output and the batch statistics.
+fn bn_tracked<const N: usize, O: Backward<Flex, N, State = BnState>>(
+    op: O,
+    parents: [&FloatTensor<Ad>; N],
+    x: FlexTensor,
+    affine: Option<(FlexTensor, FlexTensor)>,
+    eps: f64,
+) -> (FloatTensor<Ad>, Vec<f64>, Vec<f64>) {
+    let prep = op
+        .prepare::<NoCheckpointing>(parents.map(|t| t.node.clone()))
+        .compute_bound()
+        .stateful();
+    let (gamma, beta) = affine.map_or((None, None), |(g, b)| (Some(g), Some(b)));
+    let (y, mean, var) = bn_forward(&x, gamma.as_ref(), beta.as_ref(), eps);
+    let out = match prep {
+        OpsKind::Tracked(prep) => {
+            let [n, c, h, w] = dims4(&x);
+            let state = BnState {
+                x,
+                gamma,
+                mean: mean.clone(),
+                var: var.clone(),
+                eps,
+                dims: [n, c, h * w],
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    (out, mean, var)
+}
+
 /// Training-mode batch normalisation (batch statistics, optional affine part `γ`, `β`) on
 /// `Flex` / `Autodiff<Flex>` as one operation with a closed-form backward; `Err` gives the
 /// input back on every other backend or element type (and when only one of `γ`, `β` is given).
@@ -501,71 +535,23 @@ pub(crate) fn batch_norm<B: Backend>(
             let dtype = x.dtype();
             let x: Tensor<Ad, 4> = same(x);
             let xa = x.into_primitive().tensor();
-            let dims = {
-                let [n, c, h, w] = dims4(&xa.primitive);
-                [n, c, h * w]
-            };
             let lift =
                 |t: Tensor<Flex, 1>| -> Tensor<B, 1> { same(Tensor::<Ad, 1>::from_inner(t)) };
             let wrap = |y| -> Tensor<B, 4> {
                 same(Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(y)))
             };
-            match affine {
+            let (out, mean, var) = match affine {
                 Some((g, b)) => {
                     let g: Tensor<Ad, 1> = same(g);
                     let b: Tensor<Ad, 1> = same(b);
                     let (ga, ba) = (g.into_primitive().tensor(), b.into_primitive().tensor());
-                    let prep = BnAffineBackward
-                        .prepare::<NoCheckpointing>([
-                            xa.node.clone(),
-                            ga.node.clone(),
-                            ba.node.clone(),
-                        ])
-                        .compute_bound()
-                        .stateful();
-                    let (y, mean, var) =
-                        bn_forward(&xa.primitive, Some(&ga.primitive), Some(&ba.primitive), eps);
-                    let (m, v) = (stats(mean.clone(), dtype), stats(var.clone(), dtype));
-                    let out = match prep {
-                        OpsKind::Tracked(prep) => {
-                            let state = BnState {
-                                x: xa.primitive,
-                                gamma: Some(ga.primitive),
-                                mean,
-                                var,
-                                eps,
-                                dims,
-                            };
-                            prep.finish(state, y)
-                        }
-                        OpsKind::UnTracked(prep) => prep.finish(y),
-                    };
-                    Ok((wrap(out), lift(m), lift(v)))
+                    let affine = Some((ga.primitive.clone(), ba.primitive.clone()));
+                    let parents = [&xa, &ga, &ba];
+                    bn_tracked(BnAffineBackward, parents, xa.primitive.clone(), affine, eps)
                 }
-                None => {
-                    let prep = BnPlainBackward
-                        .prepare::<NoCheckpointing>([xa.node.clone()])
-                        .compute_bound()
-                        .stateful();
-                    let (y, mean, var) = bn_forward(&xa.primitive, None, None, eps);
-                    let (m, v) = (stats(mean.clone(), dtype), stats(var.clone(), dtype));
-                    let out = match prep {
-                        OpsKind::Tracked(prep) => {
-                            let state = BnState {
-                                x: xa.primitive,
-                                gamma: None,
-                                mean,
-                                var,
-                                eps,
-                                dims,
-                            };
-                            prep.finish(state, y)
-                        }
-                        OpsKind::UnTracked(prep) => prep.finish(y),
-                    };
-                    Ok((wrap(out), lift(m), lift(v)))
-                }
-            }
+                None => bn_tracked(BnPlainBackward, [&xa], xa.primitive.clone(), None, eps),
+            };
+            Ok((wrap(out), lift(stats(mean, dtype)), lift(stats(var, dtype))))
         }
         Family::Other => Err(x),
     }
