@@ -74,6 +74,33 @@ struct Out {
     sync_mb_per_step: f64,
 }
 
+impl Out {
+    /// One peer's result over `a.steps` timed steps: the step time and the synchronisation
+    /// statistics per step (as [`timed`] returns them).
+    fn per_step(
+        a: &Args,
+        step: &'static str,
+        order: u8,
+        peers: usize,
+        params: usize,
+        (step_ms, st): (f64, darts::parallel::SyncStats),
+    ) -> Out {
+        let n = a.steps as f64;
+        Out {
+            engine: "single",
+            step,
+            peers,
+            order,
+            global_batch: a.batch,
+            params,
+            step_ms,
+            sync_ms_per_step: st.seconds * 1e3 / n,
+            sync_calls_per_step: st.calls as f64 / n,
+            sync_mb_per_step: st.bytes as f64 / n / 1e6,
+        }
+    }
+}
+
 /// This peer's rows of a seeded global batch (`shift` tells two batches apart).
 fn shard_batch(a: &Args, rank: usize, world: usize, shift: f32) -> ImageBatch<B> {
     let dev = Default::default();
@@ -143,7 +170,7 @@ fn train_peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
     let mut sgd = darts::bilevel::Sgd::<Inner>::new(0.9, 3e-4);
     let mut model = Some(net);
     let mut k = 0u64;
-    let (step_ms, st) = timed(a, rank, &sync, || {
+    let measured = timed(a, rank, &sync, || {
         let drop = darts::cell::DropPath::keyed(
             0.2,
             darts::cell::DropKey {
@@ -167,19 +194,7 @@ fn train_peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
         );
         model = Some(next);
     });
-    let steps = a.steps as f64;
-    Out {
-        engine: "single",
-        step: "train",
-        peers: world,
-        order: 0,
-        global_batch: a.batch,
-        params,
-        step_ms,
-        sync_ms_per_step: st.seconds * 1e3 / steps,
-        sync_calls_per_step: st.calls as f64 / steps,
-        sync_mb_per_step: st.bytes as f64 / steps / 1e6,
-    }
+    Out::per_step(a, "train", 0, world, params, measured)
 }
 
 /// `steps` timed steps of one peer (`sync` = None: single device); (step ms, sync stats per step).
@@ -230,22 +245,10 @@ fn peer(a: &Args, sync: Option<Arc<Metered<Inner>>>) -> Out {
         },
     );
     s.sync = sync.clone().map(|m| m as darts::bilevel::SharedSync<Inner>);
-    let (step_ms, st) = timed(a, rank, &sync, || {
+    let measured = timed(a, rank, &sync, || {
         s.step(&train, &val, 0.025);
     });
-    let n = a.steps as f64;
-    Out {
-        engine: "single",
-        step: "search",
-        peers: world,
-        order: a.order,
-        global_batch: a.batch,
-        params,
-        step_ms,
-        sync_ms_per_step: st.seconds * 1e3 / n,
-        sync_calls_per_step: st.calls as f64 / n,
-        sync_mb_per_step: st.bytes as f64 / n / 1e6,
-    }
+    Out::per_step(a, "search", a.order, world, params, measured)
 }
 
 #[cfg(feature = "mpi")]

@@ -874,55 +874,52 @@ fn lane_sum2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     s + tail
 }
 
-/// One channel of the batch-normalisation forward: the `n` planes of channel `c` are
-/// `x[(i·c_total + c)·hw ..][..hw]`. Returns (mean, biased variance), both accumulated in `f64`
-/// across planes, and writes `y = (x − mean)·scale + shift` with `scale = γ/√(var + ε)`.
+/// Channel `ch`'s batch statistics over its `n` planes (`x[(i·c + ch)·hw..][..hw]`): the mean,
+/// then the biased variance of the centred values, each plane's partial sums added in `f64`.
 #[inline(always)]
-fn bn_fwd_channel_body<T: Real>(
-    x: &[T],
-    planes: &[usize],
-    hw: usize,
-    [gamma, beta]: [T; 2],
-    eps: f64,
-    out: &mut [(usize, *mut T)],
-    stats: &mut (f64, f64),
-) {
-    let count = (planes.len() * hw) as f64;
+fn bn_fwd_stats_body<T: Real>(x: &[T], [n, c, hw]: [usize; 3], ch: usize, stats: &mut (f64, f64)) {
+    let count = (n * hw) as f64;
+    let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
     let mut sum = 0.0f64;
-    for &p in planes {
-        sum += lane_sum(&x[p * hw..(p + 1) * hw], |a| a).to_f64();
+    for i in 0..n {
+        sum += lane_sum(plane(i), |a| a).to_f64();
     }
     let mean = sum / count;
     let m = T::from_f64(mean);
     let mut sq = 0.0f64;
-    for &p in planes {
-        sq += lane_sum(&x[p * hw..(p + 1) * hw], |a| (a - m) * (a - m)).to_f64();
+    for i in 0..n {
+        sq += lane_sum(plane(i), |a| (a - m) * (a - m)).to_f64();
     }
-    let var = sq / count;
-    let scale = T::from_f64(1.0 / (var + eps).sqrt()) * gamma;
-    for &(p, o) in out.iter() {
-        // SAFETY: every plane index appears in exactly one channel's list, so the `hw` values
-        // behind `o` are written by this call only, and they lie inside the output buffer.
-        let orow = unsafe { std::slice::from_raw_parts_mut(o, hw) };
-        for (o, &v) in orow.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-            *o = (v - m) * scale + beta;
-        }
-    }
-    *stats = (mean, var);
+    *stats = (mean, sq / count);
 }
 
-/// A raw pointer that may cross threads: each channel writes planes no other channel touches.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to hand disjoint output planes to the channels' parallel tasks.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above; the pointer is only offset and dereferenced for disjoint ranges.
-unsafe impl<T> Sync for SendPtr<T> {}
+multiversion!(
+    bn_fwd_stats,
+    bn_fwd_stats_avx2,
+    (x: &[T], dims: [usize; 3], ch: usize, stats: &mut (f64, f64)),
+    bn_fwd_stats_body(x, dims, ch, stats)
+);
+
+/// One plane of the forward: `y = (x − mean)·scale + shift`.
+#[inline(always)]
+fn bn_fwd_plane_body<T: Real>(xp: &[T], yp: &mut [T], [mean, scale, shift]: [T; 3]) {
+    for (o, &v) in yp.iter_mut().zip(xp) {
+        *o = (v - mean) * scale + shift;
+    }
+}
+
+multiversion!(
+    bn_fwd_plane,
+    bn_fwd_plane_avx2,
+    (xp: &[T], yp: &mut [T], coef: [T; 3]),
+    bn_fwd_plane_body(xp, yp, coef)
+);
 
 /// Training-mode batch normalisation of `x` (`[n, c, hw]`, contiguous) with batch statistics:
 /// `y = (x − mean_c)/√(var_c + ε)·γ_c + β_c` (γ = 1, β = 0 when `None`). Returns `y` and the
 /// per-channel mean and biased variance (as PyTorch: the variance is the mean square of the
 /// centred values, a second pass; the partial sums of each plane are added in `f64`).
+/// Channels, then planes, in parallel.
 pub fn batch_norm_forward<T: Real>(
     x: &[T],
     [n, c, hw]: [usize; 3],
@@ -930,96 +927,80 @@ pub fn batch_norm_forward<T: Real>(
     beta: Option<&[T]>,
     eps: f64,
 ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
-    let mut y = vec![T::ZERO; n * c * hw];
-    let base = SendPtr(y.as_mut_ptr());
     let stats: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let planes: Vec<usize> = (0..n).map(|i| i * c + ch).collect();
-            // SAFETY: plane `p` is `y[p·hw..(p+1)·hw]`, inside `y` (p < n·c).
-            let mut out: Vec<(usize, *mut T)> = planes
-                .iter()
-                .map(|&p| (p, unsafe { { base }.0.add(p * hw) }))
-                .collect();
-            let g = gamma.map_or(T::from_f64(1.0), |g| g[ch]);
-            let b = beta.map_or(T::ZERO, |b| b[ch]);
             let mut st = (0.0, 0.0);
-            bn_fwd_channel(x, &planes, hw, [g, b], eps, &mut out, &mut st);
+            bn_fwd_stats(x, [n, c, hw], ch, &mut st);
             st
         })
         .collect();
+    let coef: Vec<[T; 3]> = (0..c)
+        .map(|ch| {
+            let (mean, var) = stats[ch];
+            let g = gamma.map_or(T::from_f64(1.0), |g| g[ch]);
+            let b = beta.map_or(T::ZERO, |b| b[ch]);
+            [
+                T::from_f64(mean),
+                T::from_f64(1.0 / (var + eps).sqrt()) * g,
+                b,
+            ]
+        })
+        .collect();
+    let mut y = vec![T::ZERO; n * c * hw];
+    if hw > 0 {
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(p, (yp, xp))| bn_fwd_plane(xp, yp, coef[p % c]));
+    }
     let (mean, var) = stats.into_iter().unzip();
     (y, mean, var)
 }
 
-multiversion!(
-    bn_fwd_channel,
-    bn_fwd_channel_avx2,
-    (
-        x: &[T],
-        planes: &[usize],
-        hw: usize,
-        affine: [T; 2],
-        eps: f64,
-        out: &mut [(usize, *mut T)],
-        stats: &mut (f64, f64)
-    ),
-    bn_fwd_channel_body(x, planes, hw, affine, eps, out, stats)
-);
-
-/// One channel of the batch-normalisation backward (see [`batch_norm_backward`]).
-///
-/// `coef` is (mean, 1/σ, γ) of the channel.
+/// Channel `ch`'s `(Σ g, Σ g·(x − mean))` over its `n` planes (see [`bn_fwd_stats_body`]).
 #[inline(always)]
-fn bn_bwd_channel_body<T: Real>(
+fn bn_bwd_sums_body<T: Real>(
     x: &[T],
     gy: &[T],
-    planes: &[usize],
-    hw: usize,
-    [mean, inv_std, gamma]: [T; 3],
-    out: &mut [(usize, *mut T)],
+    [n, c, hw]: [usize; 3],
+    ch: usize,
+    mean: T,
     sums: &mut (f64, f64),
 ) {
-    let count = (planes.len() * hw) as f64;
     let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-    for &p in planes {
-        let (xr, gr) = (&x[p * hw..(p + 1) * hw], &gy[p * hw..(p + 1) * hw]);
+    for i in 0..n {
+        let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+        let (xr, gr) = (&x[r.clone()], &gy[r]);
         sg += lane_sum(gr, |g| g).to_f64();
         sgx += lane_sum2(xr, gr, |v, g| g * (v - mean)).to_f64();
     }
-    // Σ g·x̂ = inv_std · Σ g·(x − mean).
-    let sgxh = sgx * inv_std.to_f64();
-    *sums = (sg, sgxh);
-    if out.is_empty() {
-        return;
-    }
-    let k = gamma * inv_std;
-    let mg = T::from_f64(sg / count);
-    let mgx = T::from_f64(sgxh / count);
-    for &(p, o) in out.iter() {
-        // SAFETY: as in the forward: disjoint planes of the input gradient.
-        let orow = unsafe { std::slice::from_raw_parts_mut(o, hw) };
-        let (xr, gr) = (&x[p * hw..(p + 1) * hw], &gy[p * hw..(p + 1) * hw]);
-        for ((o, &v), &g) in orow.iter_mut().zip(xr).zip(gr) {
-            let xh = (v - mean) * inv_std;
-            *o = k * (g - mg - xh * mgx);
-        }
+    *sums = (sg, sgx);
+}
+
+multiversion!(
+    bn_bwd_sums,
+    bn_bwd_sums_avx2,
+    (x: &[T], gy: &[T], dims: [usize; 3], ch: usize, mean: T, sums: &mut (f64, f64)),
+    bn_bwd_sums_body(x, gy, dims, ch, mean, sums)
+);
+
+/// One plane of the input gradient: `k·(g − mean(g) − x̂·mean(g·x̂))`, `x̂ = (x − mean)/σ`;
+/// `coef` is (mean, 1/σ, k = γ/σ, mean(g), mean(g·x̂)).
+#[inline(always)]
+fn bn_bwd_plane_body<T: Real>(xp: &[T], gp: &[T], op: &mut [T], coef: [T; 5]) {
+    let [mean, inv_std, k, mg, mgx] = coef;
+    for ((o, &v), &g) in op.iter_mut().zip(xp).zip(gp) {
+        let xh = (v - mean) * inv_std;
+        *o = k * (g - mg - xh * mgx);
     }
 }
 
 multiversion!(
-    bn_bwd_channel,
-    bn_bwd_channel_avx2,
-    (
-        x: &[T],
-        gy: &[T],
-        planes: &[usize],
-        hw: usize,
-        coef: [T; 3],
-        out: &mut [(usize, *mut T)],
-        sums: &mut (f64, f64)
-    ),
-    bn_bwd_channel_body(x, gy, planes, hw, coef, out, sums)
+    bn_bwd_plane,
+    bn_bwd_plane_avx2,
+    (xp: &[T], gp: &[T], op: &mut [T], coef: [T; 5]),
+    bn_bwd_plane_body(xp, gp, op, coef)
 );
 
 /// The gradients of [`batch_norm_forward`] from its input `x`, the statistics it returned and
@@ -1036,36 +1017,43 @@ pub fn batch_norm_backward<T: Real>(
     eps: f64,
     want_x: bool,
 ) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
-    let mut gx = want_x.then(|| vec![T::ZERO; n * c * hw]);
-    let base = SendPtr(gx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
+    let inv_std: Vec<T> = var
+        .iter()
+        .map(|&v| T::from_f64(1.0 / (v + eps).sqrt()))
+        .collect();
+    // (Σ g, Σ g·x̂) per channel; Σ g·x̂ = (1/σ)·Σ g·(x − mean).
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let planes: Vec<usize> = (0..n).map(|i| i * c + ch).collect();
-            let mut out: Vec<(usize, *mut T)> = if want_x {
-                // SAFETY: plane `p` is `gx[p·hw..(p+1)·hw]`, inside `gx` (p < n·c).
-                planes
-                    .iter()
-                    .map(|&p| (p, unsafe { { base }.0.add(p * hw) }))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let inv_std = T::from_f64(1.0 / (var[ch] + eps).sqrt());
-            let g = gamma.map_or(T::from_f64(1.0), |g| g[ch]);
             let mut s = (0.0, 0.0);
-            bn_bwd_channel(
-                x,
-                gy,
-                &planes,
-                hw,
-                [T::from_f64(mean[ch]), inv_std, g],
-                &mut out,
-                &mut s,
-            );
-            s
+            bn_bwd_sums(x, gy, [n, c, hw], ch, T::from_f64(mean[ch]), &mut s);
+            (s.0, s.1 * inv_std[ch].to_f64())
         })
         .collect();
+    let gx = want_x.then(|| {
+        let count = (n * hw) as f64;
+        let coef: Vec<[T; 5]> = (0..c)
+            .map(|ch| {
+                let g = gamma.map_or(T::from_f64(1.0), |g| g[ch]);
+                let (sg, sgxh) = sums[ch];
+                [
+                    T::from_f64(mean[ch]),
+                    inv_std[ch],
+                    g * inv_std[ch],
+                    T::from_f64(sg / count),
+                    T::from_f64(sgxh / count),
+                ]
+            })
+            .collect();
+        let mut gx = vec![T::ZERO; n * c * hw];
+        if hw > 0 {
+            gx.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw).zip(gy.par_chunks(hw)))
+                .enumerate()
+                .for_each(|(p, (op, (xp, gp)))| bn_bwd_plane(xp, gp, op, coef[p % c]));
+        }
+        gx
+    });
     let gbeta = sums.iter().map(|s| T::from_f64(s.0)).collect();
     let ggamma = sums.iter().map(|s| T::from_f64(s.1)).collect();
     (gx, ggamma, gbeta)
