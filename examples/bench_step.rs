@@ -255,7 +255,8 @@ fn main() {
     };
     let json = args.json;
     let log = enable_log(args.count_launches.as_deref(), &spec);
-    match dispatch(&spec, Bench(args, log)) {
+    // The whole job on a pool's workers (see `darts::threads`).
+    match darts::threads::run_pooled(|| dispatch(&spec, Bench(args, log))) {
         Ok(line) => print_result(&line, json),
         Err(e) => {
             eprintln!("error: {e}");

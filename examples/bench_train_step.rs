@@ -205,15 +205,18 @@ fn run(args: Args) -> Result<String, String> {
     let order = loader.order(0);
     let batches = (0..n_batches).map(|b| loader.batch(0, b, &order)).collect();
     let log = enable_log(args.count_launches.as_deref(), &spec);
-    dispatch(
-        &spec,
-        Bench {
-            args,
-            genotype,
-            batches,
-            log,
-        },
-    )
+    // The whole job on a pool's workers (see `darts::threads`).
+    darts::threads::run_pooled(|| {
+        dispatch(
+            &spec,
+            Bench {
+                args,
+                genotype,
+                batches,
+                log,
+            },
+        )
+    })
     .map_err(|e| e.to_string())?
 }
 

@@ -34,6 +34,11 @@ fn time(name: &str, f: impl Fn() -> Tensor<B, 4>) {
 fn main() {
     // Reuse freed tensor memory instead of fresh pages (see `darts::alloc`).
     darts::alloc::tune_malloc();
+    // Every op on a pool's workers, as the drivers run (see `darts::threads`).
+    darts::threads::run_pooled(profile);
+}
+
+fn profile() {
     let dev = Default::default();
     let args: Vec<usize> = std::env::args()
         .skip(1)

@@ -13,6 +13,7 @@
 //! | [`device`] | this crate | `--device cpu\|wgpu\|cuda[:N]` parsing and backend dispatch |
 //! | [`parallel`] | this crate | data parallelism over `burn-collective` (threads, processes, machines) |
 //! | [`alloc`] | this crate | glibc allocator settings for CPU training ([`alloc::tune_malloc`]) |
+//! | [`threads`] | this crate | a CPU job on a thread pool's workers ([`threads::run_pooled`]) |
 //!
 //! ```
 //! use darts::prelude::*;
@@ -49,6 +50,7 @@ pub mod parallel;
 pub mod report;
 pub mod run;
 pub mod select;
+pub mod threads;
 
 /// The CIFAR-10 drivers ([`run::cifar`]), at their earlier path.
 pub use run::cifar;

@@ -169,46 +169,160 @@ macro_rules! multiversion {
     };
 }
 
-/// One plane of the depthwise forward.
-#[inline(always)]
-fn dw_fwd_plane_body<T: Real>(
-    xp: &[T],
-    wp: &[T],
-    o: &mut [T],
-    g: &Window,
-    cols: &[(isize, usize, usize)],
-) {
-    let wo = g.wo();
-    let s = g.stride[1] as isize;
-    for (oy, orow) in o.chunks_exact_mut(wo).enumerate() {
-        for ky in 0..g.kh {
-            let Some(iy) = g.in_row(oy, ky) else { continue };
-            let xrow = &xp[iy * g.w..(iy + 1) * g.w];
-            for (kx, &(off, lo, hi)) in cols.iter().enumerate() {
-                if lo >= hi {
-                    continue;
-                }
-                let wv = wp[ky * g.kw + kx];
-                if s == 1 {
-                    let start = (lo as isize + off) as usize;
-                    for (o, &xv) in orow[lo..hi].iter_mut().zip(&xrow[start..start + (hi - lo)]) {
-                        *o += wv * xv;
-                    }
-                } else {
-                    for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
-                        *o += wv * xrow[(ox as isize * s + off) as usize];
-                    }
-                }
+/// Lanes of the depthwise kernels' accumulators: each unit of work is `DW_LANES` adjacent output
+/// columns, summed over every tap in registers before one store.
+const DW_LANES: usize = 8;
+
+/// Layout of one plane zero-padded and split into column phases (see [`fill_padded`]).
+#[derive(Clone, Copy, Debug)]
+struct Padded {
+    /// Padded rows.
+    rows: usize,
+    /// Length of one column phase of a row.
+    phase_len: usize,
+    /// Elements per padded row (`stride · phase_len`).
+    row_stride: usize,
+}
+
+impl Window {
+    /// The padded layout of an input plane.
+    fn padded(&self) -> Padded {
+        let s = self.stride[1];
+        let phase_len = (self.w + 2 * self.pad[1]).div_ceil(s);
+        Padded {
+            rows: self.h + 2 * self.pad[0],
+            phase_len,
+            row_stride: s * phase_len,
+        }
+    }
+
+    /// Per tap `(ky, kx)`, in row-major window order: where the input of output `(0, 0)` sits in
+    /// the padded plane. Output `(oy, ox)` reads `oy·stride·row_stride + ox + offset`: the
+    /// column phases make the window's columns contiguous whatever the stride.
+    fn tap_offsets(&self, pd: &Padded) -> Vec<usize> {
+        let (s, d) = (self.stride[1], self.dil[1]);
+        (0..self.kh)
+            .flat_map(|ky| {
+                (0..self.kw).map(move |kx| {
+                    let col = kx * d;
+                    ky * self.dil[0] * pd.row_stride + (col % s) * pd.phase_len + col / s
+                })
+            })
+            .collect()
+    }
+}
+
+/// Copies one input plane into `buf`, zero-padded by `pad` and with each padded row split into
+/// `stride[1]` phases (padded column `px` at `(px % s)·phase_len + px / s`), so that a strided
+/// window's columns are adjacent in memory.
+fn fill_padded<T: Real>(xp: &[T], g: &Window, pd: &Padded, buf: &mut Vec<T>) {
+    buf.clear();
+    buf.resize(pd.rows * pd.row_stride, T::ZERO);
+    let s = g.stride[1];
+    for (iy, src) in xp.chunks_exact(g.w).enumerate() {
+        let row = &mut buf[(iy + g.pad[0]) * pd.row_stride..][..pd.row_stride];
+        if s == 1 {
+            row[g.pad[1]..g.pad[1] + g.w].copy_from_slice(src);
+        } else {
+            for (ix, &v) in src.iter().enumerate() {
+                let px = ix + g.pad[1];
+                row[(px % s) * pd.phase_len + px / s] = v;
             }
         }
     }
 }
 
+/// One plane of the depthwise forward from its padded copy: `DW_LANES` outputs at a time, every
+/// tap summed in registers (taps in row-major window order), one store.
+#[inline(always)]
+fn dw_fwd_padded_body<T: Real>(buf: &[T], wp: &[T], o: &mut [T], g: &Window, taps: &[usize]) {
+    let (wo, rs) = (g.wo(), g.padded().row_stride);
+    let full = wo - wo % DW_LANES;
+    for (oy, orow) in o.chunks_exact_mut(wo).enumerate() {
+        let base = oy * g.stride[0] * rs;
+        for ox in (0..full).step_by(DW_LANES) {
+            let mut acc = [T::ZERO; DW_LANES];
+            for (&t, &wv) in taps.iter().zip(wp) {
+                let xs: &[T; DW_LANES] = buf[base + t + ox..][..DW_LANES].try_into().unwrap();
+                for j in 0..DW_LANES {
+                    acc[j] += wv * xs[j];
+                }
+            }
+            orow[ox..ox + DW_LANES].copy_from_slice(&acc);
+        }
+        for (ox, o) in orow.iter_mut().enumerate().skip(full) {
+            let mut acc = T::ZERO;
+            for (&t, &wv) in taps.iter().zip(wp) {
+                acc += wv * buf[base + t + ox];
+            }
+            *o = acc;
+        }
+    }
+}
+
 multiversion!(
-    dw_fwd_plane,
-    dw_fwd_plane_avx2,
-    (xp: &[T], wp: &[T], o: &mut [T], g: &Window, cols: &[(isize, usize, usize)]),
-    dw_fwd_plane_body(xp, wp, o, g, cols)
+    dw_fwd_padded,
+    dw_fwd_padded_avx2,
+    (buf: &[T], wp: &[T], o: &mut [T], g: &Window, taps: &[usize]),
+    dw_fwd_padded_body(buf, wp, o, g, taps)
+);
+
+/// One plane's weight gradient from the padded input: per tap, `DW_LANES` column partial sums
+/// (`accs`) and one for the columns past the last full group (`tails`), then
+/// `gw[k] = Σ lanes + tail` in a fixed order.
+#[inline(always)]
+fn dw_wgrad_padded_body<T: Real>(
+    buf: &[T],
+    gp: &[T],
+    gw: &mut [T],
+    g: &Window,
+    taps: &[usize],
+    accs: &mut [[T; DW_LANES]],
+    tails: &mut [T],
+) {
+    let (wo, rs) = (g.wo(), g.padded().row_stride);
+    let full = wo - wo % DW_LANES;
+    accs.fill([T::ZERO; DW_LANES]);
+    tails.fill(T::ZERO);
+    for (oy, grow) in gp.chunks_exact(wo).enumerate() {
+        let base = oy * g.stride[0] * rs;
+        for ox in (0..full).step_by(DW_LANES) {
+            let gs: &[T; DW_LANES] = grow[ox..ox + DW_LANES].try_into().unwrap();
+            for (a, &t) in accs.iter_mut().zip(taps) {
+                let xs: &[T; DW_LANES] = buf[base + t + ox..][..DW_LANES].try_into().unwrap();
+                for j in 0..DW_LANES {
+                    a[j] += gs[j] * xs[j];
+                }
+            }
+        }
+        for (ox, &gv) in grow.iter().enumerate().skip(full) {
+            for (tl, &t) in tails.iter_mut().zip(taps) {
+                *tl += gv * buf[base + t + ox];
+            }
+        }
+    }
+    for ((d, a), &tl) in gw.iter_mut().zip(accs.iter()).zip(tails.iter()) {
+        let mut sum = T::ZERO;
+        for &v in a {
+            sum += v;
+        }
+        *d = sum + tl;
+    }
+}
+
+multiversion!(
+    dw_wgrad_padded,
+    dw_wgrad_padded_avx2,
+    (
+        buf: &[T],
+        gp: &[T],
+        gw: &mut [T],
+        g: &Window,
+        taps: &[usize],
+        accs: &mut [[T; DW_LANES]],
+        tails: &mut [T]
+    ),
+    dw_wgrad_padded_body(buf, gp, gw, g, taps, accs, tails)
 );
 
 /// `out[n,c] = Σ_k w[c,k] · x[n,c, window k]`: depthwise convolution (groups = channels, one
@@ -217,78 +331,56 @@ pub fn depthwise_forward<T: Real>(x: &[T], w: &[T], g: &Window) -> Vec<T> {
     let (ho, wo) = (g.ho(), g.wo());
     let mut out = vec![T::ZERO; g.n * g.c * ho * wo];
     let plane = g.h * g.w;
-    let taps = g.kh * g.kw;
-    let cols = columns(g);
-    out.par_chunks_mut(ho * wo).enumerate().for_each(|(p, o)| {
-        let c = p % g.c;
-        dw_fwd_plane(
-            &x[p * plane..(p + 1) * plane],
-            &w[c * taps..(c + 1) * taps],
-            o,
-            g,
-            &cols,
-        )
-    });
+    let ntaps = g.kh * g.kw;
+    let pd = g.padded();
+    let taps = g.tap_offsets(&pd);
+    out.par_chunks_mut(ho * wo)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (p, o)| {
+            let c = p % g.c;
+            fill_padded(&x[p * plane..(p + 1) * plane], g, &pd, buf);
+            dw_fwd_padded(buf, &w[c * ntaps..(c + 1) * ntaps], o, g, &taps)
+        });
     out
 }
 
-/// One plane of the depthwise backward: input gradient into `gxp` (if not empty) and, per tap
-/// and output column, weight-gradient partial sums into `accs` (if not empty).
+/// For a stride-1 window: the geometry whose forward over `dL/dout` with the flipped filters is
+/// the input gradient (padding `(k−1)·dil − pad` per side), if that padding is not negative.
+fn transposed_window(g: &Window) -> Option<Window> {
+    if g.stride != [1, 1] {
+        return None;
+    }
+    let q0 = ((g.kh - 1) * g.dil[0]).checked_sub(g.pad[0])?;
+    let q1 = ((g.kw - 1) * g.dil[1]).checked_sub(g.pad[1])?;
+    let t = Window {
+        h: g.ho(),
+        w: g.wo(),
+        pad: [q0, q1],
+        ..*g
+    };
+    (t.is_valid() && t.ho() == g.h && t.wo() == g.w).then_some(t)
+}
+
+/// One plane of the depthwise input gradient for strides other than 1 (scattered: each
+/// output's gradient added to the inputs its window read), into `gxp`.
 #[inline(always)]
-fn dw_bwd_plane_body<T: Real>(
-    xp: &[T],
+fn dw_bwd_input_plane_body<T: Real>(
     wp: &[T],
     gp: &[T],
     gxp: &mut [T],
-    accs: &mut [T],
     g: &Window,
     cols: &[(isize, usize, usize)],
 ) {
     let wo = g.wo();
     let s = g.stride[1] as isize;
-    let want_x = !gxp.is_empty();
-    let want_w = !accs.is_empty();
     for (oy, grow) in gp.chunks_exact(wo).enumerate() {
         for ky in 0..g.kh {
             let Some(iy) = g.in_row(oy, ky) else { continue };
+            let xrow = &mut gxp[iy * g.w..(iy + 1) * g.w];
             for (kx, &(off, lo, hi)) in cols.iter().enumerate() {
-                if lo >= hi {
-                    continue;
-                }
-                let k = ky * g.kw + kx;
-                if want_x {
-                    let wv = wp[k];
-                    let xrow = &mut gxp[iy * g.w..(iy + 1) * g.w];
-                    if s == 1 {
-                        let start = (lo as isize + off) as usize;
-                        for (d, &gv) in xrow[start..start + (hi - lo)].iter_mut().zip(&grow[lo..hi])
-                        {
-                            *d += wv * gv;
-                        }
-                    } else {
-                        for (ox, &gv) in grow.iter().enumerate().take(hi).skip(lo) {
-                            xrow[(ox as isize * s + off) as usize] += wv * gv;
-                        }
-                    }
-                }
-                if want_w {
-                    // Column-wise partial sums (vectorisable), reduced per tap by the caller.
-                    let xrow = &xp[iy * g.w..(iy + 1) * g.w];
-                    let arow = &mut accs[k * wo..(k + 1) * wo];
-                    if s == 1 {
-                        let start = (lo as isize + off) as usize;
-                        for ((a, &xv), &gv) in arow[lo..hi]
-                            .iter_mut()
-                            .zip(&xrow[start..start + (hi - lo)])
-                            .zip(&grow[lo..hi])
-                        {
-                            *a += xv * gv;
-                        }
-                    } else {
-                        for (ox, &gv) in grow.iter().enumerate().take(hi).skip(lo) {
-                            arow[ox] += xrow[(ox as isize * s + off) as usize] * gv;
-                        }
-                    }
+                let wv = wp[ky * g.kw + kx];
+                for (ox, &gv) in grow.iter().enumerate().take(hi).skip(lo) {
+                    xrow[(ox as isize * s + off) as usize] += wv * gv;
                 }
             }
         }
@@ -296,22 +388,25 @@ fn dw_bwd_plane_body<T: Real>(
 }
 
 multiversion!(
-    dw_bwd_plane,
-    dw_bwd_plane_avx2,
-    (
-        xp: &[T],
-        wp: &[T],
-        gp: &[T],
-        gxp: &mut [T],
-        accs: &mut [T],
-        g: &Window,
-        cols: &[(isize, usize, usize)]
-    ),
-    dw_bwd_plane_body(xp, wp, gp, gxp, accs, g, cols)
+    dw_bwd_input_plane,
+    dw_bwd_input_plane_avx2,
+    (wp: &[T], gp: &[T], gxp: &mut [T], g: &Window, cols: &[(isize, usize, usize)]),
+    dw_bwd_input_plane_body(wp, gp, gxp, g, cols)
 );
+
+/// Per-task scratch of [`depthwise_backward`].
+struct DwScratch<T> {
+    buf: Vec<T>,
+    accs: Vec<[T; DW_LANES]>,
+    tails: Vec<T>,
+}
 
 /// Backward of [`depthwise_forward`]: `(dL/dx, dL/dw)` from `dL/dout` (`gy`, `[n,c,ho,wo]`).
 /// Either part can be skipped (returned empty).
+///
+/// The weight gradient reduces each plane against its padded input ([`fill_padded`]), then sums
+/// the planes over the batch in batch order. The input gradient of a stride-1 window is the
+/// forward kernel run over the padded `dL/dout` with the filters flipped; other strides scatter.
 pub fn depthwise_backward<T: Real>(
     x: &[T],
     w: &[T],
@@ -322,8 +417,19 @@ pub fn depthwise_backward<T: Real>(
 ) -> (Vec<T>, Vec<T>) {
     let (ho, wo) = (g.ho(), g.wo());
     let plane = g.h * g.w;
-    let taps = g.kh * g.kw;
+    let oplane = ho * wo;
+    let ntaps = g.kh * g.kw;
     let planes = g.n * g.c;
+    let pd = g.padded();
+    let taps = g.tap_offsets(&pd);
+    let transposed = transposed_window(g).map(|t| {
+        let tpd = t.padded();
+        (t, tpd, t.tap_offsets(&tpd))
+    });
+    let flipped: Vec<T> = w
+        .chunks_exact(ntaps)
+        .flat_map(|f| f.iter().rev().copied())
+        .collect();
     let cols = columns(g);
     let mut gx = if want_x {
         vec![T::ZERO; planes * plane]
@@ -331,56 +437,54 @@ pub fn depthwise_backward<T: Real>(
         Vec::new()
     };
     let mut gw_parts = if want_w {
-        vec![T::ZERO; planes * taps]
+        vec![T::ZERO; planes * ntaps]
     } else {
         Vec::new()
     };
-    let work = |p: usize, gxp: &mut [T], gwp: &mut [T]| {
+    let scratch = || DwScratch {
+        buf: Vec::new(),
+        accs: vec![[T::ZERO; DW_LANES]; ntaps],
+        tails: vec![T::ZERO; ntaps],
+    };
+    let work = |s: &mut DwScratch<T>, p: usize, gxp: &mut [T], gwp: &mut [T]| {
         let c = p % g.c;
-        let mut accs = if want_w {
-            vec![T::ZERO; taps * wo]
-        } else {
-            Vec::new()
-        };
-        dw_bwd_plane(
-            &x[p * plane..(p + 1) * plane],
-            &w[c * taps..(c + 1) * taps],
-            &gy[p * ho * wo..(p + 1) * ho * wo],
-            gxp,
-            &mut accs,
-            g,
-            &cols,
-        );
-        for (d, arow) in gwp.iter_mut().zip(accs.chunks_exact(wo)) {
-            let mut sum = T::ZERO;
-            for &v in arow {
-                sum += v;
+        let gp = &gy[p * oplane..(p + 1) * oplane];
+        if !gwp.is_empty() {
+            fill_padded(&x[p * plane..(p + 1) * plane], g, &pd, &mut s.buf);
+            dw_wgrad_padded(&s.buf, gp, gwp, g, &taps, &mut s.accs, &mut s.tails);
+        }
+        if !gxp.is_empty() {
+            match &transposed {
+                Some((t, tpd, ttaps)) => {
+                    fill_padded(gp, t, tpd, &mut s.buf);
+                    dw_fwd_padded(&s.buf, &flipped[c * ntaps..(c + 1) * ntaps], gxp, t, ttaps);
+                }
+                None => dw_bwd_input_plane(&w[c * ntaps..(c + 1) * ntaps], gp, gxp, g, &cols),
             }
-            *d += sum;
         }
     };
     match (want_x, want_w) {
         (true, true) => gx
             .par_chunks_mut(plane)
-            .zip(gw_parts.par_chunks_mut(taps))
+            .zip(gw_parts.par_chunks_mut(ntaps))
             .enumerate()
-            .for_each(|(p, (a, b))| work(p, a, b)),
+            .for_each_init(scratch, |s, (p, (a, b))| work(s, p, a, b)),
         (true, false) => gx
             .par_chunks_mut(plane)
             .enumerate()
-            .for_each(|(p, a)| work(p, a, &mut [])),
+            .for_each_init(scratch, |s, (p, a)| work(s, p, a, &mut [])),
         (false, true) => gw_parts
-            .par_chunks_mut(taps)
+            .par_chunks_mut(ntaps)
             .enumerate()
-            .for_each(|(p, b)| work(p, &mut [], b)),
+            .for_each_init(scratch, |s, (p, b)| work(s, p, &mut [], b)),
         (false, false) => {}
     }
     let gw = if want_w {
         // Sum the per-plane parts over the batch, in batch order.
-        let mut gw = vec![T::ZERO; g.c * taps];
-        for (p, part) in gw_parts.chunks(taps).enumerate() {
+        let mut gw = vec![T::ZERO; g.c * ntaps];
+        for (p, part) in gw_parts.chunks(ntaps).enumerate() {
             let c = p % g.c;
-            for (d, &v) in gw[c * taps..(c + 1) * taps].iter_mut().zip(part) {
+            for (d, &v) in gw[c * ntaps..(c + 1) * ntaps].iter_mut().zip(part) {
                 *d += v;
             }
         }
@@ -681,7 +785,7 @@ mod tests {
         let mut v = Vec::new();
         for (k, pad, dil) in [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2), (3, 0, 1)] {
             for stride in [1, 2] {
-                for (h, w) in [(7, 6), (8, 8), (5, 9)] {
+                for (h, w) in [(7, 6), (8, 8), (5, 9), (11, 21), (32, 32)] {
                     v.push(Window {
                         n: 2,
                         c: 3,
