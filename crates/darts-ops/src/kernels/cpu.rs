@@ -131,6 +131,34 @@ impl Window {
     }
 }
 
+impl Window {
+    /// The output columns `a..b` whose whole window row lies inside the input (pooling,
+    /// dilation 1); `a ≥ b` when there are none.
+    fn interior_cols(&self) -> (usize, usize) {
+        let s = self.stride[1];
+        let a = self.pad[1].div_ceil(s);
+        let last = (self.w + self.pad[1]) as isize - self.kw as isize;
+        let b = if last < 0 {
+            0
+        } else {
+            (last as usize / s + 1).min(self.wo())
+        };
+        (a, b)
+    }
+
+    /// Per window column `kx` (dilation 1): input column `ox·s + kx − pad` of an interior
+    /// output column `ox` is element `ox + shift` of column phase `phase` (`ix mod s`).
+    fn pool_taps(&self) -> Vec<(usize, isize)> {
+        let s = self.stride[1] as isize;
+        (0..self.kw)
+            .map(|kx| {
+                let c = kx as isize - self.pad[1] as isize;
+                (c.rem_euclid(s) as usize, c.div_euclid(s))
+            })
+            .collect()
+    }
+}
+
 /// Per window column `kx`: the input-column offset and the valid output columns `lo..hi`.
 fn columns(g: &Window) -> Vec<(isize, usize, usize)> {
     let wo = g.wo();
@@ -556,48 +584,91 @@ fn pool_plane_body<T: Real>(
     let max = kind == Pooling::Max;
     let init = if max { T::NEG_INFINITY } else { T::ZERO };
     let s = g.stride[1] as isize;
-    // Row pass.
     let mut hv = vec![init; g.h * wo];
     let mut hk = if arg.is_some() {
         vec![usize::MAX; g.h * wo]
     } else {
         Vec::new()
     };
+    // Row pass. Interior output columns (every window column inside the input) run tap by tap
+    // over contiguous slices (a strided window reads column phases of the row); the few
+    // border columns go one by one.
+    let (a, b) = g.interior_cols();
+    let taps = g.pool_taps();
+    let mut phases = Vec::new();
     for iy in 0..g.h {
         let xrow = &xp[iy * g.w..(iy + 1) * g.w];
-        let hrow = &mut hv[iy * wo..(iy + 1) * wo];
-        for kx in 0..g.kw {
-            let off = g.col_offset(kx);
-            let (lo, hi) = g.col_range(off, wo);
-            if lo >= hi {
-                continue;
+        let (src, pl): (&[T], usize) = if s == 1 {
+            (xrow, g.w)
+        } else {
+            let su = s as usize;
+            let pl = g.w.div_ceil(su);
+            phases.clear();
+            phases.resize(su * pl, T::ZERO);
+            for r in 0..su {
+                for (d, &v) in phases[r * pl..(r + 1) * pl]
+                    .iter_mut()
+                    .zip(xrow.iter().skip(r).step_by(su))
+                {
+                    *d = v;
+                }
             }
-            if !max {
-                if s == 1 {
-                    let start = (lo as isize + off) as usize;
-                    for (o, &v) in hrow[lo..hi].iter_mut().zip(&xrow[start..]) {
+            (&phases[..], pl)
+        };
+        let hrow = &mut hv[iy * wo..(iy + 1) * wo];
+        let mut krow = if hk.is_empty() {
+            None
+        } else {
+            Some(&mut hk[iy * wo..(iy + 1) * wo])
+        };
+        for (kx, &(phase, shift)) in taps.iter().enumerate() {
+            if a >= b {
+                break;
+            }
+            let start = phase * pl + (a as isize + shift) as usize;
+            let seg = &src[start..start + (b - a)];
+            let dst = &mut hrow[a..b];
+            match krow.as_deref_mut() {
+                _ if !max => {
+                    for (o, &v) in dst.iter_mut().zip(seg) {
                         *o += v;
                     }
-                } else {
-                    for (ox, o) in hrow.iter_mut().enumerate().take(hi).skip(lo) {
-                        *o += xrow[(ox as isize * s + off) as usize];
+                }
+                None => {
+                    for (o, &v) in dst.iter_mut().zip(seg) {
+                        *o = if v > *o || v.is_nan() { v } else { *o };
                     }
                 }
-            } else if hk.is_empty() {
-                for (ox, o) in hrow.iter_mut().enumerate().take(hi).skip(lo) {
-                    let v = xrow[(ox as isize * s + off) as usize];
-                    *o = if v > *o || v.is_nan() { v } else { *o };
-                }
-            } else {
-                let krow = &mut hk[iy * wo..(iy + 1) * wo];
-                for ox in lo..hi {
-                    let ix = (ox as isize * s + off) as usize;
-                    let v = xrow[ix];
-                    if krow[ox] == usize::MAX || v > hrow[ox] || v.is_nan() {
-                        hrow[ox] = v;
-                        krow[ox] = ix;
+                Some(kr) => {
+                    let col = kx as isize - g.pad[1] as isize;
+                    for (((o, k), &v), ox) in dst.iter_mut().zip(&mut kr[a..b]).zip(seg).zip(a..) {
+                        if kx == 0 || v > *o || v.is_nan() {
+                            *o = v;
+                            *k = (ox as isize * s + col) as usize;
+                        }
                     }
                 }
+            }
+        }
+        for ox in (0..a.min(wo)).chain(b.max(a)..wo) {
+            let mut acc = init;
+            let mut at = usize::MAX;
+            for kx in 0..g.kw {
+                let ix = ox as isize * s + g.col_offset(kx);
+                if ix < 0 || ix as usize >= g.w {
+                    continue;
+                }
+                let v = xrow[ix as usize];
+                if !max {
+                    acc += v;
+                } else if at == usize::MAX || v > acc || v.is_nan() {
+                    acc = v;
+                    at = ix as usize;
+                }
+            }
+            hrow[ox] = acc;
+            if let Some(kr) = krow.as_deref_mut() {
+                kr[ox] = at;
             }
         }
     }
@@ -867,19 +938,24 @@ mod tests {
 
     #[test]
     fn pools_match_the_definition_and_finite_differences() {
-        for stride in [1, 2] {
-            for (h, w) in [(7, 6), (8, 8), (1, 3)] {
+        // 3×3 (stride 1 and 2, padding 1: the DARTS pools), 5×5/3 (the auxiliary head's),
+        // 2×2/2; widths with no, few and many interior columns.
+        for (k, stride, pad) in [(3, 1, 1), (3, 2, 1), (5, 3, 0), (2, 2, 0)] {
+            for (h, w) in [(7, 6), (8, 8), (1, 3), (11, 21)] {
                 let g = Window {
                     n: 2,
                     c: 2,
                     h,
                     w,
-                    kh: 3,
-                    kw: 3,
+                    kh: k,
+                    kw: k,
                     stride: [stride, stride],
-                    pad: [1, 1],
+                    pad: [pad, pad],
                     dil: [1, 1],
                 };
+                if !g.is_valid() {
+                    continue;
+                }
                 for kind in [Pooling::Max, Pooling::AvgExcludePad, Pooling::AvgIncludePad] {
                     let x = data(g.n * g.c * h * w, 7);
                     let out = pool_forward(&x, &g, kind);
