@@ -116,28 +116,28 @@ const PW_GROUPS: usize = 8;
 
 /// `y_i = W · x_i` per sample (`x`: `[n, ci, hw]`, `w`: `[co, ci]`), samples in parallel.
 fn pw_forward_slices<T: Real>(x: &[T], w: &[T], [n, ci, co, hw]: [usize; 4]) -> Vec<T> {
-    let mut out = vec![T::ZERO; n * co * hw];
-    if co * hw == 0 {
-        return out;
-    }
-    out.par_chunks_mut(co * hw).enumerate().for_each(|(i, o)| {
-        let xi = &x[i * ci * hw..(i + 1) * ci * hw];
-        mm(o, [co, hw, ci], w, [ci, 1], xi, [hw, 1], false);
-    });
-    out
+    cpu::par_build(
+        n * co * hw,
+        co * hw,
+        || (),
+        |_, i, o| {
+            let xi = &x[i * ci * hw..(i + 1) * ci * hw];
+            mm(o, [co, hw, ci], w, [ci, 1], xi, [hw, 1], false);
+        },
+    )
 }
 
 /// `dL/dx_i = Wᵀ · g_i` per sample.
 fn pw_grad_x<T: Real>(gy: &[T], w: &[T], [n, ci, co, hw]: [usize; 4]) -> Vec<T> {
-    let mut gx = vec![T::ZERO; n * ci * hw];
-    if ci * hw == 0 {
-        return gx;
-    }
-    gx.par_chunks_mut(ci * hw).enumerate().for_each(|(i, o)| {
-        let gi = &gy[i * co * hw..(i + 1) * co * hw];
-        mm(o, [ci, hw, co], w, [1, ci], gi, [hw, 1], false);
-    });
-    gx
+    cpu::par_build(
+        n * ci * hw,
+        ci * hw,
+        || (),
+        |_, i, o| {
+            let gi = &gy[i * co * hw..(i + 1) * co * hw];
+            mm(o, [ci, hw, co], w, [1, ci], gi, [hw, 1], false);
+        },
+    )
 }
 
 /// `dL/dW = Σ_i g_i · x_iᵀ`: [`PW_GROUPS`] groups of consecutive samples in parallel, each
