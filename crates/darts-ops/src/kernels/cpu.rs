@@ -489,9 +489,9 @@ struct DwScratch<T> {
 /// Backward of [`depthwise_forward`]: `(dL/dx, dL/dw)` from `dL/dout` (`gy`, `[n,c,ho,wo]`).
 /// Either part can be skipped (returned empty).
 ///
-/// The weight gradient reduces each plane against its padded input ([`fill_padded`]), then sums
+/// The weight gradient reduces each plane against its padded input (a zero-padded copy), then sums
 /// the planes over the batch in batch order. The input gradient is the forward kernel run over
-/// `dL/dout` spread out by the stride and padded ([`transposed_window`]), with the filters
+/// `dL/dout` spread out by the stride and padded (`transposed_window`), with the filters
 /// flipped (scattered output by output where that padding would be negative).
 pub fn depthwise_backward<T: Real>(
     x: &[T],
