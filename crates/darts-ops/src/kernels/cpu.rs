@@ -273,13 +273,43 @@ impl Window {
     }
 }
 
+/// A padded plane's buffer, kept by a task from plane to plane.
+struct PadBuf<T> {
+    data: Vec<T>,
+    /// The layout the buffer last held (what `fill_*` wrote where).
+    layout: Option<[usize; 9]>,
+}
+
+impl<T> Default for PadBuf<T> {
+    fn default() -> Self {
+        Self {
+            data: Vec::new(),
+            layout: None,
+        }
+    }
+}
+
+impl<T: Real> PadBuf<T> {
+    /// The buffer for a plane of `layout`: zeroed, unless it already holds a plane of that same
+    /// layout, whose zeros (every position a plane's data does not overwrite) are then still in
+    /// place.
+    fn prepare(&mut self, layout: [usize; 9], len: usize) -> &mut [T] {
+        if self.layout != Some(layout) || self.data.len() != len {
+            self.data.clear();
+            self.data.resize(len, T::ZERO);
+            self.layout = Some(layout);
+        }
+        &mut self.data
+    }
+}
+
 /// Copies one input plane into `buf`, zero-padded by `pad` and with each padded row split into
 /// `stride[1]` phases (padded column `px` at `(px % s)·phase_len + px / s`), so that a strided
 /// window's columns are adjacent in memory.
-fn fill_padded<T: Real>(xp: &[T], g: &Window, pd: &Padded, buf: &mut Vec<T>) {
-    buf.clear();
-    buf.resize(pd.rows * pd.row_stride, T::ZERO);
+fn fill_padded<T: Real>(xp: &[T], g: &Window, pd: &Padded, pb: &mut PadBuf<T>) {
     let (s, pad) = (g.stride[1], g.pad[1]);
+    let layout = [0, g.h, g.w, g.pad[0], pad, 1, s, pd.rows, pd.row_stride];
+    let buf = pb.prepare(layout, pd.rows * pd.row_stride);
     for (iy, src) in xp.chunks_exact(g.w).enumerate() {
         let row = &mut buf[(iy + g.pad[0]) * pd.row_stride..][..pd.row_stride];
         if s == 1 {
@@ -402,10 +432,10 @@ pub fn depthwise_forward<T: Real>(x: &[T], w: &[T], g: &Window) -> Vec<T> {
     let ntaps = g.kh * g.kw;
     let pd = g.padded();
     let taps = g.tap_offsets(&pd);
-    par_build(g.n * g.c * ho * wo, ho * wo, Vec::new, |buf, p, o| {
+    par_build(g.n * g.c * ho * wo, ho * wo, PadBuf::default, |pb, p, o| {
         let c = p % g.c;
-        fill_padded(&x[p * plane..(p + 1) * plane], g, &pd, buf);
-        dw_fwd_padded(buf, &w[c * ntaps..(c + 1) * ntaps], o, g, &taps)
+        fill_padded(&x[p * plane..(p + 1) * plane], g, &pd, pb);
+        dw_fwd_padded(&pb.data, &w[c * ntaps..(c + 1) * ntaps], o, g, &taps)
     })
 }
 
@@ -430,10 +460,20 @@ fn transposed_window(g: &Window) -> Option<Window> {
 /// Copies one plane of `dL/dout` (geometry `g`) into `buf` as the padded input of `t`
 /// ([`transposed_window`]): output `(oy, ox)` at padded `(q0 + oy·s0, q1 + ox·s1)`, zeros
 /// elsewhere.
-fn fill_spread<T: Real>(gp: &[T], g: &Window, t: &Window, pd: &Padded, buf: &mut Vec<T>) {
-    buf.clear();
-    buf.resize(pd.rows * pd.row_stride, T::ZERO);
+fn fill_spread<T: Real>(gp: &[T], g: &Window, t: &Window, pd: &Padded, pb: &mut PadBuf<T>) {
     let (s0, s1, q1) = (g.stride[0], g.stride[1], t.pad[1]);
+    let layout = [
+        1,
+        g.ho(),
+        g.wo(),
+        t.pad[0],
+        q1,
+        s0,
+        s1,
+        pd.rows,
+        pd.row_stride,
+    ];
+    let buf = pb.prepare(layout, pd.rows * pd.row_stride);
     for (oy, grow) in gp.chunks_exact(g.wo()).enumerate() {
         let row = &mut buf[(t.pad[0] + oy * s0) * pd.row_stride..][..pd.row_stride];
         if s1 == 1 {
@@ -481,7 +521,7 @@ multiversion!(
 
 /// Per-task scratch of [`depthwise_backward`].
 struct DwScratch<T> {
-    buf: Vec<T>,
+    buf: PadBuf<T>,
     accs: Vec<[T; DW_LANES]>,
     tails: Vec<T>,
 }
@@ -523,7 +563,7 @@ pub fn depthwise_backward<T: Real>(
         Vec::new()
     };
     let scratch = || DwScratch {
-        buf: Vec::new(),
+        buf: PadBuf::default(),
         accs: vec![[T::ZERO; DW_LANES]; ntaps],
         tails: vec![T::ZERO; ntaps],
     };
@@ -533,21 +573,27 @@ pub fn depthwise_backward<T: Real>(
         .for_each_init(scratch, |s, (p, gwp)| {
             fill_padded(&x[p * plane..(p + 1) * plane], g, &pd, &mut s.buf);
             let gp = &gy[p * oplane..(p + 1) * oplane];
-            dw_wgrad_padded(&s.buf, gp, gwp, g, &taps, &mut s.accs, &mut s.tails);
+            dw_wgrad_padded(&s.buf.data, gp, gwp, g, &taps, &mut s.accs, &mut s.tails);
         });
-    let input_grad = |buf: &mut Vec<T>, p: usize, gxp: &mut [T]| {
+    let input_grad = |pb: &mut PadBuf<T>, p: usize, gxp: &mut [T]| {
         let c = p % g.c;
         let gp = &gy[p * oplane..(p + 1) * oplane];
         match &transposed {
             Some((t, tpd, ttaps)) => {
-                fill_spread(gp, g, t, tpd, buf);
-                dw_fwd_padded(buf, &flipped[c * ntaps..(c + 1) * ntaps], gxp, t, ttaps);
+                fill_spread(gp, g, t, tpd, pb);
+                dw_fwd_padded(
+                    &pb.data,
+                    &flipped[c * ntaps..(c + 1) * ntaps],
+                    gxp,
+                    t,
+                    ttaps,
+                );
             }
             None => dw_bwd_input_plane(&w[c * ntaps..(c + 1) * ntaps], gp, gxp, g, &cols),
         }
     };
     let gx = if want_x {
-        par_build(planes * plane, plane, Vec::new, input_grad)
+        par_build(planes * plane, plane, PadBuf::default, input_grad)
     } else {
         Vec::new()
     };
