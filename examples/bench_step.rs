@@ -255,8 +255,14 @@ fn main() {
     };
     let json = args.json;
     let log = enable_log(args.count_launches.as_deref(), &spec);
-    // The whole job on a pool's workers (see `darts::threads`).
-    match darts::threads::run_pooled(|| dispatch(&spec, Bench(args, log))) {
+    // On the CPU, the whole job on a pool's workers (see `darts::threads`).
+    let cpu = matches!(spec, DeviceSpec::Cpu);
+    let job = || dispatch(&spec, Bench(args, log));
+    match if cpu {
+        darts::threads::run_pooled(job)
+    } else {
+        job()
+    } {
         Ok(line) => print_result(&line, json),
         Err(e) => {
             eprintln!("error: {e}");

@@ -205,8 +205,7 @@ fn run(args: Args) -> Result<String, String> {
     let order = loader.order(0);
     let batches = (0..n_batches).map(|b| loader.batch(0, b, &order)).collect();
     let log = enable_log(args.count_launches.as_deref(), &spec);
-    // The whole job on a pool's workers (see `darts::threads`).
-    darts::threads::run_pooled(|| {
+    let job = || {
         dispatch(
             &spec,
             Bench {
@@ -216,8 +215,14 @@ fn run(args: Args) -> Result<String, String> {
                 log,
             },
         )
-    })
-    .map_err(|e| e.to_string())?
+    };
+    // On the CPU, the whole job on a pool's workers (see `darts::threads`).
+    let result = if matches!(spec, DeviceSpec::Cpu) {
+        darts::threads::run_pooled(job)
+    } else {
+        job()
+    };
+    result.map_err(|e| e.to_string())?
 }
 
 fn main() {

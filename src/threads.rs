@@ -14,8 +14,8 @@
 //! never picks up another job's body.
 //!
 //! The single-device drivers ([`crate::run`]'s `run_search`, `run_train`, `run_ptb_search`,
-//! `run_ptb_train`) already run this way; a program that drives the library itself can wrap its
-//! loop:
+//! `run_ptb_train`) already run this way on CPU backends ([`run_pooled_on`]); a program that
+//! drives the library itself can wrap its loop:
 //!
 //! ```
 //! use burn::tensor::Tensor;
@@ -54,6 +54,19 @@ pub fn run_pooled<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// [`run_pooled`] for a job on backend `B`, except on the GPU types (`Wgpu`, `Cuda`, with or
+/// without `Autodiff`): their operations are launched from the job's thread rather than split
+/// over rayon's workers, so the job stays on the calling thread there.
+pub fn run_pooled_on<B: burn::tensor::backend::Backend, R: Send>(
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    if darts_ops::kernels::gpu::is_gpu_type::<B>() {
+        f()
+    } else {
+        run_pooled(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +77,23 @@ mod tests {
         let (inside, value) = run_pooled(|| (rayon::current_thread_index(), 6 * 7));
         assert!(inside.is_some(), "the job ran on the calling thread");
         assert_eq!(value, 42);
+    }
+
+    #[test]
+    fn cpu_backends_run_on_a_worker() {
+        let inside = run_pooled_on::<burn::backend::Flex, _>(rayon::current_thread_index);
+        assert!(inside.is_some());
+        let inside = run_pooled_on::<burn::backend::Autodiff<burn::backend::Flex>, _>(
+            rayon::current_thread_index,
+        );
+        assert!(inside.is_some());
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn gpu_backends_stay_on_the_calling_thread() {
+        type W = burn::backend::Autodiff<burn::backend::Wgpu>;
+        assert_eq!(run_pooled_on::<W, _>(rayon::current_thread_index), None);
     }
 
     #[test]

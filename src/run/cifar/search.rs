@@ -581,7 +581,7 @@ pub fn run_search<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<SearchSummary, RunError> {
-    crate::threads::run_pooled(|| search_as::<B>(config, opts, device, None))
+    crate::threads::run_pooled_on::<B, _>(|| search_as::<B>(config, opts, device, None))
 }
 
 /// Run (or resume) a search data-parallel on `devices` (one peer per device, threads of this
@@ -609,7 +609,7 @@ pub fn run_search_peer<B: AutodiffBackend>(
     device: &B::Device,
     sync: SharedSync<B::InnerBackend>,
 ) -> Result<SearchSummary, RunError> {
-    crate::threads::run_pooled(|| search_as::<B>(config, opts, device, Some(sync)))
+    crate::threads::run_pooled_on::<B, _>(|| search_as::<B>(config, opts, device, Some(sync)))
 }
 
 /// One peer's (or the single device's) search.

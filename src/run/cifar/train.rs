@@ -342,7 +342,7 @@ pub fn run_train<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, RunError> {
-    crate::threads::run_pooled(|| train_as::<B>(config, opts, device, None))
+    crate::threads::run_pooled_on::<B, _>(|| train_as::<B>(config, opts, device, None))
 }
 
 /// Train data-parallel on `devices` (one peer per device, threads of this process): every
@@ -369,7 +369,7 @@ pub fn run_train_peer<B: AutodiffBackend>(
     device: &B::Device,
     sync: SharedSync<B::InnerBackend>,
 ) -> Result<TrainSummary, RunError> {
-    crate::threads::run_pooled(|| train_as::<B>(config, opts, device, Some(sync)))
+    crate::threads::run_pooled_on::<B, _>(|| train_as::<B>(config, opts, device, Some(sync)))
 }
 
 /// One peer's (or the single device's) training.

@@ -393,7 +393,7 @@ pub fn run_ptb_search<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<PtbSearchSummary, RunError> {
-    crate::threads::run_pooled(|| search_as::<B>(config, opts, device, None))
+    crate::threads::run_pooled_on::<B, _>(|| search_as::<B>(config, opts, device, None))
 }
 
 /// Run (or resume) a recurrent cell search data-parallel on `devices` (one peer per device,
@@ -419,7 +419,7 @@ pub fn run_ptb_search_peer<B: AutodiffBackend>(
     device: &B::Device,
     sync: SharedSync<B::InnerBackend>,
 ) -> Result<PtbSearchSummary, RunError> {
-    crate::threads::run_pooled(|| search_as::<B>(config, opts, device, Some(sync)))
+    crate::threads::run_pooled_on::<B, _>(|| search_as::<B>(config, opts, device, Some(sync)))
 }
 
 fn search_as<B: AutodiffBackend>(

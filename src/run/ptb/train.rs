@@ -387,7 +387,7 @@ pub fn run_ptb_train<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<PtbTrainSummary, RunError> {
-    crate::threads::run_pooled(|| train_as::<B>(config, opts, device, None))
+    crate::threads::run_pooled_on::<B, _>(|| train_as::<B>(config, opts, device, None))
 }
 
 /// Train data-parallel on `devices` (one peer per device, threads of this process): every
@@ -412,7 +412,7 @@ pub fn run_ptb_train_peer<B: AutodiffBackend>(
     device: &B::Device,
     sync: SharedSync<B::InnerBackend>,
 ) -> Result<PtbTrainSummary, RunError> {
-    crate::threads::run_pooled(|| train_as::<B>(config, opts, device, Some(sync)))
+    crate::threads::run_pooled_on::<B, _>(|| train_as::<B>(config, opts, device, Some(sync)))
 }
 
 fn train_as<B: AutodiffBackend>(

@@ -284,8 +284,15 @@ pub fn is_gpu_autodiff<B: Backend>() -> bool {
 }
 
 /// Whether `B` is one of the GPU backends (`Wgpu`, `Cuda`, with or without `Autodiff`), for
-/// choices that favour fewer, larger kernel launches there.
+/// choices that favour fewer, larger kernel launches there (`false` under `DARTS_KERNELS=burn`;
+/// [`is_gpu_type`] says what the type is whatever the setting).
 pub fn is_gpu<B: Backend>() -> bool {
+    is_gpu_type::<B>() && !super::burn_ops_forced()
+}
+
+/// Whether `B` is `Wgpu` or `Cuda`, with or without `Autodiff` (the types `--device wgpu|cuda`
+/// use, when those features are on).
+pub fn is_gpu_type<B: Backend>() -> bool {
     #[allow(unused_mut)]
     let mut yes = is_gpu_autodiff::<B>();
     #[cfg(feature = "wgpu")]
@@ -296,7 +303,7 @@ pub fn is_gpu<B: Backend>() -> bool {
     {
         yes |= is::<B, burn::backend::Cuda>();
     }
-    yes && !super::burn_ops_forced()
+    yes
 }
 
 /// Depthwise convolution through [`GpuOps`] on the GPU backends (with autodiff: the custom op
