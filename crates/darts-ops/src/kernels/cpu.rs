@@ -164,34 +164,6 @@ impl Window {
     }
 }
 
-impl Window {
-    /// The output columns `a..b` whose whole window row lies inside the input (pooling,
-    /// dilation 1); `a ≥ b` when there are none.
-    fn interior_cols(&self) -> (usize, usize) {
-        let s = self.stride[1];
-        let a = self.pad[1].div_ceil(s);
-        let last = (self.w + self.pad[1]) as isize - self.kw as isize;
-        let b = if last < 0 {
-            0
-        } else {
-            (last as usize / s + 1).min(self.wo())
-        };
-        (a, b)
-    }
-
-    /// Per window column `kx` (dilation 1): input column `ox·s + kx − pad` of an interior
-    /// output column `ox` is element `ox + shift` of column phase `phase` (`ix mod s`).
-    fn pool_taps(&self) -> Vec<(usize, isize)> {
-        let s = self.stride[1] as isize;
-        (0..self.kw)
-            .map(|kx| {
-                let c = kx as isize - self.pad[1] as isize;
-                (c.rem_euclid(s) as usize, c.div_euclid(s))
-            })
-            .collect()
-    }
-}
-
 /// Per window column `kx`: the input-column offset and the valid output columns `lo..hi`.
 fn columns(g: &Window) -> Vec<(isize, usize, usize)> {
     let wo = g.wo();
@@ -680,30 +652,25 @@ fn pool_plane_body<T: Real>(
     } else {
         Vec::new()
     };
-    // Row pass. Interior output columns (every window column inside the input) run tap by tap
-    // over contiguous slices (a strided window reads column phases of the row); the few
-    // border columns go one by one.
-    let (a, b) = g.interior_cols();
-    let taps = g.pool_taps();
-    let mut phases = Vec::new();
+    // Row pass. Interior output columns `a..b` (inside every window column's valid range)
+    // run tap by tap over contiguous slices; the few border columns go one by one. A strided
+    // window reads the column phases of an unpadded copy of the plane (`fill_padded`).
+    let cols = columns(g);
+    let a = cols.iter().map(|&(_, lo, _)| lo).max().unwrap_or(0);
+    let b = cols.iter().map(|&(_, _, hi)| hi).min().unwrap_or(0);
+    let bare = Window { pad: [0, 0], ..*g };
+    let pd = bare.padded();
+    let pl = pd.phase_len;
+    let mut phases = PadBuf::default();
+    if s != 1 {
+        fill_padded(xp, &bare, &pd, &mut phases);
+    }
     for iy in 0..g.h {
         let xrow = &xp[iy * g.w..(iy + 1) * g.w];
-        let (src, pl): (&[T], usize) = if s == 1 {
-            (xrow, g.w)
+        let src: &[T] = if s == 1 {
+            xrow
         } else {
-            let su = s as usize;
-            let pl = g.w.div_ceil(su);
-            phases.clear();
-            phases.resize(su * pl, T::ZERO);
-            for r in 0..su {
-                for (d, &v) in phases[r * pl..(r + 1) * pl]
-                    .iter_mut()
-                    .zip(xrow.iter().skip(r).step_by(su))
-                {
-                    *d = v;
-                }
-            }
-            (&phases[..], pl)
+            &phases.data[iy * pd.row_stride..][..pd.row_stride]
         };
         let hrow = &mut hv[iy * wo..(iy + 1) * wo];
         let mut krow = if hk.is_empty() {
@@ -711,11 +678,12 @@ fn pool_plane_body<T: Real>(
         } else {
             Some(&mut hk[iy * wo..(iy + 1) * wo])
         };
-        for (kx, &(phase, shift)) in taps.iter().enumerate() {
+        for (kx, &(off, _, _)) in cols.iter().enumerate() {
             if a >= b {
                 break;
             }
-            let start = phase * pl + (a as isize + shift) as usize;
+            // Input column `ox·s + off` is element `ox + off div s` of phase `off mod s`.
+            let start = off.rem_euclid(s) as usize * pl + (a as isize + off.div_euclid(s)) as usize;
             let seg = &src[start..start + (b - a)];
             let dst = &mut hrow[a..b];
             match krow.as_deref_mut() {
@@ -730,11 +698,10 @@ fn pool_plane_body<T: Real>(
                     }
                 }
                 Some(kr) => {
-                    let col = kx as isize - g.pad[1] as isize;
                     for (((o, k), &v), ox) in dst.iter_mut().zip(&mut kr[a..b]).zip(seg).zip(a..) {
                         if kx == 0 || v > *o || v.is_nan() {
                             *o = v;
-                            *k = (ox as isize * s + col) as usize;
+                            *k = (ox as isize * s + off) as usize;
                         }
                     }
                 }
@@ -743,8 +710,8 @@ fn pool_plane_body<T: Real>(
         for ox in (0..a.min(wo)).chain(b.max(a)..wo) {
             let mut acc = init;
             let mut at = usize::MAX;
-            for kx in 0..g.kw {
-                let ix = ox as isize * s + g.col_offset(kx);
+            for &(off, _, _) in &cols {
+                let ix = ox as isize * s + off;
                 if ix < 0 || ix as usize >= g.w {
                     continue;
                 }
