@@ -114,6 +114,13 @@ struct Bench(Args, Option<Log>);
 impl BackendTask for Bench {
     type Output = String;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> String {
+        // On CPU backends, the whole job on a pool's workers (see `darts::threads`).
+        darts::threads::run_pooled_on::<B, _>(move || self.measure::<B>(device))
+    }
+}
+
+impl Bench {
+    fn measure<B: AutodiffBackend>(self, device: B::Device) -> String {
         let (a, log) = (self.0, self.1);
         B::seed(&device, a.seed);
         let mut method = a.method.config();
@@ -255,14 +262,7 @@ fn main() {
     };
     let json = args.json;
     let log = enable_log(args.count_launches.as_deref(), &spec);
-    // On the CPU, the whole job on a pool's workers (see `darts::threads`).
-    let cpu = matches!(spec, DeviceSpec::Cpu);
-    let job = || dispatch(&spec, Bench(args, log));
-    match if cpu {
-        darts::threads::run_pooled(job)
-    } else {
-        job()
-    } {
+    match dispatch(&spec, Bench(args, log)) {
         Ok(line) => print_result(&line, json),
         Err(e) => {
             eprintln!("error: {e}");

@@ -104,6 +104,13 @@ struct Bench {
 impl BackendTask for Bench {
     type Output = Result<String, String>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String, String> {
+        // On CPU backends, the whole job on a pool's workers (see `darts::threads`).
+        darts::threads::run_pooled_on::<B, _>(move || self.measure::<B>(device))
+    }
+}
+
+impl Bench {
+    fn measure<B: AutodiffBackend>(self, device: B::Device) -> Result<String, String> {
         let Bench {
             args: a,
             genotype,
@@ -205,24 +212,16 @@ fn run(args: Args) -> Result<String, String> {
     let order = loader.order(0);
     let batches = (0..n_batches).map(|b| loader.batch(0, b, &order)).collect();
     let log = enable_log(args.count_launches.as_deref(), &spec);
-    let job = || {
-        dispatch(
-            &spec,
-            Bench {
-                args,
-                genotype,
-                batches,
-                log,
-            },
-        )
-    };
-    // On the CPU, the whole job on a pool's workers (see `darts::threads`).
-    let result = if matches!(spec, DeviceSpec::Cpu) {
-        darts::threads::run_pooled(job)
-    } else {
-        job()
-    };
-    result.map_err(|e| e.to_string())?
+    dispatch(
+        &spec,
+        Bench {
+            args,
+            genotype,
+            batches,
+            log,
+        },
+    )
+    .map_err(|e| e.to_string())?
 }
 
 fn main() {
