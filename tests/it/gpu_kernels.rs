@@ -4,8 +4,8 @@
 //! convolution forward, input gradient and weight gradient for every geometry DARTS uses
 //! (3×3 and 5×5, stride 1 and 2, dilation 1 and 2) plus 7×7 and odd sizes; max and average
 //! pooling (both padding conventions) forward and backward, the max pool's ties included
-//! (first maximum in row-major window order); training-mode BatchNorm forward (x̂, batch mean
-//! and variance) and backward. `N·C` spans many workgroups (and, for the weight
+//! (first maximum in row-major window order); the 1×1 convolution forward and both gradients;
+//! training-mode BatchNorm forward (x̂, batch mean and variance) and backward. `N·C` spans many workgroups (and, for the weight
 //! gradient, `N·Ho·Wo` many passes of a 256-unit cube).
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
@@ -197,6 +197,8 @@ pub fn check_depthwise<G: GpuOps>(device: &G::Device) {
         (5, 2, 4, 2),
         (7, 1, 3, 1),
         (3, 2, 0, 1),
+        (3, 1, 0, 1),
+        (5, 1, 1, 2),
     ] {
         for (n, c, h, w) in [(3, 37, 9, 7), (2, 16, 16, 16)] {
             let g = window([n, c, h, w], k, s, p, d);
@@ -375,6 +377,101 @@ pub fn check_batchnorm<G: GpuOps>(device: &G::Device) {
     }
 }
 
+/// The 1×1 convolution by its definition: `y[n, o, p] = Σ_i w[o, i]·x[n, i, p]`, its input
+/// gradient `Σ_o w[o, i]·g[n, o, p]` and weight gradient `Σ_{n, p} g[n, o, p]·x[n, i, p]`.
+fn pw_def(
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    [n, ci, h, wd]: [usize; 4],
+    co: usize,
+) -> [Vec<f64>; 3] {
+    let hw = h * wd;
+    let (mut y, mut gx, mut gw) = (
+        vec![0.0; n * co * hw],
+        vec![0.0; n * ci * hw],
+        vec![0.0; co * ci],
+    );
+    for b in 0..n {
+        for o in 0..co {
+            for i in 0..ci {
+                let wv = w[o * ci + i] as f64;
+                for p in 0..hw {
+                    let (xv, g) = (
+                        x[(b * ci + i) * hw + p] as f64,
+                        gy[(b * co + o) * hw + p] as f64,
+                    );
+                    y[(b * co + o) * hw + p] += wv * xv;
+                    gx[(b * ci + i) * hw + p] += wv * g;
+                    gw[o * ci + i] += g * xv;
+                }
+            }
+        }
+    }
+    [y, gx, gw]
+}
+
+pub fn check_pointwise<G: GpuOps>(device: &G::Device) {
+    let flex = Default::default();
+    // DARTS's channel counts, odd sizes, and more pixels than a 256-unit cube covers; channel
+    // counts that do not fill a cube's rows; a reduction from 37 to 5 channels.
+    for ([n, ci, h, w], co) in [
+        ([2, 16, 16, 16], 16),
+        ([3, 37, 9, 7], 5),
+        ([4, 3, 32, 32], 24),
+        ([1, 1, 1, 1], 1),
+        ([5, 8, 3, 5], 8),
+        ([2, 10, 5, 5], 6),
+    ] {
+        let what = format!("1×1 {n}×{ci}×{h}×{w} → {co}");
+        let (xd, wd, gyd) = ([n, ci, h, w], [co, ci, 1, 1], [n, co, h, w]);
+        let x = values(n * ci * h * w, 11);
+        let wt = values(co * ci, 12);
+        let gy = values(n * co * h * w, 13);
+        let [y_def, gx_def, gw_def] = pw_def(&x, &wt, &gy, xd, co);
+        let y = read::<G>(G::pw_forward(
+            prim::<G>(&x, xd, device),
+            prim::<G>(&wt, wd, device),
+        ));
+        let gx = read::<G>(G::pw_backward_x(
+            prim::<G>(&gy, gyd, device),
+            prim::<G>(&wt, wd, device),
+        ));
+        let gw = read::<G>(G::pw_backward_w(
+            prim::<G>(&x, xd, device),
+            prim::<G>(&gy, gyd, device),
+        ));
+        assert_close(&format!("{what} forward"), &y, &y_def);
+        assert_close(&format!("{what} input gradient"), &gx, &gx_def);
+        assert_close(&format!("{what} weight gradient"), &gw, &gw_def);
+
+        // Burn's own operations (the provided methods: matrix products) agree too.
+        let y_burn = read::<Flex>(Flex::pw_forward(
+            prim::<Flex>(&x, xd, &flex),
+            prim::<Flex>(&wt, wd, &flex),
+        ));
+        let gx_burn = read::<Flex>(Flex::pw_backward_x(
+            prim::<Flex>(&gy, gyd, &flex),
+            prim::<Flex>(&wt, wd, &flex),
+        ));
+        let gw_burn = read::<Flex>(Flex::pw_backward_w(
+            prim::<Flex>(&x, xd, &flex),
+            prim::<Flex>(&gy, gyd, &flex),
+        ));
+        assert_close(&format!("{what} forward vs Burn"), &y, &as_f64(&y_burn));
+        assert_close(
+            &format!("{what} input gradient vs Burn"),
+            &gx,
+            &as_f64(&gx_burn),
+        );
+        assert_close(
+            &format!("{what} weight gradient vs Burn"),
+            &gw,
+            &as_f64(&gw_burn),
+        );
+    }
+}
+
 /// The public entry points on the plain (inference) GPU type take the kernels too and agree
 /// with flex.
 pub fn check_inference_entry_points<G: GpuOps>(device: &G::Device) {
@@ -389,9 +486,15 @@ pub fn check_inference_entry_points<G: GpuOps>(device: &G::Device) {
     let dg = v(kernels::depthwise_conv2d(xg.clone(), wg, [2, 2], [2, 2], [2, 2]).into_data());
     let df = v(kernels::depthwise_conv2d(xf.clone(), wf, [2, 2], [2, 2], [2, 2]).into_data());
     assert_close("inference depthwise", &dg, &as_f64(&df));
-    let pg = v(kernels::pool2d(xg, Pooling::Max, 3, 2, 1).into_data());
-    let pf = v(kernels::pool2d(xf, Pooling::Max, 3, 2, 1).into_data());
+    let pg = v(kernels::pool2d(xg.clone(), Pooling::Max, 3, 2, 1).into_data());
+    let pf = v(kernels::pool2d(xf.clone(), Pooling::Max, 3, 2, 1).into_data());
     assert_close("inference max pool", &pg, &as_f64(&pf));
+    let w1 = values(7 * 5, 14);
+    let w1g = Tensor::<G, 4>::from_data(TensorData::new(w1.clone(), [7, 5, 1, 1]), device);
+    let w1f = Tensor::<Flex, 4>::from_data(TensorData::new(w1, [7, 5, 1, 1]), &flex);
+    let qg = v(kernels::pointwise_conv2d(xg, w1g).into_data());
+    let qf = v(kernels::pointwise_conv2d(xf, w1f).into_data());
+    assert_close("inference 1×1 convolution", &qg, &as_f64(&qf));
 }
 
 #[cfg(feature = "wgpu")]
@@ -411,6 +514,11 @@ mod wgpu {
     #[test]
     fn batchnorm_kernels_agree_with_definition_and_burn() {
         super::check_batchnorm::<Wgpu>(&Default::default());
+    }
+
+    #[test]
+    fn pointwise_kernels_agree_with_definition_and_burn() {
+        super::check_pointwise::<Wgpu>(&Default::default());
     }
 
     #[test]
@@ -439,6 +547,12 @@ mod cuda {
     #[ignore = "needs an NVIDIA GPU; run with --ignored"]
     fn batchnorm_kernels_agree_with_definition_and_burn() {
         super::check_batchnorm::<Cuda>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn pointwise_kernels_agree_with_definition_and_burn() {
+        super::check_pointwise::<Cuda>(&Default::default());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! CubeCL kernels for the GPU backends (one source for the wgpu and CUDA runtimes): the
 //! depthwise convolution (forward, input gradient, and the weight gradient as a parallel
-//! reduction), 2-D pooling (forward and backward) and training-mode BatchNorm (forward and
+//! reduction), the 1×1 convolution (the same three), 2-D pooling (forward and backward) and training-mode BatchNorm (forward and
 //! backward), each **one launch** on contiguous NCHW tensors (the weight gradient two).
 //!
 //! Burn 0.21's own operations take several launches for each of these (pooling permutes to
@@ -38,12 +38,17 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
+/// Outputs of a row per unit of the depthwise forward kernel (inputs of a row per unit of the
+/// stride-1 input gradient).
+const DW_BLOCK: u32 = 4;
+
 /// Units per cube of the BatchNorm kernels' per-channel reductions (a power of two).
 const REDUCE_BLOCK: u32 = 256;
 
-/// Depthwise convolution forward: one unit per output element `(ox, oy, plane)` of a 3-D grid
-/// (no integer division per unit), `y[n, c, oy, ox] = Σ_{i, j} x_pad[n, c, oy·s + i·d,
-/// ox·s + j·d] · w[c, i, j]`.
+/// Depthwise convolution forward: one unit per `BX` neighbouring outputs of a row `(column
+/// block, row, plane)` of a 3-D grid (no integer division per unit), `y[n, c, oy, ox] =
+/// Σ_{i, j} x_pad[n, c, oy·s + i·d, ox·s + j·d] · w[c, i, j]`. Each window row's input
+/// segment is read once for the block's `BX` outputs (zero in the padding), each weight once.
 #[cube(launch_unchecked)]
 fn dw_forward_kernel<F: Float>(
     x: &Tensor<F>,
@@ -53,13 +58,14 @@ fn dw_forward_kernel<F: Float>(
     #[comptime] s: (u32, u32),
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
+    #[comptime] bx: u32,
 ) {
-    let ox = ABSOLUTE_POS_X;
+    let ox0 = ABSOLUTE_POS_X * bx;
     let oy = ABSOLUTE_POS_Y;
     let plane = ABSOLUTE_POS_Z as usize;
     let wo = y.shape(3) as u32;
     let ho = y.shape(2) as u32;
-    if ox >= wo || oy >= ho {
+    if ox0 >= wo || oy >= ho {
         terminate!();
     }
     let h = x.shape(2) as u32;
@@ -67,22 +73,45 @@ fn dw_forward_kernel<F: Float>(
     let ch = plane % y.shape(1);
     let xbase = plane * x.shape(2) * x.shape(3);
     let wbase = ch * (k.0 * k.1) as usize;
-    let mut acc = F::new(0.0);
+    // The input columns the block's windows cover, in the padded frame: ox0·s + t.
+    let seg_len = comptime!((bx - 1) * s.1 + (k.1 - 1) * d.1 + 1);
+    let mut acc = Array::<F>::new(bx as usize);
+    #[unroll]
+    for b in 0..bx {
+        acc[b as usize] = F::new(0.0);
+    }
+    let mut seg = Array::<F>::new(seg_len as usize);
     #[unroll]
     for i in 0..k.0 {
         let iy = oy * s.0 + i * d.0;
         if iy >= p.0 && iy < h + p.0 {
             let row = xbase + ((iy - p.0) * wd) as usize;
             #[unroll]
-            for j in 0..k.1 {
-                let ix = ox * s.1 + j * d.1;
+            for t in 0..seg_len {
+                let ix = ox0 * s.1 + t;
+                let mut v = F::new(0.0);
                 if ix >= p.1 && ix < wd + p.1 {
-                    acc += x[row + (ix - p.1) as usize] * w[wbase + (i * k.1 + j) as usize];
+                    v = x[row + (ix - p.1) as usize];
+                }
+                seg[t as usize] = v;
+            }
+            #[unroll]
+            for j in 0..k.1 {
+                let wv = w[wbase + (i * k.1 + j) as usize];
+                #[unroll]
+                for b in 0..bx {
+                    acc[b as usize] += seg[(b * s.1 + j * d.1) as usize] * wv;
                 }
             }
         }
     }
-    y[(plane * ho as usize + oy as usize) * wo as usize + ox as usize] = acc;
+    let out = (plane * ho as usize + oy as usize) * wo as usize + ox0 as usize;
+    #[unroll]
+    for b in 0..bx {
+        if ox0 + b < wo {
+            y[out + b as usize] = acc[b as usize];
+        }
+    }
 }
 
 /// Depthwise convolution input gradient: one unit per input element `(ix, iy, plane)`,
@@ -136,6 +165,78 @@ fn dw_backward_x_kernel<F: Float>(
     gx[(plane * h as usize + iy as usize) * wd as usize + ix as usize] = acc;
 }
 
+/// Depthwise convolution input gradient for stride 1: one unit per `BX` neighbouring inputs of
+/// a row `(column block, row, plane)`, `gx[n, c, iy, ix] = Σ_{i, j} g[n, c, iy + p − i·d,
+/// ix + p − j·d] · w[c, i, j]` over the output positions inside the output; each window row's
+/// gradient segment is read once for the block, each weight once.
+#[cube(launch_unchecked)]
+fn dw_backward_x_s1_kernel<F: Float>(
+    gy: &Tensor<F>,
+    w: &Tensor<F>,
+    gx: &mut Tensor<F>,
+    #[comptime] k: (u32, u32),
+    #[comptime] s: (u32, u32),
+    #[comptime] p: (u32, u32),
+    #[comptime] d: (u32, u32),
+    #[comptime] bx: u32,
+) {
+    let _ = s;
+    let ix0 = ABSOLUTE_POS_X * bx;
+    let iy = ABSOLUTE_POS_Y;
+    let plane = ABSOLUTE_POS_Z as usize;
+    let wd = gx.shape(3) as u32;
+    let h = gx.shape(2) as u32;
+    if ix0 >= wd || iy >= h {
+        terminate!();
+    }
+    let ho = gy.shape(2) as u32;
+    let wo = gy.shape(3) as u32;
+    let ch = plane % gx.shape(1);
+    let gbase = plane * gy.shape(2) * gy.shape(3);
+    let wbase = ch * (k.0 * k.1) as usize;
+    // Output column of segment slot t: ix0 + p − (k − 1)·d + t (kept unsigned as
+    // ix0 + p + t − (k − 1)·d).
+    let reach = comptime!((k.1 - 1) * d.1);
+    let seg_len = comptime!(bx + (k.1 - 1) * d.1);
+    let mut acc = Array::<F>::new(bx as usize);
+    #[unroll]
+    for b in 0..bx {
+        acc[b as usize] = F::new(0.0);
+    }
+    let mut seg = Array::<F>::new(seg_len as usize);
+    #[unroll]
+    for i in 0..k.0 {
+        let py = iy + p.0;
+        if py >= i * d.0 && py - i * d.0 < ho {
+            let row = gbase + ((py - i * d.0) * wo) as usize;
+            #[unroll]
+            for t in 0..seg_len {
+                let col = ix0 + p.1 + t;
+                let mut v = F::new(0.0);
+                if col >= reach && col - reach < wo {
+                    v = gy[row + (col - reach) as usize];
+                }
+                seg[t as usize] = v;
+            }
+            #[unroll]
+            for j in 0..k.1 {
+                let wv = w[wbase + (i * k.1 + j) as usize];
+                #[unroll]
+                for b in 0..bx {
+                    acc[b as usize] += seg[(b + (k.1 - 1 - j) * d.1) as usize] * wv;
+                }
+            }
+        }
+    }
+    let out = (plane * h as usize + iy as usize) * wd as usize + ix0 as usize;
+    #[unroll]
+    for b in 0..bx {
+        if ix0 + b < wd {
+            gx[out + b as usize] = acc[b as usize];
+        }
+    }
+}
+
 /// Depthwise convolution weight gradient, first stage: one unit per `(n, c, tap)` sums
 /// `x_pad[n, c, oy·s + i·d, ox·s + j·d] · g[n, c, oy, ox]` over its image's output plane into
 /// `partial[n, c, tap]` (no barriers, no atomics; neighbouring units share `(n, c)` and read
@@ -180,6 +281,95 @@ fn dw_backward_w_kernel<F: Float>(
         }
     }
     partial[ABSOLUTE_POS] = acc;
+}
+
+/// 1×1 convolution (and its input gradient): one unit per pixel and block of `BLOCK` output
+/// channels `(pixel, channel block, image)` of a 3-D grid, `y[n, o, p] = Σ_i w[o, i] · a[n, i,
+/// p]` over the input's channels (`a` `[n, ci, h, w]`); each input value is read once per
+/// block. `TRANSPOSE` reads the weight as `[ci, co]` (`w[i, o]`), which makes the same kernel
+/// the input gradient `Wᵀ · g`. Neighbouring units share `(o, n)` and read neighbouring pixels;
+/// every unit of a row reads the same weights.
+#[cube(launch_unchecked)]
+fn pw_kernel<F: Float>(
+    a: &Tensor<F>,
+    w: &Tensor<F>,
+    y: &mut Tensor<F>,
+    #[comptime] transpose: bool,
+    #[comptime] block: u32,
+) {
+    let p = ABSOLUTE_POS_X as usize;
+    let o = (ABSOLUTE_POS_Y * block) as usize;
+    let n = ABSOLUTE_POS_Z as usize;
+    let hw = y.shape(2) * y.shape(3);
+    let co = y.shape(1);
+    if p >= hw || o >= co {
+        terminate!();
+    }
+    let ci = a.shape(1);
+    let abase = n * ci * hw + p;
+    let mut acc = Array::<F>::new(block as usize);
+    #[unroll]
+    for b in 0..block {
+        acc[b as usize] = F::new(0.0);
+    }
+    for i in 0..ci {
+        let xv = a[abase + i * hw];
+        #[unroll]
+        for b in 0..block {
+            let wv = if comptime!(transpose) {
+                w[i * co + o + b as usize]
+            } else {
+                w[(o + b as usize) * ci + i]
+            };
+            acc[b as usize] += wv * xv;
+        }
+    }
+    let ybase = (n * co + o) * hw + p;
+    #[unroll]
+    for b in 0..block {
+        y[ybase + b as usize * hw] = acc[b as usize];
+    }
+}
+
+/// 1×1 convolution weight gradient, first stage: one unit per `(n, o, block of BLOCK input
+/// channels)` sums `g[n, o, p] · x[n, i, p]` over its image's pixels into `partial[n, o, i]` in
+/// a fixed order (no barriers, no atomics; each gradient value is read once per block); the
+/// sum over `n` follows as one reduction.
+#[cube(launch_unchecked)]
+fn pw_backward_w_kernel<F: Float>(
+    x: &Tensor<F>,
+    gy: &Tensor<F>,
+    partial: &mut Tensor<F>,
+    #[comptime] block: u32,
+) {
+    let first = ABSOLUTE_POS * block as usize;
+    if first >= partial.len() {
+        terminate!();
+    }
+    let ci = x.shape(1);
+    let co = gy.shape(1);
+    let hw = x.shape(2) * x.shape(3);
+    let i = first % ci;
+    let no = first / ci;
+    let n = no / co;
+    let xbase = (n * ci + i) * hw;
+    let gbase = no * hw;
+    let mut acc = Array::<F>::new(block as usize);
+    #[unroll]
+    for b in 0..block {
+        acc[b as usize] = F::new(0.0);
+    }
+    for p in 0..hw {
+        let g = gy[gbase + p];
+        #[unroll]
+        for b in 0..block {
+            acc[b as usize] += g * x[xbase + b as usize * hw + p];
+        }
+    }
+    #[unroll]
+    for b in 0..block {
+        partial[first + b as usize] = acc[b as usize];
+    }
 }
 
 /// The sum of every unit's `value` over a cube of a power of two of units (`UNIT_POS` is the
@@ -495,7 +685,7 @@ fn mode(kind: Pooling) -> u32 {
 /// Launch a depthwise kernel `kernel(a, b, out, k, s, p, d)` on `grid` (cube count and
 /// dimension) with the geometry of window `g` (`F`, `R` as at the call site).
 macro_rules! launch_depthwise {
-    ($kernel:ident, $grid:expr, $a:expr, $b:expr, $out:expr, $g:expr) => {{
+    ($kernel:ident, $grid:expr, $a:expr, $b:expr, $out:expr, $g:expr $(, $extra:expr)*) => {{
         let [k, s, p, d] = geometry($g);
         let (count, dim) = $grid;
         let client = $a.client.clone();
@@ -513,9 +703,39 @@ macro_rules! launch_depthwise {
                 s,
                 p,
                 d,
+                $($extra,)*
             );
         }
     }};
+}
+
+/// Launch [`pw_kernel`] for `out` `[n, co, h, w]` from `a` `[n, ci, h, w]` and the weight.
+fn launch_pointwise<R: CubeRuntime, F: FloatElement>(
+    a: CubeTensor<R>,
+    w: CubeTensor<R>,
+    out: CubeTensor<R>,
+    transpose: bool,
+) {
+    let [n, co, h, wd] = dims4(&out);
+    // Output channels per unit: the largest of 4, 2, 1 that divides them.
+    let block = [4, 2, 1].into_iter().find(|b| co % b == 0).unwrap_or(1);
+    let (count, dim) = grid(n, co / block, h * wd);
+    let client = a.client.clone();
+    // SAFETY: every index the kernel forms is inside its tensors (the pixel and channel bound
+    // test at its top; `a` and `w` have the shapes the op checked); each unit writes its own
+    // element.
+    unsafe {
+        pw_kernel::launch_unchecked::<F, R>(
+            &client,
+            count,
+            dim,
+            a.into_tensor_arg(),
+            w.into_tensor_arg(),
+            out.into_tensor_arg(),
+            transpose,
+            u(block),
+        );
+    }
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
@@ -524,16 +744,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
     fn dw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (x, w) = (into_contiguous(x), into_contiguous(w));
         let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
-        let cubes = grid(g.n * g.c, g.ho(), g.wo());
-        launch_depthwise!(dw_forward_kernel, cubes, x, w, y, g);
+        let cubes = grid(g.n * g.c, g.ho(), g.wo().div_ceil(DW_BLOCK as usize));
+        launch_depthwise!(dw_forward_kernel, cubes, x, w, y, g, DW_BLOCK);
         y
     }
 
     fn dw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
         let (gy, w) = (into_contiguous(gy), into_contiguous(w));
         let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
-        let cubes = grid(g.n * g.c, g.h, g.w);
-        launch_depthwise!(dw_backward_x_kernel, cubes, gy, w, gx, g);
+        if g.stride == [1, 1] {
+            let cubes = grid(g.n * g.c, g.h, g.w.div_ceil(DW_BLOCK as usize));
+            launch_depthwise!(dw_backward_x_s1_kernel, cubes, gy, w, gx, g, DW_BLOCK);
+        } else {
+            let cubes = grid(g.n * g.c, g.h, g.w);
+            launch_depthwise!(dw_backward_x_kernel, cubes, gy, w, gx, g);
+        }
         gx
     }
 
@@ -548,6 +773,54 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         BurnTensor::<Self, 4>::from_primitive(TensorPrimitive::Float(partial))
             .sum_dim(0)
             .reshape([g.c, 1, g.kh, g.kw])
+            .into_primitive()
+            .tensor()
+    }
+
+    fn pw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, w) = (into_contiguous(x), into_contiguous(w));
+        let [n, _, h, wd] = dims4(&x);
+        let co = dims4(&w)[0];
+        let y = empty_like::<R, F>(&x, [n, co, h, wd]);
+        launch_pointwise::<R, F>(x, w, y.clone(), false);
+        y
+    }
+
+    fn pw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (gy, w) = (into_contiguous(gy), into_contiguous(w));
+        let [n, _, h, wd] = dims4(&gy);
+        let ci = dims4(&w)[1];
+        let gx = empty_like::<R, F>(&gy, [n, ci, h, wd]);
+        launch_pointwise::<R, F>(gy, w, gx.clone(), true);
+        gx
+    }
+
+    fn pw_backward_w(x: FloatTensor<Self>, gy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, gy) = (into_contiguous(x), into_contiguous(gy));
+        let [n, ci, _, _] = dims4(&x);
+        let co = dims4(&gy)[1];
+        let partial = empty_like::<R, F>(&x, [n, co, ci, 1]);
+        // Input channels per unit: the largest of 4, 2, 1 that divides them.
+        let block = [4, 2, 1].into_iter().find(|b| ci % b == 0).unwrap_or(1);
+        let units = n * co * ci / block;
+        let dim = CubeDim::new(&x.client, units);
+        let count = calculate_cube_count_elemwise(&x.client, units, dim);
+        // SAFETY: every index the kernel forms is inside its tensors (the bound test at its
+        // top; `partial` has one element per unit); each unit writes its own element.
+        unsafe {
+            pw_backward_w_kernel::launch_unchecked::<F, R>(
+                &x.client.clone(),
+                count,
+                dim,
+                x.into_tensor_arg(),
+                gy.into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                u(block),
+            );
+        }
+        BurnTensor::<Self, 4>::from_primitive(TensorPrimitive::Float(partial))
+            .sum_dim(0)
+            .reshape([co, ci, 1, 1])
             .into_primitive()
             .tensor()
     }
@@ -686,6 +959,9 @@ mod fusion {
         DwForward(Window),
         DwBackwardX(Window),
         DwBackwardW(Window),
+        PwForward,
+        PwBackwardX,
+        PwBackwardW,
         PoolForward(Window, Pooling),
         PoolBackward(Window, Pooling),
         BnForward(f64),
@@ -723,6 +999,9 @@ mod fusion {
                         Op::DwForward(g) => B::dw_forward(a, b, &g),
                         Op::DwBackwardX(g) => B::dw_backward_x(a, b, &g),
                         Op::DwBackwardW(g) => B::dw_backward_w(a, b, &g),
+                        Op::PwForward => B::pw_forward(a, b),
+                        Op::PwBackwardX => B::pw_backward_x(a, b),
+                        Op::PwBackwardW => B::pw_backward_w(a, b),
                         Op::PoolBackward(g, kind) => B::pool_backward(a, b, &g, kind),
                         _ => unreachable!("matched above"),
                     }]
@@ -798,6 +1077,23 @@ mod fusion {
                 dims,
                 Op::DwBackwardW(*g),
             )
+        }
+
+        fn pw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+            let [n, _, h, wd] = x.shape.dims();
+            let dims = [n, w.shape.dims::<4>()[0], h, wd];
+            register::<B>("darts_pw_forward", vec![x, w], dims, Op::PwForward)
+        }
+
+        fn pw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+            let [n, _, h, wd] = gy.shape.dims();
+            let dims = [n, w.shape.dims::<4>()[1], h, wd];
+            register::<B>("darts_pw_backward_x", vec![gy, w], dims, Op::PwBackwardX)
+        }
+
+        fn pw_backward_w(x: FloatTensor<Self>, gy: FloatTensor<Self>) -> FloatTensor<Self> {
+            let dims = [gy.shape.dims::<4>()[1], x.shape.dims::<4>()[1], 1, 1];
+            register::<B>("darts_pw_backward_w", vec![x, gy], dims, Op::PwBackwardW)
         }
 
         fn bn_forward(x: FloatTensor<Self>, epsilon: f64) -> [FloatTensor<Self>; 3] {

@@ -1,5 +1,5 @@
 //! Operations for the GPU backends (wgpu, CUDA), built to launch few kernels: the depthwise
-//! convolution ([`depthwise_autodiff`]), 2-D pooling ([`pool_autodiff`]) and training-mode
+//! convolution ([`depthwise_autodiff`]), the 1×1 convolution ([`pointwise_autodiff`]), 2-D pooling ([`pool_autodiff`]) and training-mode
 //! BatchNorm ([`normalize_autodiff`]) as custom autodiff operations over the primitives of
 //! [`GpuOps`], and a launch-free join of the parameters' autodiff graphs ([`join_graphs`]).
 //!
@@ -84,6 +84,37 @@ pub trait GpuOps: Backend {
         depthwise_weight_grad::<Self>(float(x), float(gy), g)
             .into_primitive()
             .tensor()
+    }
+
+    /// 1×1 convolution without bias: `x` `[n, ci, h, w]`, `w` `[co, ci, 1, 1]` →
+    /// `[n, co, h, w]` (Burn's provided form: one broadcast matrix product).
+    fn pw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, w) = (float::<Self>(x), float::<Self>(w));
+        let [n, ci, h, wd] = x.dims();
+        let co = w.dims()[0];
+        let y = w.reshape([1, co, ci]).matmul(x.reshape([n, ci, h * wd]));
+        y.reshape([n, co, h, wd]).into_primitive().tensor()
+    }
+
+    /// Input gradient `[n, ci, h, w]` of [`GpuOps::pw_forward`] for the output gradient `gy`
+    /// `[n, co, h, w]`: `Wᵀ · g` per image.
+    fn pw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (gy, w) = (float::<Self>(gy), float::<Self>(w));
+        let [n, co, h, wd] = gy.dims();
+        let ci = w.dims()[1];
+        let wt = w.reshape([1, co, ci]).swap_dims(1, 2);
+        let gx = wt.matmul(gy.reshape([n, co, h * wd]));
+        gx.reshape([n, ci, h, wd]).into_primitive().tensor()
+    }
+
+    /// Weight gradient `[co, ci, 1, 1]` of [`GpuOps::pw_forward`]: `Σ_n g_n · x_nᵀ`.
+    fn pw_backward_w(x: FloatTensor<Self>, gy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, gy) = (float::<Self>(x), float::<Self>(gy));
+        let [n, ci, h, wd] = x.dims();
+        let co = gy.dims()[1];
+        let xt = x.reshape([n, ci, h * wd]).swap_dims(1, 2);
+        let gw = gy.reshape([n, co, h * wd]).matmul(xt).sum_dim(0);
+        gw.reshape([co, ci, 1, 1]).into_primitive().tensor()
     }
 
     /// Training-mode batch normalisation without affine parameters: `x̂ = (x − μ)/√(σ² + ε)`
@@ -315,6 +346,71 @@ pub(crate) fn depthwise<B: Backend>(
     g: Window,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
     Err(try_gpu_types!(B, (x, w), try_depthwise, g))
+}
+
+#[derive(Debug)]
+struct PointwiseBackward;
+
+impl<I: GpuOps> Backward<I, 2> for PointwiseBackward {
+    type State = (FloatTensor<I>, FloatTensor<I>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let gy = grads.consume::<I>(&ops.node);
+        let (x, w) = ops.state;
+        if let Some(node) = node_w {
+            grads.register::<I>(node.id, I::pw_backward_w(x, gy.clone()));
+        }
+        if let Some(node) = node_x {
+            grads.register::<I>(node.id, I::pw_backward_x(gy, w));
+        }
+    }
+}
+
+/// 1×1 convolution (`x` `[n, ci, h, w]`, `w` `[co, ci, 1, 1]`) on `Autodiff<I>` (no
+/// checkpointing) through [`GpuOps::pw_forward`] and its two gradients: on the CubeCL
+/// backends one launch forward, one for the input gradient and two for the weight gradient.
+pub fn pointwise_autodiff<I: GpuOps>(
+    x: Tensor<Autodiff<I>, 4>,
+    w: Tensor<Autodiff<I>, 4>,
+) -> Tensor<Autodiff<I>, 4> {
+    let xa = x.into_primitive().tensor();
+    let wa = w.into_primitive().tensor();
+    let prep = PointwiseBackward
+        .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
+        .compute_bound()
+        .stateful();
+    let y = I::pw_forward(xa.primitive.clone(), wa.primitive.clone());
+    let out = match prep {
+        OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn try_pointwise<B: Backend, I: GpuOps>(
+    (x, w): (Tensor<B, 4>, Tensor<B, 4>),
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    if is::<B, I>() {
+        let (x, w) = (same::<_, Tensor<I, 4>>(x), same::<_, Tensor<I, 4>>(w));
+        let y = I::pw_forward(x.into_primitive().tensor(), w.into_primitive().tensor());
+        return Ok(same(float::<I>(y)));
+    }
+    if !is::<B, Autodiff<I>>() {
+        return Err((x, w));
+    }
+    let (x, w) = (same(x), same(w));
+    Ok(same(pointwise_autodiff::<I>(x, w)))
+}
+
+/// 1×1 convolution through [`GpuOps`] on the GPU backends (with or without autodiff); `Err`
+/// gives the inputs back on every other backend.
+pub(crate) fn pointwise<B: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    Err(try_gpu_types!(B, (x, w), try_pointwise))
 }
 
 #[derive(Debug)]

@@ -199,6 +199,10 @@ pub fn pointwise_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Te
         Ok(y) => return y,
         Err(back) => back,
     };
+    let (x, weight) = match gpu::pointwise(x, weight) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
     pointwise_matmul(x, weight, [n, c_in, h, w], c_out)
 }
 
