@@ -1,17 +1,19 @@
 //! Operations for the GPU backends (wgpu, CUDA), built to launch few kernels: the depthwise
-//! convolution ([`depthwise_autodiff`]), the 1×1 convolution ([`pointwise_autodiff`]), 2-D pooling ([`pool_autodiff`]) and training-mode
-//! BatchNorm ([`normalize_autodiff`]) as custom autodiff operations over the primitives of
-//! [`GpuOps`], and a launch-free join of the parameters' autodiff graphs ([`join_graphs`]).
+//! convolution ([`depthwise_autodiff`]), the 1×1 convolution ([`pointwise_autodiff`]), 2-D
+//! pooling ([`pool_autodiff`]) and training-mode BatchNorm ([`normalize_autodiff`]) as custom
+//! autodiff operations over the primitives of [`GpuOps`], and a launch-free join of the
+//! parameters' autodiff graphs ([`join_graphs`]).
 //!
 //! [`GpuOps`]' provided methods are Burn's own operations, so everything here is generic over
 //! the inner backend (the tests run it on `Flex` against Burn's operations); `CubeBackend` and
 //! `Fusion<CubeBackend>` — the types `--device wgpu|cuda` use — override each primitive with a
 //! single CubeCL kernel (`kernels::cube`): one launch per depthwise forward, input gradient,
-//! pooling forward and backward, BatchNorm forward and backward, two for the depthwise weight
-//! gradient. Burn 0.21's own operations take several launches each (pooling permutes to NHWC
-//! and back; a grouped convolution's weight gradient loops over the groups, two slices, two
-//! copies, a direct convolution and a `slice_assign` per channel; BatchNorm composed of tensor
-//! operations is ~35 launches), and on a GPU a DARTS step costs what its launches cost.
+//! 1×1 forward and input gradient, pooling forward and backward, BatchNorm forward and
+//! backward, two for the depthwise and 1×1 weight gradients. Burn 0.21's own operations take
+//! several launches each (pooling permutes to NHWC and back; a grouped convolution's weight
+//! gradient loops over the groups, two slices, two copies, a direct convolution and a
+//! `slice_assign` per channel; BatchNorm composed of tensor operations is ~35 launches), and on
+//! a GPU a DARTS step costs what its launches cost.
 //!
 //! The dispatch enters these paths only when the caller's generic backend *is* one of the GPU
 //! types (checked by `TypeId`); everything else keeps Burn's operation.

@@ -179,10 +179,11 @@ pub fn depthwise_conv2d<B: Backend>(
 }
 
 /// 1×1 convolution without bias, stride 1, no padding: `x` `[n, c_in, h, w]`, `weight`
-/// `[c_out, c_in, 1, 1]`, as one batched matrix product `W · X_n` on every backend (its backward
-/// is two more). On `Flex` it is a custom op (the weight enters the autodiff graph directly);
-/// elsewhere it is Burn's broadcasting `matmul`, not Burn's general convolution, whose weight
-/// gradient is a serial per-thread reduction on the GPU backends.
+/// `[c_out, c_in, 1, 1]`, as one batched matrix product `W · X_n` (its backward is two more),
+/// never Burn's general convolution, whose weight gradient is a serial per-thread reduction on
+/// the GPU backends. On `Flex` it is a custom op over `gemm` (the weight enters the autodiff
+/// graph directly); on the wgpu/CUDA types a custom op over CubeCL kernels of this crate
+/// ([`gpu::pointwise_autodiff`]); elsewhere Burn's broadcasting `matmul`.
 pub fn pointwise_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c_in, h, w] = x.dims();
     let [c_out, ci, kh, kw] = weight.dims();
