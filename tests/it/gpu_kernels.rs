@@ -2,11 +2,12 @@
 //! own type, i.e. inside Burn's fusion stream) against their definitions (plain f64 loops here)
 //! and against Burn's own operations (the trait's provided methods, on flex): the depthwise
 //! convolution forward, input gradient and weight gradient for every geometry DARTS uses
-//! (3×3 and 5×5, stride 1 and 2, dilation 1 and 2) plus 7×7 and odd sizes; max and average
+//! (3×3 and 5×5, stride 1 and 2, dilation 1 and 2) plus 7×7 and odd sizes, plain and with
+//! the ReLU read with the input; max and average
 //! pooling (both padding conventions) forward and backward, the max pool's ties included
 //! (first maximum in row-major window order); the 1×1 convolution forward and both gradients;
-//! training-mode BatchNorm forward (x̂, batch mean and variance) and backward. `N·C` spans many workgroups (and, for the weight
-//! gradient, `N·Ho·Wo` many passes of a 256-unit cube).
+//! training-mode BatchNorm forward (x̂, batch mean and variance) and backward. `N·C` spans many
+//! workgroups (and, for the weight gradient, `N·Ho·Wo` many passes of a 256-unit cube).
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 use burn::backend::Flex;
@@ -256,6 +257,44 @@ pub fn check_depthwise<G: GpuOps>(device: &G::Device) {
                 &gw,
                 &as_f64(&gw_burn),
             );
+
+            // The same convolution after a ReLU read with the input: the definition on
+            // max(x, 0), the input gradient zero where x ≤ 0 (about half the values).
+            let xr: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+            let yr_def = dw_forward_def(&xr, &wt, &g);
+            let (gxr_pre, gwr_def) = dw_backward_def(&xr, &wt, &gy, &g);
+            let gxr_def: Vec<f64> = gxr_pre
+                .iter()
+                .zip(&x)
+                .map(|(d, v)| if *v > 0.0 { *d } else { 0.0 })
+                .collect();
+            let relu_ops = |xd_: [usize; 4], dev: &G::Device| {
+                let y = G::dw_relu_forward(prim::<G>(&x, xd_, dev), prim::<G>(&wt, wd, dev), &g);
+                let gx = G::dw_relu_backward_x(
+                    prim::<G>(&gy, gyd, dev),
+                    prim::<G>(&wt, wd, dev),
+                    prim::<G>(&x, xd_, dev),
+                    &g,
+                );
+                let gw =
+                    G::dw_relu_backward_w(prim::<G>(&x, xd_, dev), prim::<G>(&gy, gyd, dev), &g);
+                (read::<G>(y), read::<G>(gx), read::<G>(gw))
+            };
+            let (yr, gxr, gwr) = relu_ops(xd, device);
+            assert_close(&format!("{what} ReLU forward"), &yr, &yr_def);
+            assert_close(&format!("{what} ReLU input gradient"), &gxr, &gxr_def);
+            assert_close(&format!("{what} ReLU weight gradient"), &gwr, &gwr_def);
+            let gxr_burn = read::<Flex>(Flex::dw_relu_backward_x(
+                prim::<Flex>(&gy, gyd, &flex),
+                prim::<Flex>(&wt, wd, &flex),
+                prim::<Flex>(&x, xd, &flex),
+                &g,
+            ));
+            assert_close(
+                &format!("{what} ReLU input gradient vs Burn"),
+                &gxr,
+                &as_f64(&gxr_burn),
+            );
         }
     }
 }
@@ -483,9 +522,16 @@ pub fn check_inference_entry_points<G: GpuOps>(device: &G::Device) {
     let xf = Tensor::<Flex, 4>::from_data(TensorData::new(x, dims), &flex);
     let wf = Tensor::<Flex, 4>::from_data(TensorData::new(wt, [5, 1, 3, 3]), &flex);
     let v = |t: TensorData| t.to_vec::<f32>().unwrap();
-    let dg = v(kernels::depthwise_conv2d(xg.clone(), wg, [2, 2], [2, 2], [2, 2]).into_data());
-    let df = v(kernels::depthwise_conv2d(xf.clone(), wf, [2, 2], [2, 2], [2, 2]).into_data());
+    let dg =
+        v(kernels::depthwise_conv2d(xg.clone(), wg.clone(), [2, 2], [2, 2], [2, 2]).into_data());
+    let df =
+        v(kernels::depthwise_conv2d(xf.clone(), wf.clone(), [2, 2], [2, 2], [2, 2]).into_data());
     assert_close("inference depthwise", &dg, &as_f64(&df));
+    let rg = v(
+        kernels::relu_depthwise_conv2d(xg.clone(), wg.clone(), [1, 1], [1, 1], [1, 1]).into_data(),
+    );
+    let rf = v(kernels::relu_depthwise_conv2d(xf.clone(), wf, [1, 1], [1, 1], [1, 1]).into_data());
+    assert_close("inference ReLU + depthwise", &rg, &as_f64(&rf));
     let pg = v(kernels::pool2d(xg.clone(), Pooling::Max, 3, 2, 1).into_data());
     let pf = v(kernels::pool2d(xf.clone(), Pooling::Max, 3, 2, 1).into_data());
     assert_close("inference max pool", &pg, &as_f64(&pf));

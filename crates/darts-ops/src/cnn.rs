@@ -135,7 +135,7 @@ impl<B: Backend> DilConv<B> {
 
     /// `BN(pointwise(depthwise(ReLU(x))))`, the depthwise convolution dilated and strided.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.depthwise.forward(relu(x));
+        let x = self.depthwise.forward_relu(x);
         self.bn.forward(self.pointwise.forward(x))
     }
 }

@@ -123,6 +123,23 @@ impl<B: Backend> Conv2d<B> {
             ConvOptions::new(self.stride, self.padding, self.dilation, self.groups),
         )
     }
+
+    /// `forward(max(x, 0))`. A depthwise layer on the wgpu/CUDA types reads the ReLU with its
+    /// input in one op ([`crate::kernels::relu_depthwise_conv2d`]); every other layer and
+    /// backend applies [`crate::kernels::relu`] first.
+    pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [c_out, c_in_per_group, _, _] = self.weight.dims();
+        if self.groups > 1 && c_in_per_group == 1 && c_out == self.groups {
+            return crate::kernels::relu_depthwise_conv2d(
+                x,
+                self.weight.val(),
+                self.stride,
+                self.padding,
+                self.dilation,
+            );
+        }
+        self.forward(crate::kernels::relu(x))
+    }
 }
 
 /// A fully connected layer `y = x W + b` (`W` stored `[in, out]`), PyTorch initialisation.

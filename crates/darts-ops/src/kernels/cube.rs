@@ -59,6 +59,7 @@ fn dw_forward_kernel<F: Float>(
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
     #[comptime] bx: u32,
+    #[comptime] relu: bool,
 ) {
     let ox0 = ABSOLUTE_POS_X * bx;
     let oy = ABSOLUTE_POS_Y;
@@ -92,6 +93,9 @@ fn dw_forward_kernel<F: Float>(
                 let mut v = F::new(0.0);
                 if ix >= p.1 && ix < wd + p.1 {
                     v = x[row + (ix - p.1) as usize];
+                    if comptime!(relu) {
+                        v = F::max(v, F::new(0.0));
+                    }
                 }
                 seg[t as usize] = v;
             }
@@ -125,6 +129,8 @@ fn dw_backward_x_kernel<F: Float>(
     #[comptime] s: (u32, u32),
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
+    #[comptime] relu: bool,
+    x: &Tensor<F>,
 ) {
     let ix = ABSOLUTE_POS_X;
     let iy = ABSOLUTE_POS_Y;
@@ -162,7 +168,13 @@ fn dw_backward_x_kernel<F: Float>(
             }
         }
     }
-    gx[(plane * h as usize + iy as usize) * wd as usize + ix as usize] = acc;
+    let at = (plane * h as usize + iy as usize) * wd as usize + ix as usize;
+    if comptime!(relu) {
+        if x[at] <= F::new(0.0) {
+            acc = F::new(0.0);
+        }
+    }
+    gx[at] = acc;
 }
 
 /// Depthwise convolution input gradient for stride 1: one unit per `BX` neighbouring inputs of
@@ -179,6 +191,8 @@ fn dw_backward_x_s1_kernel<F: Float>(
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
     #[comptime] bx: u32,
+    #[comptime] relu: bool,
+    x: &Tensor<F>,
 ) {
     let _ = s;
     let ix0 = ABSOLUTE_POS_X * bx;
@@ -232,7 +246,13 @@ fn dw_backward_x_s1_kernel<F: Float>(
     #[unroll]
     for b in 0..bx {
         if ix0 + b < wd {
-            gx[out + b as usize] = acc[b as usize];
+            let mut v = acc[b as usize];
+            if comptime!(relu) {
+                if x[out + b as usize] <= F::new(0.0) {
+                    v = F::new(0.0);
+                }
+            }
+            gx[out + b as usize] = v;
         }
     }
 }
@@ -250,6 +270,7 @@ fn dw_backward_w_kernel<F: Float>(
     #[comptime] s: (u32, u32),
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
+    #[comptime] relu: bool,
 ) {
     if ABSOLUTE_POS >= partial.len() {
         terminate!();
@@ -275,7 +296,11 @@ fn dw_backward_w_kernel<F: Float>(
             for ox in 0..wo {
                 let ix = ox * s.1 + j * d.1;
                 if ix >= p.1 && ix < wd + p.1 {
-                    acc += x[xrow + (ix - p.1) as usize] * gy[grow + ox as usize];
+                    let mut v = x[xrow + (ix - p.1) as usize];
+                    if comptime!(relu) {
+                        v = F::max(v, F::new(0.0));
+                    }
+                    acc += v * gy[grow + ox as usize];
                 }
             }
         }
@@ -709,6 +734,79 @@ macro_rules! launch_depthwise {
     }};
 }
 
+/// Depthwise forward of `x` (or of `max(x, 0)` with `relu`), one launch.
+fn dw_forward_launch<R: CubeRuntime, F: FloatElement>(
+    x: CubeTensor<R>,
+    w: CubeTensor<R>,
+    g: &Window,
+    relu: bool,
+) -> CubeTensor<R> {
+    let (x, w) = (into_contiguous(x), into_contiguous(w));
+    let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
+    let cubes = grid(g.n * g.c, g.ho(), g.wo().div_ceil(DW_BLOCK as usize));
+    launch_depthwise!(dw_forward_kernel, cubes, x, w, y, g, DW_BLOCK, relu);
+    y
+}
+
+/// Depthwise input gradient, one launch; with `relu_input = Some(x)` the gradient of the
+/// convolution of `max(x, 0)` with respect to `x` (zero where `x ≤ 0`).
+fn dw_backward_x_launch<R: CubeRuntime, F: FloatElement>(
+    gy: CubeTensor<R>,
+    w: CubeTensor<R>,
+    relu_input: Option<CubeTensor<R>>,
+    g: &Window,
+) -> CubeTensor<R> {
+    let (gy, w) = (into_contiguous(gy), into_contiguous(w));
+    let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
+    let relu = relu_input.is_some();
+    // Without the ReLU the kernels never read `x`: the gradient stands in for it.
+    let x = relu_input
+        .map(into_contiguous)
+        .unwrap_or_else(|| gy.clone());
+    if g.stride == [1, 1] {
+        let cubes = grid(g.n * g.c, g.h, g.w.div_ceil(DW_BLOCK as usize));
+        let x = x.into_tensor_arg();
+        launch_depthwise!(
+            dw_backward_x_s1_kernel,
+            cubes,
+            gy,
+            w,
+            gx,
+            g,
+            DW_BLOCK,
+            relu,
+            x
+        );
+    } else {
+        let cubes = grid(g.n * g.c, g.h, g.w);
+        let x = x.into_tensor_arg();
+        launch_depthwise!(dw_backward_x_kernel, cubes, gy, w, gx, g, relu, x);
+    }
+    gx
+}
+
+/// Depthwise weight gradient (of the convolution of `max(x, 0)` with `relu`): the per-image
+/// partial sums in one launch, then Burn's sum over the batch.
+fn dw_backward_w_launch<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: CubeTensor<R>,
+    gy: CubeTensor<R>,
+    g: &Window,
+    relu: bool,
+) -> CubeTensor<R> {
+    let (x, gy) = (into_contiguous(x), into_contiguous(gy));
+    let taps = g.kh * g.kw;
+    let partial = empty_like::<R, F>(&x, [g.n, g.c, taps, 1]);
+    let units = g.n * g.c * taps;
+    let dim = CubeDim::new(&x.client, units);
+    let cubes = (calculate_cube_count_elemwise(&x.client, units, dim), dim);
+    launch_depthwise!(dw_backward_w_kernel, cubes, x, gy, partial, g, relu);
+    BurnTensor::<CubeBackend<R, F, I, BT>, 4>::from_primitive(TensorPrimitive::Float(partial))
+        .sum_dim(0)
+        .reshape([g.c, 1, g.kh, g.kw])
+        .into_primitive()
+        .tensor()
+}
+
 /// Launch [`pw_kernel`] for `out` `[n, co, h, w]` from `a` `[n, ci, h, w]` and the weight.
 fn launch_pointwise<R: CubeRuntime, F: FloatElement>(
     a: CubeTensor<R>,
@@ -742,39 +840,40 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
     for CubeBackend<R, F, I, BT>
 {
     fn dw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
-        let (x, w) = (into_contiguous(x), into_contiguous(w));
-        let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
-        let cubes = grid(g.n * g.c, g.ho(), g.wo().div_ceil(DW_BLOCK as usize));
-        launch_depthwise!(dw_forward_kernel, cubes, x, w, y, g, DW_BLOCK);
-        y
+        dw_forward_launch::<R, F>(x, w, g, false)
     }
 
     fn dw_backward_x(gy: FloatTensor<Self>, w: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
-        let (gy, w) = (into_contiguous(gy), into_contiguous(w));
-        let gx = empty_like::<R, F>(&gy, [g.n, g.c, g.h, g.w]);
-        if g.stride == [1, 1] {
-            let cubes = grid(g.n * g.c, g.h, g.w.div_ceil(DW_BLOCK as usize));
-            launch_depthwise!(dw_backward_x_s1_kernel, cubes, gy, w, gx, g, DW_BLOCK);
-        } else {
-            let cubes = grid(g.n * g.c, g.h, g.w);
-            launch_depthwise!(dw_backward_x_kernel, cubes, gy, w, gx, g);
-        }
-        gx
+        dw_backward_x_launch::<R, F>(gy, w, None, g)
     }
 
     fn dw_backward_w(x: FloatTensor<Self>, gy: FloatTensor<Self>, g: &Window) -> FloatTensor<Self> {
-        let (x, gy) = (into_contiguous(x), into_contiguous(gy));
-        let taps = g.kh * g.kw;
-        let partial = empty_like::<R, F>(&x, [g.n, g.c, taps, 1]);
-        let units = g.n * g.c * taps;
-        let dim = CubeDim::new(&x.client, units);
-        let cubes = (calculate_cube_count_elemwise(&x.client, units, dim), dim);
-        launch_depthwise!(dw_backward_w_kernel, cubes, x, gy, partial, g);
-        BurnTensor::<Self, 4>::from_primitive(TensorPrimitive::Float(partial))
-            .sum_dim(0)
-            .reshape([g.c, 1, g.kh, g.kw])
-            .into_primitive()
-            .tensor()
+        dw_backward_w_launch::<R, F, I, BT>(x, gy, g, false)
+    }
+
+    fn dw_relu_forward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        g: &Window,
+    ) -> FloatTensor<Self> {
+        dw_forward_launch::<R, F>(x, w, g, true)
+    }
+
+    fn dw_relu_backward_x(
+        gy: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        g: &Window,
+    ) -> FloatTensor<Self> {
+        dw_backward_x_launch::<R, F>(gy, w, Some(x), g)
+    }
+
+    fn dw_relu_backward_w(
+        x: FloatTensor<Self>,
+        gy: FloatTensor<Self>,
+        g: &Window,
+    ) -> FloatTensor<Self> {
+        dw_backward_w_launch::<R, F, I, BT>(x, gy, g, true)
     }
 
     fn pw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -959,6 +1058,9 @@ mod fusion {
         DwForward(Window),
         DwBackwardX(Window),
         DwBackwardW(Window),
+        DwReluForward(Window),
+        DwReluBackwardX(Window),
+        DwReluBackwardW(Window),
         PwForward,
         PwBackwardX,
         PwBackwardW,
@@ -989,6 +1091,10 @@ mod fusion {
                     std::iter::once(y).chain(saved).collect()
                 }
                 Op::BnForward(eps) => B::bn_forward(input(handles, 0), eps).into(),
+                Op::DwReluBackwardX(g) => {
+                    let (gy, w) = (input(handles, 0), input(handles, 1));
+                    vec![B::dw_relu_backward_x(gy, w, input(handles, 2), &g)]
+                }
                 Op::BnBackward(eps) => {
                     let (y, var) = (input(handles, 0), input(handles, 1));
                     vec![B::bn_backward(y, var, input(handles, 2), eps)]
@@ -999,6 +1105,8 @@ mod fusion {
                         Op::DwForward(g) => B::dw_forward(a, b, &g),
                         Op::DwBackwardX(g) => B::dw_backward_x(a, b, &g),
                         Op::DwBackwardW(g) => B::dw_backward_w(a, b, &g),
+                        Op::DwReluForward(g) => B::dw_relu_forward(a, b, &g),
+                        Op::DwReluBackwardW(g) => B::dw_relu_backward_w(a, b, &g),
                         Op::PwForward => B::pw_forward(a, b),
                         Op::PwBackwardX => B::pw_backward_x(a, b),
                         Op::PwBackwardW => B::pw_backward_w(a, b),
@@ -1077,6 +1185,37 @@ mod fusion {
                 dims,
                 Op::DwBackwardW(*g),
             )
+        }
+
+        fn dw_relu_forward(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            g: &Window,
+        ) -> FloatTensor<Self> {
+            let dims = [g.n, g.c, g.ho(), g.wo()];
+            let op = Op::DwReluForward(*g);
+            register::<B>("darts_dw_relu_forward", vec![x, w], dims, op)
+        }
+
+        fn dw_relu_backward_x(
+            gy: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            x: FloatTensor<Self>,
+            g: &Window,
+        ) -> FloatTensor<Self> {
+            let dims = [g.n, g.c, g.h, g.w];
+            let op = Op::DwReluBackwardX(*g);
+            register::<B>("darts_dw_relu_backward_x", vec![gy, w, x], dims, op)
+        }
+
+        fn dw_relu_backward_w(
+            x: FloatTensor<Self>,
+            gy: FloatTensor<Self>,
+            g: &Window,
+        ) -> FloatTensor<Self> {
+            let dims = [g.c, 1, g.kh, g.kw];
+            let op = Op::DwReluBackwardW(*g);
+            register::<B>("darts_dw_relu_backward_w", vec![x, gy], dims, op)
         }
 
         fn pw_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {

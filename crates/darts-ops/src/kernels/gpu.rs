@@ -1,5 +1,6 @@
 //! Operations for the GPU backends (wgpu, CUDA), built to launch few kernels: the depthwise
-//! convolution ([`depthwise_autodiff`]), the 1×1 convolution ([`pointwise_autodiff`]), 2-D
+//! convolution ([`depthwise_autodiff`], and after a ReLU read with its input,
+//! [`relu_depthwise_autodiff`]), the 1×1 convolution ([`pointwise_autodiff`]), 2-D
 //! pooling ([`pool_autodiff`]) and training-mode BatchNorm ([`normalize_autodiff`]) as custom
 //! autodiff operations over the primitives of [`GpuOps`], and a launch-free join of the
 //! parameters' autodiff graphs ([`join_graphs`]).
@@ -86,6 +87,38 @@ pub trait GpuOps: Backend {
         depthwise_weight_grad::<Self>(float(x), float(gy), g)
             .into_primitive()
             .tensor()
+    }
+
+    /// [`GpuOps::dw_forward`] of `max(x, 0)`: the ReLU before a DARTS depthwise convolution,
+    /// read with the input (on the CubeCL backends, no ReLU tensor and no launch of its own).
+    fn dw_relu_forward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        g: &Window,
+    ) -> FloatTensor<Self> {
+        Self::dw_forward(Self::relu(x), w, g)
+    }
+
+    /// Input gradient of [`GpuOps::dw_relu_forward`] with respect to `x` (the ReLU's input):
+    /// [`GpuOps::dw_backward_x`] where `x > 0`, zero elsewhere.
+    fn dw_relu_backward_x(
+        gy: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        g: &Window,
+    ) -> FloatTensor<Self> {
+        let gx = float::<Self>(Self::dw_backward_x(gy, w, g));
+        let off = float::<Self>(x).lower_equal_elem(0.0);
+        gx.mask_fill(off, 0.0).into_primitive().tensor()
+    }
+
+    /// Weight gradient of [`GpuOps::dw_relu_forward`]: [`GpuOps::dw_backward_w`] of `max(x, 0)`.
+    fn dw_relu_backward_w(
+        x: FloatTensor<Self>,
+        gy: FloatTensor<Self>,
+        g: &Window,
+    ) -> FloatTensor<Self> {
+        Self::dw_backward_w(Self::relu(x), gy, g)
     }
 
     /// 1×1 convolution without bias: `x` `[n, ci, h, w]`, `w` `[co, ci, 1, 1]` →
@@ -246,17 +279,28 @@ fn float<I: Backend>(t: FloatTensor<I>) -> Tensor<I, 4> {
 struct DepthwiseBackward;
 
 impl<I: GpuOps> Backward<I, 2> for DepthwiseBackward {
-    type State = (FloatTensor<I>, FloatTensor<I>, Window);
+    /// The input, the filters, the geometry and whether a ReLU precedes the convolution.
+    type State = (FloatTensor<I>, FloatTensor<I>, Window, bool);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w] = ops.parents;
         let gy = grads.consume::<I>(&ops.node);
-        let (x, w, g) = ops.state;
+        let (x, w, g, relu) = ops.state;
         if let Some(node) = node_w {
-            grads.register::<I>(node.id, I::dw_backward_w(x, gy.clone(), &g));
+            let gw = if relu {
+                I::dw_relu_backward_w(x.clone(), gy.clone(), &g)
+            } else {
+                I::dw_backward_w(x.clone(), gy.clone(), &g)
+            };
+            grads.register::<I>(node.id, gw);
         }
         if let Some(node) = node_x {
-            grads.register::<I>(node.id, I::dw_backward_x(gy, w, &g));
+            let gx = if relu {
+                I::dw_relu_backward_x(gy, w, x, &g)
+            } else {
+                I::dw_backward_x(gy, w, &g)
+            };
+            grads.register::<I>(node.id, gx);
         }
     }
 }
@@ -267,37 +311,68 @@ pub fn depthwise_autodiff<I: GpuOps>(
     w: Tensor<Autodiff<I>, 4>,
     g: Window,
 ) -> Tensor<Autodiff<I>, 4> {
+    depthwise_op::<I>(x, w, g, false)
+}
+
+/// The depthwise convolution of `max(x, 0)` on `Autodiff<I>` as one custom op
+/// ([`GpuOps::dw_relu_forward`] and its gradients): the ReLU costs no tensor and, on the CubeCL
+/// backends, no launch; the backward keeps `x` instead of the ReLU's output.
+pub fn relu_depthwise_autodiff<I: GpuOps>(
+    x: Tensor<Autodiff<I>, 4>,
+    w: Tensor<Autodiff<I>, 4>,
+    g: Window,
+) -> Tensor<Autodiff<I>, 4> {
+    depthwise_op::<I>(x, w, g, true)
+}
+
+fn depthwise_op<I: GpuOps>(
+    x: Tensor<Autodiff<I>, 4>,
+    w: Tensor<Autodiff<I>, 4>,
+    g: Window,
+    relu: bool,
+) -> Tensor<Autodiff<I>, 4> {
     let xa = x.into_primitive().tensor();
     let wa = w.into_primitive().tensor();
     let prep = DepthwiseBackward
         .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
         .compute_bound()
         .stateful();
-    let y = I::dw_forward(xa.primitive.clone(), wa.primitive.clone(), &g);
+    let (xp, wp) = (xa.primitive.clone(), wa.primitive.clone());
+    let y = if relu {
+        I::dw_relu_forward(xp, wp, &g)
+    } else {
+        I::dw_forward(xp, wp, &g)
+    };
     let out = match prep {
-        OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive, g), y),
+        OpsKind::Tracked(prep) => prep.finish((xa.primitive, wa.primitive, g, relu), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// Run [`depthwise_autodiff`] when `B` is `Autodiff<I>` for this `I`, [`GpuOps::dw_forward`]
-/// when `B` is `I` itself (inference); else give the inputs back.
+/// Run the depthwise op (after a ReLU with `relu`) on `Autodiff<I>` when `B` is that type,
+/// the plain forward when `B` is `I` itself (inference); else give the inputs back.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 fn try_depthwise<B: Backend, I: GpuOps>(
     (x, w): (Tensor<B, 4>, Tensor<B, 4>),
     g: Window,
+    relu: bool,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
     if is::<B, I>() {
         let (x, w) = (same::<_, Tensor<I, 4>>(x), same::<_, Tensor<I, 4>>(w));
-        let y = I::dw_forward(x.into_primitive().tensor(), w.into_primitive().tensor(), &g);
+        let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
+        let y = if relu {
+            I::dw_relu_forward(x, w, &g)
+        } else {
+            I::dw_forward(x, w, &g)
+        };
         return Ok(same(float::<I>(y)));
     }
     if !is::<B, Autodiff<I>>() {
         return Err((x, w));
     }
     let (x, w) = (same(x), same(w));
-    Ok(same(depthwise_autodiff::<I>(x, w, g)))
+    Ok(same(depthwise_op::<I>(x, w, g, relu)))
 }
 
 /// Whether `depthwise` takes this module's backward on backend `B`: `Autodiff<Wgpu>` and
@@ -339,15 +414,16 @@ pub fn is_gpu_type<B: Backend>() -> bool {
     yes
 }
 
-/// Depthwise convolution through [`GpuOps`] on the GPU backends (with autodiff: the custom op
-/// of [`depthwise_autodiff`]; without: [`GpuOps::dw_forward`]); `Err` gives the inputs back on
-/// every other backend.
+/// Depthwise convolution (of `max(x, 0)` with `relu`) through [`GpuOps`] on the GPU backends
+/// (with autodiff: the custom op of [`depthwise_autodiff`] / [`relu_depthwise_autodiff`];
+/// without: the forward); `Err` gives the inputs back on every other backend.
 pub(crate) fn depthwise<B: Backend>(
     x: Tensor<B, 4>,
     w: Tensor<B, 4>,
     g: Window,
+    relu: bool,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
-    Err(try_gpu_types!(B, (x, w), try_depthwise, g))
+    Err(try_gpu_types!(B, (x, w), try_depthwise, g, relu))
 }
 
 #[derive(Debug)]
