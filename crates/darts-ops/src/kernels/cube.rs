@@ -23,8 +23,10 @@
 //! and the weight gradient sums per image in a fixed order, then over the batch.
 
 // Kernel bodies are CubeCL's Rust dialect: `is_multiple_of` is not among the methods it
-// translates, `%` is.
-#![allow(clippy::manual_is_multiple_of)]
+// translates, `%` is; and a `comptime!` condition must be an `if` of its own to remove the code
+// it guards from the kernel (joined with `&&` to a runtime test it becomes a runtime `and`,
+// whose right side is evaluated).
+#![allow(clippy::manual_is_multiple_of, clippy::collapsible_if)]
 
 use super::cpu::Pooling;
 use super::cpu::Window;
