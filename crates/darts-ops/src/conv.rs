@@ -93,7 +93,7 @@ impl Conv2dConfig {
 impl<B: Backend> Conv2d<B> {
     /// Apply to `[N, C_in, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [c_out, c_in_per_group, kh, kw] = self.weight.dims();
+        let [_, _, kh, kw] = self.weight.dims();
         if self.groups == 1 && [kh, kw] == [1, 1] && self.padding == [0, 0] {
             // A strided 1×1 convolution (FactorizedReduce) is a 1×1 convolution of the
             // subsampled input. Besides being one matrix product, this avoids Burn 0.21's CubeCL
@@ -107,7 +107,7 @@ impl<B: Backend> Conv2d<B> {
             };
             return crate::kernels::pointwise_conv2d(x, self.weight.val());
         }
-        if self.groups > 1 && c_in_per_group == 1 && c_out == self.groups {
+        if self.is_depthwise() {
             return crate::kernels::depthwise_conv2d(
                 x,
                 self.weight.val(),
@@ -124,12 +124,17 @@ impl<B: Backend> Conv2d<B> {
         )
     }
 
+    /// One filter per input channel (groups = channels in = channels out).
+    fn is_depthwise(&self) -> bool {
+        let [c_out, c_in_per_group, _, _] = self.weight.dims();
+        self.groups > 1 && c_in_per_group == 1 && c_out == self.groups
+    }
+
     /// `forward(max(x, 0))`. A depthwise layer on the wgpu/CUDA types reads the ReLU with its
     /// input in one op ([`crate::kernels::relu_depthwise_conv2d`]); every other layer and
     /// backend applies [`crate::kernels::relu`] first.
     pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [c_out, c_in_per_group, _, _] = self.weight.dims();
-        if self.groups > 1 && c_in_per_group == 1 && c_out == self.groups {
+        if self.is_depthwise() {
             return crate::kernels::relu_depthwise_conv2d(
                 x,
                 self.weight.val(),

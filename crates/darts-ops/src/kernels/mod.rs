@@ -131,6 +131,36 @@ pub fn depthwise_conv2d<B: Backend>(
     padding: [usize; 2],
     dilation: [usize; 2],
 ) -> Tensor<B, 4> {
+    depthwise(x, weight, stride, padding, dilation, false)
+}
+
+/// [`depthwise_conv2d`] of `max(x, 0)`, the ReLU → depthwise pair every DARTS separable and
+/// dilated convolution starts with. On the wgpu/CUDA types one custom op whose kernels read
+/// the ReLU with their input ([`gpu::relu_depthwise_autodiff`]: no ReLU tensor kept for the
+/// backward, no launch of its own either way); elsewhere [`relu`] then [`depthwise_conv2d`].
+///
+/// # Panics
+/// As [`depthwise_conv2d`].
+pub fn relu_depthwise_conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Tensor<B, 4> {
+    depthwise(x, weight, stride, padding, dilation, true)
+}
+
+/// [`depthwise_conv2d`], of `max(x, 0)` when `with_relu`: the GPU types take the ReLU into
+/// their op, every other backend applies [`relu`] first.
+fn depthwise<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    with_relu: bool,
+) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     let [co, ci, kh, kw] = weight.dims();
     assert!(
@@ -149,21 +179,23 @@ pub fn depthwise_conv2d<B: Backend>(
         pad: padding,
         dil: dilation,
     };
+    let relu_first = |x| if with_relu { relu(x) } else { x };
     if burn_ops_forced() {
         let opts = ConvOptions::new(stride, padding, dilation, c);
-        return conv2d(x, weight, None, opts);
+        return conv2d(relu_first(x), weight, None, opts);
     }
-    #[cfg(feature = "flex")]
     let (x, weight) = if g.is_valid() {
-        match flex::depthwise(x, weight, g) {
+        match gpu::depthwise(x, weight, g, with_relu) {
             Ok(y) => return y,
             Err(back) => back,
         }
     } else {
         (x, weight)
     };
+    let x = relu_first(x);
+    #[cfg(feature = "flex")]
     let (x, weight) = if g.is_valid() {
-        match gpu::depthwise(x, weight, g, false) {
+        match flex::depthwise(x, weight, g) {
             Ok(y) => return y,
             Err(back) => back,
         }
@@ -176,44 +208,6 @@ pub fn depthwise_conv2d<B: Backend>(
         None,
         ConvOptions::new(stride, padding, dilation, c),
     )
-}
-
-/// [`depthwise_conv2d`] of `max(x, 0)`, the ReLU → depthwise pair every DARTS separable and
-/// dilated convolution starts with. On the wgpu/CUDA types one custom op whose kernels read
-/// the ReLU with their input ([`gpu::relu_depthwise_autodiff`]: no ReLU tensor kept for the
-/// backward, no launch of its own either way); elsewhere [`relu`] then [`depthwise_conv2d`].
-///
-/// # Panics
-/// As [`depthwise_conv2d`].
-pub fn relu_depthwise_conv2d<B: Backend>(
-    x: Tensor<B, 4>,
-    weight: Tensor<B, 4>,
-    stride: [usize; 2],
-    padding: [usize; 2],
-    dilation: [usize; 2],
-) -> Tensor<B, 4> {
-    let [n, c, h, w] = x.dims();
-    let [co, ci, kh, kw] = weight.dims();
-    let g = Window {
-        n,
-        c,
-        h,
-        w,
-        kh,
-        kw,
-        stride,
-        pad: padding,
-        dil: dilation,
-    };
-    let (x, weight) = if co == c && ci == 1 && g.is_valid() && !burn_ops_forced() {
-        match gpu::depthwise(x, weight, g, true) {
-            Ok(y) => return y,
-            Err(back) => back,
-        }
-    } else {
-        (x, weight)
-    };
-    depthwise_conv2d(relu(x), weight, stride, padding, dilation)
 }
 
 /// 1×1 convolution without bias, stride 1, no padding: `x` `[n, c_in, h, w]`, `weight`
