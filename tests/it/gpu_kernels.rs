@@ -6,7 +6,8 @@
 //! the ReLU read with the input; max and average
 //! pooling (both padding conventions) forward and backward, the max pool's ties included
 //! (first maximum in row-major window order); the 1×1 convolution forward and both gradients;
-//! training-mode BatchNorm forward (x̂, batch mean and variance) and backward. `N·C` spans many
+//! training-mode BatchNorm forward (x̂, batch mean and variance) and backward; a mixed op's
+//! weighted sum forward and both gradients (and through autodiff against flex). `N·C` spans many
 //! workgroups (and, for the weight gradient, `N·Ho·Wo` many passes of a 256-unit cube).
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
@@ -511,6 +512,146 @@ pub fn check_pointwise<G: GpuOps>(device: &G::Device) {
     }
 }
 
+/// A mixed op's weighted sum, forward and both gradients, against its definition and Burn's
+/// operations (flex): every candidate count from 1 to `MIX_MAX` (DARTS: 7 after `none`, at
+/// offset 1 of 8), with and without the accumulator, sizes below and above the weight
+/// gradient's 4096 units (so units sum several elements).
+pub fn check_mix<G: GpuOps>(device: &G::Device) {
+    let flex = Default::default();
+    let cases = [
+        (7, 1, 8, [16, 8, 8, 8], true),
+        (7, 1, 8, [3, 37, 9, 7], false),
+        (8, 0, 8, [2, 5, 11, 9], true),
+        (1, 0, 1, [1, 1, 1, 1], false),
+        (1, 2, 4, [2, 3, 4, 5], true),
+        (3, 2, 6, [5, 8, 3, 5], false),
+        (2, 0, 5, [2, 16, 16, 16], true),
+    ];
+    for (count, offset, ops, dims, with_acc) in cases {
+        let what = format!("mix of {count} at {offset}/{ops}, {dims:?}, accumulator {with_acc}");
+        let numel: usize = dims.iter().product();
+        let xs: Vec<Vec<f32>> = (0..count).map(|k| values(numel, 20 + k as u64)).collect();
+        let w = values(ops, 31);
+        let acc = values(numel, 32);
+        let gy = values(numel, 33);
+        let mut y_def = vec![0.0f64; numel];
+        let mut gw_def = vec![0.0f64; ops];
+        for (k, x) in xs.iter().enumerate() {
+            let wk = w[offset + k] as f64;
+            for e in 0..numel {
+                y_def[e] += wk * x[e] as f64;
+                gw_def[offset + k] += gy[e] as f64 * x[e] as f64;
+            }
+        }
+        if with_acc {
+            for (y, a) in y_def.iter_mut().zip(&acc) {
+                *y += *a as f64;
+            }
+        }
+        let w1 = |v: &[f32], d: &G::Device| -> FloatTensor<G> {
+            Tensor::<G, 1>::from_data(TensorData::new(v.to_vec(), [ops]), d)
+                .into_primitive()
+                .tensor()
+        };
+        let xs_g = || xs.iter().map(|x| prim::<G>(x, dims, device)).collect();
+        let acc_g = with_acc.then(|| prim::<G>(&acc, dims, device));
+        let y = read::<G>(G::mix_forward(xs_g(), w1(&w, device), offset, acc_g));
+        assert_close(&format!("{what}: forward"), &y, &y_def);
+        let gxs = G::mix_backward_x(prim::<G>(&gy, dims, device), w1(&w, device), offset, count);
+        assert_eq!(gxs.len(), count, "{what}: one gradient per candidate");
+        for (k, gx) in gxs.into_iter().enumerate() {
+            let want: Vec<f64> = gy
+                .iter()
+                .map(|&g| g as f64 * w[offset + k] as f64)
+                .collect();
+            assert_close(
+                &format!("{what}: gradient of candidate {k}"),
+                &read::<G>(gx),
+                &want,
+            );
+        }
+        let gw = G::mix_backward_w(xs_g(), prim::<G>(&gy, dims, device), offset, ops);
+        let gw = Tensor::<G, 1>::from_primitive(TensorPrimitive::Float(gw))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert_close(&format!("{what}: weight gradient"), &gw, &gw_def);
+
+        // Burn's own operations (the provided methods) agree too.
+        let w1f = Tensor::<Flex, 1>::from_data(TensorData::new(w.clone(), [ops]), &flex);
+        let xs_f = xs.iter().map(|x| prim::<Flex>(x, dims, &flex)).collect();
+        let acc_f = with_acc.then(|| prim::<Flex>(&acc, dims, &flex));
+        let w_f = w1f.clone().into_primitive().tensor();
+        let y_burn = read::<Flex>(Flex::mix_forward(xs_f, w_f, offset, acc_f));
+        assert_close(&format!("{what}: forward vs Burn"), &y, &as_f64(&y_burn));
+        let xs_f = xs.iter().map(|x| prim::<Flex>(x, dims, &flex)).collect();
+        let gy_f = prim::<Flex>(&gy, dims, &flex);
+        let gw_burn = Flex::mix_backward_w(xs_f, gy_f, offset, ops);
+        let gw_burn = Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(gw_burn))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert_close(
+            &format!("{what}: weight gradient vs Burn"),
+            &gw,
+            &as_f64(&gw_burn),
+        );
+    }
+}
+
+/// [`kernels::weighted_sum`] on the GPU autodiff type (one custom op) against flex (Burn's
+/// operations): the output and the gradients of every candidate, the weights and the
+/// accumulator, for a loss that weights every element differently.
+pub fn check_weighted_sum_autodiff<G: GpuOps>(device: &G::Device) {
+    use burn::backend::Autodiff;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        device: &B::Device,
+        ops: &[usize],
+        with_acc: bool,
+    ) -> Vec<Vec<f32>> {
+        let dims = [3, 4, 5, 6];
+        let numel = 3 * 4 * 5 * 6;
+        let t = |seed: u64| {
+            Tensor::<B, 4>::from_data(TensorData::new(values(numel, seed), dims), device)
+                .require_grad()
+        };
+        let xs: Vec<_> = (0..ops.len()).map(|k| t(40 + k as u64)).collect();
+        let w =
+            Tensor::<B, 1>::from_data(TensorData::new(values(8, 50), [8]), device).require_grad();
+        let acc = t(51);
+        let loss_w = Tensor::<B, 4>::from_data(TensorData::new(values(numel, 52), dims), device);
+        let y = kernels::weighted_sum(xs.clone(), w.clone(), ops, with_acc.then(|| acc.clone()));
+        let grads = (y.clone() * loss_w).sum().backward();
+        let v = |t: TensorData| t.to_vec::<f32>().unwrap();
+        let mut out = vec![v(y.into_data())];
+        out.extend(xs.iter().map(|x| v(x.grad(&grads).unwrap().into_data())));
+        out.push(v(w.grad(&grads).unwrap().into_data()));
+        if with_acc {
+            out.push(v(acc.grad(&grads).unwrap().into_data()));
+        }
+        out
+    }
+    for (ops, with_acc) in [
+        (&[1, 2, 3, 4, 5, 6, 7][..], true),
+        (&[1, 2, 3, 4, 5, 6, 7][..], false),
+        (&[0][..], true),
+        (&[2, 3, 4][..], false),
+        // Not consecutive: Burn's operations on both backends.
+        (&[0, 2, 5][..], true),
+    ] {
+        let gpu = run::<Autodiff<G>>(device, ops, with_acc);
+        let cpu = run::<Autodiff<Flex>>(&Default::default(), ops, with_acc);
+        assert_eq!(gpu.len(), cpu.len());
+        for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            assert_close(
+                &format!("weighted_sum {ops:?} (accumulator {with_acc}) output/gradient {i}"),
+                g,
+                &as_f64(c),
+            );
+        }
+    }
+}
+
 /// The public entry points on the plain (inference) GPU type take the kernels too and agree
 /// with flex.
 pub fn check_inference_entry_points<G: GpuOps>(device: &G::Device) {
@@ -571,6 +712,16 @@ mod wgpu {
     fn inference_entry_points_agree_with_flex() {
         super::check_inference_entry_points::<Wgpu>(&Default::default());
     }
+
+    #[test]
+    fn mix_kernels_agree_with_definition_and_burn() {
+        super::check_mix::<Wgpu>(&Default::default());
+    }
+
+    #[test]
+    fn weighted_sum_autodiff_agrees_with_flex() {
+        super::check_weighted_sum_autodiff::<Wgpu>(&Default::default());
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -605,5 +756,17 @@ mod cuda {
     #[ignore = "needs an NVIDIA GPU; run with --ignored"]
     fn inference_entry_points_agree_with_flex() {
         super::check_inference_entry_points::<Cuda>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn mix_kernels_agree_with_definition_and_burn() {
+        super::check_mix::<Cuda>(&Default::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU; run with --ignored"]
+    fn weighted_sum_autodiff_agrees_with_flex() {
+        super::check_weighted_sum_autodiff::<Cuda>(&Default::default());
     }
 }

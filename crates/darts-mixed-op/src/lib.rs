@@ -273,55 +273,34 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
         }
     }
 
-    /// The weighted sum over the stacked outputs, `Σ_k (w_sel ⊙ [y_1; …; y_k])` (a `[k, numel]`
-    /// stack, one broadcast multiply, one reduction): on the GPU backends a handful of kernel
-    /// launches instead of a multiply, an add and the slice of `w` per candidate, forward and
-    /// backward. `None` when fewer than two candidates are not `none`.
-    fn forward_stacked<const D: usize>(
-        &self,
-        x: Tensor<B, D>,
-        w: Tensor<B, 1>,
-    ) -> Option<Tensor<B, D>>
-    where
-        O: CandidateOp<B, D>,
-    {
-        let live: Vec<usize> = (0..self.ops.len())
-            .filter(|&k| !self.ops[k].is_zero())
-            .collect();
-        if live.len() < 2 {
-            return None;
-        }
-        let ys: Vec<Tensor<B, D>> = live
-            .iter()
-            .map(|&k| self.ops[k].forward(x.clone()))
-            .collect();
-        let shape = ys[0].dims();
-        let numel = shape.iter().product::<usize>();
-        let rows: Vec<Tensor<B, 2>> = ys.into_iter().map(|y| y.reshape([1, numel])).collect();
-        let contiguous = live.windows(2).all(|p| p[1] == p[0] + 1);
-        let w_live = if contiguous {
-            w.slice(live[0]..live[live.len() - 1] + 1)
-        } else {
-            let idx: Vec<i64> = live.iter().map(|&k| k as i64).collect();
-            let device = w.device();
-            w.select(
-                0,
-                Tensor::<B, 1, burn::tensor::Int>::from_data(
-                    burn::tensor::TensorData::new(idx, [live.len()]),
-                    &device,
-                ),
-            )
-        };
-        let y = (Tensor::cat(rows, 0) * w_live.reshape([live.len(), 1])).sum_dim(0);
-        Some(y.reshape(shape))
-    }
-
     /// Apply with op weights `w` (`[ops]`).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 1>) -> Tensor<B, D>
     where
         O: CandidateOp<B, D>,
     {
-        self.partial_channels(x, |x| self.mix(x, w))
+        self.partial_channels(x, |x| self.mix(x, w, None))
+    }
+
+    /// `acc + forward(x, w)`, the way a cell sums a node's edges: on the GPU types the add is
+    /// part of the weighted sum's single operation (no launch of its own); without partial
+    /// channels only, else an add after [`MixedOp::forward`].
+    pub fn forward_add<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        w: Tensor<B, 1>,
+        acc: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D>
+    where
+        O: CandidateOp<B, D>,
+    {
+        if self.partial <= 1 {
+            return self.mix(x, w, acc);
+        }
+        let y = self.forward(x, w);
+        match acc {
+            Some(acc) => acc + y,
+            None => y,
+        }
     }
 
     /// GDAS's forward: only candidate `index` is computed, `op_index(x) · w[index]` (reference
@@ -388,37 +367,31 @@ impl<B: Backend, O: Module<B>> MixedOp<B, O> {
             .reshape(out)
     }
 
-    fn mix<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 1>) -> Tensor<B, D>
+    /// `acc + Σ_k w_k · op_k(x)` over the candidates that are not `none`, through
+    /// [`darts_ops::kernels::weighted_sum`] (on the GPU types one operation with the
+    /// accumulator; elsewhere each candidate computed and weighted in turn).
+    fn mix<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        w: Tensor<B, 1>,
+        acc: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D>
     where
         O: CandidateOp<B, D>,
     {
-        if darts_ops::kernels::gpu::is_gpu::<B>() {
-            if let Some(y) = self.forward_stacked(x.clone(), w.clone()) {
-                return y;
-            }
-        }
-        let mut out: Option<Tensor<B, D>> = None;
-        for (k, op) in self.ops.iter().enumerate() {
-            if op.is_zero() {
-                continue;
-            }
-            let y = op.forward(x.clone());
-            let shape = y.dims();
-            let numel: usize = shape.iter().product();
-            // [1, numel] · [1, 1]: the row-broadcast path, much faster on CPU backends than a
-            // rank-D broadcast of a [1, ..., 1] tensor.
-            let wk = w.clone().slice(k..k + 1).reshape([1, 1]);
-            let y = (y.reshape([1, numel]) * wk).reshape(shape);
-            out = Some(match out {
+        let live: Vec<usize> = (0..self.ops.len())
+            .filter(|&k| !self.ops[k].is_zero())
+            .collect();
+        if live.is_empty() {
+            // Every candidate is `none`: the output is the (zero) output of the first one.
+            let y = self.ops[0].forward(x);
+            return match acc {
                 Some(acc) => acc + y,
                 None => y,
-            });
+            };
         }
-        match out {
-            Some(o) => o,
-            // Every candidate is `none`: the output is the (zero) output of the first one.
-            None => self.ops[0].forward(x),
-        }
+        let ys = live.iter().map(|&k| self.ops[k].forward(x.clone()));
+        darts_ops::kernels::weighted_sum(ys, w, &live, acc)
     }
 }
 

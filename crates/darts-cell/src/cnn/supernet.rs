@@ -261,13 +261,21 @@ impl<B: Backend, O: CandidateOp<B, 4>> SearchCell<B, O> {
             let mut s: Option<Tensor<B, 4>> = None;
             for (j, h) in states.iter().enumerate() {
                 let e = offset + j;
+                let aux = self.aux.get(e).filter(|_| w.aux_scale != 0.0);
+                if w.index.is_none() && aux.is_none() && w.edges.is_none() {
+                    // The node's sum so far goes into the edge's weighted sum (one operation
+                    // on the GPU types).
+                    let y = self.edges[e].forward_add(h.clone(), w.ops[e].clone(), s.take());
+                    s = Some(y);
+                    continue;
+                }
                 let mut y = match &w.index {
                     Some(index) => {
                         self.edges[e].forward_single(h.clone(), w.ops[e].clone(), index[e])
                     }
                     None => self.edges[e].forward(h.clone(), w.ops[e].clone()),
                 };
-                if let Some(skip) = self.aux.get(e).filter(|_| w.aux_scale != 0.0) {
+                if let Some(skip) = aux {
                     y = y + skip.forward(h.clone()) * w.aux_scale;
                 }
                 if let Some(b) = &w.edges {

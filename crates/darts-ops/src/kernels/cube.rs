@@ -44,6 +44,9 @@ use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 /// stride-1 input gradient).
 const DW_BLOCK: u32 = 4;
 
+/// Units (rows of partial sums) of a mixed op's weight gradient, at most.
+const MIX_UNITS: usize = 4096;
+
 /// Units per cube of the BatchNorm kernels' per-channel reductions (a power of two).
 const REDUCE_BLOCK: u32 = 256;
 
@@ -399,6 +402,103 @@ fn pw_backward_w_kernel<F: Float>(
     }
 }
 
+/// A mixed op's weighted sum (forward): one unit per element, `y[e] = acc[e] + Σ_k w[offset + k]
+/// · xs[k][e]` over flat tensors of one shape. With `ACC` the sequence's last tensor is the
+/// accumulator (the node's sum so far), added after the weighted sum.
+#[cube(launch_unchecked)]
+fn mix_forward_kernel<F: Float>(
+    xs: &Sequence<Tensor<F>>,
+    w: &Tensor<F>,
+    y: &mut Tensor<F>,
+    #[comptime] offset: u32,
+    #[comptime] acc: bool,
+) {
+    let e = ABSOLUTE_POS;
+    if e >= y.len() {
+        terminate!();
+    }
+    let n = comptime!(xs.len());
+    let k = comptime!(if acc { n - 1 } else { n });
+    let mut s = F::new(0.0);
+    #[unroll]
+    for i in 0..k {
+        s += w[offset as usize + i] * xs.index(i)[e];
+    }
+    if comptime!(acc) {
+        s = xs.index(k)[e] + s;
+    }
+    y[e] = s;
+}
+
+/// A mixed op's candidate gradients: one unit per element writes `gxs[k][e] = w[offset + k] ·
+/// gy[e]` for every candidate `k` (the output gradient is read once).
+#[cube(launch_unchecked)]
+fn mix_backward_x_kernel<F: Float>(
+    gy: &Tensor<F>,
+    w: &Tensor<F>,
+    gxs: &mut Sequence<Tensor<F>>,
+    #[comptime] offset: u32,
+) {
+    let e = ABSOLUTE_POS;
+    if e >= gy.len() {
+        terminate!();
+    }
+    let g = gy[e];
+    let k = comptime!(gxs.len());
+    #[unroll]
+    for i in 0..k {
+        let wk = w[offset as usize + i];
+        let gx = gxs.index_mut(i);
+        gx[e] = wk * g;
+    }
+}
+
+/// A mixed op's weight gradient, first stage: unit `t` of `T` sums `gy[e] · xs[k][e]` over the
+/// elements `e = t, t + T, t + 2T, …` for every candidate (a fixed order) into `partial[t,
+/// offset + k]`, and zero into the row's other columns; the sum over `t` follows as one
+/// reduction.
+#[cube(launch_unchecked)]
+fn mix_backward_w_kernel<F: Float>(
+    xs: &Sequence<Tensor<F>>,
+    gy: &Tensor<F>,
+    partial: &mut Tensor<F>,
+    #[comptime] offset: u32,
+    #[comptime] ops: u32,
+) {
+    let t = ABSOLUTE_POS;
+    let units = partial.len() / ops as usize;
+    if t >= units {
+        terminate!();
+    }
+    let numel = gy.len();
+    let k = comptime!(xs.len());
+    let mut acc = Array::<F>::new(k);
+    #[unroll]
+    for i in 0..k {
+        acc[i] = F::new(0.0);
+    }
+    let mut e = t;
+    while e < numel {
+        let g = gy[e];
+        #[unroll]
+        for i in 0..k {
+            acc[i] += g * xs.index(i)[e];
+        }
+        e += units;
+    }
+    let row = t * ops as usize;
+    #[unroll]
+    for c in 0..ops {
+        if comptime!(c < offset || c >= offset + k as u32) {
+            partial[row + c as usize] = F::new(0.0);
+        }
+    }
+    #[unroll]
+    for i in 0..k {
+        partial[row + offset as usize + i] = acc[i];
+    }
+}
+
 /// The sum of every unit's `value` over a cube of a power of two of units (`UNIT_POS` is the
 /// flattened index), by a fixed tree in shared memory; every unit gets the result.
 #[cube]
@@ -674,7 +774,11 @@ fn empty_like<R: CubeRuntime, F: FloatElement>(
     t: &CubeTensor<R>,
     dims: [usize; 4],
 ) -> CubeTensor<R> {
-    let shape = Shape::new(dims);
+    empty_shaped::<R, F>(t, Shape::new(dims))
+}
+
+/// A new contiguous tensor of `shape` on `t`'s device.
+fn empty_shaped<R: CubeRuntime, F: FloatElement>(t: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
     let bytes = shape.num_elements() * core::mem::size_of::<F>();
     let handle = t.client.empty(bytes);
     CubeTensor::new_contiguous(
@@ -981,6 +1085,116 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         gx
     }
 
+    fn mix_forward(
+        xs: Vec<FloatTensor<Self>>,
+        w: FloatTensor<Self>,
+        offset: usize,
+        acc: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let w = into_contiguous(w);
+        let y = empty_shaped::<R, F>(&w, xs[0].meta.shape().clone());
+        let numel = y.meta.num_elements();
+        let with_acc = acc.is_some();
+        let seq: SequenceArg<R, Tensor<F>> = xs
+            .into_iter()
+            .chain(acc)
+            .map(|t| into_contiguous(t).into_tensor_arg())
+            .collect();
+        let client = w.client.clone();
+        let dim = CubeDim::new(&client, numel);
+        let count = calculate_cube_count_elemwise(&client, numel, dim);
+        // SAFETY: every index the kernel forms is inside its tensors (the element bound test at
+        // its top; all inputs have `y`'s shape, `w` has `offset + count` elements at least);
+        // each unit writes its own element.
+        unsafe {
+            mix_forward_kernel::launch_unchecked::<F, R>(
+                &client,
+                count,
+                dim,
+                seq,
+                w.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                u(offset),
+                with_acc,
+            );
+        }
+        y
+    }
+
+    fn mix_backward_x(
+        gy: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        offset: usize,
+        count: usize,
+    ) -> Vec<FloatTensor<Self>> {
+        let (gy, w) = (into_contiguous(gy), into_contiguous(w));
+        let shape = gy.meta.shape().clone();
+        let gxs: Vec<_> = (0..count)
+            .map(|_| empty_shaped::<R, F>(&gy, shape.clone()))
+            .collect();
+        let numel = gy.meta.num_elements();
+        let client = gy.client.clone();
+        let dim = CubeDim::new(&client, numel);
+        let cubes = calculate_cube_count_elemwise(&client, numel, dim);
+        let seq: SequenceArg<R, Tensor<F>> =
+            gxs.iter().map(|t| t.clone().into_tensor_arg()).collect();
+        // SAFETY: every index the kernel forms is inside its tensors (the element bound test at
+        // its top; the outputs have `gy`'s shape); each unit writes its own elements.
+        unsafe {
+            mix_backward_x_kernel::launch_unchecked::<F, R>(
+                &client,
+                cubes,
+                dim,
+                gy.into_tensor_arg(),
+                w.into_tensor_arg(),
+                seq,
+                u(offset),
+            );
+        }
+        gxs
+    }
+
+    fn mix_backward_w(
+        xs: Vec<FloatTensor<Self>>,
+        gy: FloatTensor<Self>,
+        offset: usize,
+        ops: usize,
+    ) -> FloatTensor<Self> {
+        let gy = into_contiguous(gy);
+        let numel = gy.meta.num_elements();
+        // Units (rows of partial sums): a fixed function of the size, so results do not
+        // depend on the device.
+        let units = numel.clamp(1, MIX_UNITS);
+        let partial = empty_shaped::<R, F>(&gy, Shape::new([units, ops]));
+        let seq: SequenceArg<R, Tensor<F>> = xs
+            .into_iter()
+            .map(|t| into_contiguous(t).into_tensor_arg())
+            .collect();
+        let client = gy.client.clone();
+        let dim = CubeDim::new(&client, units);
+        let cubes = calculate_cube_count_elemwise(&client, units, dim);
+        // SAFETY: every index the kernel forms is inside its tensors (the unit bound test at
+        // its top; the candidates have `gy`'s shape; `partial` has `ops` columns, `offset +
+        // candidates ≤ ops`); each unit writes its own row.
+        unsafe {
+            mix_backward_w_kernel::launch_unchecked::<F, R>(
+                &client,
+                cubes,
+                dim,
+                seq,
+                gy.into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                u(offset),
+                u(ops),
+            );
+        }
+        BurnTensor::<Self, 2>::from_primitive(TensorPrimitive::Float(partial))
+            .sum_dim(0)
+            .reshape([ops])
+            .into_primitive()
+            .tensor()
+    }
+
     fn pool_forward(
         x: FloatTensor<Self>,
         g: &Window,
@@ -1070,6 +1284,12 @@ mod fusion {
         PoolBackward(Window, Pooling),
         BnForward(f64),
         BnBackward(f64),
+        /// Offset of the first candidate's weight, whether the last input is an accumulator.
+        MixForward(usize, bool),
+        /// Offset, number of candidates.
+        MixBackwardX(usize, usize),
+        /// Offset, number of ops.
+        MixBackwardW(usize, usize),
     }
 
     #[derive(Clone, Debug)]
@@ -1100,6 +1320,28 @@ mod fusion {
                 Op::BnBackward(eps) => {
                     let (y, var) = (input(handles, 0), input(handles, 1));
                     vec![B::bn_backward(y, var, input(handles, 2), eps)]
+                }
+                // Inputs: the candidates, the weights, then the accumulator if any.
+                Op::MixForward(offset, acc) => {
+                    let mut xs: Vec<_> = (0..self.desc.inputs.len())
+                        .map(|i| input(handles, i))
+                        .collect();
+                    let acc = if acc { xs.pop() } else { None };
+                    let w = xs.pop().expect("the weights");
+                    vec![B::mix_forward(xs, w, offset, acc)]
+                }
+                // Inputs: the output gradient, the weights.
+                Op::MixBackwardX(offset, count) => {
+                    let (gy, w) = (input(handles, 0), input(handles, 1));
+                    B::mix_backward_x(gy, w, offset, count)
+                }
+                // Inputs: the candidates, then the output gradient.
+                Op::MixBackwardW(offset, ops) => {
+                    let mut xs: Vec<_> = (0..self.desc.inputs.len())
+                        .map(|i| input(handles, i))
+                        .collect();
+                    let gy = xs.pop().expect("the output gradient");
+                    vec![B::mix_backward_w(xs, gy, offset, ops)]
                 }
                 op => {
                     let (a, b) = (input(handles, 0), input(handles, 1));
@@ -1138,12 +1380,22 @@ mod fusion {
         dims: &[[usize; 4]],
         op: Op,
     ) -> Vec<FloatTensor<Fusion<B>>> {
+        let shapes = dims.iter().map(|&d| Shape::new(d)).collect();
+        register_shapes::<B>(name, inputs, shapes, op)
+    }
+
+    fn register_shapes<B: FusionBackend + GpuOps>(
+        name: &'static str,
+        inputs: Vec<FloatTensor<Fusion<B>>>,
+        shapes: Vec<Shape>,
+        op: Op,
+    ) -> Vec<FloatTensor<Fusion<B>>> {
         let client = inputs[0].client.clone();
         let dtype = inputs[0].dtype;
         let streams = OperationStreams::with_inputs(inputs.iter());
-        let outs: Vec<TensorIr> = dims
-            .iter()
-            .map(|&d| TensorIr::uninit(client.create_empty_handle(), Shape::new(d), dtype))
+        let outs: Vec<TensorIr> = shapes
+            .into_iter()
+            .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
             .collect();
         let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
         let desc = CustomOpIr::new(name, &irs, &outs);
@@ -1287,6 +1539,44 @@ mod fusion {
             let dims = [g.n, g.c, g.h, g.w];
             let op = Op::PoolBackward(*g, kind);
             register::<B>("darts_pool_backward", vec![x, gy], dims, op)
+        }
+
+        fn mix_forward(
+            xs: Vec<FloatTensor<Self>>,
+            w: FloatTensor<Self>,
+            offset: usize,
+            acc: Option<FloatTensor<Self>>,
+        ) -> FloatTensor<Self> {
+            let shape = xs[0].shape.clone();
+            let op = Op::MixForward(offset, acc.is_some());
+            let mut inputs = xs;
+            inputs.push(w);
+            inputs.extend(acc);
+            register_shapes::<B>("darts_mix_forward", inputs, vec![shape], op).remove(0)
+        }
+
+        fn mix_backward_x(
+            gy: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            offset: usize,
+            count: usize,
+        ) -> Vec<FloatTensor<Self>> {
+            let shapes = vec![gy.shape.clone(); count];
+            let op = Op::MixBackwardX(offset, count);
+            register_shapes::<B>("darts_mix_backward_x", vec![gy, w], shapes, op)
+        }
+
+        fn mix_backward_w(
+            xs: Vec<FloatTensor<Self>>,
+            gy: FloatTensor<Self>,
+            offset: usize,
+            ops: usize,
+        ) -> FloatTensor<Self> {
+            let op = Op::MixBackwardW(offset, ops);
+            let mut inputs = xs;
+            inputs.push(gy);
+            let shapes = vec![Shape::new([ops])];
+            register_shapes::<B>("darts_mix_backward_w", inputs, shapes, op).remove(0)
         }
     }
 }

@@ -23,7 +23,7 @@ use super::cpu::{Pooling, Window};
 use super::{is, same};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
@@ -232,6 +232,82 @@ pub trait GpuOps: Backend {
             Pooling::AvgIncludePad => Self::avg_pool2d_backward(x, gy, k, s, p, true, false),
         }
     }
+
+    /// A mixed op's weighted sum of its candidates' outputs `xs` (all of one shape, any rank)
+    /// plus an optional accumulator: `acc + Σ_k w[offset + k] · xs[k]`, `w` `[ops]` (on the
+    /// CubeCL backends one launch, instead of a stack of the candidates, a multiply and a
+    /// reduction, and an add for the accumulator).
+    fn mix_forward(
+        xs: Vec<FloatTensor<Self>>,
+        w: FloatTensor<Self>,
+        offset: usize,
+        acc: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let shape = xs[0].shape();
+        let w = flat::<Self>(w);
+        let mut sum: Option<Tensor<Self, 1>> = None;
+        for (k, x) in xs.into_iter().enumerate() {
+            let term = flat::<Self>(x) * w.clone().slice(offset + k..offset + k + 1);
+            sum = Some(match sum {
+                Some(s) => s + term,
+                None => term,
+            });
+        }
+        let mut y = sum.expect("mix_forward: at least one candidate");
+        if let Some(acc) = acc {
+            y = flat::<Self>(acc) + y;
+        }
+        Self::float_reshape(y.into_primitive().tensor(), shape)
+    }
+
+    /// The candidates' gradients of [`GpuOps::mix_forward`]: `w[offset + k] · gy` for `k <
+    /// count`.
+    fn mix_backward_x(
+        gy: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        offset: usize,
+        count: usize,
+    ) -> Vec<FloatTensor<Self>> {
+        let shape = gy.shape();
+        let (g, w) = (flat::<Self>(gy), flat::<Self>(w));
+        (0..count)
+            .map(|k| {
+                let gx = g.clone() * w.clone().slice(offset + k..offset + k + 1);
+                Self::float_reshape(gx.into_primitive().tensor(), shape.clone())
+            })
+            .collect()
+    }
+
+    /// The weight gradient `[ops]` of [`GpuOps::mix_forward`]: `Σ_e gy[e] · xs[k][e]` at `offset
+    /// + k`, zero at every other op.
+    fn mix_backward_w(
+        xs: Vec<FloatTensor<Self>>,
+        gy: FloatTensor<Self>,
+        offset: usize,
+        ops: usize,
+    ) -> FloatTensor<Self> {
+        let g = flat::<Self>(gy);
+        let device = g.device();
+        let count = xs.len();
+        let mut parts = Vec::new();
+        if offset > 0 {
+            parts.push(Tensor::<Self, 1>::zeros([offset], &device));
+        }
+        parts.extend(xs.into_iter().map(|x| (flat::<Self>(x) * g.clone()).sum()));
+        if ops > offset + count {
+            parts.push(Tensor::zeros([ops - offset - count], &device));
+        }
+        Tensor::cat(parts, 0).into_primitive().tensor()
+    }
+}
+
+/// `t` flattened to one dimension.
+fn flat<I: Backend>(t: FloatTensor<I>) -> Tensor<I, 1> {
+    let numel = t.shape().num_elements();
+    Tensor::from_primitive(TensorPrimitive::Float(I::float_reshape(
+        t,
+        Shape::new([numel]),
+    )))
 }
 
 #[cfg(feature = "flex")]
@@ -681,4 +757,173 @@ pub(crate) fn normalize<B: Backend>(
     epsilon: f64,
 ) -> Result<Normalized<B>, Tensor<B, 4>> {
     Err(try_gpu_types!(B, x, try_normalize, epsilon))
+}
+
+/// The most candidates [`mix`] takes as one operation (more go through Burn's operations).
+pub const MIX_MAX: usize = 8;
+
+#[derive(Debug)]
+struct MixBackward<const N: usize>;
+
+impl<I: GpuOps, const N: usize> Backward<I, N> for MixBackward<N> {
+    /// The candidates' outputs (kept only when the weights need a gradient), the weights, the
+    /// offset of the first candidate's weight, and the numbers of ops and of candidates. The
+    /// parents are the candidates, the weights and, when there is one, the accumulator.
+    type State = (Vec<FloatTensor<I>>, FloatTensor<I>, usize, usize, usize);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let gy = grads.consume::<I>(&ops.node);
+        let (xs, w, offset, n_ops, count) = ops.state;
+        let parents = ops.parents;
+        if let Some(node) = &parents[count] {
+            let gw = I::mix_backward_w(xs, gy.clone(), offset, n_ops);
+            grads.register::<I>(node.id, gw);
+        }
+        if parents[..count].iter().any(Option::is_some) {
+            let gxs = I::mix_backward_x(gy.clone(), w, offset, count);
+            for (parent, gx) in parents[..count].iter().zip(gxs) {
+                if let Some(node) = parent {
+                    grads.register::<I>(node.id, gx);
+                }
+            }
+        }
+        if N > count + 1 {
+            if let Some(node) = &parents[count + 1] {
+                grads.register::<I>(node.id, gy);
+            }
+        }
+    }
+}
+
+/// [`mix_autodiff`] with `N` parents (`xs.len() + 1`, plus one with an accumulator).
+fn mix_autodiff_n<I: GpuOps, const N: usize>(
+    xs: Vec<FloatTensor<Autodiff<I>>>,
+    w: FloatTensor<Autodiff<I>>,
+    offset: usize,
+    acc: Option<FloatTensor<Autodiff<I>>>,
+) -> FloatTensor<Autodiff<I>> {
+    let count = xs.len();
+    let mut nodes: Vec<_> = xs.iter().map(|t| t.node.clone()).collect();
+    nodes.push(w.node.clone());
+    nodes.extend(acc.iter().map(|t| t.node.clone()));
+    let Ok(nodes) = <[_; N]>::try_from(nodes) else {
+        unreachable!("mix_autodiff_n called with N = candidates + 1 (+ 1 with an accumulator)")
+    };
+    let prep = MixBackward::<N>
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful();
+    let n_ops = w.primitive.shape().num_elements();
+    let keep = !w.node.requirement.is_none();
+    let xs: Vec<_> = xs.into_iter().map(|t| t.primitive).collect();
+    let y = I::mix_forward(
+        xs.clone(),
+        w.primitive.clone(),
+        offset,
+        acc.map(|t| t.primitive),
+    );
+    match prep {
+        OpsKind::Tracked(prep) => {
+            let kept = if keep { xs } else { Vec::new() };
+            prep.finish((kept, w.primitive, offset, n_ops, count), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// A mixed op's weighted sum `acc + Σ_k w[offset + k] · xs[k]` on `Autodiff<I>` (no
+/// checkpointing) as one custom operation through [`GpuOps::mix_forward`] and its gradients: on
+/// the CubeCL backends one launch forward, one for every candidate's gradient together and two
+/// for the weights' gradient. `1 ≤ xs.len() ≤ MIX_MAX`.
+pub fn mix_autodiff<I: GpuOps, const D: usize>(
+    xs: Vec<Tensor<Autodiff<I>, D>>,
+    w: Tensor<Autodiff<I>, 1>,
+    offset: usize,
+    acc: Option<Tensor<Autodiff<I>, D>>,
+) -> Tensor<Autodiff<I>, D> {
+    let xs: Vec<_> = xs
+        .into_iter()
+        .map(|t| t.into_primitive().tensor())
+        .collect();
+    let w = w.into_primitive().tensor();
+    let acc = acc.map(|t| t.into_primitive().tensor());
+    let parents = xs.len() + 1 + usize::from(acc.is_some());
+    let y = match parents {
+        2 => mix_autodiff_n::<I, 2>(xs, w, offset, acc),
+        3 => mix_autodiff_n::<I, 3>(xs, w, offset, acc),
+        4 => mix_autodiff_n::<I, 4>(xs, w, offset, acc),
+        5 => mix_autodiff_n::<I, 5>(xs, w, offset, acc),
+        6 => mix_autodiff_n::<I, 6>(xs, w, offset, acc),
+        7 => mix_autodiff_n::<I, 7>(xs, w, offset, acc),
+        8 => mix_autodiff_n::<I, 8>(xs, w, offset, acc),
+        9 => mix_autodiff_n::<I, 9>(xs, w, offset, acc),
+        10 => mix_autodiff_n::<I, 10>(xs, w, offset, acc),
+        _ => panic!("mix_autodiff: 1 to {MIX_MAX} candidates, got {}", xs.len()),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// The inputs of [`mix`]: the candidates' outputs, the weights and the accumulator.
+pub(crate) type MixInputs<B, const D: usize> =
+    (Vec<Tensor<B, D>>, Tensor<B, 1>, Option<Tensor<B, D>>);
+
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn try_mix<B: Backend, I: GpuOps, const D: usize>(
+    (xs, w, acc): MixInputs<B, D>,
+    offset: usize,
+) -> Result<Tensor<B, D>, MixInputs<B, D>> {
+    if is::<B, I>() {
+        let xs = xs
+            .into_iter()
+            .map(|t| same::<_, Tensor<I, D>>(t).into_primitive().tensor())
+            .collect();
+        let w = same::<_, Tensor<I, 1>>(w).into_primitive().tensor();
+        let acc = acc.map(|t| same::<_, Tensor<I, D>>(t).into_primitive().tensor());
+        let y = I::mix_forward(xs, w, offset, acc);
+        return Ok(same(Tensor::<I, D>::from_primitive(
+            TensorPrimitive::Float(y),
+        )));
+    }
+    if !is::<B, Autodiff<I>>() {
+        return Err((xs, w, acc));
+    }
+    let xs = xs.into_iter().map(same).collect();
+    Ok(same(mix_autodiff::<I, D>(
+        xs,
+        same(w),
+        offset,
+        acc.map(same),
+    )))
+}
+
+/// A mixed op's weighted sum (see [`mix_autodiff`]) on the GPU backends, with or without
+/// autodiff, for 1 to [`MIX_MAX`] candidates; `Err` gives the inputs back on every other
+/// backend.
+pub(crate) fn mix<B: Backend, const D: usize>(
+    xs: Vec<Tensor<B, D>>,
+    w: Tensor<B, 1>,
+    offset: usize,
+    acc: Option<Tensor<B, D>>,
+) -> Result<Tensor<B, D>, MixInputs<B, D>> {
+    if xs.is_empty() || xs.len() > MIX_MAX {
+        return Err((xs, w, acc));
+    }
+    #[allow(unused_mut)]
+    let mut inputs = (xs, w, acc);
+    #[cfg(feature = "wgpu")]
+    {
+        match try_mix::<B, burn::backend::Wgpu, D>(inputs, offset) {
+            Ok(y) => return Ok(y),
+            Err(back) => inputs = back,
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        match try_mix::<B, burn::backend::Cuda, D>(inputs, offset) {
+            Ok(y) => return Ok(y),
+            Err(back) => inputs = back,
+        }
+    }
+    let _ = offset;
+    Err(inputs)
 }

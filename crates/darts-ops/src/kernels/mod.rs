@@ -210,6 +210,88 @@ fn depthwise<B: Backend>(
     )
 }
 
+/// A mixed op's weighted sum of its candidates' outputs `xs` (one shape, any rank), with the
+/// candidate `k`'s weight at `w[ops[k]]`, plus an optional accumulator (the sum of a node's
+/// edges so far): `acc + Σ_k w[ops[k]] · xs[k]`.
+///
+/// On the wgpu/CUDA types, when `ops` are consecutive and at most [`gpu::MIX_MAX`], it is one
+/// custom operation ([`gpu::mix_autodiff`]): one kernel launch forward, and backward one for
+/// every candidate's gradient together and two for the weights' gradient — instead of a
+/// multiply and an add per candidate (or a stack of the candidates, a multiply and a
+/// reduction), each a launch, and a copy of every candidate for the stack. Elsewhere it is
+/// Burn's operations in order, each candidate taken from `xs` as it is needed (so the
+/// candidates of an edge are computed and weighted one after the other, as before): a
+/// row-broadcast multiply by its weight, a running sum, then `acc +` the sum.
+///
+/// # Panics
+/// When `xs` is empty, `ops` is not as long as `xs`, an index in `ops` is out of `w`'s range,
+/// or the candidates and the accumulator differ in shape.
+pub fn weighted_sum<B: Backend, const D: usize>(
+    xs: impl IntoIterator<Item = Tensor<B, D>>,
+    w: Tensor<B, 1>,
+    ops: &[usize],
+    acc: Option<Tensor<B, D>>,
+) -> Tensor<B, D> {
+    let consecutive = ops.windows(2).all(|p| p[1] == p[0] + 1);
+    if consecutive && !ops.is_empty() && ops.len() <= gpu::MIX_MAX && gpu::is_gpu::<B>() {
+        let xs: Vec<_> = xs.into_iter().collect();
+        assert_eq!(
+            xs.len(),
+            ops.len(),
+            "weighted_sum: one op index per candidate"
+        );
+        // The kernels index every input by the output's elements: one shape for all.
+        let dims = xs[0].dims();
+        assert!(
+            xs.iter().all(|x| x.dims() == dims) && acc.iter().all(|a| a.dims() == dims),
+            "weighted_sum: candidates and accumulator of one shape"
+        );
+        assert!(
+            ops[ops.len() - 1] < w.dims()[0],
+            "weighted_sum: op index {} for {} weights",
+            ops[ops.len() - 1],
+            w.dims()[0]
+        );
+        return match gpu::mix(xs, w, ops[0], acc) {
+            Ok(y) => y,
+            Err((xs, w, acc)) => weighted_sum_burn(xs, w, ops, acc),
+        };
+    }
+    weighted_sum_burn(xs, w, ops, acc)
+}
+
+fn weighted_sum_burn<B: Backend, const D: usize>(
+    xs: impl IntoIterator<Item = Tensor<B, D>>,
+    w: Tensor<B, 1>,
+    ops: &[usize],
+    acc: Option<Tensor<B, D>>,
+) -> Tensor<B, D> {
+    let mut sum: Option<Tensor<B, D>> = None;
+    let mut taken = 0;
+    for (x, &k) in xs.into_iter().zip(ops) {
+        let shape = x.dims();
+        let numel: usize = shape.iter().product();
+        // [1, numel] · [1, 1]: the row-broadcast path, much faster on CPU backends than a
+        // rank-D broadcast of a [1, ..., 1] tensor.
+        let wk = w.clone().slice(k..k + 1).reshape([1, 1]);
+        let y = (x.reshape([1, numel]) * wk).reshape(shape);
+        sum = Some(match sum {
+            Some(s) => s + y,
+            None => y,
+        });
+        taken += 1;
+    }
+    assert!(
+        taken > 0 && taken == ops.len(),
+        "weighted_sum: one op index per candidate, at least one candidate"
+    );
+    let sum = sum.expect("checked above");
+    match acc {
+        Some(acc) => acc + sum,
+        None => sum,
+    }
+}
+
 /// 1×1 convolution without bias, stride 1, no padding: `x` `[n, c_in, h, w]`, `weight`
 /// `[c_out, c_in, 1, 1]`, as one batched matrix product `W · X_n` (its backward is two more),
 /// never Burn's general convolution, whose weight gradient is a serial per-thread reduction on
