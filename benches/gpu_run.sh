@@ -91,8 +91,8 @@ for r in $RUNS; do
     torch_cuda_2nd) run $r ${!lim_var:-40} $PY benches/torch_cuda_step.py -- --order 2 $A --steps 5 --warmup 1 --json ;;
     # The derived network's training step (its own script: the network is NetworkCIFAR).
     torch_cuda_train) run $r ${!lim_var:-30} $PY benches/torch_train_step.py --device cuda --steps 10 --warmup 3 --json ;;
-    # On CUDA: the kernel tests (tests/it/gpu_kernels.rs: depthwise, 1x1, pooling, BatchNorm against
-    # their definitions and Burn's ops) and the flex-vs-CUDA equivalence checks (supernet
+    # On CUDA: the kernel tests (tests/it/gpu_kernels.rs: depthwise, 1x1, pooling, BatchNorm, the
+    # mixed op's weighted sum against their definitions and Burn's ops) and the flex-vs-CUDA equivalence checks (supernet
     # fwd+bwd, both architect orders, strided 1x1); `cuda::` selects both modules.
     tests_cuda) run $r ${!lim_var:-80} "$TESTS" --ignored cuda:: --test-threads 1 ;;
     ours_cuda_1st) run $r ${!lim_var:-100} "$BIN" --device cuda --order 1 $A --steps 2 --warmup 1 --fwd-steps 2 --json --count-launches /tmp/launches_cuda_1st.log ;;

@@ -1,7 +1,9 @@
 //! CubeCL kernels for the GPU backends (one source for the wgpu and CUDA runtimes): the
 //! depthwise convolution (forward, input gradient, and the weight gradient as a parallel
-//! reduction), the 1×1 convolution (the same three), 2-D pooling (forward and backward) and training-mode BatchNorm (forward and
-//! backward), each **one launch** on contiguous NCHW tensors (the weight gradient two).
+//! reduction), the 1×1 convolution (the same three), 2-D pooling (forward and backward),
+//! training-mode BatchNorm (forward and backward) and a mixed op's weighted sum (forward, the
+//! candidates' gradients, the weights' gradient), each **one launch** on contiguous tensors (the
+//! weight gradients two).
 //!
 //! Burn 0.21's own operations take several launches for each of these (pooling permutes to
 //! NHWC and back; the grouped convolution's input gradient is a transposed convolution that
@@ -1092,7 +1094,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         acc: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         let w = into_contiguous(w);
-        let y = empty_shaped::<R, F>(&w, xs[0].meta.shape().clone());
+        let shape = xs[0].meta.shape().clone();
+        // The launch is unchecked: every input must have the output's shape.
+        assert!(
+            xs.iter().chain(&acc).all(|t| *t.meta.shape() == shape)
+                && w.meta.num_elements() >= offset + xs.len(),
+            "mix_forward: candidates and accumulator of one shape, a weight for each"
+        );
+        let y = empty_shaped::<R, F>(&w, shape);
         let numel = y.meta.num_elements();
         let with_acc = acc.is_some();
         let seq: SequenceArg<R, Tensor<F>> = xs
@@ -1128,6 +1137,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         count: usize,
     ) -> Vec<FloatTensor<Self>> {
         let (gy, w) = (into_contiguous(gy), into_contiguous(w));
+        assert!(
+            w.meta.num_elements() >= offset + count,
+            "mix_backward_x: a weight for each candidate"
+        );
         let shape = gy.meta.shape().clone();
         let gxs: Vec<_> = (0..count)
             .map(|_| empty_shaped::<R, F>(&gy, shape.clone()))
@@ -1161,6 +1174,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         ops: usize,
     ) -> FloatTensor<Self> {
         let gy = into_contiguous(gy);
+        assert!(
+            xs.iter().all(|t| t.meta.shape() == gy.meta.shape()) && offset + xs.len() <= ops,
+            "mix_backward_w: candidates of the gradient's shape, a weight for each"
+        );
         let numel = gy.meta.num_elements();
         // Units (rows of partial sums): a fixed function of the size, so results do not
         // depend on the device.

@@ -1,8 +1,9 @@
 //! Operations for the GPU backends (wgpu, CUDA), built to launch few kernels: the depthwise
 //! convolution ([`depthwise_autodiff`], and after a ReLU read with its input,
 //! [`relu_depthwise_autodiff`]), the 1×1 convolution ([`pointwise_autodiff`]), 2-D
-//! pooling ([`pool_autodiff`]) and training-mode BatchNorm ([`normalize_autodiff`]) as custom
-//! autodiff operations over the primitives of [`GpuOps`], and a launch-free join of the
+//! pooling ([`pool_autodiff`]), training-mode BatchNorm ([`normalize_autodiff`]) and a mixed
+//! op's weighted sum with the node's running sum ([`mix_autodiff`]) as custom autodiff
+//! operations over the primitives of [`GpuOps`], and a launch-free join of the
 //! parameters' autodiff graphs ([`join_graphs`]).
 //!
 //! [`GpuOps`]' provided methods are Burn's own operations, so everything here is generic over
@@ -759,7 +760,8 @@ pub(crate) fn normalize<B: Backend>(
     Err(try_gpu_types!(B, x, try_normalize, epsilon))
 }
 
-/// The most candidates [`mix`] takes as one operation (more go through Burn's operations).
+/// The most candidates [`mix_autodiff`] (and so `kernels::weighted_sum`) takes as one
+/// operation; more go through Burn's operations.
 pub const MIX_MAX: usize = 8;
 
 #[derive(Debug)]
