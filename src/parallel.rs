@@ -254,6 +254,16 @@ impl<B: Backend> Collective<B> {
     fn raw_sum(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>, ParallelError> {
         let (tx, rx) = channel();
         let (device, dtype) = (t.device(), t.dtype());
+        // Run this peer's queued operations before another thread takes the tensor: Burn
+        // 0.21's fusion can lose a tensor's handle when a thread other than the one that queued
+        // its operations uses it while they are pending (tracel-ai/burn#4947; seen here on
+        // wgpu as "Should have handle for tensor" in the two-peer equivalence test).
+        if let Err(e) = B::sync(&device) {
+            return Err(ParallelError::Collective {
+                rank: self.rank,
+                error: format!("device synchronisation before a reduction: {e:?}"),
+            });
+        }
         let prim = t.into_primitive().tensor();
         let sent = self
             .jobs
