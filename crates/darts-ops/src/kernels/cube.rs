@@ -807,6 +807,12 @@ fn grid(planes: usize, rows: usize, cols: usize) -> (CubeCount, CubeDim) {
     (count, dim)
 }
 
+/// A 1-D grid of `units` units (cubes of the runtime's default size).
+fn linear_grid<R: CubeRuntime>(client: &ComputeClient<R>, units: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(client, units);
+    (calculate_cube_count_elemwise(client, units, dim), dim)
+}
+
 fn mode(kind: Pooling) -> u32 {
     match kind {
         Pooling::Max => 0,
@@ -905,8 +911,7 @@ fn dw_backward_w_launch<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bool
     let taps = g.kh * g.kw;
     let partial = empty_like::<R, F>(&x, [g.n, g.c, taps, 1]);
     let units = g.n * g.c * taps;
-    let dim = CubeDim::new(&x.client, units);
-    let cubes = (calculate_cube_count_elemwise(&x.client, units, dim), dim);
+    let cubes = linear_grid(&x.client, units);
     launch_depthwise!(dw_backward_w_kernel, cubes, x, gy, partial, g, relu);
     BurnTensor::<CubeBackend<R, F, I, BT>, 4>::from_primitive(TensorPrimitive::Float(partial))
         .sum_dim(0)
@@ -1010,8 +1015,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         // Input channels per unit: the largest of 4, 2, 1 that divides them.
         let block = [4, 2, 1].into_iter().find(|b| ci % b == 0).unwrap_or(1);
         let units = n * co * ci / block;
-        let dim = CubeDim::new(&x.client, units);
-        let count = calculate_cube_count_elemwise(&x.client, units, dim);
+        let (count, dim) = linear_grid(&x.client, units);
         // SAFETY: every index the kernel forms is inside its tensors (the bound test at its
         // top; `partial` has one element per unit); each unit writes its own element.
         unsafe {
@@ -1110,8 +1114,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
             .map(|t| into_contiguous(t).into_tensor_arg())
             .collect();
         let client = w.client.clone();
-        let dim = CubeDim::new(&client, numel);
-        let count = calculate_cube_count_elemwise(&client, numel, dim);
+        let (count, dim) = linear_grid(&client, numel);
         // SAFETY: every index the kernel forms is inside its tensors (the element bound test at
         // its top; all inputs have `y`'s shape, `w` has `offset + count` elements at least);
         // each unit writes its own element.
@@ -1147,8 +1150,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
             .collect();
         let numel = gy.meta.num_elements();
         let client = gy.client.clone();
-        let dim = CubeDim::new(&client, numel);
-        let cubes = calculate_cube_count_elemwise(&client, numel, dim);
+        let (cubes, dim) = linear_grid(&client, numel);
         let seq: SequenceArg<R, Tensor<F>> =
             gxs.iter().map(|t| t.clone().into_tensor_arg()).collect();
         // SAFETY: every index the kernel forms is inside its tensors (the element bound test at
@@ -1188,8 +1190,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
             .map(|t| into_contiguous(t).into_tensor_arg())
             .collect();
         let client = gy.client.clone();
-        let dim = CubeDim::new(&client, units);
-        let cubes = calculate_cube_count_elemwise(&client, units, dim);
+        let (cubes, dim) = linear_grid(&client, units);
         // SAFETY: every index the kernel forms is inside its tensors (the unit bound test at
         // its top; the candidates have `gy`'s shape; `partial` has `ops` columns, `offset +
         // candidates ≤ ops`); each unit writes its own row.

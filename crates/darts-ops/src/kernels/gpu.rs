@@ -31,23 +31,24 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 
-/// Try `$try::<B, I>(inputs, args…)` for each GPU type `I` compiled in (`Wgpu`, then `Cuda`):
-/// return from the calling function with its `Ok`, else go on with the inputs it gives back;
-/// evaluates to the inputs no type took.
+/// Try `$try::<B, I, generics…>(inputs, args…)` for each GPU type `I` compiled in (`Wgpu`,
+/// then `Cuda`; further generic arguments of `$try` in brackets after its name): return from
+/// the calling function with its `Ok`, else go on with the inputs it gives back; evaluates to
+/// the inputs no type took.
 macro_rules! try_gpu_types {
-    ($B:ty, $inputs:expr, $try:ident $(, $arg:expr)*) => {{
+    ($B:ty, $inputs:expr, $try:ident $([$($gen:tt),*])? $(, $arg:expr)*) => {{
         #[allow(unused_mut)]
         let mut inputs = $inputs;
         #[cfg(feature = "wgpu")]
         {
-            match $try::<$B, burn::backend::Wgpu>(inputs $(, $arg)*) {
+            match $try::<$B, burn::backend::Wgpu $($(, $gen)*)?>(inputs $(, $arg)*) {
                 Ok(out) => return Ok(out),
                 Err(back) => inputs = back,
             }
         }
         #[cfg(feature = "cuda")]
         {
-            match $try::<$B, burn::backend::Cuda>(inputs $(, $arg)*) {
+            match $try::<$B, burn::backend::Cuda $($(, $gen)*)?>(inputs $(, $arg)*) {
                 Ok(out) => return Ok(out),
                 Err(back) => inputs = back,
             }
@@ -910,22 +911,5 @@ pub(crate) fn mix<B: Backend, const D: usize>(
     if xs.is_empty() || xs.len() > MIX_MAX {
         return Err((xs, w, acc));
     }
-    #[allow(unused_mut)]
-    let mut inputs = (xs, w, acc);
-    #[cfg(feature = "wgpu")]
-    {
-        match try_mix::<B, burn::backend::Wgpu, D>(inputs, offset) {
-            Ok(y) => return Ok(y),
-            Err(back) => inputs = back,
-        }
-    }
-    #[cfg(feature = "cuda")]
-    {
-        match try_mix::<B, burn::backend::Cuda, D>(inputs, offset) {
-            Ok(y) => return Ok(y),
-            Err(back) => inputs = back,
-        }
-    }
-    let _ = offset;
-    Err(inputs)
+    Err(try_gpu_types!(B, (xs, w, acc), try_mix[D], offset))
 }
