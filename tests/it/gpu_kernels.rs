@@ -187,7 +187,8 @@ fn window([n, c, h, w]: [usize; 4], k: usize, s: usize, p: usize, d: usize) -> W
 /// definition.
 pub fn check_depthwise<G: GpuOps>(device: &G::Device) {
     let flex = Default::default();
-    // (k, stride, padding, dilation) of DARTS's sep/dil convs, then 7×7 and asymmetric cuts.
+    // (k, stride, padding, dilation) of DARTS's sep/dil convs, then 7×7, asymmetric cuts,
+    // stride 3 and more padding than the window reaches.
     for (k, s, p, d) in [
         (3, 1, 1, 1),
         (3, 2, 1, 1),
@@ -201,6 +202,9 @@ pub fn check_depthwise<G: GpuOps>(device: &G::Device) {
         (3, 2, 0, 1),
         (3, 1, 0, 1),
         (5, 1, 1, 2),
+        (3, 3, 1, 1),
+        (3, 1, 3, 1),
+        (5, 3, 4, 2),
     ] {
         for (n, c, h, w) in [(3, 37, 9, 7), (2, 16, 16, 16)] {
             let g = window([n, c, h, w], k, s, p, d);
@@ -388,11 +392,20 @@ fn bn_def(x: &[f32], gy: &[f32], [n, c, h, w]: [usize; 4], eps: f64) -> [Vec<f64
 pub fn check_batchnorm<G: GpuOps>(device: &G::Device) {
     let flex = Default::default();
     let eps = 1e-5;
-    // One plane smaller than a cube, odd sizes, and several passes of a 256-unit cube.
-    for dims in [[1, 5, 3, 3], [3, 37, 9, 7], [2, 16, 16, 16], [4, 3, 32, 32]] {
+    // One plane smaller than a cube, odd sizes, several passes of a 256-unit cube, and many
+    // small planes (stacked several to a cube's pass, over several passes); the last with a
+    // mean far from zero against the spread (the forward kernel sums in one pass, shifted).
+    for (dims, offset) in [
+        ([1, 5, 3, 3], 0.5),
+        ([3, 37, 9, 7], 0.5),
+        ([2, 16, 16, 16], 0.5),
+        ([4, 3, 32, 32], 0.5),
+        ([40, 3, 4, 4], 0.5),
+        ([9, 2, 5, 5], 20.0),
+    ] {
         let len = dims.iter().product();
         // An offset mean, as BN inputs have.
-        let x: Vec<f32> = values(len, 7).iter().map(|v| 3.0 * v + 0.5).collect();
+        let x: Vec<f32> = values(len, 7).iter().map(|v| 3.0 * v + offset).collect();
         let gy = values(len, 8);
         let [y_def, mean_def, var_def, gx_def] = bn_def(&x, &gy, dims, eps);
         let c = dims[1];

@@ -46,16 +46,30 @@ use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 /// stride-1 input gradient).
 const DW_BLOCK: u32 = 4;
 
+/// Output rows per unit of the depthwise forward kernel (input rows per unit of the stride-1
+/// input gradient).
+const DW_ROWS: u32 = 4;
+
+/// Pixels per unit of the 1×1 kernel.
+const PW_PIXELS: u32 = 4;
+
+/// Pixels per unit of the 1×1 weight gradient's first stage.
+const PW_CHUNK: u32 = 256;
+
+/// Output rows per unit of the depthwise weight gradient's first stage.
+const DWW_ROWS: u32 = 8;
+
 /// Units (rows of partial sums) of a mixed op's weight gradient, at most.
 const MIX_UNITS: usize = 4096;
 
 /// Units per cube of the BatchNorm kernels' per-channel reductions (a power of two).
 const REDUCE_BLOCK: u32 = 256;
 
-/// Depthwise convolution forward: one unit per `BX` neighbouring outputs of a row `(column
-/// block, row, plane)` of a 3-D grid (no integer division per unit), `y[n, c, oy, ox] =
-/// Σ_{i, j} x_pad[n, c, oy·s + i·d, ox·s + j·d] · w[c, i, j]`. Each window row's input
-/// segment is read once for the block's `BX` outputs (zero in the padding), each weight once.
+/// Depthwise convolution forward: one unit per block of `BY × BX` neighbouring outputs
+/// `(column block, row block, plane)` of a 3-D grid (no integer division per unit), `y[n, c,
+/// oy, ox] = Σ_{i, j} x_pad[n, c, oy·s + i·d, ox·s + j·d] · w[c, i, j]`. The unit reads its
+/// channel's weights once and each input row segment its windows cover once (zero in the
+/// padding), for every output row and window row that meet on it.
 #[cube(launch_unchecked)]
 fn dw_forward_kernel<F: Float>(
     x: &Tensor<F>,
@@ -66,14 +80,15 @@ fn dw_forward_kernel<F: Float>(
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
     #[comptime] bx: u32,
+    #[comptime] by: u32,
     #[comptime] relu: bool,
 ) {
     let ox0 = ABSOLUTE_POS_X * bx;
-    let oy = ABSOLUTE_POS_Y;
+    let oy0 = ABSOLUTE_POS_Y * by;
     let plane = ABSOLUTE_POS_Z as usize;
     let wo = y.shape(3) as u32;
     let ho = y.shape(2) as u32;
-    if ox0 >= wo || oy >= ho {
+    if ox0 >= wo || oy0 >= ho {
         terminate!();
     }
     let h = x.shape(2) as u32;
@@ -81,22 +96,29 @@ fn dw_forward_kernel<F: Float>(
     let ch = plane % y.shape(1);
     let xbase = plane * x.shape(2) * x.shape(3);
     let wbase = ch * (k.0 * k.1) as usize;
-    // The input columns the block's windows cover, in the padded frame: ox0·s + t.
-    let seg_len = comptime!((bx - 1) * s.1 + (k.1 - 1) * d.1 + 1);
-    let mut acc = Array::<F>::new(bx as usize);
+    let mut wv = Array::<F>::new((k.0 * k.1) as usize);
     #[unroll]
-    for b in 0..bx {
-        acc[b as usize] = F::new(0.0);
+    for t in 0..k.0 * k.1 {
+        wv[t as usize] = w[wbase + t as usize];
+    }
+    // The input columns the block's windows cover, in the padded frame: ox0·s + t; the rows:
+    // oy0·s + t.
+    let seg_len = comptime!((bx - 1) * s.1 + (k.1 - 1) * d.1 + 1);
+    let rows_len = comptime!((by - 1) * s.0 + (k.0 - 1) * d.0 + 1);
+    let mut acc = Array::<F>::new((by * bx) as usize);
+    #[unroll]
+    for t in 0..by * bx {
+        acc[t as usize] = F::new(0.0);
     }
     let mut seg = Array::<F>::new(seg_len as usize);
     #[unroll]
-    for i in 0..k.0 {
-        let iy = oy * s.0 + i * d.0;
+    for t in 0..rows_len {
+        let iy = oy0 * s.0 + t;
         if iy >= p.0 && iy < h + p.0 {
             let row = xbase + ((iy - p.0) * wd) as usize;
             #[unroll]
-            for t in 0..seg_len {
-                let ix = ox0 * s.1 + t;
+            for q in 0..seg_len {
+                let ix = ox0 * s.1 + q;
                 let mut v = F::new(0.0);
                 if ix >= p.1 && ix < wd + p.1 {
                     v = x[row + (ix - p.1) as usize];
@@ -104,29 +126,51 @@ fn dw_forward_kernel<F: Float>(
                         v = F::max(v, F::new(0.0));
                     }
                 }
-                seg[t as usize] = v;
+                seg[q as usize] = v;
             }
+            // Output row r meets window row i on input row t when r·s + i·d = t (constants
+            // after unrolling: the test costs nothing).
             #[unroll]
-            for j in 0..k.1 {
-                let wv = w[wbase + (i * k.1 + j) as usize];
+            for r in 0..by {
                 #[unroll]
-                for b in 0..bx {
-                    acc[b as usize] += seg[(b * s.1 + j * d.1) as usize] * wv;
+                for i in 0..k.0 {
+                    if r * s.0 + i * d.0 == t {
+                        #[unroll]
+                        for j in 0..k.1 {
+                            let wij = wv[(i * k.1 + j) as usize];
+                            #[unroll]
+                            for b in 0..bx {
+                                acc[(r * bx + b) as usize] +=
+                                    seg[(b * s.1 + j * d.1) as usize] * wij;
+                            }
+                        }
+                    }
                 }
             }
         }
     }
-    let out = (plane * ho as usize + oy as usize) * wo as usize + ox0 as usize;
     #[unroll]
-    for b in 0..bx {
-        if ox0 + b < wo {
-            y[out + b as usize] = acc[b as usize];
+    for r in 0..by {
+        if oy0 + r < ho {
+            let out = (plane * ho as usize + (oy0 + r) as usize) * wo as usize + ox0 as usize;
+            #[unroll]
+            for b in 0..bx {
+                if ox0 + b < wo {
+                    y[out + b as usize] = acc[(r * bx + b) as usize];
+                }
+            }
         }
     }
 }
 
-/// Depthwise convolution input gradient: one unit per input element `(ix, iy, plane)`,
-/// gathering the output positions whose window covers it (no atomics).
+/// Depthwise convolution input gradient: one unit per block of `BY × BX` neighbouring inputs
+/// `(column block, row block, plane)` with `BY`, `BX` multiples of the strides, `gx[n, c, iy,
+/// ix] = Σ g[n, c, (iy + p − i·d)/s, (ix + p − j·d)/s] · w[c, i, j]` over the window positions
+/// `(i, j)` where both divisions are exact and land inside the output (no atomics). The unit
+/// reads its channel's weights once and each gradient row segment its inputs draw on once.
+/// Which output row and column an input meets each window row and column on is a constant of
+/// its place in the block (blocks start on multiples of the stride), so the tests and slot
+/// indices below are constants after unrolling.
 #[cube(launch_unchecked)]
 fn dw_backward_x_kernel<F: Float>(
     gy: &Tensor<F>,
@@ -136,138 +180,136 @@ fn dw_backward_x_kernel<F: Float>(
     #[comptime] s: (u32, u32),
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
+    #[comptime] bx: u32,
+    #[comptime] by: u32,
     #[comptime] relu: bool,
     x: &Tensor<F>,
 ) {
-    let ix = ABSOLUTE_POS_X;
-    let iy = ABSOLUTE_POS_Y;
+    let ix0 = ABSOLUTE_POS_X * bx;
+    let iy0 = ABSOLUTE_POS_Y * by;
     let plane = ABSOLUTE_POS_Z as usize;
     let wd = gx.shape(3) as u32;
     let h = gx.shape(2) as u32;
-    if ix >= wd || iy >= h {
+    if ix0 >= wd || iy0 >= h {
         terminate!();
     }
     let ho = gy.shape(2) as u32;
     let wo = gy.shape(3) as u32;
-    let px = ix + p.1;
-    let py = iy + p.0;
     let ch = plane % gx.shape(1);
     let gbase = plane * gy.shape(2) * gy.shape(3);
     let wbase = ch * (k.0 * k.1) as usize;
-    let mut acc = F::new(0.0);
+    let mut wv = Array::<F>::new((k.0 * k.1) as usize);
     #[unroll]
-    for i in 0..k.0 {
-        if py >= i * d.0 {
-            let ty = py - i * d.0;
-            let oy = ty / s.0;
-            if ty % s.0 == 0 && oy < ho {
-                let row = gbase + (oy * wo) as usize;
+    for t in 0..k.0 * k.1 {
+        wv[t as usize] = w[wbase + t as usize];
+    }
+    // Input row iy0 + r meets window row i on output row iy0/s + m with m = (r + p − i·d)/s
+    // when that division is exact. `lift` (a multiple of s, at least (k − 1)·d) keeps the
+    // numerator unsigned: m = (r + p + lift − i·d)/s − lift/s. Slot t of the unit's rows is
+    // m − m_lo (m_lo the least m of the block): output row iy0/s + t + m_lo, kept unsigned
+    // as iy0/s + t + up − down. Columns likewise.
+    let sy = comptime!(slots(k.0, s.0, p.0, d.0, by));
+    let sx = comptime!(slots(k.1, s.1, p.1, d.1, bx));
+    let (lift_y, first_y, rows_len, up_y, down_y) = comptime!((sy[0], sy[1], sy[2], sy[3], sy[4]));
+    let (lift_x, first_x, seg_len, up_x, down_x) = comptime!((sx[0], sx[1], sx[2], sx[3], sx[4]));
+    let qy0 = iy0 / s.0;
+    let qx0 = ix0 / s.1;
+    let mut acc = Array::<F>::new((by * bx) as usize);
+    #[unroll]
+    for t in 0..by * bx {
+        acc[t as usize] = F::new(0.0);
+    }
+    let mut seg = Array::<F>::new(seg_len as usize);
+    #[unroll]
+    for t in 0..rows_len {
+        let oy = qy0 + t + up_y;
+        if oy >= down_y && oy - down_y < ho {
+            let row = gbase + ((oy - down_y) * wo) as usize;
+            #[unroll]
+            for q in 0..seg_len {
+                let ox = qx0 + q + up_x;
+                let mut v = F::new(0.0);
+                if ox >= down_x && ox - down_x < wo {
+                    v = gy[row + (ox - down_x) as usize];
+                }
+                seg[q as usize] = v;
+            }
+            #[unroll]
+            for r in 0..by {
                 #[unroll]
-                for j in 0..k.1 {
-                    if px >= j * d.1 {
-                        let tx = px - j * d.1;
-                        let ox = tx / s.1;
-                        if tx % s.1 == 0 && ox < wo {
-                            acc += gy[row + ox as usize] * w[wbase + (i * k.1 + j) as usize];
+                for i in 0..k.0 {
+                    let ey = r + p.0 + lift_y - i * d.0;
+                    if ey % s.0 == 0 && ey / s.0 == t + first_y {
+                        #[unroll]
+                        for j in 0..k.1 {
+                            let wij = wv[(i * k.1 + j) as usize];
+                            #[unroll]
+                            for b in 0..bx {
+                                let ex = b + p.1 + lift_x - j * d.1;
+                                if ex % s.1 == 0 {
+                                    acc[(r * bx + b) as usize] +=
+                                        seg[(ex / s.1 - first_x) as usize] * wij;
+                                }
+                            }
                         }
                     }
                 }
             }
         }
     }
-    let at = (plane * h as usize + iy as usize) * wd as usize + ix as usize;
-    if comptime!(relu) {
-        if x[at] <= F::new(0.0) {
-            acc = F::new(0.0);
-        }
-    }
-    gx[at] = acc;
-}
-
-/// Depthwise convolution input gradient for stride 1: one unit per `BX` neighbouring inputs of
-/// a row `(column block, row, plane)`, `gx[n, c, iy, ix] = Σ_{i, j} g[n, c, iy + p − i·d,
-/// ix + p − j·d] · w[c, i, j]` over the output positions inside the output; each window row's
-/// gradient segment is read once for the block, each weight once.
-#[cube(launch_unchecked)]
-fn dw_backward_x_s1_kernel<F: Float>(
-    gy: &Tensor<F>,
-    w: &Tensor<F>,
-    gx: &mut Tensor<F>,
-    #[comptime] k: (u32, u32),
-    #[comptime] s: (u32, u32),
-    #[comptime] p: (u32, u32),
-    #[comptime] d: (u32, u32),
-    #[comptime] bx: u32,
-    #[comptime] relu: bool,
-    x: &Tensor<F>,
-) {
-    let _ = s;
-    let ix0 = ABSOLUTE_POS_X * bx;
-    let iy = ABSOLUTE_POS_Y;
-    let plane = ABSOLUTE_POS_Z as usize;
-    let wd = gx.shape(3) as u32;
-    let h = gx.shape(2) as u32;
-    if ix0 >= wd || iy >= h {
-        terminate!();
-    }
-    let ho = gy.shape(2) as u32;
-    let wo = gy.shape(3) as u32;
-    let ch = plane % gx.shape(1);
-    let gbase = plane * gy.shape(2) * gy.shape(3);
-    let wbase = ch * (k.0 * k.1) as usize;
-    // Output column of segment slot t: ix0 + p − (k − 1)·d + t (kept unsigned as
-    // ix0 + p + t − (k − 1)·d).
-    let reach = comptime!((k.1 - 1) * d.1);
-    let seg_len = comptime!(bx + (k.1 - 1) * d.1);
-    let mut acc = Array::<F>::new(bx as usize);
     #[unroll]
-    for b in 0..bx {
-        acc[b as usize] = F::new(0.0);
-    }
-    let mut seg = Array::<F>::new(seg_len as usize);
-    #[unroll]
-    for i in 0..k.0 {
-        let py = iy + p.0;
-        if py >= i * d.0 && py - i * d.0 < ho {
-            let row = gbase + ((py - i * d.0) * wo) as usize;
+    for r in 0..by {
+        if iy0 + r < h {
+            let out = (plane * h as usize + (iy0 + r) as usize) * wd as usize + ix0 as usize;
             #[unroll]
-            for t in 0..seg_len {
-                let col = ix0 + p.1 + t;
-                let mut v = F::new(0.0);
-                if col >= reach && col - reach < wo {
-                    v = gy[row + (col - reach) as usize];
-                }
-                seg[t as usize] = v;
-            }
-            #[unroll]
-            for j in 0..k.1 {
-                let wv = w[wbase + (i * k.1 + j) as usize];
-                #[unroll]
-                for b in 0..bx {
-                    acc[b as usize] += seg[(b + (k.1 - 1 - j) * d.1) as usize] * wv;
+            for b in 0..bx {
+                if ix0 + b < wd {
+                    let mut v = acc[(r * bx + b) as usize];
+                    if comptime!(relu) {
+                        if x[out + b as usize] <= F::new(0.0) {
+                            v = F::new(0.0);
+                        }
+                    }
+                    gx[out + b as usize] = v;
                 }
             }
-        }
-    }
-    let out = (plane * h as usize + iy as usize) * wd as usize + ix0 as usize;
-    #[unroll]
-    for b in 0..bx {
-        if ix0 + b < wd {
-            let mut v = acc[b as usize];
-            if comptime!(relu) {
-                if x[out + b as usize] <= F::new(0.0) {
-                    v = F::new(0.0);
-                }
-            }
-            gx[out + b as usize] = v;
         }
     }
 }
 
-/// Depthwise convolution weight gradient, first stage: one unit per `(n, c, tap)` sums
-/// `x_pad[n, c, oy·s + i·d, ox·s + j·d] · g[n, c, oy, ox]` over its image's output plane into
-/// `partial[n, c, tap]` (no barriers, no atomics; neighbouring units share `(n, c)` and read
-/// the same gradient row). The sum over `n` follows as one reduction.
+/// The output slots of one axis of [`dw_backward_x_kernel`]'s block of `block` inputs
+/// (window `k`, stride `s`, padding `p`, dilation `d`): `[lift, first, len, up, down]` with
+/// `lift` a multiple of `s` at least `(k − 1)·d`, `first = lift/s + m_lo`, `len` the number
+/// of output positions the block draws on, and `up − down = m_lo` (both non-negative).
+fn slots(k: u32, s: u32, p: u32, d: u32, block: u32) -> [u32; 5] {
+    let (k, s, p, d, block) = (
+        i64::from(k),
+        i64::from(s),
+        i64::from(p),
+        i64::from(d),
+        i64::from(block),
+    );
+    let reach = (k - 1) * d;
+    let lift = s * ((reach + s - 1) / s);
+    // m ranges over ⌈(p − reach)/s⌉ ..= ⌊(block − 1 + p)/s⌋.
+    let lo = (p - reach).div_euclid(s) + i64::from((p - reach).rem_euclid(s) != 0);
+    let hi = (block - 1 + p).div_euclid(s);
+    let c = |v: i64| u32::try_from(v).expect("depthwise geometry fits in u32");
+    [
+        c(lift),
+        c(lift / s + lo),
+        c(hi - lo + 1),
+        c(lo.max(0)),
+        c((-lo).max(0)),
+    ]
+}
+
+/// Depthwise convolution weight gradient, first stage: one unit per `(window row i, channel,
+/// chunk of ROWS output rows, image)` sums `x_pad[n, c, oy·s + i·d, ox·s + j·d] · g[n, c, oy,
+/// ox]` over its chunk for every window column `j` into `partial[n · chunks + chunk, c, i, j]`
+/// (no barriers, no atomics). Along a row it takes `BX` outputs at a time: the `BX` gradient
+/// values and the input segment their windows cover are read once for `BX · kw` products. The
+/// sum over the rows of `partial` follows as one reduction.
 #[cube(launch_unchecked)]
 fn dw_backward_w_kernel<F: Float>(
     x: &Tensor<F>,
@@ -278,41 +320,84 @@ fn dw_backward_w_kernel<F: Float>(
     #[comptime] p: (u32, u32),
     #[comptime] d: (u32, u32),
     #[comptime] relu: bool,
+    #[comptime] bx: u32,
+    #[comptime] rows: u32,
 ) {
-    if ABSOLUTE_POS >= partial.len() {
-        terminate!();
-    }
-    let taps = (k.0 * k.1) as usize;
-    let tap = (ABSOLUTE_POS % taps) as u32;
-    let plane = ABSOLUTE_POS / taps;
-    let i = tap / k.1;
-    let j = tap % k.1;
+    let c = x.shape(1) as u32;
     let ho = gy.shape(2) as u32;
     let wo = gy.shape(3) as u32;
     let h = x.shape(2) as u32;
     let wd = x.shape(3) as u32;
-    let xbase = plane * x.shape(2) * x.shape(3);
-    let gbase = plane * gy.shape(2) * gy.shape(3);
-    // The output rows and columns whose tap (i, j) lands inside the input.
-    let mut acc = F::new(0.0);
-    for oy in 0..ho {
+    let chunks = ho.div_ceil(rows);
+    let units = x.shape(0) * (c * chunks * k.0) as usize;
+    if ABSOLUTE_POS >= units {
+        terminate!();
+    }
+    let i = (ABSOLUTE_POS % k.0 as usize) as u32;
+    let rest = ABSOLUTE_POS / k.0 as usize;
+    let ch = (rest % c as usize) as u32;
+    let rest = rest / c as usize;
+    let chunk = (rest % chunks as usize) as u32;
+    let n = (rest / chunks as usize) as u32;
+    let plane = (n * c + ch) as usize;
+    let xbase = plane * (h * wd) as usize;
+    let gbase = plane * (ho * wo) as usize;
+    let oy0 = chunk * rows;
+    let mut oy1 = oy0 + rows;
+    if oy1 > ho {
+        oy1 = ho;
+    }
+    let seg_len = comptime!((bx - 1) * s.1 + (k.1 - 1) * d.1 + 1);
+    let mut acc = Array::<F>::new(k.1 as usize);
+    #[unroll]
+    for j in 0..k.1 {
+        acc[j as usize] = F::new(0.0);
+    }
+    let mut seg = Array::<F>::new(seg_len as usize);
+    let mut gv = Array::<F>::new(bx as usize);
+    for oy in oy0..oy1 {
         let iy = oy * s.0 + i * d.0;
         if iy >= p.0 && iy < h + p.0 {
             let xrow = xbase + ((iy - p.0) * wd) as usize;
             let grow = gbase + (oy * wo) as usize;
-            for ox in 0..wo {
-                let ix = ox * s.1 + j * d.1;
-                if ix >= p.1 && ix < wd + p.1 {
-                    let mut v = x[xrow + (ix - p.1) as usize];
-                    if comptime!(relu) {
-                        v = F::max(v, F::new(0.0));
+            let mut ox0 = 0u32;
+            while ox0 < wo {
+                #[unroll]
+                for b in 0..bx {
+                    let mut v = F::new(0.0);
+                    if ox0 + b < wo {
+                        v = gy[grow + (ox0 + b) as usize];
                     }
-                    acc += v * gy[grow + ox as usize];
+                    gv[b as usize] = v;
                 }
+                #[unroll]
+                for t in 0..seg_len {
+                    let ix = ox0 * s.1 + t;
+                    let mut v = F::new(0.0);
+                    if ix >= p.1 && ix < wd + p.1 {
+                        v = x[xrow + (ix - p.1) as usize];
+                        if comptime!(relu) {
+                            v = F::max(v, F::new(0.0));
+                        }
+                    }
+                    seg[t as usize] = v;
+                }
+                #[unroll]
+                for j in 0..k.1 {
+                    #[unroll]
+                    for b in 0..bx {
+                        acc[j as usize] += seg[(b * s.1 + j * d.1) as usize] * gv[b as usize];
+                    }
+                }
+                ox0 += bx;
             }
         }
     }
-    partial[ABSOLUTE_POS] = acc;
+    let out = (((n * chunks + chunk) * c + ch) * k.0 * k.1 + i * k.1) as usize;
+    #[unroll]
+    for j in 0..k.1 {
+        partial[out + j as usize] = acc[j as usize];
+    }
 }
 
 /// 1×1 convolution (and its input gradient): one unit per pixel and block of `BLOCK` output
@@ -328,24 +413,39 @@ fn pw_kernel<F: Float>(
     y: &mut Tensor<F>,
     #[comptime] transpose: bool,
     #[comptime] block: u32,
+    #[comptime] px: u32,
+    #[comptime] full: bool,
 ) {
-    let p = ABSOLUTE_POS_X as usize;
-    let o = (ABSOLUTE_POS_Y * block) as usize;
-    let n = ABSOLUTE_POS_Z as usize;
+    let p0 = (ABSOLUTE_POS_X * px) as usize;
+    let o = (CUBE_POS_Y * block) as usize;
+    let n = CUBE_POS_Z as usize;
     let hw = y.shape(2) * y.shape(3);
-    let co = y.shape(1);
-    if p >= hw || o >= co {
+    if p0 >= hw {
         terminate!();
     }
+    let co = y.shape(1);
     let ci = a.shape(1);
-    let abase = n * ci * hw + p;
-    let mut acc = Array::<F>::new(block as usize);
+    let abase = n * ci * hw + p0;
+    let mut acc = Array::<F>::new((block * px) as usize);
     #[unroll]
-    for b in 0..block {
-        acc[b as usize] = F::new(0.0);
+    for t in 0..block * px {
+        acc[t as usize] = F::new(0.0);
     }
+    let mut xv = Array::<F>::new(px as usize);
     for i in 0..ci {
-        let xv = a[abase + i * hw];
+        let row = abase + i * hw;
+        #[unroll]
+        for q in 0..px {
+            if comptime!(full) {
+                xv[q as usize] = a[row + q as usize];
+            } else {
+                let mut v = F::new(0.0);
+                if p0 + (q as usize) < hw {
+                    v = a[row + q as usize];
+                }
+                xv[q as usize] = v;
+            }
+        }
         #[unroll]
         for b in 0..block {
             let wv = if comptime!(transpose) {
@@ -353,54 +453,90 @@ fn pw_kernel<F: Float>(
             } else {
                 w[(o + b as usize) * ci + i]
             };
-            acc[b as usize] += wv * xv;
+            #[unroll]
+            for q in 0..px {
+                acc[(b * px + q) as usize] += wv * xv[q as usize];
+            }
         }
     }
-    let ybase = (n * co + o) * hw + p;
+    let ybase = (n * co + o) * hw + p0;
     #[unroll]
     for b in 0..block {
-        y[ybase + b as usize * hw] = acc[b as usize];
+        #[unroll]
+        for q in 0..px {
+            // Without `full` the last unit of a plane may run past its end.
+            if comptime!(full) || p0 + (q as usize) < hw {
+                y[ybase + b as usize * hw + q as usize] = acc[(b * px + q) as usize];
+            }
+        }
     }
 }
 
-/// 1×1 convolution weight gradient, first stage: one unit per `(n, o, block of BLOCK input
-/// channels)` sums `g[n, o, p] · x[n, i, p]` over its image's pixels into `partial[n, o, i]` in
-/// a fixed order (no barriers, no atomics; each gradient value is read once per block); the
-/// sum over `n` follows as one reduction.
+/// 1×1 convolution weight gradient, first stage: one unit per `(n, chunk of pixels, block of
+/// BO output channels, block of BI input channels)` sums `g[n, o, p] · x[n, i, p]` over its
+/// chunk's pixels for its `BO × BI` pairs into `partial[n · chunks + chunk, o, i]` in a fixed
+/// order (no barriers, no atomics; per pixel `BO + BI` values are read for `BO · BI`
+/// products); the sum over the rows of `partial` follows as one reduction.
 #[cube(launch_unchecked)]
 fn pw_backward_w_kernel<F: Float>(
     x: &Tensor<F>,
     gy: &Tensor<F>,
     partial: &mut Tensor<F>,
-    #[comptime] block: u32,
+    #[comptime] bo: u32,
+    #[comptime] bi: u32,
+    #[comptime] chunk: u32,
 ) {
-    let first = ABSOLUTE_POS * block as usize;
-    if first >= partial.len() {
-        terminate!();
-    }
     let ci = x.shape(1);
     let co = gy.shape(1);
     let hw = x.shape(2) * x.shape(3);
-    let i = first % ci;
-    let no = first / ci;
-    let n = no / co;
-    let xbase = (n * ci + i) * hw;
-    let gbase = no * hw;
-    let mut acc = Array::<F>::new(block as usize);
-    #[unroll]
-    for b in 0..block {
-        acc[b as usize] = F::new(0.0);
+    let iblocks = ci / bi as usize;
+    let oblocks = co / bo as usize;
+    let chunks = hw.div_ceil(chunk as usize);
+    let units = x.shape(0) * chunks * oblocks * iblocks;
+    if ABSOLUTE_POS >= units {
+        terminate!();
     }
-    for p in 0..hw {
-        let g = gy[gbase + p];
+    let ib = ABSOLUTE_POS % iblocks;
+    let rest = ABSOLUTE_POS / iblocks;
+    let ob = rest % oblocks;
+    let row = rest / oblocks;
+    let n = row / chunks;
+    let p0 = (row % chunks) * chunk as usize;
+    let mut p1 = p0 + chunk as usize;
+    if p1 > hw {
+        p1 = hw;
+    }
+    let i0 = ib * bi as usize;
+    let o0 = ob * bo as usize;
+    let xbase = (n * ci + i0) * hw;
+    let gbase = (n * co + o0) * hw;
+    let mut acc = Array::<F>::new((bo * bi) as usize);
+    #[unroll]
+    for t in 0..bo * bi {
+        acc[t as usize] = F::new(0.0);
+    }
+    let mut gv = Array::<F>::new(bo as usize);
+    for p in p0..p1 {
         #[unroll]
-        for b in 0..block {
-            acc[b as usize] += g * x[xbase + b as usize * hw + p];
+        for a in 0..bo {
+            gv[a as usize] = gy[gbase + a as usize * hw + p];
+        }
+        #[unroll]
+        for b in 0..bi {
+            let xv = x[xbase + b as usize * hw + p];
+            #[unroll]
+            for a in 0..bo {
+                acc[(a * bi + b) as usize] += gv[a as usize] * xv;
+            }
         }
     }
+    let out = (row * co + o0) * ci + i0;
     #[unroll]
-    for b in 0..block {
-        partial[first + b as usize] = acc[b as usize];
+    for a in 0..bo {
+        #[unroll]
+        for b in 0..bi {
+            partial[out + a as usize * ci + b as usize] = acc[(a * bi + b) as usize];
+        }
     }
 }
 
@@ -522,9 +658,34 @@ fn cube_sum<F: Float>(shared: &mut SharedMemory<F>, value: F) -> F {
     total
 }
 
-/// Training-mode BatchNorm forward without affine parameters: one cube per channel computes
-/// the mean, then the biased variance of the centred values (two passes, as PyTorch), then
-/// writes `x̂ = (x − μ)/√(σ² + ε)`.
+/// Where a unit of a BatchNorm cube starts in its channel and how it steps: `[first image,
+/// images per step, first pixel, pixels per step]`. Planes of at least `block` pixels take the
+/// whole cube, pixel after pixel (`block` apart); smaller planes are stacked `block / hw` to
+/// a step, so every unit has work (units beyond the stack get a first image past the end).
+#[cube]
+fn bn_layout(hw: usize, n: usize, #[comptime] block: u32) -> (usize, usize, usize, usize) {
+    let unit = UNIT_POS as usize;
+    let mut first = 0usize;
+    let mut per = 1usize;
+    let mut r0 = unit;
+    let mut stride = CUBE_DIM as usize;
+    if hw < block as usize {
+        per = block as usize / hw;
+        let q = unit / hw;
+        first = q;
+        if q >= per {
+            first = n;
+        }
+        r0 = unit % hw;
+        stride = hw;
+    }
+    (first, per, r0, stride)
+}
+
+/// Training-mode BatchNorm forward without affine parameters: one cube per channel sums the
+/// values and their squares, shifted by the channel's first value (one pass; the shift keeps
+/// the variance's difference of sums well conditioned), then writes
+/// `x̂ = (x − μ)/√(σ² + ε)` with the biased variance.
 #[cube(launch_unchecked)]
 fn bn_forward_kernel<F: Float>(
     x: &Tensor<F>,
@@ -537,39 +698,39 @@ fn bn_forward_kernel<F: Float>(
     let ch = CUBE_POS;
     let c = x.shape(1);
     let hw = x.shape(2) * x.shape(3);
-    let total = x.shape(0) * hw;
-    let count = F::cast_from(total as u32);
-    let mut shared = SharedMemory::<F>::new(block as usize);
     let n = x.shape(0);
-    let mut acc = F::new(0.0);
-    for b in 0..n {
+    let count = F::cast_from((n * hw) as u32);
+    let (first, per, r0, stride) = bn_layout(hw, n, block);
+    let mut shared = SharedMemory::<F>::new(block as usize);
+    let shift = x[ch * hw];
+    let mut s1 = F::new(0.0);
+    let mut s2 = F::new(0.0);
+    let mut b = first;
+    while b < n {
         let base = (b * c + ch) * hw;
-        let mut r = UNIT_POS as usize;
+        let mut r = r0;
         while r < hw {
-            acc += x[base + r];
-            r += block as usize;
+            let v = x[base + r] - shift;
+            s1 += v;
+            s2 += v * v;
+            r += stride;
         }
+        b += per;
     }
-    let mean = cube_sum::<F>(&mut shared, acc) / count;
-    let mut acc = F::new(0.0);
-    for b in 0..n {
-        let base = (b * c + ch) * hw;
-        let mut r = UNIT_POS as usize;
-        while r < hw {
-            let v = x[base + r] - mean;
-            acc += v * v;
-            r += block as usize;
-        }
-    }
-    let var = cube_sum::<F>(&mut shared, acc) / count;
+    let m1 = cube_sum::<F>(&mut shared, s1) / count;
+    let m2 = cube_sum::<F>(&mut shared, s2) / count;
+    let mean = shift + m1;
+    let var = F::max(m2 - m1 * m1, F::new(0.0));
     let inv = F::new(1.0) / F::sqrt(var + F::new(comptime!(f32::from_bits(eps_bits))));
-    for b in 0..n {
+    let mut b = first;
+    while b < n {
         let base = (b * c + ch) * hw;
-        let mut r = UNIT_POS as usize;
+        let mut r = r0;
         while r < hw {
             y[base + r] = (x[base + r] - mean) * inv;
-            r += block as usize;
+            r += stride;
         }
+        b += per;
     }
     if UNIT_POS == 0 {
         mean_out[ch] = mean;
@@ -591,33 +752,37 @@ fn bn_backward_kernel<F: Float>(
     let ch = CUBE_POS;
     let c = gy.shape(1);
     let hw = gy.shape(2) * gy.shape(3);
-    let total = gy.shape(0) * hw;
-    let count = F::cast_from(total as u32);
-    let mut shared = SharedMemory::<F>::new(block as usize);
     let n = gy.shape(0);
+    let count = F::cast_from((n * hw) as u32);
+    let (first, per, r0, stride) = bn_layout(hw, n, block);
+    let mut shared = SharedMemory::<F>::new(block as usize);
     let mut sg = F::new(0.0);
     let mut sgy = F::new(0.0);
-    for b in 0..n {
+    let mut b = first;
+    while b < n {
         let base = (b * c + ch) * hw;
-        let mut r = UNIT_POS as usize;
+        let mut r = r0;
         while r < hw {
             let g = gy[base + r];
             sg += g;
             sgy += g * xhat[base + r];
-            r += block as usize;
+            r += stride;
         }
+        b += per;
     }
     let mean_g = cube_sum::<F>(&mut shared, sg) / count;
     let mean_gy = cube_sum::<F>(&mut shared, sgy) / count;
     let inv = F::new(1.0) / F::sqrt(var[ch] + F::new(comptime!(f32::from_bits(eps_bits))));
-    for b in 0..n {
+    let mut b = first;
+    while b < n {
         let base = (b * c + ch) * hw;
-        let mut r = UNIT_POS as usize;
+        let mut r = r0;
         while r < hw {
             let at = base + r;
             gx[at] = (gy[at] - mean_g - xhat[at] * mean_gy) * inv;
-            r += block as usize;
+            r += stride;
         }
+        b += per;
     }
 }
 
@@ -857,8 +1022,22 @@ fn dw_forward_launch<R: CubeRuntime, F: FloatElement>(
 ) -> CubeTensor<R> {
     let (x, w) = (into_contiguous(x), into_contiguous(w));
     let y = empty_like::<R, F>(&x, [g.n, g.c, g.ho(), g.wo()]);
-    let cubes = grid(g.n * g.c, g.ho(), g.wo().div_ceil(DW_BLOCK as usize));
-    launch_depthwise!(dw_forward_kernel, cubes, x, w, y, g, DW_BLOCK, relu);
+    let cubes = grid(
+        g.n * g.c,
+        g.ho().div_ceil(DW_ROWS as usize),
+        g.wo().div_ceil(DW_BLOCK as usize),
+    );
+    launch_depthwise!(
+        dw_forward_kernel,
+        cubes,
+        x,
+        w,
+        y,
+        g,
+        DW_BLOCK,
+        DW_ROWS,
+        relu
+    );
     y
 }
 
@@ -877,25 +1056,23 @@ fn dw_backward_x_launch<R: CubeRuntime, F: FloatElement>(
     let x = relu_input
         .map(into_contiguous)
         .unwrap_or_else(|| gy.clone());
-    if g.stride == [1, 1] {
-        let cubes = grid(g.n * g.c, g.h, g.w.div_ceil(DW_BLOCK as usize));
-        let x = x.into_tensor_arg();
-        launch_depthwise!(
-            dw_backward_x_s1_kernel,
-            cubes,
-            gy,
-            w,
-            gx,
-            g,
-            DW_BLOCK,
-            relu,
-            x
-        );
-    } else {
-        let cubes = grid(g.n * g.c, g.h, g.w);
-        let x = x.into_tensor_arg();
-        launch_depthwise!(dw_backward_x_kernel, cubes, gy, w, gx, g, relu, x);
-    }
+    // Blocks start on multiples of the strides.
+    let bx = g.stride[1] * (DW_BLOCK as usize / g.stride[1]).max(1);
+    let by = g.stride[0] * (DW_ROWS as usize / g.stride[0]).max(1);
+    let cubes = grid(g.n * g.c, g.h.div_ceil(by), g.w.div_ceil(bx));
+    let x = x.into_tensor_arg();
+    launch_depthwise!(
+        dw_backward_x_kernel,
+        cubes,
+        gy,
+        w,
+        gx,
+        g,
+        u(bx),
+        u(by),
+        relu,
+        x
+    );
     gx
 }
 
@@ -908,11 +1085,21 @@ fn dw_backward_w_launch<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bool
     relu: bool,
 ) -> CubeTensor<R> {
     let (x, gy) = (into_contiguous(x), into_contiguous(gy));
-    let taps = g.kh * g.kw;
-    let partial = empty_like::<R, F>(&x, [g.n, g.c, taps, 1]);
-    let units = g.n * g.c * taps;
+    let chunks = g.ho().div_ceil(DWW_ROWS as usize);
+    let partial = empty_like::<R, F>(&x, [g.n * chunks, g.c, g.kh, g.kw]);
+    let units = g.n * chunks * g.c * g.kh;
     let cubes = linear_grid(&x.client, units);
-    launch_depthwise!(dw_backward_w_kernel, cubes, x, gy, partial, g, relu);
+    launch_depthwise!(
+        dw_backward_w_kernel,
+        cubes,
+        x,
+        gy,
+        partial,
+        g,
+        relu,
+        DW_BLOCK,
+        DWW_ROWS
+    );
     BurnTensor::<CubeBackend<R, F, I, BT>, 4>::from_primitive(TensorPrimitive::Float(partial))
         .sum_dim(0)
         .reshape([g.c, 1, g.kh, g.kw])
@@ -928,9 +1115,16 @@ fn launch_pointwise<R: CubeRuntime, F: FloatElement>(
     transpose: bool,
 ) {
     let [n, co, h, wd] = dims4(&out);
-    // Output channels per unit: the largest of 4, 2, 1 that divides them.
-    let block = [4, 2, 1].into_iter().find(|b| co % b == 0).unwrap_or(1);
-    let (count, dim) = grid(n, co / block, h * wd);
+    // Output channels per unit: the largest of 8, 4, 2, 1 that divides them.
+    let block = [8, 4, 2, 1].into_iter().find(|b| co % b == 0).unwrap_or(1);
+    let pixels = u(h * wd);
+    let full = pixels % PW_PIXELS == 0;
+    let units = pixels.div_ceil(PW_PIXELS);
+    let x = units.next_power_of_two().clamp(1, 256);
+    let (count, dim) = (
+        CubeCount::Static(units.div_ceil(x), u(co / block), u(n)),
+        CubeDim::new_1d(x),
+    );
     let client = a.client.clone();
     // SAFETY: every index the kernel forms is inside its tensors (the pixel and channel bound
     // test at its top; `a` and `w` have the shapes the op checked); each unit writes its own
@@ -945,6 +1139,8 @@ fn launch_pointwise<R: CubeRuntime, F: FloatElement>(
             out.into_tensor_arg(),
             transpose,
             u(block),
+            PW_PIXELS,
+            full,
         );
     }
 }
@@ -1011,13 +1207,16 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
         let (x, gy) = (into_contiguous(x), into_contiguous(gy));
         let [n, ci, _, _] = dims4(&x);
         let co = dims4(&gy)[1];
-        let partial = empty_like::<R, F>(&x, [n, co, ci, 1]);
-        // Input channels per unit: the largest of 4, 2, 1 that divides them.
-        let block = [4, 2, 1].into_iter().find(|b| ci % b == 0).unwrap_or(1);
-        let units = n * co * ci / block;
+        let hw = x.meta.num_elements() / (n * ci);
+        let chunks = hw.div_ceil(PW_CHUNK as usize);
+        let partial = empty_like::<R, F>(&x, [n * chunks, co, ci, 1]);
+        // Channels per unit: the largest of 4, 2, 1 that divides them.
+        let block = |c: usize| [4, 2, 1].into_iter().find(|b| c % b == 0).unwrap_or(1);
+        let (bo, bi) = (block(co), block(ci));
+        let units = n * chunks * (co / bo) * (ci / bi);
         let (count, dim) = linear_grid(&x.client, units);
         // SAFETY: every index the kernel forms is inside its tensors (the bound test at its
-        // top; `partial` has one element per unit); each unit writes its own element.
+        // top; `partial` has a `bo × bi` tile per unit); each unit writes its own elements.
         unsafe {
             pw_backward_w_kernel::launch_unchecked::<F, R>(
                 &x.client.clone(),
@@ -1026,7 +1225,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GpuOps
                 x.into_tensor_arg(),
                 gy.into_tensor_arg(),
                 partial.clone().into_tensor_arg(),
-                u(block),
+                u(bo),
+                u(bi),
+                PW_CHUNK,
             );
         }
         BurnTensor::<Self, 4>::from_primitive(TensorPrimitive::Float(partial))
