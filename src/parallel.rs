@@ -321,10 +321,19 @@ impl<B: Backend> Collective<B> {
 /// tensor from `burn-collective` (`float_to_device` to the same device is the identity), and
 /// under Burn's fusion a peer's in-place operation on it can run before another peer's queued
 /// read of it (seen on wgpu: one replica's BatchNorm statistics divided twice).
+///
+/// The peers' collective threads read their results one at a time (`READ`): the sum was
+/// computed by `burn-collective`'s own thread, and two threads reading it at once through Burn
+/// 0.21's fusion is the cross-thread race of tracel-ai/burn#4947 (seen on wgpu in CI as a
+/// failed device call in this read, after the kernels got faster). While the results are read
+/// the peers wait for them and the collective server is done, so with the lock one thread at a
+/// time uses the device.
 fn serve<B: Backend>(id: PeerId, rx: Receiver<Job<B>>) {
+    static READ: Mutex<()> = Mutex::new(());
     while let Ok((t, reply)) = rx.recv() {
         let r = burn_collective::all_reduce::<B>(id, t, ReduceOperation::Sum)
             .map(|p| {
+                let _one_reader = READ.lock().unwrap_or_else(|p| p.into_inner());
                 Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(p)).into_data()
             })
             .map_err(|e| format!("{e:?}"));
