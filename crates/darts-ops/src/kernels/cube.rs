@@ -75,6 +75,35 @@ const MIX_UNITS: usize = 4096;
 /// Units per cube of the BatchNorm kernels' per-channel reductions (a power of two).
 const REDUCE_BLOCK: u32 = 256;
 
+/// Read `len` values of an input row into `seg`: slot `q` is the padded-frame column
+/// `start + q` of the row starting at `row` (width `wd`, padding `pad`), zero in the padding,
+/// and `max(v, 0)` with `relu`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_segment<F: Float>(
+    x: &Tensor<F>,
+    seg: &mut Array<F>,
+    row: usize,
+    start: u32,
+    wd: u32,
+    #[comptime] pad: u32,
+    #[comptime] len: u32,
+    #[comptime] relu: bool,
+) {
+    #[unroll]
+    for q in 0..len {
+        let ix = start + q;
+        let mut v = F::new(0.0);
+        if ix >= pad && ix < wd + pad {
+            v = x[row + (ix - pad) as usize];
+            if comptime!(relu) {
+                v = F::max(v, F::new(0.0));
+            }
+        }
+        seg[q as usize] = v;
+    }
+}
+
 /// Depthwise convolution forward: one unit per block of `BY × BX` neighbouring outputs
 /// `(column block, row block, plane)` of a 3-D grid (no integer division per unit), `y[n, c,
 /// oy, ox] = Σ_{i, j} x_pad[n, c, oy·s + i·d, ox·s + j·d] · w[c, i, j]`. The unit reads its
@@ -126,18 +155,7 @@ fn dw_forward_kernel<F: Float>(
         let iy = oy0 * s.0 + t;
         if iy >= p.0 && iy < h + p.0 {
             let row = xbase + ((iy - p.0) * wd) as usize;
-            #[unroll]
-            for q in 0..seg_len {
-                let ix = ox0 * s.1 + q;
-                let mut v = F::new(0.0);
-                if ix >= p.1 && ix < wd + p.1 {
-                    v = x[row + (ix - p.1) as usize];
-                    if comptime!(relu) {
-                        v = F::max(v, F::new(0.0));
-                    }
-                }
-                seg[q as usize] = v;
-            }
+            load_segment::<F>(x, &mut seg, row, ox0 * s.1, wd, p.1, seg_len, relu);
             // Output row r meets window row i on input row t when r·s + i·d = t (constants
             // after unrolling: the test costs nothing).
             #[unroll]
@@ -380,18 +398,7 @@ fn dw_backward_w_kernel<F: Float>(
                     }
                     gv[b as usize] = v;
                 }
-                #[unroll]
-                for t in 0..seg_len {
-                    let ix = ox0 * s.1 + t;
-                    let mut v = F::new(0.0);
-                    if ix >= p.1 && ix < wd + p.1 {
-                        v = x[xrow + (ix - p.1) as usize];
-                        if comptime!(relu) {
-                            v = F::max(v, F::new(0.0));
-                        }
-                    }
-                    seg[t as usize] = v;
-                }
+                load_segment::<F>(x, &mut seg, xrow, ox0 * s.1, wd, p.1, seg_len, relu);
                 #[unroll]
                 for j in 0..k.1 {
                     #[unroll]
