@@ -253,15 +253,8 @@ fn dw_backward_x_kernel<F: Float>(
         let oy = qy0 + t + up_y;
         if oy >= down_y && oy - down_y < ho {
             let row = gbase + ((oy - down_y) * wo) as usize;
-            #[unroll]
-            for q in 0..seg_len {
-                let ox = qx0 + q + up_x;
-                let mut v = F::new(0.0);
-                if ox >= down_x && ox - down_x < wo {
-                    v = gy[row + (ox - down_x) as usize];
-                }
-                seg[q as usize] = v;
-            }
+            // Slot q: output column qx0 + q + up − down (zero outside the output).
+            load_segment::<F>(gy, &mut seg, row, qx0 + up_x, wo, down_x, seg_len, false);
             #[unroll]
             for r in 0..by {
                 #[unroll]
@@ -390,14 +383,7 @@ fn dw_backward_w_kernel<F: Float>(
             let grow = gbase + (oy * wo) as usize;
             let mut ox0 = 0u32;
             while ox0 < wo {
-                #[unroll]
-                for b in 0..bx {
-                    let mut v = F::new(0.0);
-                    if ox0 + b < wo {
-                        v = gy[grow + (ox0 + b) as usize];
-                    }
-                    gv[b as usize] = v;
-                }
+                load_segment::<F>(gy, &mut gv, grow, ox0, wo, 0u32, bx, false);
                 load_segment::<F>(x, &mut seg, xrow, ox0 * s.1, wd, p.1, seg_len, relu);
                 #[unroll]
                 for j in 0..k.1 {
@@ -417,12 +403,13 @@ fn dw_backward_w_kernel<F: Float>(
     }
 }
 
-/// 1×1 convolution (and its input gradient): one unit per pixel and block of `BLOCK` output
-/// channels `(pixel, channel block, image)` of a 3-D grid, `y[n, o, p] = Σ_i w[o, i] · a[n, i,
-/// p]` over the input's channels (`a` `[n, ci, h, w]`); each input value is read once per
-/// block. `TRANSPOSE` reads the weight as `[ci, co]` (`w[i, o]`), which makes the same kernel
-/// the input gradient `Wᵀ · g`. Neighbouring units share `(o, n)` and read neighbouring pixels;
-/// every unit of a row reads the same weights.
+/// 1×1 convolution (and its input gradient): one unit per `PX` neighbouring pixels and block
+/// of `BLOCK` output channels (pixels along the cube's x, the channel block and the image from
+/// the cube position), `y[n, o, p] = Σ_i w[o, i] · a[n, i, p]` over the input's channels (`a`
+/// `[n, ci, h, w]`); per input channel the unit reads `PX` input values and `BLOCK` weights for
+/// `PX · BLOCK` products. `FULL` says the pixels of a plane are a multiple of `PX` (no pixel
+/// bound test). `TRANSPOSE` reads the weight as `[ci, co]` (`w[i, o]`), which makes the same
+/// kernel the input gradient `Wᵀ · g`. All units of a cube read the same weights.
 #[cube(launch_unchecked)]
 fn pw_kernel<F: Float>(
     a: &Tensor<F>,
